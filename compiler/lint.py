@@ -1,0 +1,75 @@
+"""`ftspec lint`: load, schema check, then cross-field rules. Returns data; reporters render it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .diagnostics import Diagnostic, make, sort_diagnostics
+from .loader import LoadedSpec, load_spec
+from .schema import schema_diagnostics
+
+
+@dataclass
+class LintOptions:
+    allow_remote_code: bool = False
+    # Dataset paths must stay inside this folder; default: the git repository holding the spec.
+    repo_root: Path | None = None
+    check_files: bool = True
+
+
+@dataclass
+class LintResult:
+    spec: LoadedSpec
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not any(d.severity == "error" for d in self.diagnostics)
+
+
+def lint_loaded(spec: LoadedSpec, options: LintOptions | None = None) -> LintResult:
+    options = options or LintOptions()
+    diags = list(spec.diagnostics)
+    if isinstance(spec.data, dict):
+        version = spec.data.get("version")
+        if "version" in spec.data and version != 1:
+            diags.append(make("FT0108", spec.locate("/version"), value=repr(version)))
+        else:
+            schema_diags = schema_diagnostics(spec)
+            diags.extend(schema_diags)
+            from .rules import cross_field_diagnostics
+
+            diags.extend(cross_field_diagnostics(spec, options, schema_diags))
+    return LintResult(spec, sort_diagnostics(_dedupe(diags)))
+
+
+def lint_file(path: str | Path, options: LintOptions | None = None) -> LintResult:
+    return lint_loaded(load_spec(path), options)
+
+
+def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
+    seen, out = set(), []
+    for d in diags:
+        key = (d.code, d.file, d.line, d.column, d.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    """Files as given; folders become the YAML specs inside them (sorted, hidden folders skipped)."""
+    out: list[str] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*")
+                if f.suffix in (".yaml", ".yml") and f.is_file()
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+            out.extend(str(f) for f in found)
+        else:
+            out.append(raw)
+    return out

@@ -1,0 +1,186 @@
+"""Render diagnostics as text, JSON, SARIF 2.1.0 or GitHub workflow annotations."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+
+from . import __version__
+from .diagnostics import Diagnostic, catalog
+
+FORMATS = ("text", "json", "sarif", "github")
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+INFO_URI = "https://github.com/ftspec/ftspec#diagnostic-codes"
+
+SourceLookup = Callable[[str | None, int | None], str | None]
+
+
+def status(diagnostics: Iterable[Diagnostic]) -> str:
+    return "fail" if any(d.severity == "error" for d in diagnostics) else "ok"
+
+
+def to_json(diagnostics: list[Diagnostic], **sections: object) -> str:
+    body = {"status": status(diagnostics), "diagnostics": [d.to_json() for d in diagnostics]}
+    body.update({k: v for k, v in sections.items() if v is not None})
+    return json.dumps(body, indent=2, sort_keys=False, ensure_ascii=False)
+
+
+def _use_color(stream) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+_COLORS = {"error": "\x1b[31;1m", "warning": "\x1b[33;1m", "info": "\x1b[36;1m"}
+_DIM, _RESET = "\x1b[2m", "\x1b[0m"
+
+
+def to_text(diagnostics: list[Diagnostic], source: SourceLookup, *, color: bool = False) -> str:
+    """`path:line:col: CODE severity: message`, the source line with a caret, then the hint."""
+    lines: list[str] = []
+    for d in diagnostics:
+        where = ":".join(str(x) for x in (d.file, d.line, d.column) if x is not None) or "<spec>"
+        sev = f"{_COLORS[d.severity]}{d.severity}{_RESET}" if color else d.severity
+        head = f"{where}: {d.code} {sev}: {d.message}"
+        lines.append(head)
+        src = source(d.file, d.line)
+        if src is not None and d.column:
+            shown = src.expandtabs(1).rstrip()
+            lines.append(f"  {d.line:>4} | {shown}")
+            lines.append("       | " + " " * (d.column - 1) + (f"{_COLORS[d.severity]}^{_RESET}" if color else "^"))
+        if d.hint:
+            lines.append(f"  {_DIM}hint:{_RESET} {d.hint}" if color else f"  hint: {d.hint}")
+    counts = {s: sum(1 for d in diagnostics if d.severity == s) for s in ("error", "warning", "info")}
+    summary = ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items() if n) or "no problems"
+    lines.append(summary)
+    return "\n".join(lines)
+
+
+def _gh_escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _gh_escape_prop(text: str) -> str:
+    return _gh_escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def to_github(diagnostics: list[Diagnostic]) -> str:
+    """GitHub Actions workflow commands: one `::error file=...,line=...,col=...,title=CODE::msg` each."""
+    level = {"error": "error", "warning": "warning", "info": "notice"}
+    out = []
+    for d in diagnostics:
+        props = []
+        if d.file:
+            props.append(f"file={_gh_escape_prop(_relpath(d.file))}")
+        if d.line:
+            props.append(f"line={d.line}")
+        if d.column:
+            props.append(f"col={d.column}")
+        props.append(f"title={_gh_escape_prop(d.code)}")
+        message = d.message + (f"\n{d.hint}" if d.hint else "")
+        out.append(f"::{level[d.severity]} {','.join(props)}::{_gh_escape_data(message)}")
+    return "\n".join(out)
+
+
+def _relpath(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:
+        return path.replace(os.sep, "/")
+    return (path if rel.startswith("..") else rel).replace(os.sep, "/")
+
+
+def to_sarif(diagnostics: list[Diagnostic]) -> str:
+    """SARIF 2.1.0 as GitHub code scanning accepts it: rules with help text, physical locations."""
+    rules_used = sorted({d.code for d in diagnostics})
+    cat = catalog()
+    level = {"error": "error", "warning": "warning", "info": "note"}
+    rules = []
+    for code in rules_used:
+        rule = cat.get(code)
+        summary = rule.summary if rule else code
+        help_text = summary + (f" Fix: {rule.hint}" if rule and rule.hint and "{" not in rule.hint else "")
+        rules.append(
+            {
+                "id": code,
+                "name": rule.name if rule else code,
+                "shortDescription": {"text": summary},
+                "fullDescription": {"text": summary},
+                "helpUri": INFO_URI,
+                "help": {"text": help_text, "markdown": f"**{code}** {help_text}"},
+                "defaultConfiguration": {"level": level[rule.severity if rule else "error"]},
+                "properties": {"tags": ["ftspec"]},
+            }
+        )
+    index = {code: i for i, code in enumerate(rules_used)}
+    results = []
+    for d in diagnostics:
+        result = {
+            "ruleId": d.code,
+            "ruleIndex": index[d.code],
+            "level": level[d.severity],
+            "message": {"text": d.message + (f" (hint: {d.hint})" if d.hint else "")},
+        }
+        if d.file:
+            region = {"startLine": max(d.line or 1, 1)}
+            if d.column:
+                region["startColumn"] = d.column
+            result["locations"] = [
+                {
+                    "physicalLocation": {
+                        "artifactLocation": {"uri": _relpath(d.file), "uriBaseId": "%SRCROOT%"},
+                        "region": region,
+                    },
+                    **({"logicalLocations": [{"fullyQualifiedName": d.pointer}]} if d.pointer else {}),
+                }
+            ]
+        results.append(result)
+    log = {
+        "$schema": SARIF_SCHEMA,
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "ftspec",
+                        "version": __version__,
+                        "semanticVersion": __version__,
+                        "informationUri": INFO_URI,
+                        "rules": rules,
+                    }
+                },
+                "results": results,
+                "columnKind": "unicodeCodePoints",
+            }
+        ],
+    }
+    return json.dumps(log, indent=2, ensure_ascii=False)
+
+
+def emit(
+    diagnostics: list[Diagnostic],
+    fmt: str,
+    source: SourceLookup,
+    *,
+    text_extra: str | None = None,
+    stream=None,
+    **json_sections: object,
+) -> None:
+    """Write diagnostics in `fmt` to stdout; `text_extra` is a report printed before text findings."""
+    stream = stream or sys.stdout
+    if fmt == "json":
+        stream.write(to_json(diagnostics, **json_sections) + "\n")
+    elif fmt == "sarif":
+        stream.write(to_sarif(diagnostics) + "\n")
+    elif fmt == "github":
+        text = to_github(diagnostics)
+        if text:
+            stream.write(text + "\n")
+    else:
+        if text_extra:
+            stream.write(text_extra.rstrip("\n") + "\n")
+        stream.write(to_text(diagnostics, source, color=_use_color(stream)) + "\n")

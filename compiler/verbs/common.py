@@ -1,0 +1,69 @@
+"""Arguments and output plumbing shared by the verbs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..reporters import FORMATS
+
+
+def add_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
+
+
+def add_lint_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-remote-code", action="store_true",
+        help="accept model.trust_remote_code: true (runs the model repository's Python code)",
+    )
+    parser.add_argument(
+        "--repo-root", default=None,
+        help="folder that dataset paths must stay inside (default: the git repository of the spec)",
+    )
+
+
+def lint_options(args: argparse.Namespace):
+    from pathlib import Path
+
+    from ..lint import LintOptions
+
+    return LintOptions(
+        allow_remote_code=getattr(args, "allow_remote_code", False),
+        repo_root=Path(args.repo_root).resolve() if getattr(args, "repo_root", None) else None,
+    )
+
+
+def fail(message: str, hint: str | None = None) -> int:
+    """The tool could not run: one clear line on stderr and exit code 2."""
+    print(f"ftspec: error: {message}", file=sys.stderr)
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
+    return 2
+
+
+class SourceCache:
+    """Source lines for the text reporter, from loaded specs or read on demand (data files)."""
+
+    def __init__(self) -> None:
+        self._texts: dict[str, list[str]] = {}
+
+    def add(self, path: str, text: str) -> None:
+        self._texts[path] = text.splitlines()
+
+    def __call__(self, path: str | None, line: int | None) -> str | None:
+        if not path or not line:
+            return None
+        if path not in self._texts:
+            try:
+                with open(path, encoding="utf-8", errors="replace") as fh:
+                    lines = []
+                    for i, text in enumerate(fh, 1):
+                        lines.append(text.rstrip("\n"))
+                        if i >= 200_000:
+                            break
+                self._texts[path] = lines
+            except OSError:
+                self._texts[path] = []
+        lines = self._texts[path]
+        return lines[line - 1] if 0 < line <= len(lines) else None

@@ -1,0 +1,42 @@
+"""`ftspec lint SPEC...`"""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import SourceCache, add_format, add_lint_options, lint_options
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("specs", nargs="+", metavar="SPEC", help="spec files or folders of specs")
+    add_format(parser)
+    add_lint_options(parser)
+    parser.add_argument("--strict", action="store_true", help="treat warnings as errors (exit 1)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..lint import expand_paths, lint_file
+    from ..reporters import emit
+
+    paths = expand_paths(args.specs)
+    if not paths:
+        from .common import fail
+
+        return fail("no spec files found in " + ", ".join(args.specs))
+    options = lint_options(args)
+    sources = SourceCache()
+    diagnostics = []
+    unreadable = False
+    for path in paths:
+        result = lint_file(path, options)
+        sources.add(path, result.spec.text)
+        diagnostics.extend(result.diagnostics)
+        unreadable |= any(d.code == "FT0001" for d in result.diagnostics)
+    emit(diagnostics, args.format, sources)
+    if unreadable:
+        return 2
+    if any(d.severity == "error" for d in diagnostics):
+        return 1
+    if args.strict and any(d.severity == "warning" for d in diagnostics):
+        return 1
+    return 0

@@ -1,0 +1,24 @@
+"""`ftspec schema [spec|plan|report]`: print a JSON Schema (for editors and other tools)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+NAMES = {"spec": "spec.v1.schema.json", "plan": "plan.v1.schema.json", "report": "report.v1.schema.json"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("which", nargs="?", default="spec", choices=sorted(NAMES), help="which schema (default: spec)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    from .common import fail
+
+    res = resources.files("ftspec.schemas").joinpath(NAMES[args.which])
+    if not res.is_file():
+        return fail(f"the {args.which} schema is not part of this build")
+    print(json.dumps(json.loads(res.read_text(encoding="utf-8")), indent=2))
+    return 0

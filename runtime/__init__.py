@@ -1,0 +1,1 @@
+"""ftspec runtime: everything that imports torch. Reached only through a subprocess and plan.json."""
