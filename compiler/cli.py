@@ -25,6 +25,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "import": ("import_config", "translate an Axolotl, LLaMA-Factory or torchtune config into a spec"),
     "init": ("init", "write a new spec fitted to your data and hardware"),
     "schema": ("schema", "print a JSON Schema (spec, plan or report)"),
+    "codes": ("codes", "list every diagnostic code (text, markdown or JSON)"),
 }
 
 

@@ -13,9 +13,14 @@ from pathlib import Path
 
 from .diagnostics import Diagnostic, Location, make
 
-MAX_BYTES = 2 * 1024 * 1024  # a spec is a page of YAML; anything this large is a mistake or an attack
+MAX_BYTES = 1024 * 1024  # a spec is a page of YAML (a few KB); anything this large is a mistake or an attack
 MAX_NODES = 100_000  # expanded nodes: stops alias bombs ("billion laughs") before they eat memory
 MAX_DEPTH = 64
+# ruamel.yaml composes the whole document before we can count nodes, at ~35 us per node: a 1 MB flow
+# list of 500k items would take 20 s and 700 MB. These cheap text counts bound the work (and so the
+# time) before parsing; a real spec has a few hundred lines.
+MAX_LINES = 5_000
+MAX_SEPARATORS = 5_000  # commas (items of flow lists and mappings), and opening brackets (nesting)
 
 
 def escape_pointer_token(token: object) -> str:
@@ -92,6 +97,10 @@ def load_text(text: str, path: str) -> LoadedSpec:
     ):
         spec.diagnostics.append(make("FT0005", Location(path, 1, 1, "")))
         return spec
+    too_complex = _too_complex(text, path)
+    if too_complex is not None:
+        spec.diagnostics.append(too_complex)
+        return spec
     from ruamel.yaml import YAML
     from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
@@ -139,6 +148,12 @@ def load_spec(path: str | os.PathLike) -> LoadedSpec:
             return spec
         with open(path, "rb") as fh:
             raw = fh.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:  # stat lied: a device, a pipe, or a file still growing
+            spec = LoadedSpec(path=shown, text="")
+            spec.diagnostics.append(
+                make("FT0007", Location(shown, 1, 1, ""), size=f"more than {MAX_BYTES}", limit=MAX_BYTES)
+            )
+            return spec
     except IsADirectoryError:
         spec = LoadedSpec(path=shown, text="")
         spec.diagnostics.append(make("FT0001", Location(shown), detail="is a directory"))
@@ -153,6 +168,41 @@ def load_spec(path: str | os.PathLike) -> LoadedSpec:
         spec.diagnostics.append(problem)
         return spec
     return load_text(text, shown)
+
+
+def _too_complex(text: str, path: str) -> Diagnostic | None:
+    lines = text.count("\n") + 1
+    if lines > MAX_LINES:
+        return make("FT0012", Location(path, MAX_LINES + 1, 1, ""), count=lines, what="lines", limit=MAX_LINES)
+    commas = text.count(",")
+    if commas > MAX_SEPARATORS:
+        # point at the line where the limit is crossed: that is where the runaway list is
+        offset = -1
+        for _ in range(MAX_SEPARATORS + 1):
+            offset = text.find(",", offset + 1)
+        line = text.count("\n", 0, offset) + 1
+        return make("FT0012", Location(path, line, 1, ""), count=commas, what="commas (flow items)",
+                    limit=MAX_SEPARATORS)
+    brackets = text.count("[") + text.count("{")
+    if brackets > MAX_SEPARATORS:
+        return make("FT0012", Location(path, 1, 1, ""), count=brackets, what="opening brackets",
+                    limit=MAX_SEPARATORS)
+    if brackets > MAX_DEPTH:
+        # ruamel.yaml slows down sharply with flow nesting (5,000 levels: 5 s before a RecursionError):
+        # measure the depth first. Brackets inside quoted strings count too, an over-estimate that
+        # only a spec nested 64 levels deep could notice.
+        depth = deepest = 0
+        for char in text:
+            if char in "[{":
+                depth += 1
+                if depth > deepest:
+                    deepest = depth
+            elif char in "]}" and depth:
+                depth -= 1
+        if deepest > MAX_DEPTH:
+            return make("FT0008", Location(path, 1, 1, ""), detail=f"flow collections nested {deepest} deep "
+                        f"(at most {MAX_DEPTH})")
+    return None
 
 
 def _one_line(text: str) -> str:

@@ -28,11 +28,33 @@ def to_json(diagnostics: list[Diagnostic], **sections: object) -> str:
 
 
 def _use_color(stream) -> bool:
+    """Color only on a terminal; NO_COLOR (https://no-color.org) always wins, FORCE_COLOR forces it."""
     if os.environ.get("NO_COLOR"):
         return False
     if os.environ.get("FORCE_COLOR"):
         return True
-    return hasattr(stream, "isatty") and stream.isatty()
+    if os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+SOURCE_WIDTH = 120  # longer source lines are shown as a window around the column
+
+
+def _source_window(line: str, column: int) -> tuple[str, int]:
+    """The part of `line` worth printing and the caret's 0-based offset in it."""
+    text = line.expandtabs(1).rstrip()  # one column per tab keeps the caret under the reported column
+    offset = max(column - 1, 0)
+    if len(text) <= SOURCE_WIDTH:
+        return text, min(offset, len(text))
+    start = max(0, min(offset - SOURCE_WIDTH // 2, len(text) - SOURCE_WIDTH))
+    window = text[start:start + SOURCE_WIDTH]
+    prefix = "..." if start > 0 else ""
+    suffix = "..." if start + SOURCE_WIDTH < len(text) else ""
+    return prefix + window + suffix, len(prefix) + offset - start
 
 
 _COLORS = {"error": "\x1b[31;1m", "warning": "\x1b[33;1m", "info": "\x1b[36;1m"}
@@ -49,9 +71,9 @@ def to_text(diagnostics: list[Diagnostic], source: SourceLookup, *, color: bool 
         lines.append(head)
         src = source(d.file, d.line)
         if src is not None and d.column:
-            shown = src.expandtabs(1).rstrip()
+            shown, caret = _source_window(src, d.column)
             lines.append(f"  {d.line:>4} | {shown}")
-            lines.append("       | " + " " * (d.column - 1) + (f"{_COLORS[d.severity]}^{_RESET}" if color else "^"))
+            lines.append("       | " + " " * caret + (f"{_COLORS[d.severity]}^{_RESET}" if color else "^"))
         if d.hint:
             lines.append(f"  {_DIM}hint:{_RESET} {d.hint}" if color else f"  hint: {d.hint}")
     counts = {s: sum(1 for d in diagnostics if d.severity == s) for s in ("error", "warning", "info")}
@@ -94,6 +116,33 @@ def _relpath(path: str) -> str:
     return (path if rel.startswith("..") else rel).replace(os.sep, "/")
 
 
+def _artifact_location(path: str) -> dict:
+    """A SARIF artifactLocation: a percent-encoded path relative to the checkout (what GitHub code
+    scanning maps onto the repository), or an absolute file:// URI for files outside it."""
+    from pathlib import Path
+    from urllib.parse import quote
+
+    rel = _relpath(path)
+    if os.path.isabs(rel) or rel.startswith(".."):
+        return {"uri": Path(os.path.abspath(path)).as_uri()}
+    return {"uri": quote(rel, safe="/"), "uriBaseId": "%SRCROOT%"}
+
+
+class _Blank(dict):
+    def __missing__(self, key: str) -> str:
+        return "..."
+
+
+def generic_hint(hint: str | None) -> str | None:
+    """A catalog hint with its per-finding fields shown as `...` (for rule help and the code table)."""
+    if not hint:
+        return None
+    try:
+        return hint.format_map(_Blank())
+    except (ValueError, IndexError, AttributeError):
+        return hint
+
+
 def to_sarif(diagnostics: list[Diagnostic]) -> str:
     """SARIF 2.1.0 as GitHub code scanning accepts it: rules with help text, physical locations."""
     rules_used = sorted({d.code for d in diagnostics})
@@ -103,7 +152,10 @@ def to_sarif(diagnostics: list[Diagnostic]) -> str:
     for code in rules_used:
         rule = cat.get(code)
         summary = rule.summary if rule else code
-        help_text = summary + (f" Fix: {rule.hint}" if rule and rule.hint and "{" not in rule.hint else "")
+        generic = generic_hint(rule.hint) if rule else None
+        help_text = summary + (f" Fix: {generic}" if generic else "")
+        if rule and rule.source and rule.source.startswith("http"):
+            help_text += f" Source: {rule.source}"
         rules.append(
             {
                 "id": code,
@@ -132,7 +184,7 @@ def to_sarif(diagnostics: list[Diagnostic]) -> str:
             result["locations"] = [
                 {
                     "physicalLocation": {
-                        "artifactLocation": {"uri": _relpath(d.file), "uriBaseId": "%SRCROOT%"},
+                        "artifactLocation": _artifact_location(d.file),
                         "region": region,
                     },
                     **({"logicalLocations": [{"fullyQualifiedName": d.pointer}]} if d.pointer else {}),

@@ -168,7 +168,9 @@ def _to_diagnostics(error, spec: LoadedSpec) -> list[Diagnostic]:
         branches = {e.relative_schema_path[0] for e in alternatives if e.relative_schema_path}
         others = max(len(branches) - 1, 0)
         note = f" ({others} other form{'s' if others != 1 else ''} did not match either)" if others else ""
-        return [make("FT0107", d.location, detail=d.message + note, hint=d.hint or "") for d in inner]
+        # A nested oneOf (a mix entry inside the train list) has said how many forms it tried already.
+        return [d if d.code == "FT0107" else make("FT0107", d.location, detail=d.message + note, hint=d.hint or "")
+                for d in inner]
     if kw in ("minProperties", "maxProperties") and error.schema.get("description"):
         return [make("FT0110", loc, field=field, detail=error.schema["description"])]
     if kw in ("minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties", "propertyNames"):

@@ -1,0 +1,176 @@
+"""Benchmark: `ftspec check --only data` on a generated 1,000,000-record ChatML file, against
+`datasets.load_dataset("json")` loading the same file.
+
+Each side runs in its own child process so that peak memory (ru_maxrss) is measured per side and the
+two do not share caches; the validation child never imports `datasets`. Goal (issue 4): >= 50,000
+records/s on one core, peak < 1 GB, faster than loading with `datasets`; near-duplicate detection on
+100,000 records within a minute.
+
+    .venv/bin/python benchmarks/datacheck_speed.py [--records 1000000] [--near 100000] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = ("the a model answer question data train token learn rate batch loss eval system user reply "
+         "weather city river number value result check format file line text sample short long "
+         "quick brown fox jumps over lazy dog alpha beta gamma delta json spec tune adapter").split()
+
+SPEC = """version: 1
+name: bench
+model:
+  id: builtin:tiny-llama
+  chat_template: chatml
+dataset:
+  format: chatml
+  train: {train}
+  min_examples: 1
+  checks:
+    dedup: {dedup}
+    near_dup_threshold: 0.9
+training:
+  sequence_len: 512
+"""
+
+
+def generate(path: Path, records: int, seed: int = 0) -> None:
+    """ChatML records of 2-4 turns, ~60 words each; 1% exact duplicates."""
+    rng = random.Random(seed)
+    written: list[str] = []
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(records):
+            if written and rng.random() < 0.01:
+                fh.write(rng.choice(written))
+                continue
+            msgs = []
+            if i % 2 == 0:
+                msgs.append({"role": "system", "content": "You are a helpful assistant."})
+            for _ in range(rng.choice((1, 1, 2))):
+                q = " ".join(rng.choices(WORDS, k=rng.randint(8, 30)))
+                a = " ".join(rng.choices(WORDS, k=rng.randint(10, 50)))
+                msgs.append({"role": "user", "content": f"Q{i}: {q}?"})
+                msgs.append({"role": "assistant", "content": f"{a}."})
+            line = json.dumps({"messages": msgs}, ensure_ascii=False) + "\n"
+            if len(written) < 1000:
+                written.append(line)
+            fh.write(line)
+
+
+def _child_check(spec_path: str) -> dict:
+    from ftspec.compiler.datacheck import check_data
+    from ftspec.compiler.loader import load_spec
+    from ftspec.compiler.resolve import resolve
+
+    spec = load_spec(spec_path)
+    resolved = resolve(spec.data)
+    start = time.perf_counter()
+    report = check_data(spec, resolved)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "records": report.summary["records"]["train"],
+            "exact": report.summary["duplicates"]["exact"], "near": report.summary["duplicates"]["near"],
+            "datasets_imported": "datasets" in sys.modules,
+            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _child_datasets(data_path: str, cache: str) -> dict:
+    import datasets
+
+    datasets.disable_progress_bars()
+    start = time.perf_counter()
+    ds = datasets.load_dataset("json", data_files=data_path, split="train", cache_dir=cache)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "records": len(ds),
+            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _run_child(*args: str) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAYON_NUM_THREADS="1", HF_DATASETS_OFFLINE="1")
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise SystemExit(f"child {args[0]} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--near", type=int, default=100_000, help="records for the near-duplicate run (0: skip)")
+    parser.add_argument("--keep", default=None, help="folder to write the data into and keep")
+    parser.add_argument("--skip-datasets", action="store_true")
+    args = parser.parse_args()
+    folder = Path(args.keep or tempfile.mkdtemp(prefix="ftspec-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "train.jsonl"
+    if not data.exists() or sum(1 for _ in open(data, "rb")) != args.records:
+        t = time.perf_counter()
+        generate(data, args.records)
+        print(f"generated {args.records:,} records ({data.stat().st_size / 1e6:.0f} MB) in "
+              f"{time.perf_counter() - t:.1f}s", file=sys.stderr)
+    spec = folder / "spec.yaml"
+    spec.write_text(SPEC.format(train=data.name, dedup="exact"), encoding="utf-8")
+    check = _run_child("--child-check", str(spec))
+    rate = check["records"] / check["seconds"]
+    print(f"ftspec check (validate + exact dedup): {check['records']:,} records in {check['seconds']:.1f}s = "
+          f"{rate:,.0f} records/s, peak RSS {check['maxrss_mb']:.0f} MB, {check['exact']:,} duplicates"
+          f" (datasets imported: {check['datasets_imported']})")
+    result = {"records": check["records"], "check_seconds": round(check["seconds"], 2),
+              "check_records_per_s": round(rate), "check_peak_mb": round(check["maxrss_mb"])}
+    if not args.skip_datasets:
+        import shutil
+
+        cache = tempfile.mkdtemp(prefix="ftspec-bench-hf-")  # a fresh cache: time a cold load, not a cache hit
+        try:
+            loaded = _run_child("--child-datasets", str(data), cache)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        ratio = loaded["seconds"] / check["seconds"]
+        print(f"datasets.load_dataset('json'): {loaded['records']:,} records in {loaded['seconds']:.1f}s = "
+              f"{loaded['records'] / loaded['seconds']:,.0f} records/s, peak RSS {loaded['maxrss_mb']:.0f} MB")
+        print(f"ratio: ftspec check is {ratio:.2f}x the speed of datasets loading")
+        result.update(datasets_seconds=round(loaded["seconds"], 2), datasets_peak_mb=round(loaded["maxrss_mb"]),
+                      speed_ratio=round(ratio, 2))
+    if args.near:
+        near_data = folder / "near.jsonl"
+        with open(data, "rb") as src, open(near_data, "wb") as dst:
+            for i, line in enumerate(src):
+                if i >= args.near:
+                    break
+                dst.write(line)
+        near_spec = folder / "near.yaml"
+        near_spec.write_text(SPEC.format(train=near_data.name, dedup="near"), encoding="utf-8")
+        near = _run_child("--child-check", str(near_spec))
+        print(f"near-duplicate check: {near['records']:,} records in {near['seconds']:.1f}s, "
+              f"{near['exact']:,} exact + {near['near']:,} near duplicates, peak RSS {near['maxrss_mb']:.0f} MB")
+        result.update(near_records=near["records"], near_seconds=round(near["seconds"], 2),
+                      near_peak_mb=round(near["maxrss_mb"]))
+    result["goals"] = {
+        "records_per_s>=50000": result["check_records_per_s"] >= 50_000,
+        "peak<1GB": result["check_peak_mb"] < 1024,
+        "faster_than_datasets": result.get("speed_ratio", 0) > 1 if not args.skip_datasets else None,
+        "near_100k<60s": result["near_seconds"] < 60 if args.near else None,
+    }
+    print(json.dumps(result))
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "--child-check":
+        print(json.dumps(_child_check(sys.argv[2])))
+    elif len(sys.argv) >= 4 and sys.argv[1] == "--child-datasets":
+        print(json.dumps(_child_datasets(sys.argv[2], sys.argv[3])))
+    else:
+        sys.exit(main())

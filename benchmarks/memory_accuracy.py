@@ -1,0 +1,125 @@
+"""How close are memory estimates to published measurements?
+
+Runs ftspec's estimator, an accelerate-style estimate (`accelerate estimate-memory`: 4x the weights
+in their dtype, "training using Adam", no activations, LoRA or sharding) and DeepSpeed's model-states
+formula (`estimate_zero2/3_model_states_mem_needs`: every parameter counted as trained, no
+activations) on the rows of compiler/data/memory-calibration.csv that publish a complete
+configuration, and prints per-row results, the share within 25% and the mean absolute percentage
+error. Fit boundaries and published OOMs are checked as verdicts; rows that only bound the memory
+from above (unpacked data) are checked as bounds.
+
+    python benchmarks/memory_accuracy.py [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ftspec.compiler.arch_shapes import Shapes
+from ftspec.compiler.calibration import predicted_gib, scored_rows, upper_bound_rows, verdict_checks
+from ftspec.compiler.memory import GIB
+
+TOLERANCE = 0.25
+
+
+def accelerate_style(reading: dict) -> float:
+    shapes, setup = Shapes.from_arch(reading["arch"]), reading["setup"]
+    method, precision = setup.get("method", "lora"), setup.get("precision", "bf16")
+    if method == "qlora":
+        per_param = 1.0 if setup.get("quant_bits", 4) == 8 else 0.5
+    else:
+        per_param = 4.0 if precision == "fp32" else 2.0
+    return 4 * shapes.total_params * per_param / GIB
+
+
+def deepspeed_formula(reading: dict) -> float:
+    shapes, setup = Shapes.from_arch(reading["arch"]), reading["setup"]
+    params, gpus = shapes.total_params, max(int(setup.get("world", 1)), 1)
+    offload = setup.get("offload", "none") != "none"
+    sharded = setup.get("strategy") == "fsdp" or setup.get("zero_stage") == 3
+    if sharded:
+        largest_layer = 4 * shapes.largest_module_params
+        return (largest_layer + (0 if offload else 18 * params / gpus)) / GIB
+    return (4 * params + (0 if offload else 16 * params / gpus)) / GIB
+
+
+def summarise(errors: list[float]) -> dict:
+    within = sum(abs(e) <= TOLERANCE for e in errors)
+    return {
+        "rows": len(errors),
+        "within_25pct": within,
+        "share_within_25pct": round(within / len(errors), 3) if errors else None,
+        "mape": round(sum(abs(e) for e in errors) / len(errors), 3) if errors else None,
+    }
+
+
+def run() -> dict:
+    rows = scored_rows()
+    results, errs = [], {"ftspec": [], "accelerate_style": [], "deepspeed_formula": []}
+    for row in rows:
+        measured = row.measured_gib
+        preds = {
+            "ftspec": predicted_gib(row),
+            "accelerate_style": accelerate_style(row.reading),
+            "deepspeed_formula": deepspeed_formula(row.reading),
+        }
+        for name, value in preds.items():
+            errs[name].append((value - measured) / measured)
+        results.append({
+            "id": row.id,
+            "model": row.data["model"],
+            "method": row.data["method"],
+            "metric": row.reading["metric"],
+            "measured_gib": round(measured, 2),
+            **{f"{k}_gib": round(v, 2) for k, v in preds.items()},
+            "reading": row.reading.get("reading"),
+            "source": row.source,
+        })
+    verdicts = []
+    for vid, v, est in verdict_checks():
+        ok = est.fits if v["expect"] == "fits" else est.fits is False
+        verdicts.append({"id": vid, "expect": v["expect"], "device_gib": round(est.device_gib, 2),
+                         "capacity_gib": round(v["capacity_gib"], 2), "ok": bool(ok)})
+    bounds = []
+    for row in upper_bound_rows():
+        full = predicted_gib(row)
+        bounds.append({"id": row.id, "measured_gib": round(row.measured_gib, 2), "full_length_estimate_gib":
+                       round(full, 2), "ok": row.measured_gib <= full * (1 + TOLERANCE)})
+    return {
+        "summary": {name: summarise(e) for name, e in errs.items()},
+        "rows": results,
+        "verdicts": verdicts,
+        "upper_bounds": bounds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args(argv)
+    report = run()
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{'row':6} {'model':16} {'method':8} {'metric':9} {'measured':>9} {'ftspec':>8} {'accel':>8} {'ds':>8}")
+    for r in report["rows"]:
+        print(f"{r['id']:6} {r['model'][:16]:16} {r['method'][:8]:8} {r['metric']:9} {r['measured_gib']:9.1f} "
+              f"{r['ftspec_gib']:8.1f} {r['accelerate_style_gib']:8.1f} {r['deepspeed_formula_gib']:8.1f}")
+    print("\nGiB per GPU. Within 25% / mean absolute percentage error:")
+    for name, s in report["summary"].items():
+        print(f"  {name:18} {s['within_25pct']:>2}/{s['rows']} ({s['share_within_25pct']:.0%})  MAPE {s['mape']:.1%}")
+    print("\nVerdicts (published fit boundaries and OOMs):")
+    for v in report["verdicts"]:
+        print(f"  {v['id']:10} expect {v['expect']:4}  estimate {v['device_gib']:6.1f} / {v['capacity_gib']:.1f} GiB"
+              f"  {'ok' if v['ok'] else 'WRONG'}")
+    print("\nUpper bounds (unpacked data; the full-length estimate should not be below the measurement):")
+    for b in report["upper_bounds"]:
+        print(f"  {b['id']:6} measured {b['measured_gib']:6.1f}  full-length estimate {b['full_length_estimate_gib']:6.1f}"
+              f"  {'ok' if b['ok'] else 'BELOW'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,368 @@
+"""Chat templates: the built-in catalog, a sandboxed renderer that reports trained spans, token masks.
+
+Templates are untrusted input (a model folder's tokenizer_config.json can hold any Jinja), so they are
+rendered the way transformers renders them: jinja2's ImmutableSandboxedEnvironment with trim_blocks and
+lstrip_blocks, the same helper globals, and a `{% generation %}` tag. Our tag records the character
+span of every generation block, which is what `apply_chat_template(return_assistant_tokens_mask=True)`
+turns into the assistant mask; the compiler uses the spans to show and check which tokens train.
+
+Pure Python: jinja2 and (optionally, for exact token offsets) the `tokenizers` library, never
+transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache, lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+BUILTIN = ("chatml", "llama3", "alpaca")
+
+
+class TemplateError(Exception):
+    """A template that does not compile or fails while rendering (message, 1-based template line)."""
+
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+@dataclass(frozen=True)
+class TemplateInfo:
+    name: str
+    source: str  # Jinja text
+    terminator: str  # text that ends an assistant turn; "{eos_token}" means the tokenizer's EOS
+    special_tokens: dict[str, str]
+    markers: tuple[str, ...]  # template text that must never appear inside message content
+    origin: str  # where the template came from (catalog source or a file path)
+
+    def terminator_text(self, special_tokens: dict[str, str] | None = None) -> str:
+        tokens = {**self.special_tokens, **(special_tokens or {})}
+        return self.terminator.replace("{eos_token}", tokens.get("eos_token", ""))
+
+
+@lru_cache(maxsize=1)
+def _catalog() -> dict[str, dict]:
+    data = resources.files("ftspec.compiler.data")
+    raw = json.loads(data.joinpath("chat_templates.json").read_text(encoding="utf-8"))
+    return {k: v for k, v in raw.items() if not k.startswith("$")}
+
+
+def template_source(name: str) -> str:
+    """Jinja source of a built-in template (`chatml`, `llama3`, `alpaca`) for `tokenizer.chat_template`."""
+    return builtin_template(name).source
+
+
+@cache
+def builtin_template(name: str) -> TemplateInfo:
+    entry = _catalog().get(name)
+    if entry is None:
+        raise KeyError(f"unknown chat template {name!r}; built-in ones: {', '.join(BUILTIN)}")
+    data = resources.files("ftspec.compiler.data")
+    source = data.joinpath(*entry["file"].split("/")).read_text(encoding="utf-8")
+    return TemplateInfo(
+        name=name,
+        source=source,
+        terminator=entry["terminator"],
+        special_tokens=dict(entry.get("special_tokens", {})),
+        markers=tuple(entry.get("markers", ())),
+        origin=entry.get("source", ""),
+    )
+
+
+@lru_cache(maxsize=1)
+def all_markers() -> tuple[str, ...]:
+    """Template markup of the built-in templates and of other common chat formats: text that must never
+    sit inside message content (it is how template text leaked into a dataset shows)."""
+    out: list[str] = []
+    raw = json.loads(resources.files("ftspec.compiler.data").joinpath("chat_templates.json").read_text("utf-8"))
+    others = raw.get("$other_markers", {}).get("markers", [])
+    for name in BUILTIN:
+        out.extend(m for m in builtin_template(name).markers if m not in out)
+    out.extend(m for m in others if m not in out)
+    return tuple(out)
+
+
+# --- sandboxed rendering -------------------------------------------------------------------------
+
+_TRACK: ContextVar[list | None] = ContextVar("ftspec_generation_track", default=None)
+
+
+def _generation_extension():
+    import jinja2
+    from jinja2.ext import Extension
+
+    class GenerationExtension(Extension):
+        """`{% generation %}...{% endgeneration %}`: renders its body and records its character span.
+
+        The span start is the length of everything the template has produced so far, which is why
+        rendering goes through `Template.generate()` (chunks arrive in order) rather than `render()`.
+        """
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_generation", []), [], [], body).set_lineno(lineno)
+
+        def _generation(self, caller) -> str:
+            text = caller()
+            track = _TRACK.get()
+            if track is not None:
+                chunks, spans = track
+                start = sum(len(c) for c in chunks)
+                spans.append((start, start + len(text)))
+            return text
+
+    return GenerationExtension
+
+
+@lru_cache(maxsize=1)
+def _environment():
+    import jinja2
+    import jinja2.ext
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
+        # like transformers: no HTML escaping
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(fmt: str) -> str:
+        return datetime.now().strftime(fmt)
+
+    class SafeNamespace(jinja2.utils.Namespace):
+        # Namespaces must not store dunder names: that is how sandbox escapes reach CPython internals.
+        def __init__(*args, **kwargs):
+            self, args = args[0], args[1:]
+            attrs = dict(*args, **kwargs)
+            for name in attrs:
+                SafeNamespace._check(name)
+            jinja2.utils.Namespace.__init__(self, attrs)
+
+        def __setitem__(self, name, value):
+            SafeNamespace._check(name)
+            jinja2.utils.Namespace.__setitem__(self, name, value)
+
+        @staticmethod
+        def _check(name):
+            if isinstance(name, str) and name.startswith("_"):
+                raise jinja2.exceptions.SecurityError(f"namespace attribute {name!r} is not allowed")
+
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[_generation_extension(), jinja2.ext.loopcontrols],
+    )
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    env.globals["namespace"] = SafeNamespace
+    return env
+
+
+@lru_cache(maxsize=16)
+def compile_template(source: str):
+    """Compile untrusted template text in the sandbox; TemplateError on bad syntax."""
+    import jinja2
+
+    try:
+        return _environment().from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"template syntax error: {exc.message}", exc.lineno) from None
+
+
+@dataclass
+class Rendered:
+    text: str
+    spans: list[tuple[int, int]] = field(default_factory=list)  # trained character ranges [start, end)
+
+    def trained_chars(self) -> int:
+        return sum(end - start for start, end in self.spans)
+
+
+@contextmanager
+def _tracking(chunks: list[str], spans: list[tuple[int, int]]) -> Iterator[None]:
+    token = _TRACK.set((chunks, spans))
+    try:
+        yield
+    finally:
+        _TRACK.reset(token)
+
+
+def render(
+    source: str,
+    messages: Sequence[dict],
+    *,
+    add_generation_prompt: bool = False,
+    special_tokens: dict[str, str] | None = None,
+) -> Rendered:
+    """Render `messages` with template `source`; the text and the spans of its generation blocks."""
+    import jinja2
+
+    template = compile_template(source)
+    chunks: list[str] = []
+    spans: list[tuple[int, int]] = []
+    context: dict[str, Any] = dict(special_tokens or {})
+    context.update(messages=list(messages), add_generation_prompt=add_generation_prompt, tools=None, documents=None)
+    try:
+        with _tracking(chunks, spans):
+            for chunk in template.generate(**context):
+                chunks.append(chunk)
+    except jinja2.exceptions.SecurityError as exc:
+        raise TemplateError(f"template tried an unsafe operation: {exc}", _template_line(exc)) from None
+    except jinja2.TemplateError as exc:  # raise_exception(), undefined values, syntax found late
+        raise TemplateError(f"template error: {exc}", _template_line(exc)) from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, RecursionError) as exc:
+        raise TemplateError(f"template failed: {type(exc).__name__}: {exc}", _template_line(exc)) from None
+    return Rendered("".join(chunks), spans)
+
+
+def _template_line(exc: BaseException) -> int | None:
+    line = getattr(exc, "lineno", None)
+    if line:
+        return int(line)
+    tb = exc.__traceback__
+    found = None
+    while tb is not None:  # jinja maps template frames to "<template>" with template line numbers
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            found = tb.tb_lineno
+        tb = tb.tb_next
+    return found
+
+
+def has_generation_blocks(source: str) -> bool:
+    import re
+
+    return re.search(r"\{%-?\s*generation\s*-?%\}", source) is not None
+
+
+# --- the model's own template and tokenizer ------------------------------------------------------
+
+
+def _token_text(value: object) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):  # AddedToken as saved by transformers
+        return value["content"]
+    return None
+
+
+def read_special_tokens(model_dir: Path) -> dict[str, str]:
+    """bos/eos/unk/pad tokens from tokenizer_config.json and special_tokens_map.json (strings only)."""
+    out: dict[str, str] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins, as in transformers
+        path = model_dir / name
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
+            text = _token_text(data.get(key))
+            if text is not None:
+                out[key] = text
+    return out
+
+
+def model_template(model_dir: Path) -> TemplateInfo | None:
+    """The model folder's own chat template: chat_template.jinja (transformers >= 4.43 saves it there),
+    else tokenizer_config.json's `chat_template` (a string, or a list of named templates: `default`)."""
+    special = read_special_tokens(model_dir)
+    source: str | None = None
+    origin = ""
+    jinja_file = model_dir / "chat_template.jinja"
+    if jinja_file.is_file():
+        try:
+            source, origin = jinja_file.read_text(encoding="utf-8"), str(jinja_file)
+        except (OSError, UnicodeDecodeError):
+            source = None
+    if source is None:
+        cfg = model_dir / "tokenizer_config.json"
+        try:
+            data = json.loads(cfg.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None
+        value = data.get("chat_template") if isinstance(data, dict) else None
+        if isinstance(value, list):
+            named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+            value = named.get("default") or next(iter(named.values()), None)
+        if isinstance(value, str) and value.strip():
+            source, origin = value, str(cfg)
+    if source is None:
+        return None
+    eos = special.get("eos_token", "")
+    return TemplateInfo(
+        name="model",
+        source=source,
+        terminator="{eos_token}" if eos else "",
+        special_tokens=special,
+        markers=(),
+        origin=origin,
+    )
+
+
+def local_model_dir(model_id: str, base_dir: Path) -> Path | None:
+    """A local model folder named by model.id (relative to the spec's folder, or absolute)."""
+    if not model_id or model_id.startswith("builtin:"):
+        return None
+    candidate = Path(model_id).expanduser()
+    if not candidate.is_absolute():
+        candidate = base_dir / candidate
+    return candidate if candidate.is_dir() else None
+
+
+def load_tokenizer(model_dir: Path):
+    """A `tokenizers.Tokenizer` from the folder's tokenizer.json, or None when there is none/it is bad."""
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_file(str(path))
+    except Exception:  # the Rust side raises bare Exceptions for malformed files
+        return None
+
+
+@dataclass
+class TokenMask:
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    trained: list[bool]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def mask_from_encoding(encoding, spans: Sequence[tuple[int, int]]) -> TokenMask:
+    """A token is trained when its character range overlaps a generation span (what transformers'
+    char_to_token mapping of span starts and ends amounts to)."""
+    offsets = [tuple(o) for o in encoding.offsets]
+    trained = [False] * len(offsets)
+    ordered = sorted(spans)
+    j = 0
+    for i, (start, end) in enumerate(offsets):
+        end = max(end, start + 1)  # a zero-width token (an added special token at a boundary) still has a place
+        while j < len(ordered) and ordered[j][1] <= start:
+            j += 1
+        if j < len(ordered) and ordered[j][0] < end:
+            trained[i] = True
+    return TokenMask(list(encoding.ids), offsets, trained)
+
+
+def token_mask(tokenizer, text: str, spans: Sequence[tuple[int, int]]) -> TokenMask:
+    """Tokenize rendered text as apply_chat_template does (no extra special tokens) and mark trained tokens."""
+    return mask_from_encoding(tokenizer.encode(text, add_special_tokens=False), spans)

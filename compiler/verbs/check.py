@@ -1,0 +1,98 @@
+"""`ftspec check SPEC [--only memory,pins,data] [--installed] [--format ...]`
+
+Lints first (lint errors are reported and nothing else runs), then runs the selected sections:
+data (the dataset check), memory (memory verdict, time and cost), pins. Exit 1 on any error,
+including "does not fit"; 2 when the spec cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import SourceCache, add_format, add_lint_options, fail, lint_options
+
+SECTIONS = ("memory", "pins", "data")
+
+
+def _sections(value: str) -> list[str]:
+    chosen = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown section(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SECTIONS)}")
+    return chosen
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", metavar="SPEC", help="the spec file")
+    parser.add_argument("--only", type=_sections, default=list(SECTIONS), metavar="SECTIONS",
+                        help="comma-separated sections to run: memory (incl. time and cost), pins, data "
+                             "(default: all)")
+    parser.add_argument("--installed", action="store_true",
+                        help="also compare the pins with the running environment (importlib.metadata)")
+    add_format(parser)
+    add_lint_options(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..diagnostics import sort_diagnostics
+    from ..lint import lint_file
+    from ..reporters import emit
+    from ..resolve import resolve
+
+    sources = SourceCache()
+    result = lint_file(args.spec, lint_options(args))
+    sources.add(args.spec, result.spec.text)
+    if any(d.code == "FT0001" for d in result.diagnostics):
+        emit(result.diagnostics, args.format, sources)
+        return 2
+    if not result.ok:
+        emit(result.diagnostics, args.format, sources,
+             text_extra="lint found errors: fix them before check runs" if args.format == "text" else None)
+        return 1
+    spec = result.spec
+    resolved = resolve(spec.data)
+    diagnostics = list(result.diagnostics)  # lint warnings stay visible
+    sections: dict[str, object] = {}
+    texts: list[str] = []
+    only = set(args.only)
+
+    data_summary = None
+    if "data" in only:
+        data_json, data_text, data_diags, data_summary = _data_section(spec, resolved)
+        diagnostics.extend(data_diags)
+        sections["data"] = data_json
+        texts.append(data_text)
+    if "memory" in only:
+        from ..feasibility import assess
+
+        assessment = assess(spec, resolved, data_summary)
+        diagnostics.extend(assessment.diagnostics)
+        sections.update(assessment.to_json())
+        texts.append(assessment.text())
+    if "pins" in only:
+        from ..pins import check_pins
+
+        pins = check_pins(spec, resolved, installed=args.installed)
+        diagnostics.extend(pins.diagnostics)
+        sections["pins"] = pins.to_json()
+        texts.append(pins.text())
+    diagnostics = sort_diagnostics(diagnostics)
+    emit(diagnostics, args.format, sources, text_extra="\n\n".join(t for t in texts if t) + "\n", **sections)
+    return 1 if any(d.severity == "error" for d in diagnostics) else 0
+
+
+def _data_section(spec, resolved) -> tuple[dict | None, str, list, dict | None]:
+    """The dataset check, when its module exists in this build; otherwise a note and no findings."""
+    try:
+        from ..datacheck import check_data
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.endswith("datacheck"):
+            note = "data: skipped (the dataset check is not available in this build)"
+            return {"skipped": note}, note, [], None
+        raise
+    report = check_data(spec, resolved)
+    return report.summary, report.text(), list(report.diagnostics), report.summary
+
+
+__all__ = ["add_arguments", "run", "fail"]

@@ -1,0 +1,48 @@
+"""`ftspec codes [--format text|markdown|json]`: every diagnostic code ftspec can emit, from the catalog.
+
+The README's code table is this command's markdown output, and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+FORMATS = ("text", "markdown", "json")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
+    parser.add_argument("--prefix", default="", help="only codes starting with this (e.g. FT02)")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render(fmt: str, prefix: str = "") -> str:
+    from ..diagnostics import catalog
+    from ..reporters import generic_hint
+
+    rules = [r for code, r in sorted(catalog().items()) if code.startswith(prefix)]
+    if fmt == "json":
+        return json.dumps(
+            [{"code": r.code, "name": r.name, "severity": r.severity, "summary": r.summary,
+              "hint": generic_hint(r.hint), "source": r.source} for r in rules],
+            indent=2, ensure_ascii=False,
+        )
+    if fmt == "markdown":
+        rows = ["| code | name | severity | what it means | fix |", "|---|---|---|---|---|"]
+        for r in rules:
+            rows.append(f"| {r.code} | {r.name} | {r.severity} | {_cell(r.summary)} | "
+                        f"{_cell(generic_hint(r.hint) or '')} |")
+        return "\n".join(rows)
+    width = max((len(r.name) for r in rules), default=0)
+    return "\n".join(f"{r.code}  {r.severity:<7}  {r.name:<{width}}  {r.summary}" for r in rules)
+
+
+def run(args: argparse.Namespace) -> int:
+    text = render(args.format, args.prefix)
+    if text:
+        print(text)
+    return 0

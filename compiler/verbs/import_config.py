@@ -1,0 +1,90 @@
+"""`ftspec import {axolotl,llamafactory,torchtune} CONFIG [-o SPEC]`
+
+Writes the translated spec atomically and reports every dropped or changed key at its line in the
+source config, followed by the lint findings of the written spec. Exit 0 when the spec lints clean
+and nothing in the config was untranslatable, 1 otherwise, 2 when the config cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import add_format, add_lint_options
+
+TOOLS = ("axolotl", "llamafactory", "torchtune")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("tool", choices=TOOLS, help="which tool wrote CONFIG")
+    parser.add_argument("config", metavar="CONFIG", help="the tool's YAML config")
+    parser.add_argument("-o", "--output", metavar="SPEC", default=None,
+                        help="spec to write (default: CONFIG's name with .ftspec.yaml, beside it); - for stdout")
+    parser.add_argument("--force", action="store_true", help="overwrite SPEC if it exists")
+    parser.add_argument("--gpu", default=None, help="hardware.gpu to write (the configs do not name one)")
+    parser.add_argument("--gpus", type=int, default=None, help="hardware.gpus_per_node to write")
+    parser.add_argument("--name", default=None, help="spec name (default: from CONFIG's file name)")
+    add_format(parser)
+    add_lint_options(parser)
+
+
+def default_output(config: str) -> Path:
+    path = Path(config)
+    return path.with_name(path.stem + ".ftspec.yaml")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder, so a reader never sees half a spec."""
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..diagnostics import has_errors, sort_diagnostics
+    from ..importers import ImportOptions, translate
+    from ..lint import lint_loaded
+    from ..loader import load_spec, load_text
+    from ..reporters import emit
+    from .common import SourceCache, fail, lint_options
+
+    to_stdout = args.output == "-"
+    output = Path(args.output) if args.output and not to_stdout else default_output(args.config)
+    if not to_stdout and output.exists() and not args.force:
+        return fail(f"{output} exists", hint="pass --force to overwrite it, or -o another path")
+    if args.gpus is not None and args.gpus < 1:
+        return fail("--gpus must be at least 1")
+
+    source = load_spec(args.config)
+    sources = SourceCache()
+    sources.add(source.path, source.text)
+    if not source.ok:
+        emit(source.diagnostics, args.format, sources)
+        return 2 if any(d.code == "FT0001" for d in source.diagnostics) else 1
+
+    result = translate(args.tool, source, ImportOptions(output=output, gpu=args.gpu, gpus=args.gpus,
+                                                        name=args.name))
+    for extra in result.extra_sources:
+        sources.add(extra.path, extra.text)
+    written = load_text(result.text, str(output))
+    lint = lint_loaded(written, lint_options(args))
+    sources.add(str(output), result.text)
+    diagnostics = sort_diagnostics(result.diagnostics) + lint.diagnostics
+    if to_stdout:
+        sys.stdout.write(result.text)
+        emit(diagnostics, args.format, sources, stream=sys.stderr)
+    else:
+        write_atomic(output, result.text)
+        emit(diagnostics, args.format, sources)
+        print(f"ftspec: wrote {output}", file=sys.stderr)
+    return 1 if has_errors(diagnostics) else 0
