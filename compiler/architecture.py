@@ -102,19 +102,6 @@ def local_model_dir(model_id: str, base_dir: Path) -> Path | None:
     return candidate if (candidate / "config.json").is_file() else None
 
 
-def builtin_architecture(model_id: str) -> dict | None:
-    """Shape of ftspec's own built-in models, read from the runtime's config without importing torch."""
-    if model_id != BUILTIN_PREFIX + "tiny-llama":
-        return None
-    try:
-        from ftspec.runtime import builtin  # pure-Python module level: no torch at import
-    except Exception:
-        return None
-    config = dict(builtin.MODEL_CONFIG, model_type="llama", architectures=["LlamaForCausalLM"])
-    arch = from_config(config)
-    return arch
-
-
 def yaml_hint(model_id: str) -> str:
     return (
         f"'{model_id}' is not in ftspec's model catalog; give its shape (from the model's config.json) under "
@@ -141,9 +128,6 @@ def resolve_architecture(spec: LoadedSpec, resolved: dict) -> tuple[dict | None,
             origin = f"{folder / 'config.json'}"
         except (OSError, ValueError) as exc:
             diags.append(make("FT0303", spec.locate("/model/id"), path=str(folder / "config.json"), detail=str(exc)))
-    elif model_id.startswith(BUILTIN_PREFIX):
-        base = builtin_architecture(model_id) or {}
-        origin = "ftspec runtime (built-in model)"
     else:
         entry = catalog_entry(model_id)
         if entry is not None:

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .diagnostics import Diagnostic, Location, has_errors, make, sort_diagnostics
+from .diagnostics import Diagnostic, Location, make, sort_diagnostics
 from .lint import LintOptions, lint_loaded
 from .loader import LoadedSpec, load_spec
 from .plan import apply_overrides, override_pointer, plan_with_diagnostics, read_plan
@@ -73,12 +73,14 @@ def _with_overrides(spec: LoadedSpec, overrides: dict) -> tuple[LoadedSpec, list
     return out, []
 
 
-def _estimate(spec: LoadedSpec, resolved: dict) -> tuple[dict | None, bool | None, list[Diagnostic]]:
+def _estimate(spec: LoadedSpec, resolved: dict,
+              data_summary: dict | None) -> tuple[dict | None, bool | None, list[Diagnostic]]:
     try:
         from .feasibility import assess
     except ImportError:
         return None, None, []
-    assessment = assess(spec, resolved)
+    # the data summary gives the estimate measured lengths (sequence_len: p95) and token counts
+    assessment = assess(spec, resolved, data_summary)
     return assessment.to_json(), assessment.fits, list(assessment.diagnostics)
 
 
@@ -110,7 +112,7 @@ def compile_spec(path: str | Path, options: CompileOptions | None = None, *, bui
             diags.extend(report.diagnostics)
     estimate, fits = None, None
     if options.run_feasibility:
-        estimate, fits, feas_diags = _estimate(spec, resolved)
+        estimate, fits, feas_diags = _estimate(spec, resolved, data_summary)
         diags.extend(feas_diags)
     errors = sum(1 for d in diags if d.severity == "error")
     reasons = []

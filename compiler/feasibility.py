@@ -78,7 +78,8 @@ class Assessment:
         lines = []
         gpu = self.gpu.name if self.gpu else "?"
         world = self.setup.world if self.setup else 1
-        lines.append(f"memory per GPU ({world} x {gpu}, {self.setup.method}, micro batch {self.setup.micro_batch} x "
+        unit = "process" if not m.applicable else "GPU"
+        lines.append(f"memory per {unit} ({world} x {gpu}, {self.setup.method}, micro batch {self.setup.micro_batch} x "
                      f"{self.setup.seq_len} tokens, peak in {m.peak_phase.replace('_', '/')})")
         parts = [(k, v / GIB) for k, v in m.components.items() if v / GIB >= 0.005]
         biggest = max((v for _k, v in parts), default=1.0) or 1.0
@@ -212,7 +213,7 @@ def _memory_findings(out: Assessment, spec: LoadedSpec, est: MemoryEstimate, sha
             out.diagnostics.append(make("FT0317", spec.locate("/hardware/offload"), detail=note))
     if gpu is not None and gpu.is_cpu:
         out.diagnostics.append(make("FT0313", spec.locate("/hardware/gpu"), world=setup.world,
-                                    host_gib=f"{est.allocated_gib:.1f}"))
+                                    host_gib=f"{est.allocated_gib:.2f}"))
         return
     if est.fits is None:
         return

@@ -381,11 +381,15 @@ def estimate_setup(
     # Fragmentation comes from tensors that come and go every step; weights and optimizer states are
     # allocated once in large blocks and cost the caching allocator next to nothing.
     static = weights + adapter_w + opt_states
-    reserved = allocated + ALLOCATOR_FRACTION * max(allocated - static, 0.0) + ALLOCATOR_FLOOR_GIB * GIB
-    overhead = CUDA_CONTEXT_GIB * GIB + (NCCL_GIB * GIB if setup.world > 1 else 0.0)
-    device = reserved + overhead
-    components["allocator_reserve"] = reserved - allocated
-    components["cuda_context"] = overhead
+    if on_cpu:
+        # CPU processes: no CUDA context or caching allocator; the number is host RAM per process.
+        reserved = device = allocated
+    else:
+        reserved = allocated + ALLOCATOR_FRACTION * max(allocated - static, 0.0) + ALLOCATOR_FLOOR_GIB * GIB
+        overhead = CUDA_CONTEXT_GIB * GIB + (NCCL_GIB * GIB if setup.world > 1 else 0.0)
+        device = reserved + overhead
+        components["allocator_reserve"] = reserved - allocated
+        components["cuda_context"] = overhead
     if paged:
         # Paged states sit in unified memory: on the device while there is room, spilled to host after.
         room = max((gpu_memory_gib or 0) * GIB - device, 0.0) if gpu_memory_gib else paged

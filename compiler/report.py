@@ -153,12 +153,14 @@ def validate_report(report: dict) -> list[str]:
 
 # --- SVG loss chart ---------------------------------------------------------------------------
 
-def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+def _nice_ticks(lo: float, hi: float, count: int = 5, *, integer: bool = False) -> list[float]:
     if hi <= lo:
         hi = lo + 1.0
     raw = (hi - lo) / max(count - 1, 1)
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    if integer:  # optimizer steps: no tick at step 1.5
+        step = max(1.0, float(math.ceil(step)))
     start = math.floor(lo / step) * step
     ticks = []
     value = start
@@ -184,7 +186,7 @@ def loss_chart(curves: dict, width: int = 640, height: int = 260) -> dict | None
     y_lo, y_hi = y_ticks[0], y_ticks[-1]
     if y_hi == y_lo:
         y_hi = y_lo + 1.0
-    x_ticks = [t for t in _nice_ticks(x_lo, x_hi, 6) if x_lo <= t <= x_hi]
+    x_ticks = [t for t in _nice_ticks(x_lo, x_hi, 6, integer=True) if x_lo <= t <= x_hi]
 
     def x(step: float) -> float:
         return round(left + (step - x_lo) / (x_hi - x_lo) * (width - left - right), 1)
@@ -227,11 +229,12 @@ def fmt_signed(value: object) -> str:
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~@&])")
 
 
-def md_cell(text: object) -> str:
-    """Untrusted text as inert Markdown table-cell content: one line, special characters escaped."""
+def md_cell(text: object, limit: int = 160) -> str:
+    """Untrusted text as inert Markdown table-cell content: one line, special characters escaped,
+    cut at `limit` characters (0: no limit)."""
     one_line = " ".join(str(text).split())
-    if len(one_line) > 160:
-        one_line = one_line[:157] + "..."
+    if limit and len(one_line) > limit:
+        one_line = one_line[: limit - 3] + "..."
     return _MD_SPECIAL.sub(r"\\\1", one_line)
 
 

@@ -146,6 +146,8 @@ def _time(estimate: dict | None) -> str:
     hours = ((estimate or {}).get("time") or {}).get("hours")
     if hours is None:
         return "no estimate"
+    if hours * 60 < 1:
+        return "under a minute"
     return f"~{hours * 60:.0f} min" if hours < 1 else f"~{hours:.1f} h"
 
 

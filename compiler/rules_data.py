@@ -88,7 +88,7 @@ def _shown(root: Path) -> str:
 
 def _missing_hint(target: Path) -> str:
     """A near-miss file name in the same folder, else the first existing parent folder."""
-    from .schema import suggest
+    import difflib
 
     folder = target.parent
     if folder.is_dir():
@@ -96,9 +96,11 @@ def _missing_hint(target: Path) -> str:
             names = [p.name for p in folder.iterdir() if p.is_file()][:1000]
         except OSError:
             names = []
-        guess = suggest(target.name, names)
+        # Only typo-close names (trian.jsonl -> train.jsonl): a loose match would offer the training
+        # file for a missing eval file.
+        guess = difflib.get_close_matches(target.name, names, n=1, cutoff=0.85)
         if guess:
-            return f"did you mean '{guess}'?"
+            return f"did you mean '{guess[0]}'?"
         return "paths are relative to the spec file's folder"
     while not folder.is_dir() and folder != folder.parent:
         folder = folder.parent

@@ -48,6 +48,10 @@ def gpu_catalog() -> dict[str, dict] | None:
         return None
 
 
+def _norm(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
 def catalog_names() -> list[str]:
     cat = gpu_catalog() or {}
     return sorted({e["name"] for e in cat.values()})
@@ -79,10 +83,13 @@ def unknown_gpu(ctx: RuleContext) -> Iterator[Diagnostic]:
     dev = device(ctx)
     if dev is None or dev.known or gpu_catalog() is None:
         return
-    from .schema import suggest
-
-    guess = suggest(dev.name, catalog_names())
-    hint = f"did you mean '{guess}'?" if guess else None
+    # Suggest only names that extend the written one or that it extends, ignoring case and
+    # punctuation (A100 -> A100-40GB or A100-80GB; a100-80 -> A100-80GB): a near miss in the digits
+    # (RTX4080 vs RTX-4090) is another product with other memory, not a typo to correct.
+    written = _norm(dev.name)
+    best = sorted({entry["name"] for alias, entry in (gpu_catalog() or {}).items()
+                   if written and (_norm(alias).startswith(written) or written.startswith(_norm(alias)))})
+    hint = ("did you mean " + " or ".join(f"'{n}'" for n in best[:3]) + "?") if best else None
     yield ctx.diag("FT0209", "/hardware/gpu", gpu=dev.name, hint=hint)
 
 
@@ -116,14 +123,16 @@ def strategy_options(ctx: RuleContext) -> Iterator[Diagnostic]:
         return
     stage = ctx.get("/hardware/zero_stage", "int") if ctx.given("/hardware/zero_stage") else None
     offload = ctx.get("/hardware/offload", OFFLOADS)
+    # auto decides later (single or ddp unless the model does not fit), so it promises no offload
+    label = "auto (which may pick single or ddp)" if strategy == "auto" else strategy
     if ctx.given("/hardware/zero_stage") and strategy != "deepspeed":
-        yield ctx.diag("FT0211", "/hardware/zero_stage", key=True, strategy=strategy)
+        yield ctx.diag("FT0211", "/hardware/zero_stage", key=True, strategy=label)
     if strategy == "deepspeed" and not ctx.given("/hardware/zero_stage"):
         yield ctx.diag("FT0212", "/hardware/strategy")
     if offload in (None, "none"):
         return
     if strategy not in ("deepspeed", "fsdp"):
-        yield ctx.diag("FT0213", "/hardware/offload", offload=offload, strategy=strategy)
+        yield ctx.diag("FT0213", "/hardware/offload", offload=offload, strategy=label)
     elif strategy == "deepspeed" and stage is not None:
         need = 3 if offload == "optimizer_and_params" else 1
         if stage < need:

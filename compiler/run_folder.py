@@ -130,22 +130,28 @@ def eval_files(spec: dict) -> list[tuple[str, str, str]]:
 
 
 def _locked_digest(lock: dict, written: str, resolved: Path, spec_dir: Path) -> str | None:
-    """The digest lock.json records for a file; accepts {path: sha} or {path: {"sha256": sha}} keyed by
-    the path as written, normalised, or relative to the spec's folder."""
+    """The digest lock.json records for a file. compiler/lockfile.py writes `data` as a list of
+    {role, path, sha256} with the path as written in the spec; a {path: sha256} mapping is read too.
+    Paths compare after normalisation ("./data/x" is "data/x")."""
     data = lock.get("data")
-    if not isinstance(data, dict):
-        return None
-    keys = {written, os.path.normpath(written), Path(written).as_posix()}
+    keys = {os.path.normpath(written)}
     try:
-        keys.add(resolved.relative_to(spec_dir.resolve()).as_posix())
+        keys.add(os.path.normpath(resolved.relative_to(spec_dir.resolve()).as_posix()))
     except ValueError:
         pass
-    keys.add(str(resolved))
-    for key, entry in data.items():
-        if key in keys or (isinstance(entry, dict) and entry.get("path") in keys):
-            if isinstance(entry, str):
+
+    def matches(path: object) -> bool:
+        return isinstance(path, str) and bool(path) and os.path.normpath(path) in keys
+
+    if isinstance(data, list):
+        for entry in data:
+            if isinstance(entry, dict) and matches(entry.get("path")):
+                return entry.get("sha256")
+    elif isinstance(data, dict):
+        for key, entry in data.items():
+            if isinstance(entry, str) and matches(key):
                 return entry
-            if isinstance(entry, dict):
+            if isinstance(entry, dict) and (matches(key) or matches(entry.get("path"))):
                 return entry.get("sha256")
     return None
 

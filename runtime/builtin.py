@@ -62,7 +62,7 @@ MODEL_CONFIG = {
     "attention_dropout": 0.0,
 }
 
-PRETRAIN = {"seed": 1234, "steps": 700, "batch_size": 32, "learning_rate": 3e-3, "warmup": 30}
+PRETRAIN = {"seed": 1234, "steps": 1000, "batch_size": 32, "learning_rate": 3e-3, "warmup": 30}
 
 OPPOSITES = [
     ("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("day", "night"),

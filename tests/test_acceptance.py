@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 from ftspec.compiler.acceptance import judge
 from ftspec.compiler.diagnostics import make
 

@@ -39,9 +39,8 @@ def _sha(path: Path) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from ftspec.runtime.builtin import build_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("tiny-model")
     tokenizer = build_tokenizer()
@@ -107,7 +106,9 @@ def make_run(root: Path, model_dir: Path, *, acceptance: list[dict], eval_rows=N
         for s in range(1, 4)) + '{"step": 4, "loss": 1.')  # a torn last line is skipped
     if lock:
         files = ["data/train.jsonl", "data/eval.jsonl", "data/regression.jsonl", "schema.json"]
-        (run / "lock.json").write_text(json.dumps({"data": {f: _sha(spec_dir / f) for f in files}}))
+        roles = ["train", "eval", "regression", "json_schema"]  # the layout compiler/lockfile.py writes
+        (run / "lock.json").write_text(json.dumps({"data": [
+            {"role": r, "path": f, "sha256": _sha(spec_dir / f)} for r, f in zip(roles, files, strict=True)]}))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.save_pretrained(run / "tokenizer")
     base = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -134,10 +135,15 @@ def test_identity_adapter_scores_exactly_like_the_base(tmp_path, tiny_model_dir)
         {"metric": "eval_loss", "max_drop_from_base": 0.0},
         {"metric": "task", "min_gain_over_base": 0.05},
     ])
-    proc = _evaluate(run, "--format", "json")
+    proc = _evaluate(run, "--format", "json", "--lm-eval", "hellaswag")
     assert proc.returncode == 1, proc.stderr
     body = json.loads(proc.stdout)
     report = body["report"]
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:  # the optional extra is skipped with a note, not an error
+        assert any("hellaswag skipped" in n for n in report["notes"])
+        assert any(d["code"] == "FT0812" for d in body["diagnostics"])
     base, ft = report["metrics"]["base"], report["metrics"]["finetuned"]
     assert base["eval_loss"] == pytest.approx(ft["eval_loss"], rel=1e-5)
     assert base["task"] == ft["task"] and base["regression"] == ft["regression"]
@@ -203,9 +209,8 @@ def test_not_a_run_folder_is_exit_2(tmp_path):
 
 
 def test_batched_left_padded_generation_matches_one_by_one(tiny_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from ftspec.runtime.evaluate import generate, stop_token_ids
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -219,12 +224,11 @@ def test_batched_left_padded_generation_matches_one_by_one(tiny_model_dir):
 
 
 def test_loss_labels_cover_the_answer_and_terminator_only(tiny_model_dir):
-    from transformers import AutoTokenizer
-
     from ftspec.runtime.evaluate import label_conversation
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     messages = _chat("Convert to JSON: name: Bob, age: 4", '{"name": "Bob", "age": 4}')["messages"]
     ids, labels = label_conversation(tokenizer, messages)
-    scored = tokenizer.decode([t for t, lab in zip(ids, labels) if lab != -100])
+    scored = tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100])
     assert scored == '{"name": "Bob", "age": 4}<|im_end|>'

@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 from ftspec.compiler import metrics as M
 
 

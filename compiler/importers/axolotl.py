@@ -86,7 +86,7 @@ def _adapter(t: Translation) -> str:
                    f"adapter: lora over a base loaded in {bits} bits is written as method: qlora with quantization.bits: "
                    f"{bits} (ftspec's name for LoRA on a bitsandbytes-quantized base)")
         elif adapter == "qlora":
-            t.set("/adapter/quantization/bits", 4, t.origin("/adapter"))
+            t.set("/adapter/quantization/bits", 4, t.origin("/load_in_4bit" if in4 else "/adapter"))
             if not in4:
                 t.note("/adapter", "adapter: qlora without load_in_4bit: true is refused by Axolotl; "
                        "the spec uses a 4-bit base as QLoRA means")
@@ -172,7 +172,8 @@ def _schedule(t: Translation, table: dict) -> None:
 def _precision(t: Translation, method: str) -> None:
     bf16 = t.take("bf16")
     fp16 = t.take("fp16")
-    t.take("tf32")
+    if t.take("tf32") is True:
+        t.drop("/tf32", "TF32 matmuls are a device setting, not a spec setting", severity="info")
     for key in ("bfloat16", "float16"):
         if t.take(key) is True:
             t.note(f"/{key}", f"{key}: true loads the weights in 16-bit; training.precision decides that in ftspec")

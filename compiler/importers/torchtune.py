@@ -136,8 +136,6 @@ def _split(value: object) -> tuple[str, float | None, float | None] | None:
 def _dataset(t: Translation, table: dict) -> None:
     ds = t.take("dataset")
     val = t.take("dataset_val")
-    t.take("run_val_every_n_steps")
-    t.take("batch_size_val")
     builder = _component(ds)
     entry = table["datasets"].get(builder)
     if not isinstance(ds, dict) or entry is None:
@@ -181,7 +179,10 @@ def _dataset(t: Translation, table: dict) -> None:
         else:
             t.drop("/dataset/split", f"holding out {held_out:.0%} is outside eval_split's range (0-50%)",
                    severity="warning")
-    if isinstance(val, dict) and _component(val) != builder:
+    if isinstance(val, dict) and _component(val) == builder and held_out:
+        t.note("/dataset_val", f"dataset_val reads the held-out {held_out:.0%} of the same data: it is "
+               "dataset.eval_split")
+    elif isinstance(val, dict):
         t.drop("/dataset_val", "ftspec's held-out set comes from the same data (eval_split) or a local file "
                "(dataset.eval)", severity="warning")
     for key, value in ds.items():
@@ -258,9 +259,9 @@ def _schedule(t: Translation) -> None:
                   "ftspec caps the whole run, not each epoch; equal when every epoch reaches the cap")
         t.set("/training/max_steps", total, t.origin("/max_steps_per_epoch"))
         t.unset("/training/epochs")
-    for key, target, kind in (("batch_size", "/training/micro_batch_size", "int"),
-                              ("gradient_accumulation_steps", "/training/gradient_accumulation_steps", "int"),
-                              ("log_every_n_steps", "/training/logging_steps", "int")):
+    for key, target in (("batch_size", "/training/micro_batch_size"),
+                        ("gradient_accumulation_steps", "/training/gradient_accumulation_steps"),
+                        ("log_every_n_steps", "/training/logging_steps")):
         value = t.take(key)
         if value is not None:
             t.set(target, int(value), t.origin(f"/{key}"))

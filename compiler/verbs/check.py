@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: all)")
     parser.add_argument("--installed", action="store_true",
                         help="also compare the pins with the running environment (importlib.metadata)")
+    parser.add_argument("--lock", metavar="LOCK", help="also report drift from a build's lock.json")
     add_format(parser)
     add_lint_options(parser)
 
@@ -53,6 +54,12 @@ def run(args: argparse.Namespace) -> int:
     spec = result.spec
     resolved = resolve(spec.data)
     diagnostics = list(result.diagnostics)  # lint warnings stay visible
+    if args.lock:
+        from pathlib import Path
+
+        from ..lockfile import check_lock
+
+        diagnostics.extend(check_lock(Path(args.lock), spec, resolved))
     sections: dict[str, object] = {}
     texts: list[str] = []
     only = set(args.only)

@@ -14,6 +14,8 @@ FORMATS = ("text", "markdown", "json")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
     parser.add_argument("--prefix", default="", help="only codes starting with this (e.g. FT02)")
+    parser.add_argument("--update-readme", metavar="FILE", default=None,
+                        help="rewrite the markdown table between the codes markers in FILE (README.md)")
 
 
 def _cell(text: str) -> str:
@@ -41,7 +43,35 @@ def render(fmt: str, prefix: str = "") -> str:
     return "\n".join(f"{r.code}  {r.severity:<7}  {r.name:<{width}}  {r.summary}" for r in rules)
 
 
+START, END = "<!-- codes:start -->", "<!-- codes:end -->"
+
+
+def update_readme(path: str) -> bool:
+    """Replace the table between the markers with the current catalog; True when the file changed."""
+    from pathlib import Path
+
+    file = Path(path)
+    text = file.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        raise ValueError(f"{path} has no {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n{render('markdown')}\n{END}{tail}"
+    if new != text:
+        file.write_text(new, encoding="utf-8")
+    return new != text
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.update_readme:
+        from .common import fail
+
+        try:
+            changed = update_readme(args.update_readme)
+        except (OSError, ValueError) as exc:
+            return fail(str(exc))
+        print(f"{args.update_readme}: code table {'updated' if changed else 'already current'}")
+        return 0
     text = render(args.format, args.prefix)
     if text:
         print(text)

@@ -182,7 +182,7 @@ def render_text(report: dict, out_dir: Path) -> str:
     if len(rows) > 1:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
-            lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+            lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
     for check in report["integrity"]:
         lines.append(f"  {check['name']}: {check['status']} ({check['detail']})")
     lines.append(f"report: {out_dir / 'report.html'}")

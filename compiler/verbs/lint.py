@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .common import SourceCache, add_format, add_lint_options, lint_options
 
@@ -23,6 +24,10 @@ def run(args: argparse.Namespace) -> int:
         from .common import fail
 
         return fail("no spec files found in " + ", ".join(args.specs))
+    if args.repo_root and not Path(args.repo_root).is_dir():
+        from .common import fail
+
+        return fail(f"--repo-root {args.repo_root} is not a folder")
     options = lint_options(args)
     sources = SourceCache()
     diagnostics = []

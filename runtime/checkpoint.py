@@ -1,0 +1,179 @@
+"""Atomic checkpoints: a partial or corrupt write never becomes "the latest".
+
+Layout under `<output_dir>/checkpoints/`:
+    checkpoint-<step>/        complete checkpoints only (renamed into place after everything is on disk)
+        complete              JSON marker written last: step, and the size (and SHA-256 for files up
+                              to HASH_LIMIT bytes) of every other file
+        trainer_state.json    step, epoch position, batch sizes, early-stopping state
+        ...                   what accelerator.save_state wrote (model/optimizer/scheduler/RNG per rank,
+                              or the DeepSpeed / FSDP sharded states)
+    .tmp-checkpoint-<step>/   being written; never read, removed at start-up
+
+Writing: every rank writes into the temp folder (accelerate's save_state), all files are fsynced,
+the main process writes the marker, fsyncs it, renames the folder, fsyncs the parent. A crash at any
+point leaves either the old set of checkpoints or the old set plus one complete new one.
+
+Reading: checkpoints are tried newest first; one whose marker is missing, unreadable, or whose files
+do not match it is skipped (and reported) for the one before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+MARKER = "complete"
+STATE = "trainer_state.json"
+PREFIX = "checkpoint-"
+TMP_PREFIX = ".tmp-checkpoint-"
+HASH_LIMIT = 256 << 20  # files above this are checked by size only (hashing them costs too much time)
+
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: Path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write JSON next to `path`, fsync, rename over it: readers see the old or the new file, whole."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def temp_dir(root: Path, step: int) -> Path:
+    return root / f"{TMP_PREFIX}{step}"
+
+
+def final_dir(root: Path, step: int) -> Path:
+    return root / f"{PREFIX}{step}"
+
+
+def clean_partial(root: Path) -> list[Path]:
+    """Remove temp folders left by a crash mid-write (main process, before training starts)."""
+    removed = []
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.name.startswith(TMP_PREFIX) and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def seal(tmp: Path, final: Path, step: int) -> None:
+    """Main process, after every rank finished writing into `tmp`: fsync, mark complete, rename."""
+    files = {}
+    for path in sorted(tmp.rglob("*")):
+        if path.is_file():
+            fsync_file(path)
+            rel = path.relative_to(tmp).as_posix()
+            size = path.stat().st_size
+            files[rel] = {"size": size, "sha256": _sha256(path) if size <= HASH_LIMIT else None}
+    for folder in sorted({p.parent for p in tmp.rglob("*")} | {tmp}, key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(folder)
+    marker = tmp / MARKER
+    with open(marker, "w", encoding="utf-8") as fh:
+        json.dump({"step": step, "files": files}, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    fsync_dir(tmp)
+    if final.exists():  # the same step saved again (a resumed run re-reaching it): replace whole
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    fsync_dir(final.parent)
+
+
+def verify(path: Path) -> str | None:
+    """None when the checkpoint folder is complete and intact, else the reason it is not."""
+    marker = path / MARKER
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+        files = data["files"]
+    except FileNotFoundError:
+        return "no completion marker"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable completion marker"
+    if not (path / STATE).is_file():
+        return f"no {STATE}"
+    for rel, meta in files.items():
+        file = path / rel
+        try:
+            size = file.stat().st_size
+        except OSError:
+            return f"{rel} is missing"
+        if size != meta.get("size"):
+            return f"{rel} has {size} bytes, the marker says {meta.get('size')}"
+        if meta.get("sha256") and _sha256(file) != meta["sha256"]:
+            return f"{rel} does not match its recorded SHA-256"
+    return None
+
+
+def list_checkpoints(root: Path) -> list[Checkpoint]:
+    """Checkpoint folders by step, oldest first (complete or not: see verify)."""
+    found = []
+    if root.is_dir():
+        for path in root.iterdir():
+            match = _NAME.match(path.name)
+            if match and path.is_dir():
+                found.append(Checkpoint(int(match.group(1)), path))
+    return sorted(found, key=lambda c: c.step)
+
+
+def latest_valid(root: Path, report: Callable[[Checkpoint, str], None] | None = None) -> Checkpoint | None:
+    """The newest checkpoint that verifies; each skipped one is passed to `report` with the reason."""
+    for ckpt in reversed(list_checkpoints(root)):
+        problem = verify(ckpt.path)
+        if problem is None:
+            return ckpt
+        if report is not None:
+            report(ckpt, problem)
+    return None
+
+
+def prune(root: Path, keep: int) -> list[Path]:
+    """Delete the oldest complete checkpoints beyond `keep` (main process, after a save)."""
+    complete = [c for c in list_checkpoints(root) if (c.path / MARKER).is_file()]
+    removed = []
+    for ckpt in complete[: max(0, len(complete) - keep)]:
+        shutil.rmtree(ckpt.path, ignore_errors=True)
+        removed.append(ckpt.path)
+    return removed
+
+
+def read_state(ckpt: Checkpoint) -> dict:
+    return json.loads((ckpt.path / STATE).read_text(encoding="utf-8"))

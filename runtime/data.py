@@ -1,0 +1,335 @@
+"""Training data: records -> chat messages -> token ids with assistant-only labels -> batches.
+
+- Records are read and converted with the compiler's own readers (data_io, data_formats.to_messages),
+  so training sees exactly what `ftspec check` checked.
+- Labels come from the chat template: `apply_chat_template(return_assistant_tokens_mask=True)` marks
+  the text inside `{% generation %}` blocks, which ftspec's templates put around each assistant answer
+  *and its turn terminator* (<|im_end|>, <|eot_id|>, EOS), so the model learns to stop. Every other
+  token (system, user, role headers) gets label -100. `loss_on: all` trains every token.
+- Longer than sequence_len: `truncation: truncate` cuts at the end, `drop` drops the example;
+  an example left with no trained token is dropped either way (it would only add padding).
+- Packing concatenates examples into rows of at most sequence_len with position_ids restarting at 0
+  for each example and no attention mask. transformers (masking_utils.find_packed_sequence_indices)
+  turns restarting position_ids into a block-diagonal causal mask for the eager and SDPA kernels, and
+  flash-attention uses them as varlen boundaries, so packed examples never attend to each other on
+  CPU or GPU; the first label of every example is masked so no token is predicted across a boundary.
+- Batches are a pure function of (seed, step): the order of epoch e is a permutation seeded with
+  seed + e, and step s takes the next global batch of it. Resuming at step s needs no saved sampler
+  state, and changing micro batch x accumulation at the same product (OOM retry) keeps the order.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftspec.compiler.chat_templates import has_generation_blocks
+from ftspec.compiler.data_formats import to_messages
+from ftspec.compiler.data_io import DataFileError, RecordReader
+
+
+class DataError(Exception):
+    def __init__(self, code: str, **fields: object):
+        super().__init__(f"{code}: {fields}")
+        self.code = code
+        self.fields = fields
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    position_ids: list[int]
+
+    @property
+    def trained(self) -> int:
+        return sum(1 for x in self.labels if x != -100)
+
+
+@dataclass
+class Prepared:
+    train: list[Example]
+    eval: list[Example]
+    stats: dict
+
+
+def read_conversations(path: Path, fmt: str) -> list[list[dict]]:
+    out = []
+    try:
+        for line, value, error in RecordReader(path):
+            if error is not None:
+                raise DataError("FT0711", file=str(path), line=line, detail=error)
+            try:
+                out.append(to_messages(value, fmt))
+            except ValueError as exc:
+                raise DataError("FT0711", file=str(path), line=line, detail=str(exc)) from None
+    except DataFileError as exc:
+        raise DataError("FT0711", file=str(path), line=0, detail=str(exc)) from None
+    return out
+
+
+def _sources(train: object) -> list[tuple[str, float | None]]:
+    if isinstance(train, str):
+        return [(train, None)]
+    out = []
+    for item in train:
+        if isinstance(item, str):
+            out.append((item, None))
+        else:
+            out.append((item["path"], item.get("fraction")))
+    return out
+
+
+def mix_sources(groups: list[tuple[list, float | None]], seed: int) -> list:
+    """Plain sources are taken whole; a source with `fraction` f supplies f of the final mix (drawn
+    without replacement while it lasts, then again in a new seeded order)."""
+    plain = [x for items, f in groups if f is None for x in items]
+    fractions = sum(f for _, f in groups if f is not None)
+    if fractions >= 1:
+        raise DataError("FT0712", total=fractions)
+    total = len(plain) / (1 - fractions) if plain else 0
+    out = list(plain)
+    rng = random.Random(seed)
+    for index, (items, f) in enumerate(groups):
+        if f is None or not items:
+            continue
+        want = round(f * total) if plain else len(items)
+        drawn: list = []
+        round_no = 0
+        while len(drawn) < want:
+            order = list(range(len(items)))
+            random.Random(seed * 1000 + index * 37 + round_no).shuffle(order)
+            drawn.extend(items[i] for i in order[: want - len(drawn)])
+            round_no += 1
+        out.extend(drawn)
+    rng.shuffle(out)
+    return out
+
+
+def split_indices(n: int, eval_split: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, eval) indices of an eval_split: datasets' train_test_split with the training seed, so
+    ceil(eval_split x n) rows go to eval (the count compile's plan states). `ftspec evaluate` calls
+    this too, to rebuild exactly the eval set training held out."""
+    from datasets import Dataset
+
+    parts = Dataset.from_dict({"i": list(range(n))}).train_test_split(test_size=eval_split, seed=seed)
+    return list(parts["train"]["i"]), list(parts["test"]["i"])
+
+
+def load_conversations(spec: dict, spec_dir: Path) -> tuple[list, list]:
+    """(train, eval) conversations: the train mix, and the eval file or an eval_split of train.
+
+    eval_split is taken from the rows of all training files in the order written (before mixing), so
+    mixed-in rows are never both trained on and evaluated; the remaining rows are then mixed."""
+    dataset = spec["dataset"]
+    fmt = dataset.get("format", "chatml")
+    seed = int(spec.get("training", {}).get("seed", 42))
+    groups = [(read_conversations(spec_dir / path, fmt), frac) for path, frac in _sources(dataset["train"])]
+    if dataset.get("eval_split"):
+        rows = [(g, conv) for g, (convs, _f) in enumerate(groups) for conv in convs]
+        train_idx, eval_idx = split_indices(len(rows), float(dataset["eval_split"]), seed)
+        eval_convs = [rows[i][1] for i in eval_idx]
+        kept = sorted(train_idx)
+        groups = [([rows[i][1] for i in kept if rows[i][0] == g], f) for g, (_c, f) in enumerate(groups)]
+    elif dataset.get("eval"):
+        eval_convs = read_conversations(spec_dir / dataset["eval"], fmt)
+    else:
+        eval_convs = []
+    return mix_sources(groups, seed), eval_convs
+
+
+def check_template(tokenizer, loss_on: str) -> None:
+    if loss_on == "assistant" and not has_generation_blocks(tokenizer.chat_template or ""):
+        raise DataError("FT0713")
+
+
+def tokenize(messages: list[dict], tokenizer, *, loss_on: str, sequence_len: int, truncation: str) -> tuple[
+    Example | None, str
+]:
+    """One conversation as an Example; (None, reason) when it is dropped."""
+    enc = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=(loss_on == "assistant")
+    )
+    ids = list(enc["input_ids"])
+    if loss_on == "assistant":
+        mask = list(enc["assistant_masks"])
+        labels = [t if m else -100 for t, m in zip(ids, mask, strict=True)]
+    else:
+        labels = list(ids)
+    status = "ok"
+    if len(ids) > sequence_len:
+        if truncation == "drop":
+            return None, "too_long"
+        ids, labels = ids[:sequence_len], labels[:sequence_len]
+        status = "truncated"
+    if not any(x != -100 for x in labels[1:]):  # the first label is never predicted
+        return None, "nothing_trained"
+    return Example(ids, labels, list(range(len(ids)))), status
+
+
+def tokenize_all(convs: Sequence[list[dict]], tokenizer, *, loss_on: str, sequence_len: int, truncation: str):
+    out: list[Example] = []
+    counts = {"ok": 0, "truncated": 0, "too_long": 0, "nothing_trained": 0}
+    for messages in convs:
+        example, status = tokenize(messages, tokenizer, loss_on=loss_on, sequence_len=sequence_len,
+                                   truncation=truncation)
+        counts[status] += 1
+        if example is not None:
+            out.append(example)
+    return out, counts
+
+
+def pack(examples: Sequence[Example], sequence_len: int, seed: int) -> list[Example]:
+    """Greedy packing in a seeded order: fill a row until the next example does not fit."""
+    order = list(range(len(examples)))
+    random.Random(seed + 7919).shuffle(order)
+    rows: list[Example] = []
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for i in order:
+        ex = examples[i]
+        if ids and len(ids) + len(ex.input_ids) > sequence_len:
+            rows.append(Example(ids, labels, positions))
+            ids, labels, positions = [], [], []
+        ids = ids + ex.input_ids
+        # No token is predicted across a boundary: the first label of each example is masked.
+        labels = labels + [-100] + ex.labels[1:]
+        positions = positions + list(range(len(ex.input_ids)))
+    if ids:
+        rows.append(Example(ids, labels, positions))
+    return rows
+
+
+def prepare(spec: dict, spec_dir: Path, tokenizer) -> Prepared:
+    training = spec.get("training", {})
+    loss_on = training.get("loss_on", "assistant")
+    check_template(tokenizer, loss_on)
+    sequence_len = resolved_sequence_len(spec)
+    truncation = spec["dataset"].get("truncation", "truncate")
+    train_convs, eval_convs = load_conversations(spec, spec_dir)
+    train, train_counts = tokenize_all(train_convs, tokenizer, loss_on=loss_on, sequence_len=sequence_len,
+                                       truncation=truncation)
+    evals, eval_counts = tokenize_all(eval_convs, tokenizer, loss_on=loss_on, sequence_len=sequence_len,
+                                      truncation=truncation)
+    if not train:
+        raise DataError("FT0714", counts=train_counts)
+    examples = len(train)
+    if training.get("packing"):
+        train = pack(train, sequence_len, int(training.get("seed", 42)))
+    stats = {
+        "train_conversations": len(train_convs),
+        "train_examples": examples,
+        "train_sequences": len(train),
+        "train_tokens": sum(len(e.input_ids) for e in train),
+        "train_trained_tokens": sum(e.trained for e in train),
+        "train_counts": train_counts,
+        "eval_examples": len(evals),
+        "eval_counts": eval_counts,
+        "sequence_len": sequence_len,
+        "packing": bool(training.get("packing")),
+    }
+    return Prepared(train, evals, stats)
+
+
+def resolved_sequence_len(spec: dict, derived: dict | None = None) -> int:
+    value = spec.get("training", {}).get("sequence_len", 2048)
+    if isinstance(value, int):
+        return value
+    if derived and isinstance(derived.get("sequence_len"), int):
+        return int(derived["sequence_len"])
+    raise DataError("FT0715", value=value)
+
+
+# --- batching ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Which sequences each rank sees at each optimizer step: a pure function of (seed, step)."""
+
+    n: int
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    world_size: int
+    seed: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch_size * self.gradient_accumulation_steps * self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(self.n / self.global_batch))
+
+    def _order(self, epoch: int) -> list[int]:
+        order = list(range(self.n))
+        random.Random(self.seed * 100_003 + epoch).shuffle(order)
+        return order
+
+    def step_indices(self, step: int) -> list[int]:
+        """The global batch of 0-based optimizer step `step` (a last partial batch wraps around to the
+        start of the same epoch's order, so every step has the same size on every rank)."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        order = self._order(epoch)
+        start = k * self.global_batch
+        return [order[(start + i) % self.n] for i in range(self.global_batch)]
+
+    def micro_batches(self, step: int, rank: int) -> list[list[int]]:
+        """This rank's micro batches of `step`: micro batch j of rank r is slot (j * world + r)."""
+        idx = self.step_indices(step)
+        mbs, world = self.micro_batch_size, self.world_size
+        return [
+            idx[(j * world + rank) * mbs:(j * world + rank + 1) * mbs]
+            for j in range(self.gradient_accumulation_steps)
+        ]
+
+    def epoch_of(self, step: int) -> float:
+        return step / self.steps_per_epoch
+
+
+def collate(batch: Sequence[Example], pad_id: int, packed: bool):
+    """Right-padded tensors. Unpacked: an attention mask. Packed: position_ids and no mask (see top);
+    the padding tail of a row is its own position run, so it attends to nothing real."""
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    n = len(batch)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), -100, dtype=torch.long)
+    out = {"input_ids": input_ids, "labels": labels}
+    if packed:
+        positions = torch.zeros((n, width), dtype=torch.long)
+        for row, e in enumerate(batch):
+            length = len(e.input_ids)
+            input_ids[row, :length] = torch.tensor(e.input_ids)
+            labels[row, :length] = torch.tensor(e.labels)
+            positions[row, :length] = torch.tensor(e.position_ids)
+            positions[row, length:] = torch.arange(width - length)
+        out["position_ids"] = positions
+    else:
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for row, e in enumerate(batch):
+            length = len(e.input_ids)
+            input_ids[row, :length] = torch.tensor(e.input_ids)
+            labels[row, :length] = torch.tensor(e.labels)
+            mask[row, :length] = 1
+        out["attention_mask"] = mask
+    return out
+
+
+def count_trained(batch: Sequence[Example]) -> int:
+    """Tokens that count in the loss (labels shift by one: the first label of a row is never used)."""
+    return sum(sum(1 for x in e.labels[1:] if x != -100) for e in batch)
+
+
+def eval_shards(n: int, batch_size: int, world_size: int, rank: int) -> list[list[int | None]]:
+    """Equal numbers of eval batches on every rank (sharded models run collectives inside forward):
+    slots past the end are None and contribute nothing."""
+    per_rank = math.ceil(n / world_size) if n else 0
+    mine = [i * world_size + rank for i in range(per_rank)]
+    mine = [i if i < n else None for i in mine]
+    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]

@@ -1,0 +1,316 @@
+"""Memory estimator: calibration against published measurements, components, phases, sharding,
+suggestions, architecture resolution and time/cost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from ftspec.compiler.arch_shapes import Shapes
+from ftspec.compiler.architecture import catalog, from_config, resolve_architecture
+from ftspec.compiler.calibration import (
+    load_rows,
+    predicted_gib,
+    scored_rows,
+    upper_bound_rows,
+    verdict_checks,
+)
+from ftspec.compiler.feasibility import assess, estimate_memory
+from ftspec.compiler.gpus import lookup_gpu
+from ftspec.compiler.loader import load_text
+from ftspec.compiler.memory import GIB, TrainSetup, estimate_setup
+from ftspec.compiler.resolve import resolve
+
+LLAMA3_8B = catalog()["meta-llama/llama-3.1-8b"]
+LLAMA3_70B = catalog()["meta-llama/llama-3.1-70b-instruct"]
+
+
+def _spec(tmp_path: Path, body: str):
+    path = tmp_path / "spec.yaml"
+    path.write_text(body, encoding="utf-8")
+    (tmp_path / "train.jsonl").write_text(
+        "".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                         {"role": "assistant", "content": "a"}]}) + "\n" for i in range(20)),
+        encoding="utf-8")
+    spec = load_text(body, str(path))
+    return spec, resolve(spec.data)
+
+
+BASE = """version: 1
+name: t
+model:
+  id: {model}
+dataset:
+  train: train.jsonl
+  eval_split: 0.1
+adapter:
+  method: {method}
+training:
+  micro_batch_size: {mb}
+  sequence_len: {seq}
+  packing: true
+hardware:
+  gpu: {gpu}
+  gpus_per_node: {n}
+"""
+
+
+def spec_text(model="meta-llama/Llama-3.1-8B-Instruct", method="lora", mb=1, seq=2048, gpu="A100-80GB", n=1):
+    return BASE.format(model=model, method=method, mb=mb, seq=seq, gpu=gpu, n=n)
+
+
+# --- calibration -------------------------------------------------------------------------------------
+
+def test_calibration_csv_is_in_the_package_with_sources():
+    rows = load_rows()
+    assert len(rows) >= 68
+    assert all(r.source for r in rows)
+    assert {"n001", "n002"} <= {r.id for r in rows}  # measurements ftspec added, with their sources
+
+
+def test_estimator_within_25_percent_on_80_percent_of_measured_rows():
+    rows = scored_rows()
+    assert len(rows) >= 20
+    errors = [abs(predicted_gib(r) - r.measured_gib) / r.measured_gib for r in rows]
+    within = sum(e <= 0.25 for e in errors)
+    assert within / len(rows) >= 0.8, [(r.id, round(e, 2)) for r, e in zip(rows, errors, strict=True)]
+    assert sum(errors) / len(errors) < 0.2
+
+
+def test_never_fits_for_a_published_oom_and_fits_published_fits():
+    for vid, reading, est in verdict_checks():
+        if reading["expect"] == "oom":
+            assert est.fits is False, vid
+        else:
+            assert est.fits is True, vid
+            assert est.device_gib > 0.6 * reading["capacity_gib"], vid  # near the boundary, not far below
+
+
+def test_full_length_estimate_bounds_most_unpacked_measurements():
+    rows = upper_bound_rows()
+    ok = [r.measured_gib <= predicted_gib(r) * 1.25 for r in rows]
+    assert sum(ok) / len(rows) >= 0.75
+
+
+# --- components ------------------------------------------------------------------------------------
+
+def _est(**kw) -> object:
+    arch = kw.pop("arch", LLAMA3_8B)
+    return estimate_setup(TrainSetup(**kw), Shapes.from_arch(arch), gpu_memory_gib=80.0)
+
+
+def test_nf4_weights_are_4_127_bits_with_double_quant_and_16_bit_embeddings():
+    shapes = Shapes.from_arch(LLAMA3_8B)
+    est = _est(method="qlora", double_quant=True)
+    body = shapes.total_params - 2 * shapes.vocab * shapes.hidden
+    expected = body * 4.127 / 8 + 2 * shapes.vocab * shapes.hidden * 2
+    assert est.components["weights"] == pytest.approx(expected, rel=1e-6)
+    single = _est(method="qlora", double_quant=False).components["weights"]
+    assert single - est.components["weights"] == pytest.approx(body * (4.5 - 4.127) / 8, rel=1e-6)
+
+
+def test_lora_parameters_follow_rank_targets_and_shapes():
+    shapes = Shapes.from_arch(LLAMA3_8B)
+    qv = _est(method="lora", r=8, target_modules=("q_proj", "v_proj"), dora=False)
+    per_layer = 8 * (4096 + 4096) + 8 * (4096 + 1024)
+    assert qv.trainable_params == per_layer * shapes.layers
+    dora = _est(method="lora", r=8, target_modules=("q_proj", "v_proj"), dora=True)
+    assert dora.trainable_params - qv.trainable_params == (4096 + 1024) * shapes.layers  # magnitude vectors
+
+
+def test_checkpointing_and_micro_batch_move_activations():
+    with_ckpt = _est(method="lora", micro_batch=4, seq_len=4096, grad_ckpt=True)
+    without = _est(method="lora", micro_batch=4, seq_len=4096, grad_ckpt=False)
+    half = _est(method="lora", micro_batch=2, seq_len=4096, grad_ckpt=False)
+    assert without.components["activations"] > 5 * with_ckpt.components["activations"]
+    assert half.components["activations"] == pytest.approx(without.components["activations"] / 2, rel=0.05)
+
+
+def test_logits_buffer_scales_with_vocabulary():
+    small_vocab = dict(LLAMA3_8B, vocab=32000)
+    # without checkpointing the peak is at the start of backward, where the loss buffers are live
+    big = _est(method="lora", micro_batch=2, seq_len=4096, grad_ckpt=False).components["logits_and_loss"]
+    small = _est(method="lora", micro_batch=2, seq_len=4096, grad_ckpt=False,
+                 arch=small_vocab).components["logits_and_loss"]
+    assert big / small == pytest.approx(128256 / 32000, rel=0.01)
+    assert big == pytest.approx(2 * 4096 * 128256 * 14, rel=0.01)  # bf16 + fp32 upcast, softmax, grads
+
+
+def test_peak_is_the_larger_phase_not_a_sum():
+    est = _est(method="full", optimizer="adamw_torch", micro_batch=1, seq_len=512, grad_ckpt=True)
+    assert est.peak_phase == "optimizer_step"
+    assert est.allocated == max(est.phases.values())
+    parts = sum(v for k, v in est.components.items() if k not in ("allocator_reserve", "cuda_context"))
+    assert parts == pytest.approx(est.allocated, rel=1e-9)
+
+
+def test_sharding_divides_states_by_world_size():
+    single = _est(method="full", world=1, strategy="single", grad_accum=4)
+    fsdp = _est(method="full", world=8, strategy="fsdp", grad_accum=4)
+    zero2 = _est(method="full", world=8, strategy="deepspeed", zero_stage=2, grad_accum=4)
+    assert fsdp.components.get("weights", 0) == pytest.approx(single.components["weights"] / 8, rel=1e-6)
+    assert zero2.components["weights"] == pytest.approx(single.components["weights"], rel=1e-6)
+    assert zero2.device < single.device
+    offload = _est(method="full", world=8, strategy="deepspeed", zero_stage=2, offload="optimizer")
+    assert offload.components.get("optimizer_states", 0) == 0 and offload.host > 0
+
+
+def test_paged_optimizer_states_are_outside_the_allocator():
+    paged = _est(method="full", optimizer="paged_adamw_8bit")
+    assert paged.paged > 0 and "optimizer_states" not in paged.components or paged.components["optimizer_states"] == 0
+    assert paged.device > paged.reserved
+
+
+def test_estimate_memory_for_a_plain_config(tmp_path):
+    _spec_obj, resolved = _spec(tmp_path, spec_text())
+    est = estimate_memory(resolved, LLAMA3_8B, gpu_memory_gib=80.0)
+    assert 15 < est.device_gib < 40 and est.fits is True
+    assert est.allocated <= est.reserved <= est.device
+
+
+# --- assess: verdict, suggestions, time and cost -------------------------------------------------------------
+
+def test_70b_lora_on_one_gpu_does_not_fit_and_qlora_or_fsdp_fix_it(tmp_path):
+    spec, resolved = _spec(tmp_path, spec_text(model="meta-llama/Llama-3.1-70B-Instruct"))
+    result = assess(spec, resolved)
+    assert result.fits is False
+    codes = [d.code for d in result.diagnostics]
+    assert "FT0310" in codes
+    fixes = [s for s in result.suggestions if s.fits]
+    changes = " ".join(s.change for s in fixes)
+    assert "qlora" in changes and "gpus_per_node" in changes
+    assert all(s.saves_gib > 0 for s in result.suggestions)
+    assert result.suggestions == sorted(result.suggestions, key=lambda s: (not s.fits, -s.saves_gib))[: len(result.suggestions)] or fixes
+    body = result.to_json()
+    assert body["memory"]["fits"] is False
+    assert set(body["memory"]["per_gpu"]) == {"allocated_gib", "reserved_gib", "device_gib"}
+    assert body["memory"]["components_gib"]["weights"] > 100
+    assert body["memory"]["suggestions"][0]["saves_gib"] > 0
+    assert "DOES NOT FIT" in result.text()
+
+
+def test_time_and_cost_use_flops_rate_utilisation_and_price(tmp_path):
+    spec, resolved = _spec(tmp_path, spec_text(gpu="H100-80GB"))
+    result = assess(spec, resolved)
+    t = result.time
+    shapes = Shapes.from_arch(LLAMA3_8B)
+    assert t.tokens == 18 * 2 * 2048  # 20 records - 10% eval split, 2 epochs, full packed rows
+    assert t.flops_per_token > 6 * shapes.active_params  # 4N + 2N recompute + attention
+    expected_h = t.tokens * t.flops_per_token / (989e12 * t.utilisation) / 3600
+    assert t.hours == pytest.approx(expected_h, rel=1e-6)
+    assert t.cost == pytest.approx(expected_h * 2.99, rel=1e-9)
+    assert result.to_json()["cost"]["price_per_gpu_hour"] == 2.99
+
+
+def test_cpu_device_skips_the_memory_verdict_with_an_info(tmp_path):
+    spec, resolved = _spec(tmp_path, spec_text(model="builtin:tiny-llama", gpu="cpu"))
+    result = assess(spec, resolved)
+    assert result.fits is None
+    assert any(d.code == "FT0313" and d.severity == "info" for d in result.diagnostics)
+
+
+def test_custom_gpu_mapping():
+    gpu = lookup_gpu({"name": "my-card", "memory_gb": 48, "bf16": True})
+    assert gpu.memory_gib == pytest.approx(48e9 / GIB)
+    assert lookup_gpu("a100-80gb").name == "A100-80GB" and lookup_gpu("nope") is None
+
+
+# --- architecture -----------------------------------------------------------------------------------
+
+def test_catalog_has_sourced_entries_with_layer_classes():
+    entries = {e["id"]: e for e in catalog().values()}
+    assert len(entries) >= 25
+    for e in entries.values():
+        assert e["source"] and e["decoder_layer_class"]
+        if not e["id"].startswith("builtin:"):
+            assert e["source"].startswith("https://huggingface.co/")
+    moe = entries["Qwen/Qwen3-30B-A3B"]
+    assert moe["experts"] == 128 and moe["experts_per_token"] == 8
+    assert Shapes.from_arch(moe).active_params < 0.15 * Shapes.from_arch(moe).total_params
+
+
+def test_unknown_hub_model_is_an_error_with_yaml_hint(tmp_path):
+    spec, resolved = _spec(tmp_path, spec_text(model="acme/secret-model-13b"))
+    arch, diags = resolve_architecture(spec, resolved)
+    assert arch is None
+    assert diags[0].code == "FT0301" and diags[0].line == 4
+    assert "architecture:" in diags[0].hint and "layers:" in diags[0].hint
+
+
+def test_local_config_json_is_read_without_transformers(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
+        "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
+        "tie_word_embeddings": True}))
+    spec, resolved = _spec(tmp_path, spec_text(model="model"))
+    arch, diags = resolve_architecture(spec, resolved)
+    assert not diags
+    assert arch["decoder_layer_class"] == "Qwen2DecoderLayer" and arch["kv_heads"] == 2
+    assert arch["params_b"] == pytest.approx(0.494, rel=0.02)  # computed from the shape
+
+
+def test_spec_architecture_wins_field_by_field(tmp_path):
+    text = spec_text().replace("  id: meta-llama/Llama-3.1-8B-Instruct\n",
+                               "  id: meta-llama/Llama-3.1-8B-Instruct\n  architecture:\n    vocab: 32000\n")
+    spec, resolved = _spec(tmp_path, text)
+    arch, _ = resolve_architecture(spec, resolved)
+    assert arch["vocab"] == 32000 and arch["layers"] == 32
+
+
+def test_from_config_reads_multimodal_text_config_and_moe():
+    arch = from_config({"model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 48,
+                        "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "vocab_size": 151936,
+                        "intermediate_size": 6144, "moe_intermediate_size": 768, "num_experts": 128,
+                        "num_experts_per_tok": 8})
+    assert arch["intermediate"] == 768 and arch["experts"] == 128 and arch["head_dim"] == 128
+    gemma = from_config({"model_type": "gemma3", "text_config": {"hidden_size": 2560, "num_hidden_layers": 34,
+                                                                 "num_attention_heads": 8, "vocab_size": 262208,
+                                                                 "intermediate_size": 10240}})
+    assert gemma["layers"] == 34 and gemma["decoder_layer_class"] == "Gemma3DecoderLayer"
+
+
+def test_builtin_model_entry_matches_the_runtime_config():
+    from ftspec.runtime import builtin  # tests may import the runtime; the compiler never does
+
+    entry = catalog()["builtin:tiny-llama"]
+    cfg = builtin.MODEL_CONFIG
+    assert (entry["layers"], entry["hidden"], entry["intermediate"], entry["heads"], entry["kv_heads"]) == (
+        cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"],
+        cfg["num_key_value_heads"])
+
+
+def test_check_runs_with_the_ml_stack_blocked(tmp_path):
+    """`ftspec check` must work where torch & co. are not installed: block their import and run it."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'transformers', 'peft', 'bitsandbytes', 'deepspeed',"
+        " 'accelerate', 'datasets'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from ftspec.compiler.cli import main\n"
+        f"sys.exit(main(['check', {str(root / 'specs' / 'llama3-70b-lora-1gpu.yaml')!r}, '--format', 'json']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr[-2000:]
+    body = json.loads(out.stdout)
+    assert body["memory"]["fits"] is False
+
+
+def test_compiler_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import ftspec.compiler.feasibility, ftspec.compiler.pins, ftspec.compiler.verbs.check; "
+            "bad = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'deepspeed', 'accelerate', "
+            "'datasets') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

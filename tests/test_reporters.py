@@ -1,0 +1,217 @@
+"""Reporters: exact text, JSON, GitHub annotation and SARIF output for fixed diagnostics."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import pytest
+from ftspec.compiler import reporters
+from ftspec.compiler.diagnostics import Diagnostic, Location, make
+from ftspec.compiler.reporters import emit, to_github, to_json, to_sarif, to_text
+from jsonschema import Draft202012Validator
+
+SOURCE = {
+    "specs/a.yaml": ["version: 1", "training:", "  learning_rte: 2e-4", "\tgpu: T4"],
+}
+
+
+def lookup(path, line):
+    lines = SOURCE.get(path or "", [])
+    return lines[line - 1] if line and 0 < line <= len(lines) else None
+
+
+DIAGS = [
+    make("FT0103", Location("specs/a.yaml", 3, 3, "/training/learning_rte"), key="learning_rte",
+         section="`training`", hint="did you mean 'learning_rate'?"),
+    make("FT0206", Location("specs/a.yaml", 4, 2, "/hardware/gpu"), precision="bf16", gpu="T4", origin=""),
+    make("FT0208", Location("specs/a.yaml", 1, 1, "/training/precision"), gpu="A100-80GB"),
+]
+
+
+def test_text_exact() -> None:
+    assert to_text(DIAGS, lookup) == "\n".join([
+        "specs/a.yaml:3:3: FT0103 error: unknown key 'learning_rte' in `training`",
+        "     3 |   learning_rte: 2e-4",
+        "       |   ^",
+        "  hint: did you mean 'learning_rate'?",
+        "specs/a.yaml:4:2: FT0206 error: training.precision is bf16 but T4 has no bfloat16 support",
+        "     4 |  gpu: T4",  # a tab is shown as one column, so the caret stays under column 2
+        "       |  ^",
+        "  hint: use `precision: fp16` (fp32 master weights, fp16 autocast), or a GPU with bf16 "
+        "(A10G, L4, A100, H100)",
+        "specs/a.yaml:1:1: FT0208 info: training.precision is fp16 on A100-80GB, which supports bf16",
+        "     1 | version: 1",
+        "       | ^",
+        "  hint: bf16 has fp32's range: no loss scaling, no overflow; use `precision: bf16-mixed` unless "
+        "you need fp16",
+        "2 errors, 1 info",
+    ])
+
+
+def test_text_without_findings_or_source() -> None:
+    assert to_text([], lookup) == "no problems"
+    lonely = Diagnostic("FT0001", "error", "cannot read file: gone", file="x.yaml")
+    assert to_text([lonely], lookup) == "x.yaml: FT0001 error: cannot read file: gone\n1 error"
+
+
+def test_long_source_lines_are_windowed() -> None:
+    line = "x: [" + ", ".join(["item"] * 200) + ", BAD]"
+    column = line.index("BAD") + 1
+    d = Diagnostic("FT0109", "error", "bad", file="long.yaml", line=1, column=column)
+    out = to_text([d], lambda p, n: line).splitlines()
+    shown, caret = out[1], out[2]
+    assert len(shown) < 150 and shown.startswith("     1 | ...")
+    assert shown[caret.index("^")] == "B"  # the caret still points at the column
+
+
+def test_text_colors_only_when_asked() -> None:
+    assert "\x1b[" not in to_text(DIAGS, lookup)
+    colored = to_text(DIAGS, lookup, color=True)
+    assert "\x1b[31;1merror\x1b[0m" in colored and "\x1b[36;1minfo\x1b[0m" in colored
+
+
+@pytest.mark.parametrize(("env", "tty", "want"), [
+    ({}, False, False), ({}, True, True), ({"NO_COLOR": "1"}, True, False),
+    ({"FORCE_COLOR": "1"}, False, True), ({"NO_COLOR": "1", "FORCE_COLOR": "1"}, True, False),
+    ({"TERM": "dumb"}, True, False),
+])
+def test_use_color(monkeypatch, env: dict, tty: bool, want: bool) -> None:
+    for name in ("NO_COLOR", "FORCE_COLOR", "TERM"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    class Stream(io.StringIO):
+        def isatty(self) -> bool:
+            return tty
+
+    assert reporters._use_color(Stream()) is want
+
+
+def test_json_exact() -> None:
+    body = json.loads(to_json(DIAGS[:1]))
+    assert body == {"status": "fail", "diagnostics": [{
+        "code": "FT0103", "severity": "error", "message": "unknown key 'learning_rte' in `training`",
+        "file": "specs/a.yaml", "line": 3, "column": 3, "pointer": "/training/learning_rte",
+        "hint": "did you mean 'learning_rate'?",
+    }]}
+    assert json.loads(to_json(DIAGS[2:]))["status"] == "ok"  # infos do not fail
+
+
+def test_github_escapes_and_levels() -> None:
+    d = Diagnostic("FT0109", "warning", "50% of a,b:c\nnext", file="dir, x/a:b.yaml", line=2, column=5,
+                   hint="fix it")
+    assert to_github([d]) == (
+        "::warning file=dir%2C x/a%3Ab.yaml,line=2,col=5,title=FT0109::50%25 of a,b:c%0Anext%0Afix it"
+    )
+    assert to_github(DIAGS[2:]).startswith("::notice ")
+
+
+# The parts of SARIF 2.1.0 (OASIS, sarif-schema-2.1.0.json) that GitHub code scanning reads, with
+# its documented requirements: https://docs.github.com/en/code-security/code-scanning/
+# integrating-with-code-scanning/sarif-support-for-code-scanning
+_TEXT = {"type": "object", "required": ["text"], "properties": {"text": {"type": "string", "minLength": 1}}}
+SARIF_FOR_GITHUB = {
+    "type": "object",
+    "required": ["version", "runs", "$schema"],
+    "properties": {
+        "version": {"const": "2.1.0"},
+        "$schema": {"type": "string", "pattern": "sarif"},
+        "runs": {"type": "array", "minItems": 1, "maxItems": 20, "items": {
+            "type": "object", "required": ["tool", "results"],
+            "properties": {
+                "tool": {"type": "object", "required": ["driver"], "properties": {"driver": {
+                    "type": "object", "required": ["name", "rules"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1},
+                        "semanticVersion": {"type": "string", "pattern": r"^\d+\.\d+\.\d+"},
+                        "rules": {"type": "array", "items": {
+                            "type": "object", "required": ["id", "shortDescription", "fullDescription", "help"],
+                            "properties": {
+                                "id": {"type": "string", "pattern": "^FT\\d{4}$"},
+                                "shortDescription": _TEXT, "fullDescription": _TEXT, "help": _TEXT,
+                                "helpUri": {"type": "string", "format": "uri"},
+                                "defaultConfiguration": {"type": "object", "properties": {
+                                    "level": {"enum": ["none", "note", "warning", "error"]}}},
+                                "properties": {"type": "object", "properties": {
+                                    "tags": {"type": "array", "items": {"type": "string"}}}},
+                            }}},
+                    }}}},
+                "results": {"type": "array", "maxItems": 25000, "items": {
+                    "type": "object", "required": ["ruleId", "message", "locations"],
+                    "properties": {
+                        "ruleId": {"type": "string"},
+                        "ruleIndex": {"type": "integer", "minimum": 0},
+                        "level": {"enum": ["none", "note", "warning", "error"]},
+                        "message": _TEXT,
+                        "locations": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {
+                            "type": "object", "required": ["physicalLocation"],
+                            "properties": {"physicalLocation": {
+                                "type": "object", "required": ["artifactLocation", "region"],
+                                "properties": {
+                                    "artifactLocation": {"type": "object", "required": ["uri"],
+                                                         "properties": {"uri": {"type": "string",
+                                                                                "pattern": "^[^ \\\\]+$"}}},
+                                    "region": {"type": "object", "required": ["startLine"], "properties": {
+                                        "startLine": {"type": "integer", "minimum": 1},
+                                        "startColumn": {"type": "integer", "minimum": 1}}},
+                                }}}}},
+                    }}},
+                "columnKind": {"enum": ["utf16CodeUnits", "unicodeCodePoints"]},
+            }}},
+    },
+}
+
+
+def test_sarif_has_what_github_code_scanning_reads() -> None:
+    extra = Diagnostic("FT0001", "error", "cannot read file", file="/outside/repo dir/x.yaml")
+    log = json.loads(to_sarif([*DIAGS, extra]))
+    errors = sorted(Draft202012Validator(SARIF_FOR_GITHUB).iter_errors(log), key=str)
+    assert not errors, [e.message for e in errors]
+    run = log["runs"][0]
+    rules = run["tool"]["driver"]["rules"]
+    for result in run["results"]:  # ruleIndex points at the rule of the same id
+        assert rules[result["ruleIndex"]]["id"] == result["ruleId"]
+    by_rule = {r["id"]: r for r in rules}
+    assert by_rule["FT0103"]["defaultConfiguration"]["level"] == "error"
+    assert by_rule["FT0208"]["defaultConfiguration"]["level"] == "note"
+    assert [r["level"] for r in run["results"]] == ["error", "error", "note", "error"]
+    first = run["results"][0]["locations"][0]["physicalLocation"]
+    assert first["artifactLocation"] == {"uri": "specs/a.yaml", "uriBaseId": "%SRCROOT%"}
+    assert first["region"] == {"startLine": 3, "startColumn": 3}
+    # a file outside the working directory becomes an absolute, percent-encoded file URI
+    assert run["results"][3]["locations"][0]["physicalLocation"]["artifactLocation"] == {
+        "uri": "file:///outside/repo%20dir/x.yaml"}
+    # help text never shows unfilled {placeholders}
+    assert all("{" not in r["help"]["text"] for r in rules)
+
+
+def test_sarif_with_no_findings_is_still_a_valid_log() -> None:
+    log = json.loads(to_sarif([]))
+    assert not list(Draft202012Validator(SARIF_FOR_GITHUB).iter_errors(log))
+    assert log["runs"][0]["results"] == [] and log["runs"][0]["tool"]["driver"]["rules"] == []
+
+
+def test_emit_writes_one_document_per_format() -> None:
+    for fmt in ("json", "sarif"):
+        stream = io.StringIO()
+        emit(DIAGS, fmt, lookup, stream=stream)
+        json.loads(stream.getvalue())
+    stream = io.StringIO()
+    emit([], "github", lookup, stream=stream)
+    assert stream.getvalue() == ""
+    stream = io.StringIO()
+    emit(DIAGS[:1], "text", lookup, stream=stream, text_extra="report\n")
+    assert stream.getvalue().startswith("report\nspecs/a.yaml:3:3: FT0103")
+
+
+def test_relative_paths_in_annotations(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    inside = str(tmp_path / "specs" / "x.yaml")
+    d = Diagnostic("FT0103", "error", "m", file=inside, line=1, column=1)
+    assert "file=specs/x.yaml," in to_github([d])
+    assert json.loads(to_sarif([d]))["runs"][0]["results"][0]["locations"][0]["physicalLocation"][
+        "artifactLocation"]["uri"] == "specs/x.yaml"
+    assert os.path.isabs(inside)
