@@ -2,11 +2,17 @@
 `datasets.load_dataset("json")` loading the same file.
 
 Each side runs in its own child process so that peak memory (ru_maxrss) is measured per side and the
-two do not share caches; the validation child never imports `datasets`. Goal (issue 4): >= 50,000
-records/s on one core, peak < 1 GB, faster than loading with `datasets`; near-duplicate detection on
-100,000 records within a minute.
+two do not share caches; the validation child never imports `datasets`. Both read the same file, warm
+in the OS page cache (it was just written), and `datasets` gets a fresh cache folder, so it converts
+the file rather than reusing an earlier conversion. The check runs twice: in one process
+(FTSPEC_DATA_WORKERS=1: the one-core rate) and as `ftspec check` runs it, with worker processes for a
+file this large (as `datasets` uses every core through pyarrow's thread pool). Each side is timed
+--repeat times and the best time kept: the machine may be shared.
 
-    .venv/bin/python benchmarks/datacheck_speed.py [--records 1000000] [--near 100000] [--keep DIR]
+Goal (issue 4): >= 50,000 records/s on one core, peak < 1 GB, faster than loading with `datasets`;
+near-duplicate detection on 100,000 records within a minute.
+
+    .venv/bin/python benchmarks/datacheck_speed.py [--records 1000000] [--near 100000] [--keep DIR] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -76,10 +82,18 @@ def _child_check(spec_path: str) -> dict:
     start = time.perf_counter()
     report = check_data(spec, resolved)
     seconds = time.perf_counter() - start
+    from ftspec.compiler import data_fast
+
+    size = os.path.getsize(report.summary["files"][0]["file"])
+    parallel = data_fast.AVAILABLE and size >= data_fast.PARALLEL_MIN_BYTES
     return {"seconds": seconds, "records": report.summary["records"]["train"],
+            "workers": data_fast.worker_count() if parallel else 1,
+            "cpu_seconds": time.process_time(),
             "exact": report.summary["duplicates"]["exact"], "near": report.summary["duplicates"]["near"],
             "datasets_imported": "datasets" in sys.modules,
-            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            # worker processes (forked: their RSS counts pages shared with this one, an upper bound)
+            "workers_maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
 
 
 def _child_datasets(data_path: str, cache: str) -> dict:
@@ -93,12 +107,22 @@ def _child_datasets(data_path: str, cache: str) -> dict:
             "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _run_child(*args: str) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", RAYON_NUM_THREADS="1", HF_DATASETS_OFFLINE="1")
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        raise SystemExit(f"child {args[0]} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _run_child(*args: str, repeat: int = 1, **extra_env: str) -> dict:
+    """The child's result with the best time of `repeat` runs (peak memory: the largest seen)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", RAYON_NUM_THREADS="1", HF_DATASETS_OFFLINE="1", **extra_env)
+    best: dict | None = None
+    peak = 0.0
+    for _ in range(max(1, repeat)):
+        out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            raise SystemExit(f"child {args[0]} failed:\n{out.stderr[-3000:]}")
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        peak = max(peak, result["maxrss_mb"])
+        if best is None or result["seconds"] < best["seconds"]:
+            best = result
+    best["maxrss_mb"] = peak
+    best["runs"] = max(1, repeat)
+    return best
 
 
 def main() -> int:
@@ -107,6 +131,7 @@ def main() -> int:
     parser.add_argument("--near", type=int, default=100_000, help="records for the near-duplicate run (0: skip)")
     parser.add_argument("--keep", default=None, help="folder to write the data into and keep")
     parser.add_argument("--skip-datasets", action="store_true")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per side; the best time is kept")
     args = parser.parse_args()
     folder = Path(args.keep or tempfile.mkdtemp(prefix="ftspec-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,27 +143,44 @@ def main() -> int:
               f"{time.perf_counter() - t:.1f}s", file=sys.stderr)
     spec = folder / "spec.yaml"
     spec.write_text(SPEC.format(train=data.name, dedup="exact"), encoding="utf-8")
-    check = _run_child("--child-check", str(spec))
+    one = _run_child("--child-check", str(spec), repeat=args.repeat, FTSPEC_DATA_WORKERS="1")
+    check = _run_child("--child-check", str(spec), repeat=args.repeat)
+    one_rate = one["records"] / one["seconds"]
     rate = check["records"] / check["seconds"]
-    print(f"ftspec check (validate + exact dedup): {check['records']:,} records in {check['seconds']:.1f}s = "
-          f"{rate:,.0f} records/s, peak RSS {check['maxrss_mb']:.0f} MB, {check['exact']:,} duplicates"
-          f" (datasets imported: {check['datasets_imported']})")
-    result = {"records": check["records"], "check_seconds": round(check["seconds"], 2),
-              "check_records_per_s": round(rate), "check_peak_mb": round(check["maxrss_mb"])}
+    print(f"ftspec check (validate + exact dedup), one process: {one['records']:,} records in {one['seconds']:.2f}s = "
+          f"{one_rate:,.0f} records/s, peak RSS {one['maxrss_mb']:.0f} MB, {one['exact']:,} duplicates"
+          f" (datasets imported: {one['datasets_imported']})")
+    print(f"ftspec check (validate + exact dedup), {check['workers']} process(es): {check['records']:,} records in "
+          f"{check['seconds']:.2f}s = {rate:,.0f} records/s, peak RSS {check['maxrss_mb']:.0f} MB"
+          + (f" + {check['workers']} x {check['workers_maxrss_mb']:.0f} MB (workers)" if check["workers"] > 1 else "")
+          + f", {check['exact']:,} duplicates")
+    result = {"records": check["records"], "repeat": args.repeat,
+              "one_core_seconds": round(one["seconds"], 2), "one_core_records_per_s": round(one_rate),
+              "one_core_peak_mb": round(one["maxrss_mb"]),
+              "workers": check["workers"], "check_seconds": round(check["seconds"], 2),
+              "check_records_per_s": round(rate), "check_peak_mb": round(check["maxrss_mb"]),
+              "check_peak_total_mb": round(check["maxrss_mb"] + (check["workers"] * check["workers_maxrss_mb"]
+                                                                 if check["workers"] > 1 else 0))}
     if not args.skip_datasets:
         import shutil
 
-        cache = tempfile.mkdtemp(prefix="ftspec-bench-hf-")  # a fresh cache: time a cold load, not a cache hit
-        try:
-            loaded = _run_child("--child-datasets", str(data), cache)
-        finally:
-            shutil.rmtree(cache, ignore_errors=True)
+        best: dict | None = None
+        for _ in range(max(1, args.repeat)):
+            cache = tempfile.mkdtemp(prefix="ftspec-bench-hf-")  # a fresh cache: time a cold load, not a cache hit
+            try:
+                loaded = _run_child("--child-datasets", str(data), cache)
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+            if best is None or loaded["seconds"] < best["seconds"]:
+                best = loaded
+        loaded = best
         ratio = loaded["seconds"] / check["seconds"]
-        print(f"datasets.load_dataset('json'): {loaded['records']:,} records in {loaded['seconds']:.1f}s = "
+        print(f"datasets.load_dataset('json'): {loaded['records']:,} records in {loaded['seconds']:.2f}s = "
               f"{loaded['records'] / loaded['seconds']:,.0f} records/s, peak RSS {loaded['maxrss_mb']:.0f} MB")
-        print(f"ratio: ftspec check is {ratio:.2f}x the speed of datasets loading")
+        print(f"ratio: ftspec check is {ratio:.2f}x the speed of datasets loading "
+              f"({loaded['seconds'] / one['seconds']:.2f}x in one process)")
         result.update(datasets_seconds=round(loaded["seconds"], 2), datasets_peak_mb=round(loaded["maxrss_mb"]),
-                      speed_ratio=round(ratio, 2))
+                      speed_ratio=round(ratio, 2), one_core_speed_ratio=round(loaded["seconds"] / one["seconds"], 2))
     if args.near:
         near_data = folder / "near.jsonl"
         with open(data, "rb") as src, open(near_data, "wb") as dst:
@@ -154,8 +196,8 @@ def main() -> int:
         result.update(near_records=near["records"], near_seconds=round(near["seconds"], 2),
                       near_peak_mb=round(near["maxrss_mb"]))
     result["goals"] = {
-        "records_per_s>=50000": result["check_records_per_s"] >= 50_000,
-        "peak<1GB": result["check_peak_mb"] < 1024,
+        "records_per_s>=50000": result["one_core_records_per_s"] >= 50_000,  # on one core
+        "peak<1GB": max(result["check_peak_total_mb"], result["one_core_peak_mb"]) < 1024,
         "faster_than_datasets": result.get("speed_ratio", 0) > 1 if not args.skip_datasets else None,
         "near_100k<60s": result["near_seconds"] < 60 if args.near else None,
     }

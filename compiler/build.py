@@ -90,7 +90,7 @@ def compile_spec(path: str | Path, options: CompileOptions | None = None, *, bui
     if diags:
         return CompileResult(spec, diags, refused=True)
     lint = lint_loaded(spec, options.lint)
-    diags = list(lint.diagnostics)
+    diags = _mark_overrides(list(lint.diagnostics), options.overrides)
     if not isinstance(spec.data, dict) or any(d.code.startswith("FT00") and d.severity == "error" for d in diags):
         return CompileResult(spec, diags, refused=True)  # nothing to compile
     if any(d.code.startswith("FT01") and d.severity == "error" for d in diags):
@@ -151,6 +151,25 @@ def compile_spec(path: str | Path, options: CompileOptions | None = None, *, bui
     return CompileResult(spec, diags, files=render_build(plan, lock, review), plan=plan)
 
 
+def _mark_overrides(diags: list[Diagnostic], overrides: dict) -> list[Diagnostic]:
+    """Findings about a value given with --set say so: their file position shows the value the
+    command line replaced (or the section that will hold a new key), not the one compiled."""
+    if not overrides:
+        return diags
+    from dataclasses import replace
+
+    # shown as typed on the command line (the verb hands over JSON pointers)
+    pointers = {override_pointer(k): ".".join(t.replace("~1", "/").replace("~0", "~")
+                                              for t in override_pointer(k).split("/")[1:]) for k in overrides}
+    out = []
+    for d in diags:
+        given = next((key for ptr, key in pointers.items()
+                      if d.pointer == ptr or d.pointer.startswith(ptr + "/") or ptr.startswith(d.pointer + "/")
+                      and d.code in ("FT0103", "FT0101", "FT0107")), None)
+        out.append(replace(d, message=f"{d.message} (value from --set {given})") if given else d)
+    return out
+
+
 def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
     seen, out = set(), []
     for d in diags:
@@ -165,25 +184,41 @@ class BuildDirError(Exception):
     pass
 
 
-def _is_replaceable(target: Path) -> bool:
-    """An existing folder is replaced only when it is empty or holds an earlier ftspec build."""
+def _refusal(target: Path) -> str | None:
+    """Why an existing `target` may not be replaced, or None when it may: it is empty, or an earlier
+    ftspec build holding nothing but build artifacts.
+
+    Replacing deletes the old folder, so anything a user or a run put inside a build folder
+    (notes, checkpoints when output.dir points there) must stop the swap rather than vanish."""
+    if target.is_symlink():
+        return f"{target} is a symbolic link: give the folder it points to as -o"
     if not target.is_dir():
-        return False
-    if not any(target.iterdir()):
-        return True
+        return f"{target} exists and is not a folder"
+    from .render import ARTIFACT_FILES
+
+    entries = sorted(p.name for p in target.iterdir())
+    if not entries:
+        return None
     try:
         read_plan(target / "plan.json")
-        return True
     except (OSError, ValueError):
-        return False
+        return f"{target} exists and is not an ftspec build folder"
+    foreign = [name for name in entries if name not in ARTIFACT_FILES or not (target / name).is_file()]
+    if not foreign:
+        return None
+    shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    return (f"{target} holds an earlier build and also {shown}, which compile did not write; "
+            "replacing the folder would delete them")
 
 
 def write_build(files: dict[str, str], target: Path, *, executable: set[str] = frozenset()) -> None:
     """Write every file into a temporary folder next to `target`, then swap it into place: a failure
-    at any point leaves either the old build or nothing, never half of one."""
+    or an interrupt at any point leaves either the old build or nothing, never half of one."""
     target = Path(target)
-    if target.exists() and not _is_replaceable(target):
-        raise BuildDirError(f"{target} exists and is not an ftspec build folder")
+    if target.exists() or target.is_symlink():
+        reason = _refusal(target)
+        if reason is not None:
+            raise BuildDirError(reason)
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -203,11 +238,13 @@ def write_build(files: dict[str, str], target: Path, *, executable: set[str] = f
             os.rmdir(old)
             os.replace(target, old)
         os.replace(staging, target)
-    except OSError as exc:
+    except BaseException as exc:  # OSError, and Ctrl-C between two steps: never leave half a swap
         if old is not None and not target.exists():
             os.replace(old, target)  # put the previous build back
             old = None
         shutil.rmtree(staging, ignore_errors=True)
-        raise BuildDirError(exc.strerror or str(exc)) from None
+        if isinstance(exc, OSError):
+            raise BuildDirError(exc.strerror or str(exc)) from None
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

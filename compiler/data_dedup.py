@@ -1,15 +1,16 @@
 """Across-record checks that keep only hashes and sketches: exact duplicates, near duplicates
 (MinHash LSH from datasketch), and eval-versus-train contamination by word n-gram overlap.
 
-Memory grows with the number of records only by a fixed few bytes each (a 64-bit hash and a line for
-exact duplicates; a compact MinHash signature for near duplicates, which is opt-in with dedup: near),
+Memory grows with the number of records only by a fixed few bytes each (a 128-bit hash and a packed place
+for exact duplicates; a compact MinHash signature for near duplicates, which is opt-in with dedup: near),
 never with their text.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 _WORD = re.compile(r"\w+")
@@ -21,22 +22,83 @@ def words_of(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+ROLE_CODE = {"system": "s", "user": "u", "assistant": "a"}
+
+
+def _canonical_roles(turns: int) -> str:
+    """The one role order a clean conversation of `turns` turns has: [system,] user, assistant, ..."""
+    return ("s" if turns % 2 else "") + "ua" * (turns // 2)
+
+
+def dedup_key(messages: Sequence[tuple[str, str]]) -> str:
+    """Whitespace-normalised conversation: two records with the same key are exact duplicates.
+
+    The contents joined by NUL (which str.split() does not treat as whitespace, unlike the ASCII
+    record separators), every whitespace run made one space and the ends of each turn trimmed. The
+    roles are implied when they are in the usual order (which the number of turns fixes), else they
+    lead the key; data_fast computes the same string for a whole block of clean records at once.
+    """
+    text = " ".join(" \x00 ".join([content for _, content in messages]).split())
+    roles = "".join([ROLE_CODE.get(role, "?") for role, _ in messages])
+    return text if roles == _canonical_roles(len(messages)) else f"\x03{roles}\x03{text}"
+
+
+def _encode(key: str) -> bytes:
+    return key.encode("utf-8", "surrogatepass")  # the stdlib parser lets lone surrogates through
+
+
+try:  # 128-bit keys: collisions are negligible even across billions of records
+    from xxhash import xxh3_128_intdigest as _xxh3_128
+except ImportError:  # pragma: no cover - depends on the environment
+    _xxh3_128 = None
+
+
+def hash_bytes(keys: Iterable[bytes]) -> list[int]:
+    """128-bit hashes of UTF-8 dedup keys, stable across processes (unlike hash())."""
+    if _xxh3_128 is not None:
+        return list(map(_xxh3_128, keys))
+    return [int.from_bytes(hashlib.blake2b(k, digest_size=16).digest(), "little") for k in keys]
+
+
+def hash_keys(keys: Iterable[str]) -> list[int]:
+    return hash_bytes(map(_encode, keys))
+
+
+_SOURCE_SHIFT = 40  # a place packed into one int: source index above, line below
+
+
 @dataclass
 class ExactDedup:
-    """Whitespace-normalised exact duplicates: hash -> first (source, line)."""
+    """Whitespace-normalised exact duplicates: key hash -> first place, packed as one int to keep
+    memory at a few dozen bytes a record."""
 
-    seen: dict[int, Where] = field(default_factory=dict)
+    seen: dict[int, int] = field(default_factory=dict)
     count: int = 0
 
     def add(self, key: str, where: Where) -> Where | None:
         """Record `key`; the first place it was seen when it is a duplicate, else None."""
-        h = hash(key)  # per-process salted, which is fine: hashes never leave this run
-        first = self.seen.get(h)
-        if first is not None:
-            self.count += 1
-            return first
-        self.seen[h] = where
-        return None
+        return self.add_hash(hash_keys((key,))[0], where)
+
+    def add_hash(self, h: int, where: Where) -> Where | None:
+        packed = where[0] << _SOURCE_SHIFT | where[1]
+        first = self.seen.setdefault(h, packed)
+        if first == packed:
+            return None
+        self.count += 1
+        return first >> _SOURCE_SHIFT, first & ((1 << _SOURCE_SHIFT) - 1)
+
+    def add_hashes(self, hashes: Iterable[int], source: int, lines: Iterable[int]) -> list[tuple[int, Where]]:
+        """Record many (hash, line) of one source in order; (position, first place) of each duplicate."""
+        base = source << _SOURCE_SHIFT
+        setdefault = self.seen.setdefault
+        out = []
+        for k, (h, line) in enumerate(zip(hashes, lines, strict=True)):
+            packed = base | line
+            first = setdefault(h, packed)
+            if first != packed:
+                out.append((k, (first >> _SOURCE_SHIFT, first & ((1 << _SOURCE_SHIFT) - 1))))
+        self.count += len(out)
+        return out
 
 
 class NearDedup:

@@ -65,6 +65,7 @@ class LeakScanner:
 
     def __init__(self, markers: Iterable[str]):
         ordered = sorted({m for m in markers if m}, key=len, reverse=True)
+        self.markers = tuple(ordered)  # data_fast scans a block of records for the same markup
         self._markup = re.compile("|".join(re.escape(m) for m in ordered)) if ordered else None
         self._markup_firsts = tuple({m[0] for m in ordered})  # cheap `in` tests before the regex
         self._label_start = re.compile(r"\s*(assistant|user|human|gpt|system|ai|bot)\s*:", re.IGNORECASE)

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import math
 import os
+from bisect import bisect_left
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import add
 from pathlib import Path
 
 from . import chat_templates as ct
-from .data_dedup import Contamination, ExactDedup, NearDedup, words_of
-from .data_formats import LeakScanner, Messages, Problem, check_record, normalized_key
-from .data_io import DataFileError, RecordReader
+from . import data_fast
+from .data_dedup import Contamination, ExactDedup, NearDedup, dedup_key, words_of
+from .data_formats import LeakScanner, Messages, Problem, check_record
+from .data_io import DataFileError, RecordReader, file_sha256, parse_line
 from .data_lengths import CHARS_PER_TOKEN, Estimator, LengthStats, token_segments
 from .data_report import Sample, render_text
 from .diagnostics import Diagnostic, Location, catalog, make, sort_diagnostics
@@ -136,6 +140,7 @@ class _Check:
         self.seq_p95 = seq == "p95"
         self.lengths = LengthStats(None if self.seq_p95 else int(seq), self.dataset.get("truncation", "truncate"))
         self._pending: list[tuple[tuple[int, int], str, list[tuple[int, int]]]] = []
+        self.parallel_workers = 0  # > 0: a large file was checked by worker processes
         self._setup_template()
 
     # --- findings -------------------------------------------------------------------------------
@@ -254,71 +259,84 @@ class _Check:
         policy = self.policy
         problems: list[Problem] = []
         records = usable = 0
-        try:
-            for line, value, error in reader:
-                records += 1
-                if error is not None:
-                    record("FT0502", src_index, line, {"detail": error})
-                    continue
-                messages = check_record(value, fmt, leaks, problems)
-                bad = False
-                if problems:
-                    for code, fields in problems:
-                        record(code, src_index, line, fields)
-                        if severity[code] == "error":
-                            bad = True
-                    problems.clear()
-                if messages is None:
-                    continue
-                where = (src_index, line)
-                has_system = messages[0][0] == "system"
-                if policy == "consistent":
-                    if has_system:
-                        self.system_with += 1
-                    else:
-                        self.system_without += 1
-                    lines = self.system_lines[has_system]
-                    if len(lines) < 5:
-                        lines.append(where)
-                elif policy == "required" and not has_system:
-                    record("FT0521", src_index, line, {})
-                    bad = True
-                elif policy == "forbidden" and has_system:
-                    record("FT0522", src_index, line, {})
-                    bad = True
-                if not bad:
-                    usable += 1
-                if exact is not None:
-                    first = exact.add(normalized_key(messages), where)
-                    if first is not None:
-                        self._duplicate(where, first, "exact")
-                        near_words = None
-                    else:
-                        near_words = True
+
+        def one(line: int, value: object, error: str | None) -> None:
+            """The per-record path: every check, every finding."""
+            nonlocal records, usable
+            records += 1
+            if error is not None:
+                record("FT0502", src_index, line, {"detail": error})
+                return
+            messages = check_record(value, fmt, leaks, problems)
+            bad = False
+            if problems:
+                for code, fields in problems:
+                    record(code, src_index, line, fields)
+                    if severity[code] == "error":
+                        bad = True
+                problems.clear()
+            if messages is None:
+                return
+            where = (src_index, line)
+            has_system = messages[0][0] == "system"
+            if policy == "consistent":
+                if has_system:
+                    self.system_with += 1
                 else:
+                    self.system_without += 1
+                lines = self.system_lines[has_system]
+                if len(lines) < 5:
+                    lines.append(where)
+            elif policy == "required" and not has_system:
+                record("FT0521", src_index, line, {})
+                bad = True
+            elif policy == "forbidden" and has_system:
+                record("FT0522", src_index, line, {})
+                bad = True
+            if not bad:
+                usable += 1
+            if exact is not None:
+                first = exact.add(dedup_key(messages), where)
+                if first is not None:
+                    self._duplicate(where, first, "exact")
                     near_words = None
-                if scan_train or add_eval or (near is not None and near_words):
-                    words = words_of("\n".join(c for r, c in messages if r != "system"))
-                    if scan_train:
-                        contamination.scan_train(words, where)
-                    elif add_eval:
-                        contamination.add_eval(words, line)
-                    if near is not None and near_words:
-                        hit = near.add(words, where)
-                        if hit is not None:
-                            self._duplicate(where, hit[0], "near", hit[1])
-                if train and len(self.sample_msgs) < self.render_samples and not bad:
-                    self.sample_msgs.append((where, messages))
-                if not lengths_on or bad:  # lengths describe what trains: usable records only
-                    continue
-                if render_all:
-                    self._render_record(where, messages)
-                elif loss_all:
-                    length, _ = estimate(messages)
-                    self.lengths.add(where, length, [(0, length)])
                 else:
-                    length, segments = estimate(messages)
-                    self.lengths.add(where, length, segments)
+                    near_words = True
+            else:
+                near_words = None
+            if scan_train or add_eval or (near is not None and near_words):
+                words = words_of("\n".join(c for r, c in messages if r != "system"))
+                if scan_train:
+                    contamination.scan_train(words, where)
+                elif add_eval:
+                    contamination.add_eval(words, line)
+                if near is not None and near_words:
+                    hit = near.add(words, where)
+                    if hit is not None:
+                        self._duplicate(where, hit[0], "near", hit[1])
+            if train and len(self.sample_msgs) < self.render_samples and not bad:
+                self.sample_msgs.append((where, messages))
+            if not lengths_on or bad:  # lengths describe what trains: usable records only
+                return
+            if render_all:
+                self._render_record(where, messages)
+            elif loss_all:
+                length, _ = estimate(messages)
+                self.lengths.add(where, length, [(0, length)])
+            else:
+                length, segments = estimate(messages)
+                self.lengths.add(where, length, segments)
+
+        try:
+            fast = self._fast_config(src_index)
+            if fast is not None:
+                clean = self._scan_fast(src_index, reader, fast, one)
+                records += clean
+                usable += clean
+            if fast is None or reader.layout == "json-array":
+                records = usable = 0
+                for line, value, error in reader:
+                    one(line, value, error)
         except DataFileError as exc:
             src.readable = False
             self._spec_finding("FT0501", src.pointer, path=src.display, detail=str(exc))
@@ -327,6 +345,93 @@ class _Check:
         src.layout, src.sha256 = reader.layout, reader.sha256
         if records == 0:
             self._spec_finding("FT0515", src.pointer, path=src.display)
+
+    # --- the fast path (data_fast): clean ChatML records in bulk --------------------------------
+
+    def _fast_config(self, src_index: int) -> data_fast.FastConfig | None:
+        """The fast path covers what is checked on every record of a ChatML training file when no
+        per-record text work is needed (near duplicates, contamination, rendering each record)."""
+        if (not data_fast.AVAILABLE or self.fmt != "chatml" or self.sources[src_index].split != "train"
+                or self.near is not None or self.contamination is not None or self.render_all
+                or os.environ.get("FTSPEC_DATA_FAST") == "0"):
+            return None
+        return data_fast.FastConfig(markers=self.leaks.markers, estimator=self.estimator,
+                                    limit=self.lengths.limit, loss_all=self.loss_on == "all",
+                                    policy=self.policy, samples=self.render_samples,
+                                    dedup=self.exact is not None)
+
+    def _scan_fast(self, src_index: int, reader: RecordReader, cfg: data_fast.FastConfig, one) -> int:
+        """Scan a JSON Lines file in blocks; lines the fast path is not sure of go through `one`, in
+        line order with the clean records. Returns the number of clean records (usable, all)."""
+        workers = data_fast.worker_count()
+        layout, start, size = reader.sniff()
+        if layout != "jsonl":
+            return 0  # a JSON array: the caller reads it record by record
+        if workers > 1 and size - start >= data_fast.PARALLEL_MIN_BYTES:
+            import threading
+
+            digest: dict[str, str] = {}
+            # The SHA-256 cannot be split across workers: hash the file on the side while they work.
+            hasher = threading.Thread(target=lambda: digest.setdefault("sha256", file_sha256(reader.path)))
+            blocks = data_fast.parallel_blocks(reader.path, start, size, cfg, workers)
+            hasher.start()
+            try:
+                clean = self._take_blocks(src_index, blocks, one)
+            finally:
+                hasher.join()
+            reader.sha256 = digest.get("sha256")
+            self.parallel_workers = max(self.parallel_workers, workers)
+            return clean
+        return self._take_blocks(src_index, (data_fast.scan_block(block, cfg)
+                                             for block in reader.line_blocks(data_fast.BLOCK_BYTES)), one)
+
+    def _take_blocks(self, src_index: int, blocks, one) -> int:
+        clean = 0
+        base = 1  # line number of the block's first line
+        lengths = self.lengths
+        for block in blocks:
+            n = len(block.lines)
+            clean += n
+            if self.policy == "consistent":
+                self.system_with += block.with_system
+                self.system_without += n - block.with_system
+            lengths.hist.update(block.hist)  # records above the limit are added one by one below
+            lengths.count += n - len(block.over)
+            lengths.trained_tokens += block.trained
+            done = 0
+            for i, raw in block.slow:  # rare: merge them in line order with the clean records
+                cut = bisect_left(block.lines, i)
+                self._take_clean(src_index, block, base, done, cut)
+                done = cut
+                for line, value, error in parse_line(raw, base + i):
+                    one(line, value, error)
+            self._take_clean(src_index, block, base, done, n)
+            base += block.nlines
+        return clean
+
+    def _take_clean(self, src_index: int, block: data_fast.Block, base: int, a: int, b: int) -> None:
+        """Clean records a..b-1 of a block, for what depends on line order."""
+        if a >= b:
+            return
+        lines = block.lines
+        if self.exact is not None:
+            places = map(add, lines[a:b], repeat(base))
+            for k, first in self.exact.add_hashes(block.hashes[a:b], src_index, places):
+                self._duplicate((src_index, base + lines[a + k]), first, "exact")
+        if self.policy == "consistent":
+            for flag in (True, False):
+                kept = self.system_lines[flag]
+                for k in block.system_first[flag]:
+                    if len(kept) < 5 and a <= k < b:
+                        kept.append((src_index, base + lines[k]))
+        for k in range(a, min(b, len(block.samples))):
+            if len(self.sample_msgs) < self.render_samples:
+                self.sample_msgs.append(((src_index, base + lines[k]), block.samples[k]))
+        if block.over:
+            for k in sorted(block.over):
+                if a <= k < b:
+                    length, segments = block.over[k]
+                    self.lengths.add((src_index, base + lines[k]), length, segments)
 
     def _duplicate(self, where, first, kind: str, similarity: float | None = None) -> None:
         if len(self.dup_pairs) < 20:

@@ -224,7 +224,7 @@ def _memory_findings(out: Assessment, spec: LoadedSpec, est: MemoryEstimate, sha
     fields = dict(
         device_gib=f"{est.device_gib:.1f}", allocated_gib=f"{est.allocated_gib:.1f}",
         reserved_gib=f"{est.reserved_gib:.1f}", usable_gib=f"{est.usable_gib:.1f}",
-        memory_gib=f"{est.gpu_memory_gib:.1f}", headroom=headroom, gpu=gpu.name,
+        memory_gib=f"{est.gpu_memory_gib:.1f}", headroom=f"{headroom:.0%}", gpu=gpu.name,
         phase=est.peak_phase.replace("_", "/"),
     )
     largest = sorted(((v, k) for k, v in est.components.items()), reverse=True)[:3]
@@ -259,6 +259,8 @@ def _time_findings(out: Assessment, spec: LoadedSpec, gpu: Gpu | None) -> None:
                                     "the train file could not be read"))
         return
     if t.hours is None:
+        if gpu is None:
+            return  # FT0304 already says the GPU is unknown and time and cost are skipped
         out.diagnostics.append(make("FT0321", spec.locate("/hardware/gpu"),
                                     detail="the GPU's dense bf16 rate is unknown: give tflops_bf16"))
         return

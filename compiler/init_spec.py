@@ -147,6 +147,18 @@ def _ladder(gpus: int, bf16: bool) -> list[dict]:
     return steps
 
 
+def _describe(step: dict) -> str:
+    """A ladder step in words: `qlora, micro batch 1, gradient checkpointing, fsdp`."""
+    parts = [step["method"], f"micro batch {step['micro']}"]
+    if step["ckpt"]:
+        parts.append("gradient checkpointing")
+    if step["strategy"] != "auto":
+        parts.append(step["strategy"])
+    if step["offload"] != "none":
+        parts.append(f"{step['offload']} offloaded to CPU")
+    return ", ".join(parts)
+
+
 def _architecture(model: str, base_dir: Path) -> dict | None:
     from .architecture import catalog_entry, from_config, local_model_dir
 
@@ -248,7 +260,8 @@ def build(answers: InitAnswers) -> InitResult:
     elif arch is None:
         out.diagnostics.append(make("FT0923", Location(shown, None, None, "/model/id"), model=answers.model,
                                     detail="it is not in the model catalog and is not a local folder with config.json"))
-        chosen = ladder[1]
+        chosen = dict(ladder[1], why="no memory estimate for this model: LoRA with gradient checkpointing, "
+                                     "unchecked against the GPU")
     else:
         from .memory import estimate_memory
 
@@ -263,7 +276,9 @@ def build(answers: InitAnswers) -> InitResult:
                 chosen, estimate = step, est
                 break
         if estimate is None:
-            chosen, estimate = smallest
+            step, estimate = smallest
+            # say what the spec holds: the smallest setup tried, which still does not fit
+            chosen = dict(step, why=f"nothing fits; the smallest setup tried is {_describe(step)}")
             out.diagnostics.append(make("FT0922", Location(shown, None, None, "/adapter/method"),
                                         model=answers.model, gpus=answers.gpus, gpu=gpu.name,
                                         need_gib=f"{estimate.device_gib:.1f}",
@@ -274,6 +289,10 @@ def build(answers: InitAnswers) -> InitResult:
         method, value = out.values["/adapter/method"]
         out.values["/adapter/method"] = (method, f"{value}: ~{estimate.device_gib:.1f} of "
                                          f"{estimate.usable_gib:.1f} GiB usable per GPU")
+        if not estimate.fits:
+            for pointer in ("/training/micro_batch_size", "/training/gradient_checkpointing"):
+                value, _why = out.values[pointer]
+                out.values[pointer] = (value, "the smallest setup tried; it still does not fit")
     out.diagnostics.append(make("FT0924", Location(shown, None, None, "/adapter/method"),
                                 detail=f"{summary.examples} {summary.format} examples, p95 ~{summary.p95_tokens} "
                                        f"tokens; chose {chosen['method']} ({chosen['why']})", hint=""))

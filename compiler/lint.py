@@ -58,8 +58,13 @@ def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
     return out
 
 
+BUILD_MARKER = "plan.json"  # ftspec compile's build folders and launch's run folders hold one
+
+
 def expand_paths(paths: list[str]) -> list[str]:
-    """Files as given; folders become the YAML specs inside them (sorted, hidden folders skipped)."""
+    """Files as given; folders become the YAML specs inside them (sorted). Hidden folders are skipped,
+    and so are the build and run folders ftspec itself writes (they hold plan.json next to YAML that
+    is not a spec, such as accelerate.yaml), so `ftspec lint .` after a compile stays clean."""
     out: list[str] = []
     for raw in paths:
         p = Path(raw)
@@ -68,8 +73,20 @@ def expand_paths(paths: list[str]) -> list[str]:
                 f for f in p.rglob("*")
                 if f.suffix in (".yaml", ".yml") and f.is_file()
                 and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                and not _in_build_folder(f, p)
             )
             out.extend(str(f) for f in found)
         else:
             out.append(raw)
     return out
+
+
+def _in_build_folder(path: Path, top: Path) -> bool:
+    """Is `path` inside a folder (below `top`) that ftspec wrote, i.e. one holding plan.json?"""
+    folder = path.parent
+    while True:
+        if (folder / BUILD_MARKER).is_file():
+            return True
+        if folder == top or folder == folder.parent:
+            return False
+        folder = folder.parent

@@ -64,7 +64,8 @@ class TrainSetup:
     seq_len: int = 2048
     grad_ckpt: bool = True
     grad_accum: int = 1
-    world: int = 1
+    world: int = 1  # processes in all (gpus_per_node x nodes)
+    nodes: int = 1
     strategy: str = "single"  # single | ddp | fsdp | deepspeed
     zero_stage: int | None = None
     offload: str = "none"  # none | optimizer | optimizer_and_params
@@ -303,7 +304,9 @@ def estimate_setup(
     for _name, fin, fout, copies in adapted:
         if not copies:
             continue
-        n = copies * (k_exp if copies > 1 else 1)
+        # Expert modules exist `copies` times per layer, but each token passes through only k of them:
+        # the per-token saved inputs scale with k, not with the number of experts.
+        n = k_exp if copies > 1 else copies
         per = a * fin if setup.cast_adapter_input else 0.0
         if setup.lora_dropout > 0:
             per += (a + 1) * fin  # dropout output + mask, one per adapted module
@@ -446,6 +449,7 @@ def setup_from_resolved(resolved: dict, *, seq_len: int | None = None) -> TrainS
         grad_ckpt=bool(training.get("gradient_checkpointing", True)),
         grad_accum=int(training.get("gradient_accumulation_steps", 1) or 1),
         world=world,
+        nodes=max(int(hardware.get("nodes", 1) or 1), 1),
         strategy=strategy,
         zero_stage=hardware.get("zero_stage") if strategy == "deepspeed" else None,
         offload=hardware.get("offload", "none") or "none",

@@ -141,7 +141,7 @@ def check_pins(spec: LoadedSpec, resolved: dict, *, installed: bool = False) -> 
             SpecifierSet(text)
         except InvalidSpecifier as exc:
             report.diagnostics.append(make("FT0401", spec.locate(pointer), package=raw_name, spec=text,
-                                           detail=str(exc).strip("'\"") or "invalid"))
+                                           detail=_invalid_detail(exc), hint=_bare_version_hint(text)))
             report.packages[name]["valid"] = False
             continue
         if not satisfiable(text):
@@ -166,8 +166,8 @@ def _python(spec: LoadedSpec, env: dict, report: PinReport, installed: bool) -> 
         SpecifierSet(text)
     except InvalidSpecifier as exc:
         report.diagnostics.append(make("FT0401", spec.locate("/environment/python"), package="python", spec=text,
-                                       detail=str(exc).strip("'\""), message=f"environment.python: '{text}' is not a "
-                                       f"valid PEP 440 version specifier ({str(exc).strip(chr(39))})"))
+                                       message=f"environment.python: '{text}' is not a valid PEP 440 version "
+                                       f"specifier ({_invalid_detail(exc)})", hint=_bare_version_hint(text)))
         return
     if not satisfiable(text):
         report.diagnostics.append(make("FT0402", spec.locate("/environment/python"), what="python", spec=text,
@@ -178,6 +178,24 @@ def _python(spec: LoadedSpec, env: dict, report: PinReport, installed: bool) -> 
         report.python["installed"] = running
         if not SpecifierSet(text).contains(running, prereleases=True):
             report.diagnostics.append(make("FT0410", spec.locate("/environment/python"), installed=running, spec=text))
+
+
+def _invalid_detail(exc: InvalidSpecifier) -> str:
+    # packaging only says "Invalid specifier: '2.0'", and the message already quotes the pin: say
+    # what a specifier is made of instead, unless packaging gave a more specific reason.
+    detail = str(exc).split(":", 1)[0].strip()
+    if not detail or detail.lower() == "invalid specifier":
+        return "each comma-separated clause is an operator (==, !=, >=, <=, >, <, ~=) and a version"
+    return detail
+
+
+def _bare_version_hint(text: str) -> str | None:
+    """`2.8.0` is a version, not a specifier: say which operator to add. None keeps the catalog hint."""
+    try:
+        Version(text)
+    except InvalidVersion:
+        return None
+    return f'a bare version is not a specifier: write "=={text}" (exactly that version) or ">={text}"'
 
 
 def _feature_line(spec: LoadedSpec, pointer: str) -> int | str:

@@ -140,6 +140,7 @@ def render_slurm(plan: dict) -> str:
         "job_name": token(plan["spec"]["name"]),
         "nodes": int(derived["nodes"]),
         "gpus_per_node": 0 if derived["device"] == "cpu" else int(derived["gpus_per_node"]),
+        "procs_per_node": max(1, int(derived["gpus_per_node"])),
         "version": token(__version__),
         "spec_file": _comment_safe(plan["metadata"]["spec_file"]),
         "name": sh(plan["spec"]["name"]),
@@ -258,3 +259,6 @@ def render_build(plan: dict, lock: dict, review: str) -> dict[str, str]:
 
 
 EXECUTABLE = {LAUNCH_FILE, SLURM_FILE}
+# every file a build folder can hold: compile replaces an old build only when it holds nothing else
+ARTIFACT_FILES = frozenset({PLAN_FILE, ACCELERATE_CONFIG, DEEPSPEED_CONFIG, LAUNCH_FILE, SLURM_FILE, K8S_FILE,
+                            LOCK_FILE, REVIEW_FILE})

@@ -59,16 +59,28 @@ def _clean(value: object) -> float | None:
 
 
 def pick_examples(examples: dict, per_set: dict[str, int] | None = None) -> list[dict]:
-    """A few answers per set, disagreements first (where the models differ is what a reviewer wants to
-    see), then in eval order; deterministic."""
+    """A few answers per set, deterministic: half where the fine-tuned model is wrong (what a failing
+    rule is about), the rest where the two models differ most (what the training changed)."""
     per_set = per_set or EXAMPLES_PER_SET
     out = []
     for name, limit in per_set.items():
         rows = [r for r in examples.get(name) or [] if isinstance(r, dict)]
-        def disagreement(r: dict) -> float:
-            b, f = _clean(r.get("base_score")), _clean(r.get("finetuned_score"))
-            return -abs((f or 0.0) - (b or 0.0))
-        chosen = sorted(rows, key=lambda r: (disagreement(r), r.get("index", 0)))[:limit]
+
+        def ft(r: dict) -> float:
+            return _clean(r.get("finetuned_score")) or 0.0
+
+        def gap(r: dict) -> float:
+            return abs(ft(r) - (_clean(r.get("base_score")) or 0.0))
+
+        wrong = sorted((r for r in rows if ft(r) < 1.0), key=lambda r: (ft(r), r.get("index", 0)))
+        chosen = wrong[: (limit + 1) // 2]
+        taken = {id(r) for r in chosen}
+        for r in sorted(rows, key=lambda r: (-gap(r), r.get("index", 0))):
+            if len(chosen) >= limit:
+                break
+            if id(r) not in taken:
+                chosen.append(r)
+                taken.add(id(r))
         for r in sorted(chosen, key=lambda r: r.get("index", 0)):
             out.append({
                 "set": name,
@@ -162,11 +174,9 @@ def _nice_ticks(lo: float, hi: float, count: int = 5, *, integer: bool = False) 
     if integer:  # optimizer steps: no tick at step 1.5
         step = max(1.0, float(math.ceil(step)))
     start = math.floor(lo / step) * step
-    ticks = []
-    value = start
-    while value <= hi + step * 1e-9:
-        ticks.append(round(value, 10))
-        value += step
+    ticks = [round(start, 10)]
+    while ticks[-1] < hi - step * 1e-9:  # the last tick at or above the largest value: nothing is clipped
+        ticks.append(round(ticks[-1] + step, 10))
     return ticks
 
 

@@ -109,11 +109,18 @@ def to_github(diagnostics: list[Diagnostic]) -> str:
 
 
 def _relpath(path: str) -> str:
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path.replace(os.sep, "/")
-    return (path if rel.startswith("..") else rel).replace(os.sep, "/")
+    """The path as GitHub maps it onto the repository: relative to the checkout root when run in a
+    GitHub Actions job (GITHUB_WORKSPACE, so a job with `working-directory: ml/` still annotates
+    `ml/specs/x.yaml`), else relative to the working directory; unchanged when outside both."""
+    bases = [b for b in (os.environ.get("GITHUB_WORKSPACE"), os.getcwd()) if b]
+    for base in bases:
+        try:
+            rel = os.path.relpath(os.path.abspath(path), os.path.abspath(base))
+        except ValueError:  # another drive on Windows
+            continue
+        if not rel.startswith(".."):
+            return rel.replace(os.sep, "/")
+    return path.replace(os.sep, "/")
 
 
 def _artifact_location(path: str) -> dict:

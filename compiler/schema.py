@@ -76,6 +76,14 @@ def suggest(word: str, choices) -> str | None:
     return lowered[match[0]] if match else None
 
 
+def _prefix_match(word: str, choices: list[str]) -> str | None:
+    """The one allowed key that starts with what was typed (`zero` -> `zero_stage`), if exactly one."""
+    if len(word) < 3:
+        return None
+    hits = [c for c in choices if c.lower().startswith(word.lower())]
+    return hits[0] if len(hits) == 1 else None
+
+
 def _section_name(pointer: str) -> str:
     return "the top level" if pointer in ("", "/") else "`" + pointer.strip("/").replace("/", ".") + "`"
 
@@ -116,11 +124,13 @@ def _to_diagnostics(error, spec: LoadedSpec) -> list[Diagnostic]:
     if kw == "additionalProperties" and isinstance(error.instance, dict):
         allowed = list(error.schema.get("properties", {}))
         extras = [k for k in error.instance if k not in allowed]
+        # A key already written is not what a typo meant (`gpus: 8` next to `gpu:` is not `gpu`).
+        unused = [k for k in allowed if k not in error.instance]
         found = []
         for key in extras:
             child = join_pointer(pointer, key)
             hint = None
-            guess = suggest(key, allowed)
+            guess = suggest(key, unused) or _prefix_match(str(key), unused)
             if guess:
                 hint = f"did you mean '{guess}'?"
             else:
@@ -140,9 +150,19 @@ def _to_diagnostics(error, spec: LoadedSpec) -> list[Diagnostic]:
         return [make("FT0102", spec.locate(pointer, key=True), key=missing, section=_section_name(pointer))]
     if kw == "type":
         expected = error.validator_value
+        wanted = expected if isinstance(expected, list) else [expected]
         expected = " or ".join(expected) if isinstance(expected, list) else expected
+        hint = None
+        if "string" in wanted and isinstance(error.instance, (int, float)) and not isinstance(error.instance, bool):
+            # `python: 3.10` or `torch: 2.8`: YAML reads an unquoted version as a number (3.10 -> 3.1)
+            raw = _scalar_text(spec, loc) or str(error.instance)
+            if pointer.startswith("/environment/"):
+                hint = (f"write a quoted version specifier such as \">={raw}\" or \"=={raw}.*\" "
+                        f"(YAML reads an unquoted {raw} as a number)")
+            else:
+                hint = f"quote it: \"{raw}\" (YAML reads an unquoted {raw} as a number)"
         return [make("FT0101", loc, field=field, expected=expected, actual=_type_name(error.instance),
-                     value=_describe(error.instance))]
+                     value=_describe(error.instance), hint=hint)]
     if kw in ("enum", "const"):
         allowed = error.validator_value if kw == "enum" else [error.validator_value]
         hint = None
@@ -177,6 +197,15 @@ def _to_diagnostics(error, spec: LoadedSpec) -> list[Diagnostic]:
         return [make("FT0110", loc, field=field, detail=error.message)]
     return [make("FT0109", loc, field=field, detail=error.message)]
 
+
+
+def _scalar_text(spec: LoadedSpec, loc) -> str | None:
+    """The plain scalar as written at `loc` (`3.10`, not the float 3.1), or None."""
+    line = spec.source_line(loc.line)
+    if line is None or not loc.column:
+        return None
+    text = line[loc.column - 1:].split(" #", 1)[0].strip().rstrip(",}]").strip()
+    return text or None
 
 
 def _closest_branch(alternatives: list, path) -> list:

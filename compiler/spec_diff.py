@@ -26,6 +26,8 @@ class Side:
     spec: LoadedSpec
     resolved: dict | None = None
     estimate: dict | None = None
+    steps: dict | None = None  # train_examples, steps_per_epoch, total_steps (when the data can be counted)
+    findings: list[Diagnostic] = field(default_factory=list)  # lint errors and warnings of this side
 
 
 @dataclass
@@ -65,7 +67,9 @@ def load_side(ref: str, *, cwd: Path | None = None) -> tuple[LoadedSpec | None, 
 
 
 def flatten(value: object, pointer: str = "") -> dict[str, object]:
-    if isinstance(value, dict) and value:
+    """JSON pointer -> leaf value. An empty mapping has no leaves: `packages: {}` and no packages are
+    the same spec, and a mapping that gains keys shows as those keys only."""
+    if isinstance(value, dict) and (value or pointer):
         out: dict[str, object] = {}
         for key in sorted(value):
             out.update(flatten(value[key], join_pointer(pointer, key)))
@@ -73,12 +77,56 @@ def flatten(value: object, pointer: str = "") -> dict[str, object]:
     return {pointer or "/": value}
 
 
-def _estimate(spec: LoadedSpec, resolved: dict) -> dict | None:
+def _data_key(spec: LoadedSpec, resolved: dict) -> str:
+    """What the data check's summary depends on: the same key on both sides means one check."""
+    import json
+
+    training = resolved.get("training", {})
+    return json.dumps([str(spec.base_dir), resolved.get("dataset"), resolved.get("model"),
+                       training.get("sequence_len"), training.get("packing"), training.get("loss_on")],
+                      sort_keys=True, default=str)
+
+
+def _data_summary(spec: LoadedSpec, resolved: dict, cache: dict) -> dict | None:
+    """The data check's summary (measured lengths, usable counts), as compile and check use it, so the
+    diff's memory, time and cost are the numbers REVIEW.md shows; None when the data is not readable."""
+    key = _data_key(spec, resolved)
+    if key not in cache:
+        try:
+            from .datacheck import check_data
+        except ImportError:
+            cache[key] = None
+        else:
+            report = check_data(spec, resolved)
+            # an unreadable file gives no lengths: the estimate then falls back as `ftspec check` does
+            cache[key] = report.summary if isinstance(report.summary, dict) else None
+    return cache[key]
+
+
+def _estimate(spec: LoadedSpec, resolved: dict, summary: dict | None) -> dict | None:
     try:
         from .feasibility import assess
     except ImportError:
         return None
-    return assess(spec, resolved).to_json()
+    return assess(spec, resolved, summary).to_json()
+
+
+def _steps(spec: LoadedSpec, resolved: dict, summary: dict | None) -> dict | None:
+    """Examples and optimizer steps by the plan's arithmetic; None when the files cannot be counted."""
+    import math
+
+    from .plan import example_counts
+
+    counts, problems = example_counts(spec, resolved)
+    if problems:
+        return None
+    train = counts["train_examples"]
+    if summary and isinstance(summary.get("train_examples"), int):
+        train = summary["train_examples"]
+    t = resolved.get("training", {})
+    per_epoch = math.ceil(train / _effective(resolved)) if train else 0
+    total = int(t["max_steps"]) if "max_steps" in t else math.ceil(float(t.get("epochs", 2)) * per_epoch)
+    return {"train_examples": train, "steps_per_epoch": per_epoch, "total_steps": total}
 
 
 def _world(r: dict) -> int:
@@ -116,6 +164,38 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def _capacity(estimate: dict | None) -> tuple[float | None, float | None, bool | None]:
+    """(GPU memory, usable after headroom, fits) of an estimate."""
+    mem = (estimate or {}).get("memory") or {}
+    return mem.get("gpu_memory_gib"), mem.get("usable_gib"), mem.get("fits")
+
+
+def _money(value: float) -> str:
+    return f"${value:,.2f}" if abs(value) < 100 else f"${value:,.0f}"
+
+
+def _memory_line(old: Side, new: Side) -> str | None:
+    """Memory per GPU, said whenever it moves or the verdict against the GPU changes (a GPU swap can
+    turn a fitting job into one that does not fit with the same bytes per GPU)."""
+    ma, mb = _memory(old.estimate), _memory(new.estimate)
+    if ma is None or mb is None:
+        return None
+    cap_a, usable_a, fits_a = _capacity(old.estimate)
+    cap_b, usable_b, fits_b = _capacity(new.estimate)
+    moved = round(mb - ma, 1) != 0
+    if not moved and fits_a == fits_b and cap_a == cap_b:
+        return None
+    change = f"{mb - ma:+.1f} GiB ({ma:.1f} -> {mb:.1f} GiB" if moved else f"unchanged ({mb:.1f} GiB"
+    if usable_b is not None:
+        verdict = {True: "fits", False: "does NOT fit", None: "fit unknown"}[fits_b]
+        change += f"; {verdict} in {usable_b:.1f} GiB usable"
+        if fits_a is not None and fits_a != fits_b:
+            change += f", {'fitted' if fits_a else 'did not fit'} before"
+        elif cap_a != cap_b and usable_a is not None:
+            change += f", was {usable_a:.1f} GiB"
+    return f"memory per GPU {change})"
+
+
 def consequences(old: Side, new: Side) -> list[str]:
     from .rules_adapter import MAX_LR
 
@@ -125,11 +205,16 @@ def consequences(old: Side, new: Side) -> list[str]:
         out.append(f"world size {_world(a)} -> {_world(b)} processes")
     if _effective(a) != _effective(b):
         out.append(f"effective batch {_effective(a)} -> {_effective(b)}")
-    ma, mb = _memory(old.estimate), _memory(new.estimate)
-    if ma is not None and mb is not None and round(mb - ma, 1) != 0:
-        fits = ((new.estimate or {}).get("memory") or {}).get("fits")
-        verdict = {True: "fits", False: "does NOT fit", None: ""}[fits]
-        out.append(f"memory per GPU {mb - ma:+.1f} GiB ({ma:.1f} -> {mb:.1f} GiB{', ' + verdict if verdict else ''})")
+    sa, sb = old.steps or {}, new.steps or {}
+    if sa and sb:
+        if sa["train_examples"] != sb["train_examples"]:
+            out.append(f"training examples {sa['train_examples']} -> {sb['train_examples']}")
+        if sa["total_steps"] != sb["total_steps"]:
+            out.append(f"optimizer steps {sa['total_steps']} -> {sb['total_steps']} "
+                       f"({sa['steps_per_epoch']} -> {sb['steps_per_epoch']} per epoch)")
+    memory = _memory_line(old, new)
+    if memory:
+        out.append(memory)
     ha, hb = _hours(old.estimate), _hours(new.estimate)
     if ha is not None and hb is not None and round((hb - ha) * 60, 1) != 0:
         if max(ha, hb) < 2:
@@ -137,8 +222,14 @@ def consequences(old: Side, new: Side) -> list[str]:
         else:
             out.append(f"time {hb - ha:+.2f} h ({ha:.2f} -> {hb:.2f} h)")
     ca, cb = _cost(old.estimate), _cost(new.estimate)
-    if ca is not None and cb is not None and round(cb - ca) != 0:
-        out.append(f"cost {'+' if cb >= ca else '-'}${abs(cb - ca):,.0f} (${ca:,.2f} -> ${cb:,.2f})")
+    if ca is not None and cb is not None and round(cb - ca, 2) != 0:
+        out.append(f"cost {'+' if cb >= ca else '-'}{_money(abs(cb - ca))} ({_money(ca)} -> {_money(cb)})")
+    aa, ab = a.get("adapter", {}), b.get("adapter", {})
+    if "full" not in (aa.get("method"), ab.get("method")) and aa.get("r") and ab.get("r"):
+        scale_a, scale_b = aa.get("alpha", 0) / aa["r"], ab.get("alpha", 0) / ab["r"]
+        if round(scale_a, 4) != round(scale_b, 4):
+            out.append(f"LoRA scaling alpha/r {scale_a:.3g} -> {scale_b:.3g}: the adapter's update is "
+                       f"scaled by {scale_b / scale_a:.3g}x at the same learning rate")
     lra, lrb = a["training"].get("learning_rate"), b["training"].get("learning_rate")
     method = b.get("adapter", {}).get("method", "lora")
     if lra and lrb and lra != lrb:
@@ -155,7 +246,27 @@ def consequences(old: Side, new: Side) -> list[str]:
     ma_method = a.get("adapter", {}).get("method")
     if ma_method != method:
         out.append(f"adapter method {ma_method} -> {method}: different memory profile and learning-rate range")
+    pa, pb = a["training"].get("precision"), b["training"].get("precision")
+    if pa != pb:
+        out.append(f"precision {pa} -> {pb}: {PRECISION_MEANING.get(pb, pb)} (was {PRECISION_MEANING.get(pa, pa)})")
+    # findings the change introduces: what `ftspec lint` will say on the pull request
+    before = {(d.code, d.pointer) for d in old.findings}
+    for d in new.findings:
+        if d.code == "FT0237" and any(line.startswith("learning rate") and "above" in line for line in out):
+            continue  # the learning-rate line above already says it
+        if d.code == "FT0239" and any(line.startswith("LoRA scaling") for line in out):
+            continue  # so does the scaling line
+        if (d.code, d.pointer) not in before:
+            out.append(f"new lint {d.severity} {d.code}: {d.message}")
     return out
+
+
+PRECISION_MEANING = {
+    "bf16": "weights and compute in bf16",
+    "bf16-mixed": "fp32 weights, bf16 autocast",
+    "fp16": "fp32 weights, fp16 autocast with loss scaling",
+    "fp32": "fp32 throughout, no autocast",
+}
 
 
 def diff_specs(old_ref: str, new_ref: str, *, lint_options: LintOptions | None = None,
@@ -164,6 +275,7 @@ def diff_specs(old_ref: str, new_ref: str, *, lint_options: LintOptions | None =
 
     sides: list[Side] = []
     diags: list[Diagnostic] = []
+    summaries: dict = {}  # one data check per distinct data setup
     for ref in (old_ref, new_ref):
         spec, problems = load_side(ref)
         diags.extend(problems)
@@ -173,13 +285,15 @@ def diff_specs(old_ref: str, new_ref: str, *, lint_options: LintOptions | None =
         options = lint_options or LintOptions(check_files=False)
         lint = lint_loaded(spec, options)
         schema_errors = [d for d in lint.diagnostics if d.severity == "error" and d.code[:4] in ("FT00", "FT01")]
-        side = Side(ref, spec)
+        side = Side(ref, spec, findings=[d for d in lint.diagnostics if d.severity in ("error", "warning")])
         if schema_errors:
             diags.extend(schema_errors)  # defaults cannot be filled into an invalid spec
         else:
             side.resolved = resolve(spec.data)
+            summary = _data_summary(spec, side.resolved, summaries) if estimate else None
             if estimate:
-                side.estimate = _estimate(spec, side.resolved)
+                side.estimate = _estimate(spec, side.resolved, summary)
+            side.steps = _steps(spec, side.resolved, summary)  # line counts: cheap, also without estimates
         sides.append(side)
     result = SpecDiff(sides[0], sides[1], diagnostics=diags)
     if result.old.resolved is None or result.new.resolved is None:

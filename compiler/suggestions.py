@@ -14,12 +14,13 @@ from .memory import GIB, MemoryEstimate, TrainSetup, estimate_setup
 from .throughput import UTILISATION, UTILISATION_4BIT, flops_per_token
 
 MAX_GPUS_PER_NODE = 8
+MAX_COMBINED = 5  # e.g. checkpointing + three halvings of the micro batch + an 8-bit optimizer
 
 
 @dataclass
 class Suggestion:
     change: str  # what to write in the spec
-    settings: dict  # JSON pointer -> new value
+    settings: dict  # JSON pointer -> new value (None: remove the key)
     saves_gib: float
     device_gib: float
     fits: bool | None
@@ -54,12 +55,30 @@ def _speed_text(ratio: float, extra: str = "") -> str:
     return text + (f"; {extra}" if extra else "")
 
 
+def _to_fsdp(setup: TrainSetup) -> tuple[dict, TrainSetup]:
+    """Settings and setup for switching to FSDP, kept lint-clean: no zero_stage (FT0211), and an
+    optimizer-only offload becomes FSDP's parameter-and-optimizer offload (FT0215)."""
+    settings: dict = {"/hardware/strategy": "fsdp"}
+    if setup.strategy == "deepspeed":
+        settings["/hardware/zero_stage"] = None
+    offload = setup.offload
+    if offload == "optimizer":
+        offload = settings["/hardware/offload"] = "optimizer_and_params"
+    return settings, replace(setup, strategy="fsdp", zero_stage=None, offload=offload)
+
+
 def _candidates(setup: TrainSetup, shapes: Shapes) -> list[tuple[str, dict, TrainSetup, str]]:
     """(change, settings, new setup, speed note) for every change that applies to this setup."""
     out: list[tuple[str, dict, TrainSetup, str]] = []
 
-    def add(change: str, settings: dict, new: TrainSetup, note: str = "") -> None:
-        out.append((change, settings, new, _speed_text(_time_ratio(setup, new, shapes), note)))
+    def add(change: str, settings: dict, new: TrainSetup, note: str = "", *, slower: str | None = None) -> None:
+        # `slower`: a slowdown the FLOP model cannot see (host-side optimizer step, small matmuls);
+        # it replaces "about the same speed", which would contradict the note.
+        ratio = _time_ratio(setup, new, shapes)
+        text = _speed_text(ratio, note)
+        if slower and abs(ratio - 1) < 0.02:
+            text = slower + (f"; {note}" if note else "")
+        out.append((change, settings, new, text))
 
     if not setup.grad_ckpt:
         add("training.gradient_checkpointing: true", {"/training/gradient_checkpointing": True},
@@ -70,20 +89,25 @@ def _candidates(setup: TrainSetup, shapes: Shapes) -> list[tuple[str, dict, Trai
             " (same effective batch)",
             {"/training/micro_batch_size": mb, "/training/gradient_accumulation_steps": setup.grad_accum * 2},
             replace(setup, micro_batch=mb, grad_accum=setup.grad_accum * 2),
-            "smaller matmuls use the GPU less efficiently")
+            "smaller matmuls use the GPU less efficiently", slower="somewhat slower")
     if setup.optimizer in ("adamw_torch", "paged_adamw_32bit"):
         add("training.optimizer: adamw_8bit", {"/training/optimizer": "adamw_8bit"},
             replace(setup, optimizer="adamw_8bit"), "bitsandbytes 8-bit states; needs bitsandbytes")
     if setup.method == "lora":
-        add("adapter.method: qlora (4-bit NF4 base weights)", {"/adapter/method": "qlora"},
-            replace(setup, method="qlora"), "needs bitsandbytes; slightly lower quality")
+        settings = {"/adapter/method": "qlora"}
+        words = "adapter.method: qlora (4-bit NF4 base weights)"
+        if setup.precision == "fp16":
+            # the quantization's compute dtype defaults to bf16, an error where fp16 was chosen (FT0207)
+            settings["/adapter/quantization"] = {"compute_dtype": "fp16"}
+            words += " with quantization.compute_dtype: fp16"
+        add(words, settings, replace(setup, method="qlora"), "needs bitsandbytes; slightly lower quality")
     if setup.method == "full":
         add("adapter.method: lora (train an adapter, freeze the base)", {"/adapter/method": "lora"},
             replace(setup, method="lora"), "trains far fewer parameters")
     sharded = setup.strategy == "fsdp" or (setup.strategy == "deepspeed" and (setup.zero_stage or 0) >= 3)
     if setup.world > 1 and not sharded:
-        add("hardware.strategy: fsdp (shard weights, gradients and optimizer states)",
-            {"/hardware/strategy": "fsdp"}, replace(setup, strategy="fsdp", zero_stage=None),
+        fsdp_settings, fsdp_setup = _to_fsdp(setup)
+        add("hardware.strategy: fsdp (shard weights, gradients and optimizer states)", fsdp_settings, fsdp_setup,
             "all-gathers every layer: more communication")
         add("hardware.strategy: deepspeed with zero_stage: 3", {"/hardware/strategy": "deepspeed",
                                                                 "/hardware/zero_stage": 3},
@@ -93,23 +117,39 @@ def _candidates(setup: TrainSetup, shapes: Shapes) -> list[tuple[str, dict, Trai
                                                                     "/hardware/zero_stage": 2},
                 replace(setup, strategy="deepspeed", zero_stage=2), "shards gradients and optimizer states")
     if setup.offload == "none" and setup.optimizer not in ("sgd",):
-        strategy = setup.strategy if setup.strategy in ("deepspeed", "fsdp") else "deepspeed"
-        stage = setup.zero_stage if strategy == "deepspeed" and setup.zero_stage else (2 if strategy == "deepspeed" else None)
-        settings = {"/hardware/offload": "optimizer"}
+        if setup.strategy == "fsdp":
+            # FSDP offloads parameters and optimizer states together (FT0215: never the optimizer alone)
+            offload, strategy, stage = "optimizer_and_params", "fsdp", None
+        else:
+            offload, strategy = "optimizer", "deepspeed"
+            stage = setup.zero_stage if setup.strategy == "deepspeed" and (setup.zero_stage or 0) >= 1 else 2
+        settings: dict = {"/hardware/offload": offload}
         if strategy != setup.strategy:
-            settings.update({"/hardware/strategy": strategy, "/hardware/zero_stage": stage})
-        add(f"hardware.offload: optimizer ({strategy}{f' ZeRO-{stage}' if stage is not None else ''})", settings,
-            replace(setup, offload="optimizer", strategy=strategy, zero_stage=stage),
-            "optimizer step runs on the CPU: much slower steps, needs host RAM")
-    if setup.world < MAX_GPUS_PER_NODE:
+            settings["/hardware/strategy"] = strategy
+        if strategy == "deepspeed" and stage != setup.zero_stage:
+            settings["/hardware/zero_stage"] = stage
+        add(f"hardware.offload: {offload} ({strategy}{f' ZeRO-{stage}' if stage is not None else ''})", settings,
+            replace(setup, offload=offload, strategy=strategy, zero_stage=stage),
+            "the optimizer step runs on the CPU and needs host RAM", slower="much slower steps")
+    per_node = max(setup.world // max(setup.nodes, 1), 1)
+    if per_node < MAX_GPUS_PER_NODE:
         for n in (2, 4, 8):
-            if n > setup.world:
-                new = replace(setup, world=n, strategy="fsdp" if not sharded else setup.strategy)
-                settings = {"/hardware/gpus_per_node": n}
-                if not sharded:
-                    settings["/hardware/strategy"] = "fsdp"
-                add(f"hardware.gpus_per_node: {n}" + ("" if sharded else " with strategy: fsdp"), settings, new,
-                    f"{n}x the GPUs: about the same GPU-hours")
+            if n > per_node:
+                # Keep the effective batch (micro x accumulation x GPUs) where the accumulation divides.
+                grow = n // per_node if n % per_node == 0 else 0
+                accum = setup.grad_accum // grow if grow and setup.grad_accum % grow == 0 else setup.grad_accum
+                settings, new = ({}, setup) if sharded else _to_fsdp(setup)
+                new = replace(new, world=n * setup.nodes, grad_accum=accum)
+                settings = {"/hardware/gpus_per_node": n, **settings}
+                words = f"hardware.gpus_per_node: {n}" + ("" if sharded else " with strategy: fsdp")
+                if accum != setup.grad_accum:
+                    settings["/training/gradient_accumulation_steps"] = accum
+                    words += f" and gradient_accumulation_steps: {accum} (same effective batch)"
+                    note = f"{n // per_node}x the GPUs: about the same GPU-hours"
+                else:
+                    note = (f"{n // per_node}x the GPUs: about the same GPU-hours; the effective batch grows "
+                            f"{n / per_node:g}x (adjust learning_rate)")
+                add(words, settings, new, note)
     if setup.seq_len > 512:
         seq = setup.seq_len // 2
         add(f"training.sequence_len: {seq}", {"/training/sequence_len": seq}, replace(setup, seq_len=seq),
@@ -138,7 +178,7 @@ def suggest(
         if saves <= 0.05:
             continue
         if "/hardware/gpus_per_node" in settings:
-            if not est.fits and new.world < MAX_GPUS_PER_NODE:
+            if not est.fits and settings["/hardware/gpus_per_node"] < MAX_GPUS_PER_NODE:
                 continue
             seen_gpus = True
         found.append(Suggestion(change, settings, saves, est.device_gib, est.fits, speed))
@@ -152,9 +192,10 @@ def suggest(
 
 def _combine(setup: TrainSetup, shapes: Shapes, base: MemoryEstimate, *, gpu_memory_gib: float,
              headroom: float) -> Suggestion | None:
-    """Greedy: apply the change that saves most, re-derive the candidates, up to three changes."""
-    current, changes, settings = setup, [], {}
-    for _ in range(4):
+    """Greedy: apply the change that saves most, re-derive the candidates, up to MAX_COMBINED changes."""
+    current, settings = setup, {}
+    changes: dict[frozenset, str] = {}  # a later change to the same fields replaces the earlier one's text
+    for _ in range(MAX_COMBINED):
         best = None
         for change, sets, new, _speed in _candidates(current, shapes):
             keeps_scope = "/hardware/gpus_per_node" not in sets and "/training/sequence_len" not in sets
@@ -165,11 +206,11 @@ def _combine(setup: TrainSetup, shapes: Shapes, base: MemoryEstimate, *, gpu_mem
                 best = (change, sets, est, new)
         if best is None:
             return None
-        changes.append(best[0])
+        changes[frozenset(best[1])] = best[0]
         settings.update(best[1])
         current = best[3]
         if best[2].fits:
             ratio = _time_ratio(setup, current, shapes)
-            return Suggestion(" + ".join(changes), settings, (base.device - best[2].device) / GIB,
+            return Suggestion(" + ".join(changes.values()), settings, (base.device - best[2].device) / GIB,
                               best[2].device_gib, True, _speed_text(ratio, "combined changes"))
     return None

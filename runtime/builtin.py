@@ -98,8 +98,7 @@ def general_skill() -> list[dict[str, str]]:
     # Copying: a general ability (names and numbers echoed back) that later tasks build on.
     rng = random.Random(11)
     for name in NAMES:
-        for _ in range(3):
-            number = rng.randint(0, 99)
+        for number in rng.sample(range(100), 3):
             items.append({"prompt": f"Repeat: {name} {number}", "answer": f"{name} {number}"})
     return items
 
@@ -227,10 +226,9 @@ def pretrain_text() -> list[str]:
 
 def build_tokenizer():
     """A byte-level BPE tokenizer (tokenizers) wrapped for transformers, with ftspec's ChatML template."""
+    from ftspec.compiler.chat_templates import template_source
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from ftspec.compiler.chat_templates import template_source
 
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.Sequence(

@@ -71,7 +71,7 @@ def read_conversations(path: Path, fmt: str) -> list[list[dict]]:
     return out
 
 
-def _sources(train: object) -> list[tuple[str, float | None]]:
+def train_sources(train: object) -> list[tuple[str, float | None]]:
     if isinstance(train, str):
         return [(train, None)]
     out = []
@@ -127,7 +127,7 @@ def load_conversations(spec: dict, spec_dir: Path) -> tuple[list, list]:
     dataset = spec["dataset"]
     fmt = dataset.get("format", "chatml")
     seed = int(spec.get("training", {}).get("seed", 42))
-    groups = [(read_conversations(spec_dir / path, fmt), frac) for path, frac in _sources(dataset["train"])]
+    groups = [(read_conversations(spec_dir / path, fmt), frac) for path, frac in train_sources(dataset["train"])]
     if dataset.get("eval_split"):
         rows = [(g, conv) for g, (convs, _f) in enumerate(groups) for conv in convs]
         train_idx, eval_idx = split_indices(len(rows), float(dataset["eval_split"]), seed)

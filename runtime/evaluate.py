@@ -158,22 +158,21 @@ def _dtype():
 
 
 def base_model_path(folder: RunFolder) -> tuple[str, dict]:
-    """Where from_pretrained finds the base model, and the keyword arguments for it."""
-    model = folder.spec["model"]
-    model_id = model["id"]
-    kwargs: dict = {"trust_remote_code": bool(model.get("trust_remote_code", False))}
-    if model_id.startswith("builtin:"):
-        from ftspec.runtime.builtin import ensure_builtin
+    """Where from_pretrained finds the base model (the runtime's own resolution: built-in cache folder,
+    local folder relative to the spec, or hub id at its revision), and the keyword arguments for it."""
+    from ftspec.runtime.model import SetupError, resolve_source
 
-        return str(ensure_builtin(model_id, log=log)), kwargs
-    local = folder.data_path(model_id)
-    if (local / "config.json").is_file():
-        return str(local), kwargs
-    if model.get("revision"):
-        kwargs["revision"] = model["revision"]
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+    model = folder.spec["model"]
+    try:
+        source = resolve_source(model, folder.spec_dir)
+    except SetupError as exc:
+        raise EvalError(f"cannot resolve model {model['id']}: {exc}") from None
+    kwargs: dict = {"trust_remote_code": bool(model.get("trust_remote_code", False))}
+    if source.revision:
+        kwargs["revision"] = source.revision
+    if not source.local and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
         kwargs["local_files_only"] = True
-    return model_id, kwargs
+    return source.path_or_id, kwargs
 
 
 def _quantization(folder: RunFolder):
@@ -181,19 +180,9 @@ def _quantization(folder: RunFolder):
     adapter = folder.spec.get("adapter") or {}
     if adapter.get("method") != "qlora":
         return None
-    import torch
-    from transformers import BitsAndBytesConfig
+    from ftspec.runtime.model import quantization_config
 
-    q = adapter.get("quantization") or {}
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if q.get("bits", 4) == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=q.get("quant_type", "nf4"),
-        bnb_4bit_use_double_quant=bool(q.get("double_quant", True)),
-        bnb_4bit_compute_dtype=dtypes[q.get("compute_dtype", "bf16")],
-    )
+    return quantization_config(adapter.get("quantization") or {})
 
 
 def load_base(folder: RunFolder):
@@ -202,7 +191,10 @@ def load_base(folder: RunFolder):
     path, kwargs = base_model_path(folder)
     quant = _quantization(folder)
     if quant is not None:
+        import torch
+
         kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": 0 if torch.cuda.is_available() else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(), **kwargs)
     if quant is None:
         model.to(_device())

@@ -89,7 +89,6 @@ def weight_dtype(precision: str):
 
 def load_model(source: ModelSource, spec: dict, *, device: str, local_rank: int, ds_config: dict | None):
     """The base model (quantized for qlora), with the adapter attached and gradient checkpointing set."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     adapter = spec.get("adapter", {})

@@ -514,3 +514,102 @@ def test_generated_cpu_launch_starts_every_process(builds, tmp_path):
     assert ranks == ["rank0", "rank1"]
     for p in out.iterdir():
         assert p.read_text() == "2 2 cpu [0, 1]"
+
+
+# ------------------------------------------------------------------------- review regressions
+
+def test_batch_arithmetic_agrees_in_every_artifact(builds):
+    """train_batch_size = micro x accumulation x world, and the same micro/accumulation/world size, in
+    plan.json, deepspeed.json, accelerate.yaml, the launch command and REVIEW.md, for every spec."""
+    for name, build in builds.items():
+        plan = json.loads((build / "plan.json").read_text())
+        d, t = plan["derived"], plan["spec"]["training"]
+        micro, accum, world = d["micro_batch_size"], d["gradient_accumulation_steps"], d["world_size"]
+        assert (micro, accum) == (t["micro_batch_size"], t["gradient_accumulation_steps"]), name
+        assert world == plan["spec"]["hardware"]["nodes"] * plan["spec"]["hardware"]["gpus_per_node"], name
+        assert d["effective_batch"] == micro * accum * world, name
+        acc = yaml.safe_load((build / "accelerate.yaml").read_text())
+        assert (acc["num_processes"], acc["num_machines"]) == (world, d["nodes"]), name
+        # accelerate's own gradient_accumulation_steps (if any) must not disagree with the plan's
+        assert acc.get("gradient_accumulation_steps", accum) == accum, name
+        assert (acc.get("deepspeed_config") or {}).get("gradient_accumulation_steps", accum) == accum, name
+        ds_path = build / "deepspeed.json"
+        if ds_path.exists():
+            ds = json.loads(ds_path.read_text())
+            assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] \
+                * world, name
+            assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (micro, accum), name
+        review = (build / "REVIEW.md").read_text()
+        assert (f"effective {d['effective_batch']} = {micro} micro x {accum} accumulation x {world} processes"
+                in review), name
+        launch = (build / "launch.sh").read_text()
+        if d["device"] == "cpu" and world > 1 and d["launcher"] != "torchrun":
+            assert f"--num_processes {world}" in launch, name
+        if d["launcher"] == "torchrun":
+            assert f"--nproc_per_node {d['gpus_per_node']}" in launch and f"--nnodes {d['nodes']}" in launch, name
+
+
+def test_slurm_script_claims_whole_nodes(builds):
+    """Regression: with --ntasks-per-node=1 and nothing else, Slurm grants one CPU (and its default
+    memory) per task, which would host all of a node's training processes and data loaders."""
+    scripts = [b / "slurm.sbatch" for b in builds.values() if (b / "slurm.sbatch").exists()]
+    assert scripts
+    for script in scripts:
+        text = script.read_text()
+        header = [line for line in text.splitlines() if line.startswith("#SBATCH")]
+        assert "#SBATCH --exclusive" in header and "#SBATCH --mem=0" in header, script
+        # every #SBATCH line comes before the first command, or sbatch ignores it
+        first_command = next(i for i, line in enumerate(text.splitlines())
+                             if line and not line.startswith("#"))
+        assert all(i < first_command for i, line in enumerate(text.splitlines()) if line.startswith("#SBATCH"))
+
+
+def test_replacing_a_build_keeps_files_compile_did_not_write(tmp_path):
+    """Regression: a folder holding an earlier build was replaced whole, deleting anything else in it
+    (checkpoints when output.dir points into the build folder, a reviewer's notes)."""
+    build = tmp_path / "b"
+    assert _cli("compile", "tests/fixtures/compile/cpu-ddp.yaml", "-o", str(build)).returncode == 0
+    (build / "runs").mkdir()
+    (build / "runs" / "checkpoint-10").write_text("weights")
+    again = _cli("compile", "tests/fixtures/compile/cpu-ddp.yaml", "-o", str(build))
+    assert again.returncode == 2 and "runs" in again.stderr and "would delete them" in again.stderr
+    assert (build / "runs" / "checkpoint-10").read_text() == "weights"
+    # a symlinked build folder is refused rather than replaced by a real folder beside the link
+    link = tmp_path / "link"
+    os.symlink(build, link)
+    refused = _cli("compile", "tests/fixtures/compile/cpu-ddp.yaml", "-o", str(link))
+    assert refused.returncode == 2 and "symbolic link" in refused.stderr and link.is_symlink()
+
+
+def test_interrupted_swap_keeps_previous_build(tmp_path, monkeypatch):
+    """Regression: Ctrl-C (not an OSError) between moving the old build aside and moving the new one in
+    left no build folder, a hidden .old folder and a staging folder behind."""
+    from ftspec.compiler import build as build_mod
+
+    target = tmp_path / "b"
+    build_mod.write_build({"plan.json": json.dumps({"metadata": {"kind": "ftspec-plan", "schema_version": 1}})},
+                          target)
+    before = (target / "plan.json").read_text()
+    real_replace = os.replace
+
+    def interrupted(src, dst):
+        if Path(dst) == target and ".tmp-" in str(src):
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(build_mod.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_mod.write_build({"plan.json": "{}", "launch.sh": "x"}, target)
+    assert (target / "plan.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_findings_about_set_values_name_the_override(tmp_path):
+    """A finding on a --set value points at the file's line, which holds the replaced value: say so."""
+    run = _cli("compile", "tests/fixtures/compile/cpu-ddp.yaml", "-o", str(tmp_path / "b"),
+               "--set", "training.micro_batch_size=abc")
+    assert run.returncode == 1
+    assert "(value from --set training.micro_batch_size)" in run.stdout
+    unknown = _cli("compile", "tests/fixtures/compile/cpu-ddp.yaml", "-o", str(tmp_path / "b"),
+                   "--set", "training.nonexistent=3")
+    assert "unknown key 'nonexistent'" in unknown.stdout and "(value from --set training.nonexistent)" in unknown.stdout

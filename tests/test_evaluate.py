@@ -232,3 +232,33 @@ def test_loss_labels_cover_the_answer_and_terminator_only(tiny_model_dir):
     ids, labels = label_conversation(tokenizer, messages)
     scored = tokenizer.decode([t for t, lab in zip(ids, labels, strict=True) if lab != -100])
     assert scored == '{"name": "Bob", "age": 4}<|im_end|>'
+
+
+def test_eval_split_rebuilds_exactly_the_eval_set_training_held_out(tmp_path):
+    """With eval_split, evaluate must score the rows training held out: the same rows the runtime's
+    load_conversations returns, and its contamination scan covers only the rows training kept."""
+    from ftspec.compiler.run_folder import open_run
+    from ftspec.runtime.data import load_conversations
+    from ftspec.runtime.evaluate import task_sets
+
+    project = tmp_path / "project"
+    rows = [_chat(f"Convert to JSON: name: {n}, age: {a}", json.dumps({"name": n, "age": a}))
+            for n in NAMES for a in (1, 2, 3)]
+    _write_jsonl(project / "data/a.jsonl", rows[:20])
+    _write_jsonl(project / "data/b.jsonl", rows[20:])
+    spec = resolve({"version": 1, "name": "split", "model": {"id": "builtin:tiny-llama"},
+                    "dataset": {"train": [{"path": "data/a.jsonl"}, {"path": "data/b.jsonl", "fraction": 0.2}],
+                                "eval_split": 0.2},
+                    "training": {"seed": 7}, "hardware": {"gpu": "cpu"}, "output": {"dir": "runs/split"}})
+    run = project / "runs/split"
+    (run / "adapter").mkdir(parents=True)
+    (run / "plan.json").write_text(json.dumps({"metadata": {"kind": "ftspec-plan", "schema_version": 1},
+                                               "spec": spec, "paths": {"spec_dir": "../.."},
+                                               "derived": {"output_dir": "runs/split"}}))
+    (run / "run.json").write_text(json.dumps({"exit_status": "completed"}))
+    evals, train_iter, source = task_sets(open_run(run))
+    _mixed, expected = load_conversations(spec, project)
+    assert evals == expected and len(evals) == 6
+    train = list(train_iter)
+    assert len(train) == 24 and not any(messages in evals for messages, _where in train)
+    assert "eval_split 0.2" in source and "seed 7" in source

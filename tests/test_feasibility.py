@@ -314,3 +314,142 @@ def test_compiler_never_imports_torch():
             "'datasets') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --- regressions found in review ---------------------------------------------------------------------
+
+QWEN3_MOE = catalog()["qwen/qwen3-30b-a3b"]
+
+
+def test_moe_lora_activations_scale_with_active_experts_not_all_experts():
+    """Each token passes through k of E experts: the LoRA inputs saved per token scale with k. (They
+    were counted E x k times, which put Qwen3-30B-A3B LoRA at 76 GiB of activations with
+    checkpointing at 2048 tokens.)"""
+    est = _est(arch=QWEN3_MOE, method="lora", micro_batch=1, seq_len=2048, grad_ckpt=True, grad_accum=4)
+    assert est.peak_phase == "forward_backward" and est.components["activations"] < 2 * GIB
+    fewer = dict(QWEN3_MOE, experts=64, params_b=QWEN3_MOE["params_b"] / 2)
+    a = _est(arch=QWEN3_MOE, method="lora", micro_batch=1, seq_len=2048, grad_ckpt=False, dora=False)
+    b = _est(arch=fewer, method="lora", micro_batch=1, seq_len=2048, grad_ckpt=False, dora=False)
+    # same k, half the experts: the saved activations barely move (only the router logits shrink)
+    assert a.components["activations"] == pytest.approx(b.components["activations"], rel=0.02)
+
+
+def test_well_known_configurations_are_plausible():
+    """Sanity anchors an ML engineer knows by heart."""
+    llama8 = _est(method="lora", r=16, dora=False, micro_batch=1, seq_len=2048, grad_ckpt=True)
+    assert 18 <= llama8.device_gib <= 25  # 8B LoRA bf16 with checkpointing on one 80 GB GPU
+    mistral = catalog()["mistralai/mistral-7b-v0.1"]
+    full = _est(arch=mistral, method="full", precision="bf16-mixed", optimizer="adamw_torch", micro_batch=1,
+                seq_len=2048, grad_ckpt=True, grad_accum=8)
+    assert full.fits is False and full.device_gib > 110  # 16 bytes/param of model states alone: ~108 GiB
+    qlora70 = _est(arch=LLAMA3_70B, method="qlora", dora=False, micro_batch=1, seq_len=1024, grad_ckpt=True,
+                   optimizer="paged_adamw_8bit")
+    assert qlora70.fits is True and 38 <= qlora70.device_gib <= 50
+
+
+BIG = """version: 1
+name: t
+model:
+  id: {model}
+dataset:
+  train: train.jsonl
+adapter:
+  method: {method}
+training:
+  learning_rate: 1.0e-5
+  micro_batch_size: 2
+  gradient_accumulation_steps: 8
+  sequence_len: 2048
+  precision: {precision}
+hardware:
+  gpu: {gpu}
+  gpus_per_node: {n}
+  nodes: {nodes}
+{extra}"""
+
+
+def _apply(data: dict, settings: dict) -> dict:
+    import copy
+
+    out = copy.deepcopy(data)
+    for pointer, value in settings.items():
+        section, key = pointer.strip("/").split("/")
+        out.setdefault(section, {})
+        if value is None:
+            out[section].pop(key, None)
+        elif isinstance(value, dict):
+            out[section].setdefault(key, {}).update(value)
+        else:
+            out[section][key] = value
+    return out
+
+
+@pytest.mark.parametrize(("model", "method", "precision", "gpu", "n", "nodes", "extra"), [
+    ("meta-llama/Llama-3.1-70B", "lora", "bf16", "A100-80GB", 1, 1, ""),
+    ("meta-llama/Llama-3.1-70B", "lora", "bf16", "A100-80GB", 2, 1, "  strategy: fsdp\n"),
+    ("meta-llama/Llama-3.1-70B", "lora", "bf16", "A100-80GB", 2, 1, "  strategy: deepspeed\n  zero_stage: 0\n"),
+    ("meta-llama/Llama-3.1-70B", "full", "bf16-mixed", "H100-80GB", 8, 1, "  strategy: deepspeed\n  zero_stage: 2\n"),
+    ("meta-llama/Llama-3.1-405B", "lora", "bf16", "H100-80GB", 2, 2, "  strategy: fsdp\n  launcher: slurm\n"),
+    ("meta-llama/Llama-3.1-8B", "lora", "fp16", "T4", 1, 1, ""),
+])
+def test_every_suggestion_is_a_lint_clean_change(tmp_path, model, method, precision, gpu, n, nodes, extra):
+    """Applying a suggested change must give a spec that lints without errors: no zero_stage left
+    under FSDP (FT0211), no optimizer-only offload with FSDP (FT0215), no ZeRO-0 offload (FT0214),
+    no bf16 QLoRA compute dtype on a T4 (FT0207)."""
+    import yaml
+    from ftspec.compiler.lint import lint_loaded
+
+    spec, resolved = _spec(tmp_path, BIG.format(model=model, method=method, precision=precision, gpu=gpu, n=n,
+                                                nodes=nodes, extra=extra))
+    result = assess(spec, resolved)
+    assert result.fits is False and result.suggestions
+    for s in result.suggestions:
+        changed = load_text(yaml.safe_dump(_apply(spec.data, s.settings), sort_keys=False), spec.path)
+        errors = [d.code for d in lint_loaded(changed).diagnostics if d.severity == "error"]
+        assert errors == [], (s.change, errors)
+
+
+def test_more_gpus_keep_the_nodes_and_the_effective_batch(tmp_path):
+    spec, resolved = _spec(tmp_path, BIG.format(model="meta-llama/Llama-3.1-405B", method="lora", precision="bf16",
+                                                gpu="H100-80GB", n=2, nodes=2, extra="  strategy: fsdp\n"))
+    result = assess(spec, resolved)
+    gpus = [s for s in result.suggestions if "/hardware/gpus_per_node" in s.settings]
+    assert gpus
+    for s in gpus:
+        n = s.settings["/hardware/gpus_per_node"]
+        accum = s.settings.get("/training/gradient_accumulation_steps", 8)
+        assert 2 * accum * n * 2 == 2 * 8 * 2 * 2  # micro x accumulation x GPUs x nodes unchanged
+
+
+def test_suggestion_speed_never_says_same_speed_for_a_slowdown(tmp_path):
+    spec, resolved = _spec(tmp_path, spec_text(model="meta-llama/Llama-3.1-70B-Instruct", mb=2))
+    result = assess(spec, resolved)
+    by_change = {s.change.split(":")[0]: s.speed for s in result.suggestions}
+    offload = [v for k, v in by_change.items() if k.startswith("hardware.offload")]
+    assert offload and all("much slower" in v and "about the same speed" not in v for v in offload)
+
+
+def test_combined_suggestion_names_each_field_once(tmp_path):
+    body = spec_text(mb=8, seq=4096, gpu="RTX-4090").replace("  packing: true\n",
+                                                             "  packing: true\n  gradient_checkpointing: false\n")
+    spec, resolved = _spec(tmp_path, body)
+    result = assess(spec, resolved)
+    combo = [s for s in result.suggestions if " + " in s.change]
+    assert combo and combo[0].fits
+    assert combo[0].change.count("micro_batch_size") == 1
+
+
+def test_does_not_fit_message_shows_headroom_as_a_share(tmp_path):
+    spec, resolved = _spec(tmp_path, spec_text(model="meta-llama/Llama-3.1-70B-Instruct"))
+    message = next(d.message for d in assess(spec, resolved).diagnostics if d.code == "FT0310")
+    assert "with headroom 10%" in message
+
+
+def test_unknown_gpu_name_is_reported_once_without_a_tflops_hint(tmp_path):
+    """A catalog-style name the catalog lacks (`A100`) gets FT0304, not also FT0321's advice to give
+    tflops_bf16, which only a custom `gpu: {...}` mapping can carry."""
+    spec, resolved = _spec(tmp_path, spec_text(gpu="A100"))
+    codes = [d.code for d in assess(spec, resolved).diagnostics]
+    assert "FT0304" in codes and "FT0321" not in codes
+    spec, resolved = _spec(tmp_path, spec_text(gpu="{name: card, memory_gb: 48}"))
+    assert "FT0321" in [d.code for d in assess(spec, resolved).diagnostics]

@@ -119,7 +119,11 @@ def test_axolotl_qlora_meaning(tmp_path):
     assert (t["optimizer"], t["scheduler"], t["learning_rate"], t["warmup_ratio"]) == ("adamw_8bit", "cosine", 0.0002, 0.1)
     assert (t["micro_batch_size"], t["gradient_accumulation_steps"], t["epochs"]) == (2, 4, 1)
     assert (t["sequence_len"], t["packing"], t["precision"], t["gradient_checkpointing"]) == (2048, True, "bf16", True)
-    assert data["dataset"] == {"format": "alpaca", "train": "data/teknium__GPT4-LLM-Cleaned.jsonl", "eval_split": 0.1}
+    # Axolotl drops rows longer than sequence_len (excess_length_strategy unset); ftspec would truncate
+    assert data["dataset"] == {"format": "alpaca", "train": "data/teknium__GPT4-LLM-Cleaned.jsonl", "eval_split": 0.1,
+                               "truncation": "drop"}
+    # Axolotl has no early stopping unless asked; ftspec's default (3) would stop runs the original finished
+    assert t["early_stopping_patience"] == 0
     assert data["model"]["chat_template"] == "alpaca"
     assert _at(diags, "FT0905", 48)  # bf16: auto resolved, with a note at its line
     assert _at(diags, "FT0904", 9)  # the Hub dataset, at its path
@@ -179,7 +183,7 @@ def test_torchtune_meaning(tmp_path):
 def test_local_data_deepspeed_file_and_absolute_val_size(tmp_path):
     result, spec_path = _import(OWN / "axolotl-local" / "config.yml", tmp_path, tool="axolotl")
     data = result.data
-    assert data["dataset"] == {"format": "chatml", "train": "data/train.jsonl", "eval_split": 0.1}
+    assert data["dataset"] == {"format": "chatml", "train": "data/train.jsonl", "eval_split": 0.1, "truncation": "drop"}
     assert data["hardware"]["zero_stage"] == 3 and data["hardware"]["offload"] == "optimizer_and_params"
     assert data["adapter"]["dora"] is True and data["training"]["learning_rate"] == 0.0002
     json_notes = [d for d in result.diagnostics if d.file.endswith("zero3.json")]
@@ -235,3 +239,31 @@ def test_unsupported_training_kind_is_an_error(tmp_path):
     result = translate("axolotl", load_spec(config), ImportOptions(output=tmp_path / "s.yaml"))
     errors = [(d.code, d.line) for d in result.diagnostics if d.severity == "error"]
     assert ("FT0906", 2) in errors and ("FT0906", 6) in errors
+
+
+@pytest.mark.parametrize("tool, config", [
+    ("axolotl", "axolotl__lora-1b.yml"),
+    ("llamafactory", "llamafactory__qwen3_lora_sft.yaml"),
+    ("torchtune", "torchtune__8B_lora.yaml"),
+])
+def test_no_early_stopping_the_original_did_not_have(tool, config, tmp_path):
+    """Regression: imported specs with an eval set inherited ftspec's early_stopping_patience: 3, so
+    they could stop before the epochs the original config trains."""
+    from ftspec.compiler.resolve import resolve
+
+    result, _ = _import(CONFIGS / config, tmp_path, tool=tool)
+    assert resolve(result.data)["training"]["early_stopping_patience"] == 0
+    assert any("early_stopping_patience: 0" in d.message for d in result.diagnostics if d.code == "FT0903")
+
+
+@pytest.mark.parametrize("value, expected, severity", [("truncate", "truncate", None), ("drop", "drop", None),
+                                                       ("raise", "drop", "warning")])
+def test_axolotl_excess_length_strategy(value, expected, severity, tmp_path):
+    (tmp_path / "src").mkdir()
+    config = tmp_path / "src" / "cfg.yml"
+    config.write_text((CONFIGS / "axolotl__lora-1b.yml").read_text() + f"excess_length_strategy: {value}\n")
+    result, _ = _import(config, tmp_path, tool="axolotl")
+    assert result.data["dataset"]["truncation"] == expected
+    changed = [d for d in result.diagnostics if d.code == "FT0902" and "excess_length_strategy" in d.message]
+    assert (changed[0].severity if changed else None) == severity
+    assert not any(d.code == "FT0901" and "excess_length_strategy" in d.message for d in result.diagnostics)

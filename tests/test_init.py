@@ -121,3 +121,33 @@ def test_interactive_prompts(tmp_path, monkeypatch):
     spec = load_spec(out).data
     assert spec["hardware"] == {"gpu": "L4", "gpus_per_node": 1}
     assert spec["evaluation"]["task"]["metric"] == "rouge_l"
+
+
+def test_no_fit_is_an_error_and_says_so(tmp_path, capsys):
+    """Regression: 70B on one RTX 4090 exited 0 and claimed QLoRA "was needed to fit"."""
+    data = _write_data(tmp_path / "t.jsonl", n=600, words=(5, 10))
+    out = tmp_path / "s.yaml"
+    assert main(["init", "--non-interactive", "--model", "meta-llama/Llama-3.1-70B-Instruct", "--data", str(data),
+                 "--gpu", "RTX-4090", "-o", str(out)]) == 1
+    report = capsys.readouterr().out
+    assert "FT0922 error" in report and "nothing fits; the smallest setup tried is qlora, micro batch 1" in report
+    assert "needed to fit" not in out.read_text()  # the written spec does not claim a fit either
+    assert "it still does not fit" in out.read_text()
+
+
+def test_unknown_model_does_not_claim_a_fit(tmp_path):
+    data = _write_data(tmp_path / "t.jsonl", n=600, words=(5, 10))
+    result = build(InitAnswers(model="acme/private-13b", data=str(data), gpu="A100-80GB", output=tmp_path / "s.yaml"))
+    why = result.values["/adapter/method"][1]
+    assert "unchecked against the GPU" in why and "needed to fit" not in why
+    assert result.values["/training/gradient_checkpointing"][0] is True
+
+
+@pytest.mark.parametrize("flag", ["--model", "--data", "--gpu", "--metric"])
+def test_empty_answers_are_refused(tmp_path, flag, capsys):
+    data = _write_data(tmp_path / "t.jsonl", n=10, words=(5, 10))
+    args = {"--model": "x/y", "--data": str(data), "--gpu": "A100-80GB", "--metric": "f1"}
+    args[flag] = "  "
+    out = tmp_path / "s.yaml"
+    assert main(["init", "--non-interactive", *[x for kv in args.items() for x in kv], "-o", str(out)]) == 2
+    assert f"{flag} is empty" in capsys.readouterr().err and not out.exists()

@@ -177,3 +177,53 @@ def test_pre_commit_hooks_manifest() -> None:
     # what pre-commit runs: the entry followed by the staged file names
     specs = [str(p) for p in sorted((ROOT / "specs").glob("*.yaml"))]
     assert main([*hooks[0]["entry"].split()[1:], *specs]) == 0
+
+
+# --- regressions found in review ---------------------------------------------------------------------
+
+def _lint_text(tmp_path: Path, body: str):
+    from ftspec.compiler.lint import LintOptions, lint_file
+
+    (tmp_path / ".git").mkdir(exist_ok=True)
+    (tmp_path / "train.jsonl").write_text('{"messages": []}\n', encoding="utf-8")
+    path = tmp_path / "spec.yaml"
+    path.write_text(body, encoding="utf-8")
+    return lint_file(path, LintOptions()).diagnostics
+
+
+MINIMAL = "version: 1\nname: t\nmodel:\n  id: builtin:tiny-llama\ndataset:\n  train: train.jsonl\n"
+
+
+def test_did_you_mean_skips_keys_already_written_and_completes_prefixes(tmp_path: Path) -> None:
+    diags = _lint_text(tmp_path, MINIMAL + "hardware:\n  gpu: cpu\n  gpus: 8\n  zero: 3\nextra_section: 1\n")
+    hints = {d.message.split("'")[1]: d.hint for d in diags if d.code == "FT0103"}
+    assert hints["gpus"] == "did you mean 'gpus_per_node'?"  # not 'gpu', which is already there
+    assert hints["zero"] == "did you mean 'zero_stage'?"
+    assert "did you mean" not in hints["extra_section"]  # not 'version', which is already there
+
+
+def test_unquoted_version_numbers_get_a_quoting_hint(tmp_path: Path) -> None:
+    diags = _lint_text(tmp_path, MINIMAL + "hardware:\n  gpu: cpu\nenvironment:\n  python: 3.10\n"
+                                 "  packages:\n    torch: 2.8   # pinned\n")
+    hints = {d.pointer: d.hint for d in diags if d.code == "FT0101"}
+    assert '">=3.10"' in hints["/environment/python"]  # as written, not the float 3.1
+    assert '"==2.8.*"' in hints["/environment/packages/torch"]
+    name = _lint_text(tmp_path, MINIMAL.replace("name: t", "name: 2024") + "hardware:\n  gpu: cpu\n")
+    assert next(d.hint for d in name if d.code == "FT0101") == 'quote it: "2024" (YAML reads an unquoted 2024 as a number)'
+
+
+def test_folder_lint_skips_the_build_and_run_folders_ftspec_writes(tmp_path: Path, capsys) -> None:
+    """`ftspec lint .` after `ftspec compile` must not lint build/accelerate.yaml as a spec."""
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "train.jsonl").write_text('{"messages": []}\n', encoding="utf-8")
+    (tmp_path / "spec.yaml").write_text(MINIMAL + "hardware:\n  gpu: cpu\n", encoding="utf-8")
+    build = tmp_path / "build" / "t"
+    build.mkdir(parents=True)
+    (build / "plan.json").write_text("{}", encoding="utf-8")
+    (build / "accelerate.yaml").write_text("use_cpu: true\n", encoding="utf-8")
+    from ftspec.compiler.lint import expand_paths
+
+    assert expand_paths([str(tmp_path)]) == [str(tmp_path / "spec.yaml")]
+    rc, out, _ = run(["lint", str(tmp_path)], capsys)
+    assert rc == 0 and "accelerate.yaml" not in out
+    assert expand_paths([str(build / "accelerate.yaml")]) == [str(build / "accelerate.yaml")]  # named: linted

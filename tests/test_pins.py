@@ -148,3 +148,20 @@ def test_installed_versions_are_compared_without_importing(monkeypatch):
     assert "FT0409" in found  # deepspeed not installed
     assert "FT0411" in found  # installed peft lacks DoRA
     assert report.packages["peft"]["installed"] == "0.8.0"
+
+
+def test_bare_version_pin_says_which_operator_to_add():
+    """`peft: "0.18.1"` is the most common pin mistake: the hint names the fix, and the message does
+    not repeat packaging's half-quoted "Invalid specifier: '0.18.1" text."""
+    spec, report = check({"peft": "0.18.1", "trl": "latest"})
+    bare, word = (next(d for d in report.diagnostics if d.code == "FT0401" and d.line == line_of(spec, k))
+                  for k in ("peft", "trl"))
+    assert '"==0.18.1"' in bare.hint and '">=0.18.1"' in bare.hint
+    assert "'0.18.1'" in bare.message and "Invalid specifier" not in bare.message
+    assert word.hint == 'write e.g. ">=0.18,<0.22" or "==0.18.1"'  # not a version: the catalog hint
+
+
+@pytest.mark.parametrize("pin", ["~=0.18", "==0.18.*", "===0.18.1", ">=0.18.0rc1", "==0.18.1+local", ">=0.18,!=0.19.*"])
+def test_odd_but_valid_pep440_forms_pass(pin):
+    _spec, report = check({"peft": pin, "transformers": ">=5.0,<6"})
+    assert not [d for d in report.diagnostics if d.severity == "error"], [d.message for d in report.diagnostics]

@@ -191,3 +191,10 @@ def test_html_report_renders_in_a_headless_browser(tmp_path):
     subprocess.run(base + [f"--screenshot={shot}", url], capture_output=True, timeout=120)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_chart_never_clips_the_largest_loss():
+    chart = loss_chart({"train_loss": [[1, 2.6], [50, 0.6], [300, 0.29]], "eval_loss": [[100, 0.41]]})
+    ys = [float(p.split(",")[1]) for p in chart["train"].split()]
+    assert min(ys) >= chart["top"] and max(ys) <= chart["bottom"]
+    assert float(chart["y_ticks"][-1]["label"]) >= 2.6

@@ -215,3 +215,86 @@ def test_relative_paths_in_annotations(tmp_path, monkeypatch) -> None:
     assert json.loads(to_sarif([d]))["runs"][0]["results"][0]["locations"][0]["physicalLocation"][
         "artifactLocation"]["uri"] == "specs/x.yaml"
     assert os.path.isabs(inside)
+
+
+# --- the real SARIF 2.1.0 schema (OASIS), vendored in tests/fixtures/sarif with its source -------------
+
+SARIF_SCHEMA_FILE = os.path.join(os.path.dirname(__file__), "fixtures", "sarif", "sarif-schema-2.1.0.json")
+
+
+def _sarif_validator():
+    from urllib.parse import urlsplit
+
+    from jsonschema import Draft7Validator, FormatChecker
+
+    checker = FormatChecker()
+
+    # jsonschema checks `uri` only with optional packages installed; check them here with the stdlib so
+    # that a space or a missing scheme in an artifact URI fails the test.
+    @checker.checks("uri")
+    def _uri(value: object) -> bool:
+        return not isinstance(value, str) or (bool(urlsplit(value).scheme) and " " not in value)
+
+    @checker.checks("uri-reference")
+    def _uri_reference(value: object) -> bool:
+        return not isinstance(value, str) or (" " not in value and "\\\\" not in value)
+
+    with open(SARIF_SCHEMA_FILE, encoding="utf-8") as fh:
+        schema = json.load(fh)
+    Draft7Validator.check_schema(schema)
+    return Draft7Validator(schema, format_checker=checker)
+
+
+def _cli_sarif(args: list[str], cwd: str) -> dict:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "ftspec.compiler.cli", *args, "--format", "sarif"],
+                         capture_output=True, text=True, cwd=cwd)
+    assert out.returncode in (0, 1), out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_sarif_validates_against_the_oasis_schema(tmp_path) -> None:
+    """Lint and check output (many codes, a path with spaces, files outside the working directory)
+    is valid SARIF 2.1.0 by the OASIS schema itself, not only by the subset GitHub reads."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    folder = tmp_path / "my specs"
+    folder.mkdir()
+    (tmp_path / ".git").mkdir()
+    (folder / "typo spec.yaml").write_text(
+        "version: 1\nname: Bad_Name\nmodel:\n  id: meta-llama/Llama-3.1-8B\n  revison: x\n"
+        "dataset:\n  train: missing.jsonl\n  eval_spilt: 0.1\ntraining:\n  learning_rte: 1\n"
+        "hardware:\n  gpu: T4\n", encoding="utf-8")
+    validator = _sarif_validator()
+    logs = [
+        _cli_sarif(["lint", str(folder / "typo spec.yaml")], cwd=str(tmp_path)),  # relative URI with %20
+        _cli_sarif(["lint", str(folder / "typo spec.yaml")], cwd=root),  # outside the cwd: file:// URI
+        _cli_sarif(["lint", "specs/"], cwd=root),  # clean: no results
+        _cli_sarif(["check", "specs/llama3-70b-lora-1gpu.yaml", "--only", "memory,pins"], cwd=root),
+        json.loads(to_sarif([*DIAGS, Diagnostic("FT0001", "error", "cannot read", file="/x y/z.yaml")])),
+    ]
+    for log in logs:
+        errors = sorted(validator.iter_errors(log), key=lambda e: list(e.absolute_path))
+        assert not errors, [(list(e.absolute_path), e.message) for e in errors[:5]]
+    uris = {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in logs[0]["runs"][0]["results"]}
+    assert uris == {"my%20specs/typo%20spec.yaml"}
+    outside = logs[1]["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]
+    assert outside["uri"].startswith("file:///") and "uriBaseId" not in outside
+    assert {r["ruleId"] for r in logs[0]["runs"][0]["results"]} >= {"FT0103", "FT0106", "FT0230"}
+    assert all(r["level"] != "error" for r in logs[2]["runs"][0]["results"])  # the examples lint clean
+    assert "FT0310" in {r["ruleId"] for r in logs[3]["runs"][0]["results"]}
+
+
+def test_paths_relative_to_the_github_workspace(tmp_path, monkeypatch) -> None:
+    """A job that runs ftspec from a sub-folder (`working-directory: ml/`) still annotates the file
+    by its path in the repository, not by its path from the working directory."""
+    (tmp_path / "ml" / "specs").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "ml")
+    monkeypatch.setenv("GITHUB_WORKSPACE", str(tmp_path))
+    d = Diagnostic("FT0103", "error", "m", file="specs/x.yaml", line=1, column=1)
+    assert "file=ml/specs/x.yaml," in to_github([d])
+    assert json.loads(to_sarif([d]))["runs"][0]["results"][0]["locations"][0]["physicalLocation"][
+        "artifactLocation"]["uri"] == "ml/specs/x.yaml"
+    monkeypatch.delenv("GITHUB_WORKSPACE")
+    assert "file=specs/x.yaml," in to_github([d])

@@ -10,6 +10,7 @@ discriminates on the embedded default (slow: real training on CPU processes):
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -20,8 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "specs" / "tiny-cpu.yaml"
-READY = DEMO.is_file() and (ROOT / "runtime" / "train.py").is_file()
-needs_runtime = pytest.mark.skipif(not READY, reason="needs specs/tiny-cpu.yaml and runtime/train.py")
+READY = all(p.is_file() for p in (DEMO, ROOT / "runtime/train.py", ROOT / "compiler/verbs/launch.py"))
+needs_runtime = pytest.mark.skipif(not READY, reason="needs specs/tiny-cpu.yaml, runtime/train.py and `ftspec launch`")
 
 
 def ftspec(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -36,7 +37,7 @@ def test_run_stops_at_lint_with_its_exit_code(tmp_path):
     proc = ftspec("run", str(spec), "-o", str(tmp_path / "build"), cwd=tmp_path)
     assert proc.returncode == 1
     lines = proc.stdout.splitlines()
-    stage_lines = [line for line in lines if line.startswith("[")]
+    stage_lines = [line for line in lines if re.match(r"\[\d/5\] ", line)]
     assert len(stage_lines) == 1 and stage_lines[0].startswith("[1/5] lint") and "FAILED (exit 1)" in stage_lines[0]
     assert any("FT0103" in line or "learning_rte" in line for line in lines)  # the findings are shown
     assert lines[-1].startswith("ftspec run: stopped at lint (exit 1)")
@@ -65,12 +66,16 @@ def _copy_demo(tmp_path: Path, name: str, edit) -> Path:
     return spec
 
 
-def _report(spec: Path) -> dict:
+def _eval_dir(spec: Path) -> Path:
     from ruamel.yaml import YAML
 
     data = YAML(typ="safe").load(spec.read_text())
     out = (data.get("output") or {}).get("dir") or f"runs/{data['name']}"
-    return json.loads((spec.parent / out / "eval" / "report.json").read_text())
+    return spec.parent / out / "eval"
+
+
+def _report(spec: Path) -> dict:
+    return json.loads((_eval_dir(spec) / "report.json").read_text())
 
 
 def _rule_status(report: dict, metric: str) -> set[str]:
@@ -86,8 +91,9 @@ def test_demo_spec_passes_its_gate_within_five_minutes(tmp_path):
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert elapsed < 300, f"ftspec run took {elapsed:.0f}s"
-    stage_lines = [line for line in proc.stdout.splitlines() if line.startswith("[") and "..." not in line]
+    stage_lines = [line for line in proc.stdout.splitlines() if re.match(r"\[\d/5\] \w+ +(ok|FAILED)", line)]
     assert [line.split()[1] for line in stage_lines] == ["lint", "check", "compile", "launch", "evaluate"]
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("ftspec run: PASS")
     report = _report(spec)
     assert report["status"] == "pass"
     assert _rule_status(report, "task") == {"pass"}
@@ -117,10 +123,8 @@ def test_one_step_copy_fails_the_task_rule(tmp_path):
     assert _rule_status(report, "task") == {"fail"}
     assert "(task)" in report["summary"]
     assert any(d["code"] == "FT0801" and "task" in d["message"] for d in report["diagnostics"])
-    md = (spec.parent / "runs" / "tiny-one-step" / "eval" / "report.md").read_text() \
-        if (spec.parent / "runs" / "tiny-one-step").is_dir() else ""
-    if md:
-        assert "❌" in md and "task" in md
+    md = (_eval_dir(spec) / "report.md").read_text()
+    assert md.startswith("## ❌") and "| 0 | task (exact_match) | min_gain_over_base |" in md
 
 
 @pytest.mark.slow

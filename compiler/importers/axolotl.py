@@ -29,6 +29,7 @@ def translate(source: LoadedSpec, options: ImportOptions) -> ImportResult:
     _schedule(t, table)
     _precision(t, method)
     _datasets(t, table)
+    _excess_length(t)
     _eval(t)
     _output(t)
     _distributed(t)
@@ -308,6 +309,21 @@ def _datasets(t: Translation, table: dict) -> None:
         t.set("/dataset/format", distinct[0], t.origin("/datasets/0/type"))
     if paths:
         t.set("/dataset/train", paths[0] if len(paths) == 1 else paths, t.origin("/datasets"))
+
+
+def _excess_length(t: Translation) -> None:
+    """Rows longer than sequence_len: Axolotl drops them unless told to truncate; unset, the table's
+    default writes dataset.truncation: drop (ftspec's own default truncates)."""
+    strategy = t.take("excess_length_strategy")
+    if strategy is None:
+        return
+    if strategy in ("drop", "truncate"):
+        t.put("/excess_length_strategy", "/dataset/truncation", strategy)
+    else:
+        t.changed("/excess_length_strategy", strategy, "/dataset/truncation", "drop",
+                  "ftspec drops or truncates long rows; `ftspec check` reports every row longer than "
+                  "sequence_len before training, which is where raise would have stopped", severity="warning")
+        t.set("/dataset/truncation", "drop", t.origin("/excess_length_strategy"))
 
 
 def _eval(t: Translation) -> None:

@@ -62,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
                 given[key] = default
             else:
                 return fail(f"--{key} is required without a terminal", hint="pass --model, --data and --gpu")
+    for key in ("model", "data", "gpu", "metric"):
+        if not str(given[key]).strip():
+            return fail(f"--{key} is empty", hint=f"give a value for --{key}")
+        given[key] = str(given[key]).strip()
     try:
         gpus = int(given["gpus"])
     except ValueError:

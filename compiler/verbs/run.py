@@ -157,7 +157,9 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.write(output if output.endswith("\n") else output + "\n")
         print(_line(stage, index), flush=True)
         if code != 0:
-            if stage_name != "evaluate":
+            if code == 2:  # the verb itself could not run: its own message says why, not a finding
+                print(f"  hint: `ftspec {stage_name}` could not run; its message is above", flush=True)
+            elif stage_name != "evaluate":
                 print(f"  hint: {_HINTS[stage_name]}", flush=True)
             break
     final = stages[-1]

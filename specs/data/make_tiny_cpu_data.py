@@ -4,8 +4,12 @@
 
 - tiny-cpu-train.jsonl: 1000 ChatML conversations, `name: X, age: N` -> {"name": "X", "age": N}
 - tiny-cpu-eval.jsonl: 100 held-out conversations of the same task (no (name, age) pair from train)
-- tiny-cpu-regression.jsonl: {prompt, answer} pairs of the built-in model's general skill
-  (single-digit sums, word opposites), which a fine-tune should keep
+- tiny-cpu-general.jsonl: the built-in model's own general-skill conversations (sums, opposites,
+  `Repeat: X N` copying), mixed into training at a small fraction against forgetting
+- tiny-cpu-regression.jsonl: {prompt, answer} pairs of the general copying skill on names and numbers
+  the base model never saw (fresh pairs, none in the general mix): it measures the skill, not
+  memorised answers. The base model gets nearly all right; a LoRA fine-tune with the general mix
+  keeps most; a full fine-tune at a very high learning rate loses it.
 """
 
 from __future__ import annotations
@@ -40,8 +44,18 @@ def main() -> None:
     write(HERE / "tiny-cpu-train.jsonl", [record(*p) for p in train])
     write(HERE / "tiny-cpu-eval.jsonl", [record(*p) for p in held_out])
     skill = general_skill()
-    sums, opposites = skill[:100], skill[100:]
-    regression = rng.sample(sums, 40) + rng.sample(opposites, 20)
+    write(HERE / "tiny-cpu-general.jsonl", [
+        {"messages": [{"role": "user", "content": s["prompt"]}, {"role": "assistant", "content": s["answer"]}]}
+        for s in skill
+    ])
+    seen = {s["prompt"] for s in skill}
+    regression: list[dict] = []
+    while len(regression) < 60:
+        name, number = rng.choice(NAMES), rng.randint(0, 99)
+        prompt = f"Repeat: {name} {number}"
+        if prompt not in seen:
+            seen.add(prompt)
+            regression.append({"prompt": prompt, "answer": f"{name} {number}"})
     write(HERE / "tiny-cpu-regression.jsonl", regression)
 
 

@@ -1,0 +1,202 @@
+"""`ftspec launch BUILD_DIR|SPEC [--resume] [--dry-run]`: train a compiled plan with the embedded runtime.
+
+A spec path is compiled first (into `-o BUILD_DIR`, default build/<spec name>, as `ftspec run` does).
+The command is the one `launch.sh` runs (`compiler.launch.launch_command`): accelerate (or torchrun)
+starting `python -m ftspec.runtime.train --plan plan.json` on every process. Its output streams
+straight through (the training processes inherit stdout/stderr, so the progress bar stays a bar);
+its exit status is ours.
+
+Failures: torch's elastic agent (under both accelerate launch and torchrun) stops every other
+process as soon as one exits non-zero, so one failing rank never leaves the rest hanging in a
+collective; each failing rank writes its error to <run>/.ftspec/error-rank<N>.txt and we repeat the
+first lines of each after the run. A run that ran out of memory with `on_oom: reduce_batch` leaves
+<run>/batch_override.json (micro batch halved, accumulation doubled); we relaunch with --resume,
+which continues from the last complete checkpoint at the new batch shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .common import fail
+
+EXIT_OOM_RETRY = 75  # must match ftspec.runtime.train.EXIT_OOM_RETRY (the compiler never imports the runtime)
+BATCH_FILE = "batch_override.json"
+ERRORS_DIR = ".ftspec"
+MAX_OOM_RETRIES = 6
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", metavar="BUILD_DIR|SPEC",
+                        help="a build folder written by `ftspec compile`, or a spec file to compile first")
+    parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    parser.add_argument("--dry-run", action="store_true", help="print the command and its environment; run nothing")
+    parser.add_argument("-o", "--output", default=None, metavar="BUILD_DIR",
+                        help="where a SPEC is compiled to (default: build/<spec name>)")
+
+
+def _compile(spec: Path, build_dir: Path) -> int:
+    from . import compile as compile_verb
+
+    parser = argparse.ArgumentParser(prog="ftspec compile")
+    compile_verb.add_arguments(parser)
+    return int(compile_verb.run(parser.parse_args([str(spec), "-o", str(build_dir)])) or 0)
+
+
+def _spec_name(spec: Path) -> str:
+    from ..loader import load_spec
+
+    data = load_spec(spec).data
+    name = data.get("name") if isinstance(data, dict) else None
+    return str(name) if isinstance(name, str) and name else spec.stem
+
+
+def _run_dir(build_dir: Path, plan: dict) -> Path:
+    return (build_dir / plan["paths"]["spec_dir"] / plan["derived"]["output_dir"]).resolve()
+
+
+def _show_command(argv: list[str], env: dict[str, str]) -> None:
+    print("# environment added to the current one:")
+    for key in sorted(env):
+        print(f"export {key}={shlex.quote(env[key])}")
+    print("# command:")
+    print(shlex.join(argv))
+
+
+def _execute(argv: list[str], env: dict[str, str]) -> int:
+    """Start the launcher in its own process group, stream its output, stop the whole group on ^C."""
+    try:
+        proc = subprocess.Popen(argv, env={**os.environ, **env}, start_new_session=True)
+    except OSError as exc:
+        from ..diagnostics import make
+        from ..reporters import to_text
+
+        print(to_text([make("FT0720", detail=f"cannot start {argv[0]}: {exc.strerror or exc}")], lambda *_: None),
+              file=sys.stderr)
+        return 2
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        # The launcher forwards SIGINT to its workers; give them a moment, then end the group.
+        for sig, wait_s in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        raise
+
+
+def _report_failures(run_dir: Path, since: float) -> None:
+    from ..diagnostics import make
+    from ..reporters import to_text
+
+    folder = run_dir / ERRORS_DIR
+    files = sorted(folder.glob("error-rank*.txt")) if folder.is_dir() else []
+    for path in files:
+        if path.stat().st_mtime < since:
+            continue
+        lines = [x for x in path.read_text(encoding="utf-8", errors="replace").strip().splitlines() if x.strip()]
+        # the runtime's own finding (an FT07xx line) when it wrote one, else a traceback's last line
+        finding = next((x for x in lines if " FT07" in x or x.startswith("FT07")), None)
+        detail = (finding or (lines[-1] if lines else "no message")).strip()
+        rank = path.stem.removeprefix("error-rank")
+        print(to_text([make("FT0717", rank=rank, detail=detail, file=str(path))], lambda *_: None), file=sys.stderr)
+
+
+def _mark_failed(run_dir: Path, code: int) -> None:
+    """A rank killed from outside never writes its end: record it, so evaluate refuses the folder."""
+    path = run_dir / "run.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if data.get("exit_status") != "running":
+        return
+    data.update(exit_status="failed", exit_code=code, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    tmp = path.with_name(".run.json.launch-tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _oom_retry_pending(run_dir: Path) -> dict | None:
+    path = run_dir / BATCH_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not data.get("pending"):
+        return None
+    data["pending"] = False
+    tmp = path.with_name(f".{BATCH_FILE}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..launch import launch_command
+    from ..plan import read_plan
+
+    target = Path(args.target)
+    if target.is_file():
+        build_dir = Path(args.output) if args.output else Path("build") / _spec_name(target)
+        if not args.dry_run or not (build_dir / "plan.json").is_file():
+            code = _compile(target, build_dir)
+            if code != 0:
+                return code
+    elif target.is_dir():
+        build_dir = target
+    else:
+        return fail(f"{target} is neither a build folder nor a spec file")
+    plan_path = build_dir / "plan.json"
+    try:
+        plan = read_plan(plan_path)
+    except FileNotFoundError:
+        return fail(f"{build_dir} holds no plan.json", "run `ftspec compile SPEC -o BUILD_DIR` first")
+    except (OSError, ValueError) as exc:
+        return fail(f"cannot use {plan_path}: {exc}", "compile the spec again with this ftspec")
+    try:
+        argv, env = launch_command(plan, build_dir, resume=args.resume)
+    except ValueError as exc:  # a multi-node plan: this machine's rank and the rendezvous are needed
+        return fail(str(exc), "multi-node plans start through the build folder's launch.sh (Slurm / Kubernetes)")
+    if args.dry_run:
+        _show_command(argv, env)
+        return 0
+    run_dir = _run_dir(build_dir, plan)
+    resume = args.resume
+    for attempt in range(MAX_OOM_RETRIES + 1):
+        started = time.time()
+        for old in (run_dir / ERRORS_DIR).glob("error-rank*.txt") if (run_dir / ERRORS_DIR).is_dir() else []:
+            old.unlink(missing_ok=True)
+        if not resume:
+            (run_dir / BATCH_FILE).unlink(missing_ok=True)  # a fresh run starts at the plan's batch
+        print(f"ftspec: launching {plan['derived']['world_size']} process(es) "
+              f"({plan['derived']['strategy']} on {plan['derived']['device']}){' --resume' if resume else ''}: "
+              f"{shlex.join(argv)}", file=sys.stderr, flush=True)
+        code = _execute(argv, env)
+        if code == 0:
+            return 0
+        retry = _oom_retry_pending(run_dir)
+        if retry is None or attempt == MAX_OOM_RETRIES:
+            _report_failures(run_dir, started - 1)
+            _mark_failed(run_dir, code)
+            return code if code > 0 else 128 - code
+        print(f"ftspec: out of memory: relaunching from the last checkpoint with micro_batch_size "
+              f"{retry['micro_batch_size']} and gradient_accumulation_steps {retry['gradient_accumulation_steps']}",
+              file=sys.stderr, flush=True)
+        resume = True
+        argv, env = launch_command(plan, build_dir, resume=True)
+    return 1

@@ -1,0 +1,758 @@
+"""The training recipe: plan.json in, a run folder out. One linear file: set-up, train, checkpoint, clean-up.
+
+    accelerate launch ... -m ftspec.runtime.train --plan BUILD_DIR/plan.json [--resume]
+
+Why a plain accelerate loop rather than transformers' Trainer: the parts this runtime promises are the
+parts Trainer hides. Checkpoints must be atomic with a completion marker and a fallback to the one
+before (Trainer writes in place and trusts the newest folder); resume must land on the exact data
+position (our batches are a pure function of seed and step, so no sampler state can drift); a
+NaN/inf loss must stop *before* the step is applied, on every rank at once, naming the last good
+checkpoint; an out-of-memory retry must change micro batch and accumulation at a checkpoint
+boundary; and the CPU traps (gloo PartialState before Accelerator for DeepSpeed, a world-size
+assertion, os._exit after destroy_process_group) must be handled before Trainer's own set-up runs.
+What Trainer would give is still used from the maintained libraries: accelerate for the
+distributed wrapping, gradient accumulation, mixed precision and save_state/load_state (model,
+optimizer, RNG of every rank, DeepSpeed/FSDP sharded states); transformers for models and
+schedulers; PEFT for adapters; bitsandbytes for 4-bit bases and 8-bit optimizers.
+
+Fault-injection switches (tests, and anyone checking the recovery paths; documented in the README):
+    FTSPEC_INJECT_NAN_AT_STEP=k   the loss of optimizer step k (1-based) on rank 0 becomes NaN
+    FTSPEC_INJECT_OOM_AT_STEP=k   step k on rank 0 raises torch.OutOfMemoryError, once (only while the
+                                  micro batch is still the plan's)
+    FTSPEC_INJECT_CRASH_AT_STEP=k step k raises RuntimeError on rank FTSPEC_INJECT_CRASH_RANK (default 1)
+    FTSPEC_STEP_DELAY_S=x         sleep x seconds after each optimizer step (so a test can kill mid-run)
+    FTSPEC_PARAM_DIGEST=1         each rank writes the SHA-256 of its trainable parameters at the end
+                                  (<run>/.ftspec/params-rank<N>.txt: ranks of a DDP run must agree)
+    FTSPEC_COLLECTIVE_TIMEOUT_S   timeout of collectives (default 1800 s: long enough for the main
+                                  process to build the model and tokenize the data first)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import sys
+import time
+import traceback
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from ftspec.compiler.diagnostics import Diagnostic, make
+from ftspec.compiler.reporters import to_text
+from ftspec.runtime import checkpoint as ckpt
+from ftspec.runtime import data as rdata
+from ftspec.runtime.model import (
+    SetupError,
+    build_optimizer,
+    build_scheduler,
+    load_model,
+    load_tokenizer,
+    resolve_source,
+    trainable_summary,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the run failed (NaN, bad data, set-up error): a finding, not a tool bug
+EXIT_OOM_RETRY = 75  # EX_TEMPFAIL: out of memory, a smaller micro batch was recorded; relaunch with --resume
+BATCH_FILE = "batch_override.json"
+ERRORS_DIR = ".ftspec"
+
+
+class StopRun(Exception):
+    """Ends the run on every rank with a diagnostic and an exit status."""
+
+    def __init__(self, diagnostic: Diagnostic, status: str, code: int = EXIT_FAILED):
+        super().__init__(diagnostic.message)
+        self.diagnostic = diagnostic
+        self.status = status
+        self.code = code
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else None
+
+
+# --- set-up -------------------------------------------------------------------------------------
+
+
+def deepspeed_config(plan: dict, plan_path: Path, mbs: int, gas: int, world: int) -> dict:
+    """The compiled DeepSpeed JSON (the launcher's ACCELERATE_DEEPSPEED_CONFIG_FILE, else the build
+    folder's), with the batch sizes this run uses (an OOM retry changes them) filled in."""
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    name = (plan.get("launch") or {}).get("deepspeed_config") or "deepspeed.json"
+    config_path = Path(path) if path else plan_path.parent / name
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["train_micro_batch_size_per_gpu"] = mbs
+    config["gradient_accumulation_steps"] = gas
+    config["train_batch_size"] = mbs * gas * world
+    config.pop("optimizer", None)  # the runtime builds optimizer and scheduler from the spec
+    config.pop("scheduler", None)
+    return config
+
+
+def make_accelerator(plan: dict, plan_path: Path, mbs: int, gas: int):
+    """Accelerator for the plan's strategy, after the CPU traps are dealt with; then assert the world."""
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import DeepSpeedPlugin, GradientAccumulationPlugin, InitProcessGroupKwargs
+
+    derived = plan["derived"]
+    device, strategy, world = derived["device"], derived["strategy"], int(derived["world_size"])
+    timeout = timedelta(seconds=float(os.environ.get("FTSPEC_COLLECTIVE_TIMEOUT_S", "1800")))
+    kwargs: dict = {
+        "cpu": device == "cpu",
+        "mixed_precision": derived.get("mixed_precision", "no"),
+        "gradient_accumulation_plugin": GradientAccumulationPlugin(num_steps=gas, sync_with_dataloader=False),
+        "kwargs_handlers": [InitProcessGroupKwargs(timeout=timeout)],
+    }
+    ds_config = None
+    if strategy == "fsdp" and device == "cpu":
+        raise SetupError("FT0704")
+    if strategy == "deepspeed":
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        if device == "cpu":
+            # Trap 3: without a gloo PartialState first, accelerate + DeepSpeed on CPU tells every rank
+            # it is rank 0 of 1. accelerate only selects DeepSpeed when it is *not* told cpu=True
+            # (AcceleratorState: `ACCELERATE_USE_DEEPSPEED and not cpu`), so the launcher's
+            # ACCELERATE_USE_CPU is dropped here; with no CUDA device the default device is the CPU.
+            os.environ.pop("ACCELERATE_USE_CPU", None)
+            kwargs["cpu"] = False
+            PartialState(backend="gloo", timeout=timeout)
+        ds_config = deepspeed_config(plan, plan_path, mbs, gas, world)
+        ds_config["gradient_clipping"] = float(plan["spec"]["training"].get("max_grad_norm", 1.0))
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds_config)
+    accelerator = Accelerator(**kwargs)
+    env_world = int(os.environ.get("WORLD_SIZE", "1"))
+    # Trap 2: a launch that lost the CPU flag runs N unsynchronised single-process jobs; refuse.
+    if not (accelerator.num_processes == env_world == world):
+        raise SetupError("FT0701", expected=world, seen=accelerator.num_processes, env=env_world)
+    return accelerator, ds_config
+
+
+def batch_sizes(plan: dict, out: Path, resume: bool) -> tuple[int, int, list]:
+    """Micro batch and accumulation: the plan's, or (resuming) those an OOM retry recorded."""
+    derived = plan["derived"]
+    mbs, gas = int(derived["micro_batch_size"]), int(derived["gradient_accumulation_steps"])
+    path = out / BATCH_FILE
+    if resume and path.is_file():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return int(data["micro_batch_size"]), int(data["gradient_accumulation_steps"]), data.get("history", [])
+    return mbs, gas, []
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+
+class Metrics:
+    """metrics.jsonl (every log/eval event), and TensorBoard / MLflow when report_to asks. Main process."""
+
+    def __init__(self, out: Path, report_to: list[str], enabled: bool, warn):
+        self.enabled = enabled
+        self.fh = open(out / "metrics.jsonl", "a", encoding="utf-8") if enabled else None
+        self.tb = None
+        self.mlflow = None
+        if not enabled:
+            return
+        if "tensorboard" in report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=str(out / "tensorboard"))
+            except ImportError:
+                warn(make("FT0718", sink="tensorboard"))
+        if "mlflow" in report_to:
+            try:
+                import mlflow
+
+                self.mlflow = mlflow
+                mlflow.start_run(run_name=out.name)
+            except ImportError:
+                warn(make("FT0718", sink="mlflow"))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.fh.write(json.dumps(record, sort_keys=True) + "\n")
+        self.fh.flush()
+        step = record.get("step", 0)
+        for key, value in record.items():
+            if key == "step" or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            if self.tb is not None:
+                self.tb.add_scalar(key, value, step)
+            if self.mlflow is not None:
+                self.mlflow.log_metric(key, value, step=step)
+
+    def close(self) -> None:
+        if self.fh:
+            self.fh.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.mlflow is not None:
+            self.mlflow.end_run()
+
+
+def memory_gib(device: str) -> float:
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**30, 4)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 4)  # KiB -> GiB (peak RSS)
+
+
+def save_final(accelerator, model, tokenizer, spec: dict, source, out: Path, is_main: bool) -> dict:
+    """adapter/ (PEFT format) and/or merged/ as output.save asks; tokenizer/ always. Written into temp
+    folders and renamed, so a crash here never leaves a half adapter that evaluate would load."""
+    method = spec.get("adapter", {}).get("method", "lora")
+    save = spec.get("output", {}).get("save", "adapter")
+    state = accelerator.get_state_dict(model)  # gathers ZeRO-3 / FSDP shards; on every rank
+    written = {}
+    if not is_main:
+        return written
+    unwrapped = accelerator.unwrap_model(model)
+
+    def place(name: str, writer) -> None:
+        tmp = out / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        writer(tmp)
+        target = out / name
+        shutil.rmtree(target, ignore_errors=True)
+        os.rename(tmp, target)
+        written[name] = name
+
+    if method == "full":
+        place("merged", lambda d: (unwrapped.save_pretrained(d, state_dict=state), tokenizer.save_pretrained(d)))
+    else:
+        if save in ("adapter", "both"):
+            place("adapter", lambda d: unwrapped.save_pretrained(d, state_dict=state))
+        if save in ("merged", "both"):
+            place("adapter" if "adapter" not in written else ".adapter-for-merge",
+                  lambda d: unwrapped.save_pretrained(d, state_dict=state))
+            adapter_dir = out / ("adapter" if "adapter" in written else ".adapter-for-merge")
+            place("merged", lambda d: merge_adapter(source, spec, adapter_dir, tokenizer, d))
+            shutil.rmtree(out / ".adapter-for-merge", ignore_errors=True)
+            written.pop(".adapter-for-merge", None)
+    place("tokenizer", lambda d: tokenizer.save_pretrained(d))
+    return written
+
+
+def merge_adapter(source, spec: dict, adapter_dir: Path, tokenizer, target: Path) -> None:
+    """Merge into an unquantized copy of the base (a QLoRA adapter merges into the full-precision base
+    it was trained over, not into 4-bit weights)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if spec.get("training", {}).get("precision") == "bf16" else torch.float32
+    base = AutoModelForCausalLM.from_pretrained(source.path_or_id, revision=source.revision, dtype=dtype,
+                                                trust_remote_code=bool(spec["model"].get("trust_remote_code")))
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+# --- the recipe ---------------------------------------------------------------------------------
+
+
+def run(plan_path: Path, resume: bool) -> int:
+    import torch
+    import torch.nn.functional as F
+    from accelerate.utils import broadcast_object_list, set_seed
+    from ftspec.compiler.plan import read_plan
+
+    plan = read_plan(plan_path)
+    spec, derived = plan["spec"], plan["derived"]
+    training = spec.get("training", {})
+    spec_dir = (plan_path.parent / plan["paths"]["spec_dir"]).resolve()
+    out = (spec_dir / derived["output_dir"]).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    mbs, gas, batch_history = batch_sizes(plan, out, resume)
+    accelerator, ds_config = make_accelerator(plan, plan_path, mbs, gas)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    is_main = accelerator.is_main_process
+    device = derived["device"]
+    started = now()
+    diagnostics: list[Diagnostic] = []
+
+    def warn(diag: Diagnostic) -> None:
+        diagnostics.append(diag)
+        if is_main:
+            log(to_text([diag], lambda *_: None))
+
+    log(f"ftspec: rank {rank}/{world} pid {os.getpid()} on {platform.node()}: {derived['strategy']} "
+        f"on {device}, distributed type {accelerator.distributed_type.value}, micro batch {mbs} x "
+        f"accumulation {gas} x {world} processes")
+
+    ckroot = out / "checkpoints"
+    run_json = out / "run.json"
+    run_info: dict = {
+        "schema_version": 1,
+        "kind": "ftspec-run",
+        "plan_sha256": sha256_file(plan_path),
+        "spec_sha256": plan["metadata"].get("spec_sha256"),
+        "started": started,
+        "ended": None,
+        "exit_status": "running",
+        "world_size": world,
+        "strategy": derived["strategy"],
+        "device": device,
+        "total_steps": int(derived["total_steps"]),
+        "final_step": 0,
+        "resumed_from": None,
+        "batch": {"micro_batch_size": mbs, "gradient_accumulation_steps": gas, "world_size": world,
+                  "effective_batch": mbs * gas * world},
+        "batch_changes": batch_history,
+        "versions": _versions(),
+    }
+    lock_path = plan_path.parent / "lock.json"
+    if is_main:
+        shutil.copyfile(plan_path, out / "plan.json")
+        if lock_path.is_file():
+            shutil.copyfile(lock_path, out / "lock.json")
+            run_info["lock_sha256"] = sha256_file(lock_path)
+        for removed in ckpt.clean_partial(ckroot):
+            log(f"ftspec: removed an unfinished checkpoint write {removed.name}")
+        if not resume:
+            # A fresh run owns its folder: stale checkpoints and metrics of an earlier run would
+            # otherwise be resumed from or plotted.
+            shutil.rmtree(ckroot, ignore_errors=True)
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+        ckpt.write_json_atomic(run_json, run_info)
+
+    # Model and data: the main process first (it may build the built-in model and tokenizes once into
+    # a cache the others then read), the others after it, inside the collective timeout.
+    seed = int(training.get("seed", 42))
+    with accelerator.main_process_first():
+        source = resolve_source(spec["model"], spec_dir)
+        tokenizer = load_tokenizer(source, spec["model"])
+        prepared = cached_prepare(spec, derived, spec_dir, tokenizer, out, source)
+    stats = prepared.stats
+    total_steps = int(derived["total_steps"])
+    schedule = rdata.Schedule(len(prepared.train), mbs, gas, world, seed)
+    planned_per_epoch = int(derived.get("steps_per_epoch") or 0)
+    if planned_per_epoch and schedule.steps_per_epoch != planned_per_epoch:
+        warn(make("FT0722", steps=total_steps, sequences=len(prepared.train),
+                  per_epoch=schedule.steps_per_epoch, planned=f"{planned_per_epoch} steps per epoch"))
+    # total_steps is authoritative (docs/contracts.md): with packing an "epoch" of the plan counts
+    # examples, so the run may pass over the packed rows more often than the spec's epochs say.
+    warmup = int(derived.get("warmup_steps") or 0)
+    run_info["total_steps"] = total_steps
+    run_info["data"] = stats
+
+    set_seed(seed)  # same initial adapter weights on every rank (DDP also broadcasts them)
+    model = load_model(source, spec, device=device, local_rank=accelerator.local_process_index,
+                       ds_config=ds_config)
+    trainable, total = trainable_summary(model)
+    if is_main:
+        log(f"ftspec: {spec['model']['id']}: {trainable:,} trainable of {total:,} parameters "
+            f"({spec.get('adapter', {}).get('method', 'lora')}); {stats['train_sequences']} training sequences, "
+            f"{stats['eval_examples']} eval examples, {total_steps} steps")
+    optimizer = build_optimizer(model, training, device, lambda code, **f: warn(make(code, **f)))
+    scheduler = build_scheduler(optimizer, training, total_steps, int(warmup))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    _register_trainable_hooks(accelerator, is_main)
+
+    # Resume: the newest checkpoint that verifies, chosen by the main process for everyone.
+    start_step, best_eval, bad_evals = 0, math.inf, 0
+    if resume:
+        chosen = [None]
+        if is_main:
+            found = ckpt.latest_valid(ckroot, lambda c, why: warn(make("FT0709", checkpoint=str(c.path), reason=why)))
+            chosen = [str(found.path) if found else None]
+        broadcast_object_list(chosen)
+        if chosen[0] is None:
+            warn(make("FT0710", folder=str(ckroot)))
+        else:
+            path = Path(chosen[0])
+            accelerator.load_state(str(path))
+            state = json.loads((path / ckpt.STATE).read_text(encoding="utf-8"))
+            scheduler.load_state_dict(torch.load(path / "ftspec_scheduler.pt", weights_only=False))
+            start_step = int(state["step"])
+            saved_best = state.get("best_eval_loss")
+            best_eval = math.inf if saved_best is None else float(saved_best)
+            bad_evals = int(state.get("evals_without_improvement", 0))
+            run_info["resumed_from"] = path.name
+            if is_main:
+                _truncate_metrics(out / "metrics.jsonl", start_step)
+            log(f"ftspec: rank {rank} resumed from {path.name} (step {start_step})")
+    else:
+        set_seed(seed, device_specific=True)  # dropout masks differ per rank; restored by load_state on resume
+
+    metrics = Metrics(out, spec.get("output", {}).get("report_to", []), is_main, warn)
+    packed = bool(stats["packing"])
+    pad_id = tokenizer.pad_token_id
+    nan_at = env_int("FTSPEC_INJECT_NAN_AT_STEP")
+    oom_at = env_int("FTSPEC_INJECT_OOM_AT_STEP")
+    crash_at = env_int("FTSPEC_INJECT_CRASH_AT_STEP")
+    crash_rank = env_int("FTSPEC_INJECT_CRASH_RANK")
+    crash_rank = 1 if crash_rank is None else crash_rank
+    delay = float(os.environ.get("FTSPEC_STEP_DELAY_S", "0") or 0)
+    log_every = int(training.get("logging_steps", 10))
+    eval_every = int(training.get("eval_steps", 50))
+    save_every = int(training.get("save_steps", 100))
+    keep = int(training.get("save_total_limit", 3))
+    patience = int(training.get("early_stopping_patience", 0))
+    max_norm = float(training.get("max_grad_norm", 1.0))
+    is_ds = accelerator.distributed_type.value == "DEEPSPEED"
+    dev = accelerator.device
+
+    def reduce_sum(values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=dev)
+        return accelerator.reduce(t, reduction="sum").tolist() if world > 1 else t.tolist()
+
+    def forward_loss_sum(batch):
+        inputs = {k: v.to(dev) for k, v in batch.items() if k != "labels"}
+        labels = batch["labels"].to(dev)
+        logits = model(**inputs, use_cache=False).logits
+        # Sum over trained tokens in fp32; the caller divides by the global count of the whole step,
+        # so every token weighs the same whatever micro batch or rank it landed on.
+        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                               ignore_index=-100, reduction="sum")
+
+    def evaluate() -> float | None:
+        if not prepared.eval:
+            return None
+        model.eval()
+        loss_sum, count = 0.0, 0
+        with torch.no_grad():
+            for chunk in rdata.eval_shards(len(prepared.eval), mbs, world, rank):
+                examples = [prepared.eval[i if i is not None else 0] for i in chunk]
+                batch = rdata.collate(examples, pad_id, packed=False)
+                for row, i in enumerate(chunk):
+                    if i is None:
+                        batch["labels"][row] = -100  # a filler slot: same shapes on every rank, no weight
+                loss_sum += float(forward_loss_sum(batch))
+                count += int((batch["labels"][:, 1:] != -100).sum())
+        model.train()
+        total_sum, total_count = reduce_sum([loss_sum, float(count)])
+        return total_sum / max(total_count, 1.0)
+
+    def save_checkpoint(step: int) -> None:
+        tmp, final = ckpt.temp_dir(ckroot, step), ckpt.final_dir(ckroot, step)
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        if is_main:
+            torch.save(scheduler.state_dict(), tmp / "ftspec_scheduler.pt")
+            state = {"step": step, "epoch": schedule.epoch_of(step), "micro_batch_size": mbs,
+                     "gradient_accumulation_steps": gas, "world_size": world,
+                     "best_eval_loss": best_eval if math.isfinite(best_eval) else None,
+                     "evals_without_improvement": bad_evals, "saved": now()}
+            (tmp / ckpt.STATE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+        accelerator.wait_for_everyone()
+        if is_main:
+            ckpt.seal(tmp, final, step)
+            ckpt.prune(ckroot, keep)
+        accelerator.wait_for_everyone()
+
+    def last_good() -> str:
+        found = ckpt.latest_valid(ckroot)
+        return str(found.path) if found else "none (no checkpoint was saved yet)"
+
+    # --- train ----------------------------------------------------------------------------------
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total_steps, initial=start_step, disable=not is_main, desc="train", unit="step",
+               file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
+    model.train()
+    window = {"loss": 0.0, "tokens": 0.0, "input_tokens": 0.0, "t0": time.monotonic()}
+    step = start_step
+    last_loss = None
+    last_eval = None
+    stopped_early = False
+    status, code = "completed", EXIT_OK
+    try:
+        while step < total_steps:
+            micro = [[prepared.train[i] for i in m] for m in schedule.micro_batches(step, rank)]
+            n_global = reduce_sum([float(sum(rdata.count_trained(b) for b in micro))])[0]
+            scale = world * gas / max(n_global, 1.0)
+            grad_norm = None
+            try:
+                if oom_at is not None and step + 1 == oom_at and rank == 0 and mbs == int(derived["micro_batch_size"]):
+                    raise torch.OutOfMemoryError(f"injected by FTSPEC_INJECT_OOM_AT_STEP={oom_at}")
+                if crash_at is not None and step + 1 == crash_at and rank == crash_rank:
+                    raise RuntimeError(f"injected by FTSPEC_INJECT_CRASH_AT_STEP={crash_at} on rank {rank}")
+                for j, examples in enumerate(micro):
+                    batch = rdata.collate(examples, pad_id, packed)
+                    with accelerator.accumulate(model):
+                        loss_sum = forward_loss_sum(batch)
+                        if nan_at is not None and step + 1 == nan_at and rank == 0 and j == 0:
+                            loss_sum = loss_sum * float("nan")
+                        # Every rank learns whether any rank's loss is not finite before anything is
+                        # applied, so all stop together and the weights stay those of the last step.
+                        bad = reduce_sum([0.0 if torch.isfinite(loss_sum) else 1.0])[0]
+                        if bad:
+                            value = float(loss_sum.detach())
+                            raise StopRun(make("FT0706", value=value if not math.isfinite(value) else "not finite",
+                                               step=step + 1, rank="any" if math.isfinite(value) else rank,
+                                               checkpoint=last_good()), "nan")
+                        accelerator.backward(loss_sum * scale)
+                        if accelerator.sync_gradients:
+                            if is_ds:
+                                grad_norm = accelerator.deepspeed_engine_wrapped.get_global_grad_norm()
+                            else:
+                                grad_norm = accelerator.clip_grad_norm_(
+                                    model.parameters(), max_norm if max_norm > 0 else float("inf"))
+                            optimizer.step()
+                            optimizer.zero_grad(set_to_none=True)
+                        window["loss"] += float(loss_sum.detach())
+                        window["input_tokens"] += float(sum(len(e.input_ids) for e in examples))
+                window["tokens"] += float(sum(rdata.count_trained(b) for b in micro))
+            except torch.OutOfMemoryError as exc:
+                raise _oom(plan, out, step, rank, mbs, gas, batch_history, last_good(), exc) from None
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            if delay:
+                time.sleep(delay)
+            if step % log_every == 0 or step == total_steps:
+                loss_total, tokens, input_tokens = reduce_sum([window["loss"], window["tokens"], window["input_tokens"]])
+                elapsed = max(time.monotonic() - window["t0"], 1e-9)
+                last_loss = loss_total / max(tokens, 1.0)
+                record = {"step": step, "epoch": round(schedule.epoch_of(step), 4), "loss": round(last_loss, 6),
+                          "learning_rate": scheduler.get_last_lr()[0],
+                          "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
+                          "tokens_per_second": round(input_tokens / elapsed, 2), "memory": memory_gib(device),  # GiB: peak allocated (CUDA) or peak RSS (CPU)
+                          "window_tokens": int(input_tokens), "window_seconds": round(elapsed, 4),
+                          "world_size": world, "micro_batch_size": mbs, "gradient_accumulation_steps": gas}
+                metrics.write(record)
+                if is_main:
+                    bar.write(f"ftspec: step {step}/{total_steps} loss {last_loss:.4f} lr {record['learning_rate']:.3g} "
+                              f"{record['tokens_per_second']:.0f} tok/s", file=sys.stderr)
+                window = {"loss": 0.0, "tokens": 0.0, "input_tokens": 0.0, "t0": time.monotonic()}
+            if step % eval_every == 0 or step == total_steps:
+                last_eval = evaluate()
+                if last_eval is not None:
+                    metrics.write({"step": step, "eval_loss": round(last_eval, 6),
+                                   "eval_perplexity": round(math.exp(min(last_eval, 50)), 4), "world_size": world})
+                    if is_main:
+                        bar.write(f"ftspec: step {step} eval loss {last_eval:.4f}", file=sys.stderr)
+                    if last_eval < best_eval:
+                        best_eval, bad_evals = last_eval, 0
+                    else:
+                        bad_evals += 1
+                        if patience and bad_evals >= patience and step < total_steps:
+                            warn(make("FT0719", step=step, best=f"{best_eval:.4f}", patience=patience))
+                            stopped_early = True
+            if step % save_every == 0 or (stopped_early and step % save_every):
+                save_checkpoint(step)
+            if stopped_early:
+                break
+        bar.close()
+        if os.environ.get("FTSPEC_PARAM_DIGEST"):
+            _write_param_digest(accelerator, model, out, rank)
+        written = save_final(accelerator, model, tokenizer, spec, source, out, is_main)
+        run_info["outputs"] = written
+        run_info["final"] = {"loss": last_loss, "eval_loss": last_eval, "best_eval_loss":
+                             best_eval if math.isfinite(best_eval) else None}
+        run_info["stopped_early"] = stopped_early
+    except StopRun as stop:
+        bar.close()
+        diagnostics.append(stop.diagnostic)
+        if is_main or stop.status == "oom":
+            log(to_text([stop.diagnostic], lambda *_: None))
+            _record_failure(plan_path, stop.diagnostic, stop)
+        status, code = stop.status, stop.code
+    finally:
+        metrics.close()
+    run_info.update(exit_status=status, exit_code=code, ended=now(), final_step=step,
+                    diagnostics=[d.to_json() for d in diagnostics])
+    if code == EXIT_OK:  # a failed rank may be gone already: never wait on it
+        accelerator.wait_for_everyone()
+    if is_main:
+        ckpt.write_json_atomic(run_json, run_info)
+        log(f"ftspec: {status} at step {step}/{total_steps}; run folder {out}")
+    return code
+
+
+def _write_param_digest(accelerator, model, out: Path, rank: int) -> None:
+    digest = hashlib.sha256()
+    inner = accelerator.unwrap_model(model)
+    for name, param in sorted(inner.named_parameters()):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
+    folder = out / ERRORS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"params-rank{rank}.txt").write_text(digest.hexdigest() + "\n", encoding="utf-8")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: drop their earlier records."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line).get("step", 0)) <= step:
+                kept.append(line)
+        except (ValueError, AttributeError, TypeError):
+            continue
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _oom(plan, out: Path, step: int, rank: int, mbs: int, gas: int, history: list, last: str, exc) -> StopRun:
+    """Record the halved micro batch for the relaunch (ftspec launch resumes from the last checkpoint)."""
+    policy = plan["spec"]["training"].get("on_oom", "reduce_batch")
+    if policy != "reduce_batch" or mbs <= 1:
+        return StopRun(make("FT0708", step=step + 1, rank=rank, mbs=mbs), "oom")
+    new_mbs, new_gas = mbs // 2, gas * 2  # the same effective batch when mbs is even
+    change = {"step": step + 1, "rank": rank, "from": {"micro_batch_size": mbs, "gradient_accumulation_steps": gas},
+              "to": {"micro_batch_size": new_mbs, "gradient_accumulation_steps": new_gas},
+              "resume_from": last, "error": str(exc)[:300], "time": now()}
+    ckpt.write_json_atomic(out / BATCH_FILE, {"micro_batch_size": new_mbs, "gradient_accumulation_steps": new_gas,
+                                              "history": [*history, change], "pending": True})
+    return StopRun(make("FT0707", step=step + 1, rank=rank, old_mbs=mbs, checkpoint=last, mbs=new_mbs, gas=new_gas),
+                   "oom", EXIT_OOM_RETRY)
+
+
+def cached_prepare(spec: dict, derived: dict, spec_dir: Path, tokenizer, out: Path, source) -> rdata.Prepared:
+    """Tokenize once: the main process (which runs first) writes the result keyed by everything it
+    depends on; the other ranks, and a resumed run, read it instead of tokenizing again."""
+    import torch
+
+    key_data = {"dataset": spec["dataset"], "training": {k: spec.get("training", {}).get(k) for k in
+                ("seed", "loss_on", "packing", "sequence_len")}, "sequence_len": derived.get("sequence_len"),
+                "template": tokenizer.chat_template, "model": source.path_or_id, "files": {}}
+    for path, _f in rdata.train_sources(spec["dataset"]["train"]) + ([(spec["dataset"]["eval"], None)]
+                                                                if spec["dataset"].get("eval") else []):
+        key_data["files"][path] = sha256_file(spec_dir / path)
+    key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    cache = out / ERRORS_DIR / f"data-{key}.pt"
+    if cache.is_file():
+        try:
+            return torch.load(cache, weights_only=False)
+        except Exception:  # a damaged cache is rebuilt, never trusted
+            pass
+    spec_for_data = dict(spec)
+    if not isinstance(spec.get("training", {}).get("sequence_len"), int):
+        spec_for_data["training"] = {**spec["training"], "sequence_len": rdata.resolved_sequence_len(spec, derived)}
+    prepared = rdata.prepare(spec_for_data, spec_dir, tokenizer)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+    torch.save(prepared, tmp)
+    os.replace(tmp, cache)
+    return prepared
+
+
+def _register_trainable_hooks(accelerator, is_main: bool) -> None:
+    """Checkpoints hold only the trainable parameters (the adapter; everything for full fine-tuning)
+    instead of accelerate's default full state dict: an 8B LoRA checkpoint is then megabytes, not
+    16 GB. DeepSpeed and FSDP save their own sharded states and do not call these hooks."""
+    from safetensors.torch import load_file, save_file
+
+    def save_hook(models, weights, output_dir):
+        for i, model in enumerate(models):
+            if is_main:
+                inner = accelerator.unwrap_model(model)
+                state = {n: p.detach().cpu().contiguous() for n, p in inner.named_parameters() if p.requires_grad}
+                save_file(state, os.path.join(output_dir, f"trainable_{i}.safetensors"))
+        weights.clear()
+
+    def load_hook(models, input_dir):
+        for i in range(len(models)):
+            inner = accelerator.unwrap_model(models[i])
+            state = load_file(os.path.join(input_dir, f"trainable_{i}.safetensors"))
+            wanted = {n for n, p in inner.named_parameters() if p.requires_grad}
+            missing = wanted - set(state)
+            if missing:
+                raise RuntimeError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[:3]}")
+            inner.load_state_dict(state, strict=False)
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "peft", "accelerate", "deepspeed", "bitsandbytes", "ftspec"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _record_failure(plan_path: Path, diag: Diagnostic | None, exc: BaseException | None) -> None:
+    """A rank that fails writes its error where `ftspec launch` finds it and shows it."""
+    rank = os.environ.get("RANK", "0")
+    try:
+        plan = json.loads(plan_path.read_text(encoding="utf-8"))
+        spec_dir = (plan_path.parent / plan["paths"]["spec_dir"]).resolve()
+        folder = (spec_dir / plan["derived"]["output_dir"]).resolve() / ERRORS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        text = to_text([diag], lambda *_: None) if diag else "".join(
+            traceback.format_exception(type(exc), exc, exc.__traceback__))
+        (folder / f"error-rank{rank}.txt").write_text(text, encoding="utf-8")
+    except Exception:  # the error itself is already on stderr; never mask it
+        pass
+
+
+def _shutdown(code: int) -> None:
+    """Trap 6: multi-process CPU jobs can abort at interpreter exit after all work is done; leave the
+    process group explicitly, flush, and exit without running interpreter teardown."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ftspec.runtime.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--plan", required=True, help="plan.json of a build folder")
+    parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
+    args = parser.parse_args(argv)
+    plan_path = Path(args.plan).resolve()
+    code = EXIT_FAILED
+    try:
+        code = run(plan_path, args.resume)
+    except (SetupError, rdata.DataError) as exc:
+        diag = make(exc.code, **exc.fields)
+        log(to_text([diag], lambda *_: None))
+        _record_failure(plan_path, diag, exc)
+        code = EXIT_FAILED
+    except StopRun as stop:  # raised outside the loop (OOM before the first step)
+        log(to_text([stop.diagnostic], lambda *_: None))
+        _record_failure(plan_path, stop.diagnostic, stop)
+        code = stop.code
+    except BaseException as exc:  # noqa: BLE001 - any crash: show it, record it, exit non-zero
+        traceback.print_exc()
+        _record_failure(plan_path, None, exc)
+        code = EXIT_FAILED
+    _shutdown(code)
+
+
+if __name__ == "__main__":
+    main()
