@@ -85,7 +85,8 @@ def _child_check(spec_path: str) -> dict:
     from ftspec.compiler import data_fast
 
     size = os.path.getsize(report.summary["files"][0]["file"])
-    parallel = data_fast.AVAILABLE and size >= data_fast.PARALLEL_MIN_BYTES
+    parallel = (data_fast.AVAILABLE and os.environ.get("FTSPEC_DATA_FAST") != "0"
+                and size >= data_fast.PARALLEL_MIN_BYTES)
     return {"seconds": seconds, "records": report.summary["records"]["train"],
             "workers": data_fast.worker_count() if parallel else 1,
             "cpu_seconds": time.process_time(),

@@ -345,13 +345,17 @@ def _scan_range(args: tuple[str, int, int, FastConfig]) -> list[Block]:
     return out
 
 
-def parallel_blocks(path: Path, start: int, size: int, cfg: FastConfig, workers: int) -> Iterator[Block]:
-    """Blocks of [start, size) scanned by `workers` processes, in file order."""
+def start_pool(workers: int):
+    """Worker processes (forked where the platform can: no re-import; start them before any thread)."""
     import multiprocessing
 
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return multiprocessing.get_context(method).Pool(workers)
+
+
+def parallel_blocks(pool, path: Path, start: int, size: int, cfg: FastConfig, workers: int) -> Iterator[Block]:
+    """Blocks of [start, size) scanned by the pool's `workers` processes, in file order."""
     pieces = max(workers * 8, (size - start) // (16 << 20))  # small ranges keep the workers evenly busy
     jobs = [(str(path), a, b, cfg) for a, b in _ranges(path, start, size, pieces)]
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(workers) as pool:
-        for blocks in pool.imap(_scan_range, jobs):
-            yield from blocks
+    for blocks in pool.imap(_scan_range, jobs):
+        yield from blocks

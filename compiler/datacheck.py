@@ -373,12 +373,13 @@ class _Check:
             digest: dict[str, str] = {}
             # The SHA-256 cannot be split across workers: hash the file on the side while they work.
             hasher = threading.Thread(target=lambda: digest.setdefault("sha256", file_sha256(reader.path)))
-            blocks = data_fast.parallel_blocks(reader.path, start, size, cfg, workers)
-            hasher.start()
-            try:
-                clean = self._take_blocks(src_index, blocks, one)
-            finally:
-                hasher.join()
+            with data_fast.start_pool(workers) as pool:  # before the thread: fork copies only this one
+                hasher.start()
+                try:
+                    blocks = data_fast.parallel_blocks(pool, reader.path, start, size, cfg, workers)
+                    clean = self._take_blocks(src_index, blocks, one)
+                finally:
+                    hasher.join()
             reader.sha256 = digest.get("sha256")
             self.parallel_workers = max(self.parallel_workers, workers)
             return clean

@@ -83,9 +83,15 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted(reference, tmp_path):
         assert proc.poll() is None, log.read_text()[-3000:]
         assert time.monotonic() < deadline, "no checkpoint-8 in time"
         time.sleep(0.2)
-    pids = [int(line.split(" pid ")[1].split()[0]) for line in log.read_text().splitlines()
-            if line.startswith("ftspec: rank ") and " pid " in line]
-    assert len(pids) == 2
+
+    def rank_pids() -> list[int]:
+        return [int(line.split(" pid ")[1].split()[0]) for line in log.read_text().splitlines()
+                if line.startswith("ftspec: rank ") and " pid " in line]
+
+    # Each rank's start-up line reaches the log through the launcher's stream: wait for both.
+    while len(pids := rank_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(pids) == 2, log.read_text()[-3000:]
     for pid in pids:  # the whole node goes away: every training process, no chance to clean up
         os.kill(pid, signal.SIGKILL)
     proc.wait(timeout=60)
