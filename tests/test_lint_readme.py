@@ -16,7 +16,7 @@ FIX = "run `ftspec codes --update-readme README.md`"
 def test_first_lines_are_the_install_and_test_commands() -> None:
     lines = README.splitlines()
     assert lines[2] == "```bash"
-    assert lines[3].startswith("bash .ci/setup && .venv/bin/ftspec lint specs/")
+    assert lines[3].startswith("bash .ci/setup && .venv/bin/ftspec run specs/tiny-cpu.yaml")
     assert lines[4].startswith("bash .ci/setup && .venv/bin/python -m pytest")
 
 
