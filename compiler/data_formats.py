@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from .loader import json_kind
+
 FORMATS = ("chatml", "sharegpt", "alpaca")
 
 CHATML_ROLES = ("system", "user", "assistant")
@@ -34,22 +36,6 @@ def detect_format(record: dict) -> str | None:
     if "text" in record:
         return "plain text"
     return None
-
-
-def json_kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 _KEY_OF = {"chatml": "messages", "sharegpt": "conversations", "alpaca": "instruction"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,30 @@ def lint_loaded(spec: LoadedSpec, options: LintOptions | None = None) -> LintRes
             from .rules import cross_field_diagnostics
 
             diags.extend(cross_field_diagnostics(spec, options, schema_diags))
-    return LintResult(spec, sort_diagnostics(_dedupe(diags)))
+    return LintResult(spec, sort_diagnostics(suppressed(spec, _dedupe(diags))))
+
+
+_IGNORE = re.compile(r"#\s*ftspec:\s*ignore\b\s*\[?\s*((?:FT\d{4}[\s,]*)+)\]?")
+
+
+def suppressed(spec: LoadedSpec, diags: list[Diagnostic]) -> list[Diagnostic]:
+    """Drop warnings and infos acknowledged in the spec with `# ftspec: ignore FT0237` on their line.
+
+    The acknowledgement sits in the reviewed file, next to the value, so a reviewer sees it in the
+    diff. Errors cannot be silenced this way: they stop the job for a reason.
+    """
+    if "ftspec:" not in spec.text:
+        return diags
+    ignored: dict[int, set[str]] = {}
+    for number, line in enumerate(spec.text.splitlines(), 1):
+        match = _IGNORE.search(line)
+        if match:
+            ignored[number] = set(re.findall(r"FT\d{4}", match.group(1)))
+    own_file = spec.path
+    return [
+        d for d in diags
+        if d.severity == "error" or d.file != own_file or d.code not in ignored.get(d.line or 0, ())
+    ]
 
 
 def lint_file(path: str | Path, options: LintOptions | None = None) -> LintResult:

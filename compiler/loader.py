@@ -31,6 +31,26 @@ def join_pointer(base: str, token: object) -> str:
     return f"{base}/{escape_pointer_token(token)}"
 
 
+def split_pointer(pointer: str) -> list[str]:
+    """RFC 6901 tokens of `pointer` ("" is the whole document)."""
+    if not pointer:
+        return []
+    return [t.replace("~1", "/").replace("~0", "~") for t in pointer.lstrip("/").split("/")]
+
+
+def get_pointer(data: object, pointer: str, default: object = None) -> object:
+    """The value at `pointer` in plain JSON-like data, or `default` where the path does not exist."""
+    node = data
+    for token in split_pointer(pointer):
+        if isinstance(node, dict) and token in node:
+            node = node[token]
+        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
+            node = node[int(token)]
+        else:
+            return default
+    return node
+
+
 @dataclass
 class LoadedSpec:
     """A parsed spec: plain Python data plus a map from JSON pointer to source positions."""
@@ -62,7 +82,10 @@ class LoadedSpec:
                 line, col = self.value_pos[probe]
                 return Location(self.path, line, col, pointer)
             if not probe:
-                return Location(self.path, 1, 1, pointer)
+                # The document itself: show its first key rather than a comment line above it.
+                tops = [pos for ptr, pos in self.key_pos.items() if ptr.count("/") == 1]
+                line, col = min(tops) if tops else (1, 1)
+                return Location(self.path, line, col, pointer)
             probe = probe.rsplit("/", 1)[0]
             key = True  # a missing child is best shown at its parent's key
 
@@ -129,8 +152,7 @@ def load_text(text: str, path: str) -> LoadedSpec:
         spec.diagnostics.append(make("FT0008", Location(path, 1, 1, ""), detail="nesting too deep"))
         return spec
     if not isinstance(spec.data, dict):
-        kind = type(spec.data).__name__
-        spec.diagnostics.append(make("FT0006", Location(path, 1, 1, ""), kind=_json_type(spec.data, kind)))
+        spec.diagnostics.append(make("FT0006", Location(path, 1, 1, ""), kind=json_kind(spec.data)))
         spec.data = None
     return spec
 
@@ -209,16 +231,21 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _json_type(value: object, fallback: str) -> str:
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, str):
-        return "a string"
+def json_kind(value: object) -> str:
+    """A plain value's JSON kind with its article, for messages: "a list", "an object", "null"."""
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, (int, float)):
         return "a number"
-    return fallback
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 def _yaml_error(exc, path: str, text: str) -> Diagnostic:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import __version__
 from .diagnostics import Diagnostic, has_errors, make
-from .loader import LoadedSpec, join_pointer
+from .loader import LoadedSpec, join_pointer, split_pointer
 
 PLAN_SCHEMA_VERSION = 1
 PLAN_KIND = "ftspec-plan"
@@ -57,13 +57,9 @@ def override_pointer(key: str) -> str:
     return out
 
 
-def _tokens(pointer: str) -> list[str]:
-    return [t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:]]
-
-
 def set_pointer(data: dict, pointer: str, value: object) -> None:
     """Write `value` at `pointer`, creating mappings on the way; list items are addressed by index."""
-    tokens = _tokens(pointer)
+    tokens = split_pointer(pointer)
     if not tokens:
         raise KeyError("an override needs a key")
     node: object = data
@@ -81,18 +77,6 @@ def set_pointer(data: dict, pointer: str, value: object) -> None:
         node[last] = value
     else:
         raise KeyError(f"{pointer}: parent is not a mapping")
-
-
-def get_pointer(data: object, pointer: str, default: object = None) -> object:
-    node = data
-    for token in _tokens(pointer):
-        if isinstance(node, dict) and token in node:
-            node = node[token]
-        elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
-            node = node[int(token)]
-        else:
-            return default
-    return node
 
 
 def apply_overrides(data: dict, overrides: dict | None) -> dict:

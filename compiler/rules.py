@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from .diagnostics import Diagnostic, Location, make
-from .loader import LoadedSpec
+from .loader import LoadedSpec, get_pointer, split_pointer
 
 MISSING = object()
 _INVALID = object()
@@ -33,12 +33,6 @@ _KINDS: dict[str, Callable[[object], bool]] = {
 Rule = Callable[["RuleContext"], Iterable[Diagnostic]]
 
 
-def _tokens(pointer: str) -> list[str]:
-    if not pointer:
-        return []
-    return [t.replace("~1", "/").replace("~0", "~") for t in pointer.lstrip("/").split("/")]
-
-
 @lru_cache(maxsize=512)
 def schema_default(pointer: str) -> object:
     """The schema's `default` for the field at `pointer` (list indices as digits), or MISSING."""
@@ -46,7 +40,7 @@ def schema_default(pointer: str) -> object:
 
     root = load_schema()
     node: object = root
-    for token in _tokens(pointer):
+    for token in split_pointer(pointer):
         node = _deref(node, root) if isinstance(node, dict) else {}
         if token.isdigit() and isinstance(node.get("items"), dict):
             node = node["items"]
@@ -73,15 +67,7 @@ class RuleContext:
     # ---- reading values -------------------------------------------------------------------------
     def raw(self, pointer: str) -> object:
         """The value exactly as written; MISSING when absent (or a parent is not a mapping/list)."""
-        node: object = self.data
-        for token in _tokens(pointer):
-            if isinstance(node, dict) and token in node:
-                node = node[token]
-            elif isinstance(node, list) and token.isdigit() and int(token) < len(node):
-                node = node[int(token)]
-            else:
-                return MISSING
-        return node
+        return get_pointer(self.data, pointer, MISSING)
 
     def given(self, pointer: str) -> bool:
         return self.raw(pointer) is not MISSING
@@ -93,7 +79,7 @@ class RuleContext:
 
     def _lookup(self, pointer: str) -> object:
         node: object = self.data
-        for token in _tokens(pointer):
+        for token in split_pointer(pointer):
             if isinstance(node, dict):
                 if token not in node:
                     return schema_default(pointer)

@@ -353,7 +353,7 @@ def build(folder: Path) -> dict:
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_value = float(loss)
+            loss_value = float(loss.detach())
         model.eval()
         model.generation_config = GenerationConfig(
             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False,

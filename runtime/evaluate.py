@@ -545,6 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="metrics JSON to write (predictions.jsonl goes beside it)")
     parser.add_argument("--lm-eval", default="", help="comma-separated lm-eval-harness tasks (optional extra)")
     args = parser.parse_args(argv)
+    from .quiet import quiet_known_noise
+
+    quiet_known_noise()
     try:
         folder = open_run(args.run)
         started = time.monotonic()

@@ -734,6 +734,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plan", required=True, help="plan.json of a build folder")
     parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     args = parser.parse_args(argv)
+    from .quiet import quiet_known_noise
+
+    quiet_known_noise()
     plan_path = Path(args.plan).resolve()
     code = EXIT_FAILED
     try:

@@ -84,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
         diagnostics.extend(pins.diagnostics)
         sections["pins"] = pins.to_json()
         texts.append(pins.text())
-    diagnostics = sort_diagnostics(diagnostics)
+    from ..lint import suppressed
+
+    diagnostics = sort_diagnostics(suppressed(spec, diagnostics))
     emit(diagnostics, args.format, sources, text_extra="\n\n".join(t for t in texts if t) + "\n", **sections)
     return 1 if any(d.severity == "error" for d in diagnostics) else 0
 
