@@ -68,9 +68,9 @@ class Check:
     def to_json(self) -> dict:
         out = asdict(self)
         out["higher_is_better"] = self.higher_is_better
-        out["gain"] = _finite_or_none(self.gain)
+        out["gain"] = json_number(self.gain)
         for key in ("base", "finetuned", "difference"):
-            out[key] = _finite_or_none(out[key])
+            out[key] = json_number(out[key])
         out["status"] = "pass" if self.passed else "fail"
         return out
 
@@ -104,10 +104,12 @@ class GateResult:
         return sorted({c.index for c in self.checks if not c.passed})
 
 
-def _finite_or_none(value: float | None) -> float | None:
-    if value is None or math.isnan(value) or math.isinf(value):
+def json_number(value: float | None) -> float | str | None:
+    """A value for report.json: JSON has no NaN or Infinity, and null means "not measured", so a value
+    that is not finite is written as metrics.json writes it: "nan", "inf" or "-inf"."""
+    if value is None:
         return None
-    return value
+    return value if math.isfinite(value) else str(float(value))
 
 
 def _fmt(value: float | None) -> str:
@@ -156,7 +158,7 @@ def judge_rule(index: int, rule: dict, base: dict, finetuned: dict, measured: di
             elif kind == "max_drop_from_base":
                 drop = -gain
                 passed = drop <= t + EPS
-                detail = (f"{label}: fine-tuned {_fmt(f)} vs base {_fmt(b)}, drop {_fmt(max(drop, 0.0))} "
+                detail = (f"{label}: fine-tuned {_fmt(f)} vs base {_fmt(b)}, drop {_fmt(max(drop, 0.0) + 0.0)} "
                           f"({'within' if passed else 'beyond'} the allowed {_fmt(t)})")
             elif kind == "min":
                 passed = f >= t - EPS
@@ -241,7 +243,7 @@ def judge(
         errors = [d for d in findings if d.severity == "error"]
         result.integrity.append(IntegrityCheck(
             "eval_data", False if errors else (None if findings else True),
-            "; ".join(d.message for d in findings) or "eval files match the lock",
+            "; ".join(d.message for d in findings) or "eval and train files match the lock",
         ))
         diags.extend(findings)
     return result

@@ -48,55 +48,111 @@ def _encode(key: str) -> bytes:
 
 
 try:  # 128-bit keys: collisions are negligible even across billions of records
-    from xxhash import xxh3_128_intdigest as _xxh3_128
+    from xxhash import xxh3_128_digest as _xxh3_128
 except ImportError:  # pragma: no cover - depends on the environment
     _xxh3_128 = None
 
-
-def hash_bytes(keys: Iterable[bytes]) -> list[int]:
-    """128-bit hashes of UTF-8 dedup keys, stable across processes (unlike hash())."""
-    if _xxh3_128 is not None:
-        return list(map(_xxh3_128, keys))
-    return [int.from_bytes(hashlib.blake2b(k, digest_size=16).digest(), "little") for k in keys]
+DIGEST = 16  # bytes of one key hash
 
 
-def hash_keys(keys: Iterable[str]) -> list[int]:
-    return hash_bytes(map(_encode, keys))
+def _blake2b_16(key: bytes) -> bytes:
+    return hashlib.blake2b(key, digest_size=DIGEST).digest()
+
+
+def hash_bytes(keys: Iterable[bytes]) -> bytes:
+    """128-bit hashes of UTF-8 dedup keys, concatenated (16 bytes a key), stable across processes
+    (unlike hash()). One bytes object rather than a list of ints: a worker sends it to the parent as
+    one buffer, and the parent finds duplicates with numpy instead of a dict of a million ints."""
+    return b"".join(map(_xxh3_128 or _blake2b_16, keys))
+
+
+def hash_keys(keys: Iterable[str]) -> list[bytes]:
+    """The 16-byte hash of each key."""
+    return list(map(_xxh3_128 or _blake2b_16, map(_encode, keys)))
 
 
 _SOURCE_SHIFT = 40  # a place packed into one int: source index above, line below
+_LINE_MASK = (1 << _SOURCE_SHIFT) - 1
+
+
+def _unpack(packed: int) -> Where:
+    return packed >> _SOURCE_SHIFT, packed & _LINE_MASK
 
 
 @dataclass
 class ExactDedup:
-    """Whitespace-normalised exact duplicates: key hash -> first place, packed as one int to keep
-    memory at a few dozen bytes a record."""
+    """Whitespace-normalised exact duplicates, in one of two modes.
 
-    seen: dict[int, int] = field(default_factory=dict)
+    Immediate (`deferred=False`): key hash -> first place (packed as one int) in a dict, and `add`
+    answers at once; needed when a later check depends on the answer (near duplicates skip exact ones).
+    Deferred: hashes and places are only appended, in the order records are read, as flat buffers (24
+    bytes a record, no Python object per record); `resolve()` finds every duplicate at the end with one
+    numpy sort. Both give the same duplicates, each with the first place its key was seen, in read order.
+    """
+
+    deferred: bool = False
+    seen: dict[bytes, int] = field(default_factory=dict)
     count: int = 0
+    _digests: list[bytes] = field(default_factory=list)  # deferred: chunks of 16-byte hashes
+    _places: list = field(default_factory=list)  # deferred: packed places (numpy int64 arrays or lists)
+    _one_digests: list[bytes] = field(default_factory=list)  # deferred: single adds not yet in a chunk
+    _one_places: list[int] = field(default_factory=list)
 
     def add(self, key: str, where: Where) -> Where | None:
-        """Record `key`; the first place it was seen when it is a duplicate, else None."""
-        return self.add_hash(hash_keys((key,))[0], where)
-
-    def add_hash(self, h: int, where: Where) -> Where | None:
+        """Record `key`; the first place it was seen when it is a duplicate, else None (always None
+        when deferred: `resolve()` reports duplicates)."""
+        h = hash_keys((key,))[0]
         packed = where[0] << _SOURCE_SHIFT | where[1]
+        if self.deferred:
+            self._one_digests.append(h)
+            self._one_places.append(packed)
+            return None
         first = self.seen.setdefault(h, packed)
         if first == packed:
             return None
         self.count += 1
-        return first >> _SOURCE_SHIFT, first & ((1 << _SOURCE_SHIFT) - 1)
+        return _unpack(first)
 
-    def add_hashes(self, hashes: Iterable[int], source: int, lines: Iterable[int]) -> list[tuple[int, Where]]:
-        """Record many (hash, line) of one source in order; (position, first place) of each duplicate."""
-        base = source << _SOURCE_SHIFT
-        setdefault = self.seen.setdefault
-        out = []
-        for k, (h, line) in enumerate(zip(hashes, lines, strict=True)):
-            packed = base | line
-            first = setdefault(h, packed)
+    def _flush_ones(self) -> None:
+        if self._one_places:
+            self._digests.append(b"".join(self._one_digests))
+            self._places.append(self._one_places)
+            self._one_digests, self._one_places = [], []
+
+    def add_block(self, digests: bytes, source: int, lines) -> None:
+        """Deferred mode: many records of one source in read order; `digests` holds 16 bytes a record,
+        `lines` their 1-based lines (a numpy integer array)."""
+        import numpy as np
+
+        self._flush_ones()
+        self._digests.append(digests)
+        self._places.append(np.asarray(lines, np.int64) | np.int64(source << _SOURCE_SHIFT))
+
+    def resolve(self) -> list[tuple[Where, Where]]:
+        """Deferred mode: (place, first place of its key) of every duplicate, in read order; the buffers
+        are released."""
+        import numpy as np
+
+        self._flush_ones()
+        if not self._digests:
+            return []
+        keys = np.frombuffer(b"".join(self._digests), np.uint64).reshape(-1, 2)
+        places = np.concatenate([np.asarray(p, np.int64) for p in self._places])
+        self._digests, self._places = [], []
+        # Sort on the first 64 bits only (fast); rows sharing them are few (the duplicates, and a
+        # chance collision once in ~2^64 pairs), and those are settled exactly on all 128 bits below.
+        order = np.argsort(keys[:, 0])
+        high = keys[order, 0]
+        same = np.flatnonzero(high[1:] == high[:-1])
+        if same.size == 0:
+            return []
+        rows = np.sort(order[np.union1d(same, same + 1)])  # in read order
+        seen: dict[tuple[int, int], int] = {}
+        out: list[tuple[Where, Where]] = []
+        for (a, b), packed in zip(keys[rows].tolist(), places[rows].tolist(), strict=True):
+            first = seen.setdefault((a, b), packed)
             if first != packed:
-                out.append((k, (first >> _SOURCE_SHIFT, first & ((1 << _SOURCE_SHIFT) - 1))))
+                out.append((_unpack(packed), _unpack(first)))
         self.count += len(out)
         return out
 

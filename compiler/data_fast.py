@@ -115,7 +115,7 @@ class Block:
 
     nlines: int
     lines: list[int] | range  # 0-based line in the block of each clean record, ascending
-    hashes: list[int]  # exact-duplicate key hash of each clean record (data_dedup.hash_keys)
+    hashes: bytes  # exact-duplicate key hash of each clean record, 16 bytes each (data_dedup.hash_bytes)
     hist: Counter  # token length -> clean records, less those in `over`
     trained: int  # trained tokens of those records
     over: dict[int, tuple[int, list[tuple[int, int]]]]  # clean index -> (length, segments), added one by one
@@ -175,7 +175,7 @@ def _scan(lines: list[bytes], cfg: FastConfig, forced: set[int], escapes: bool) 
     slow = [(i, lines[i]) for i in bad if lines[i].strip()]  # blank lines are no records
     n = len(good)
     if n == 0:
-        return Block(len(lines), good, [], Counter(), 0, {}, 0, {True: [], False: []}, [], slow)
+        return Block(len(lines), good, b"", Counter(), 0, {}, 0, {True: [], False: []}, [], slow)
 
     # Turn j of the block is flat[j + 1] (after the lead entry); the end markers count as turns here.
     letters = "".join(map(_LETTER.__getitem__, map(_ROLE, flat)))  # "|sua|ua|": a letter a turn
@@ -237,7 +237,7 @@ def _scan(lines: list[bytes], cfg: FastConfig, forced: set[int], escapes: bool) 
     if suspects:
         return {good[k] for k in suspects}
 
-    hashes: list[int] = []
+    hashes = b""
     if cfg.dedup and simple:  # data_dedup.dedup_key of every record (all have the usual role order)
         # record k's key is text from its first turn to the " \x00 " before its end marker: hash slices
         first = starts[np.concatenate(([0], ends[:-1] + 1))].tolist()

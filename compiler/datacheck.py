@@ -13,13 +13,11 @@ import math
 import os
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import add
 from pathlib import Path
 
 from . import chat_templates as ct
 from . import data_fast
-from .data_dedup import Contamination, ExactDedup, NearDedup, dedup_key, words_of
+from .data_dedup import DIGEST, Contamination, ExactDedup, NearDedup, dedup_key, words_of
 from .data_formats import LeakScanner, Messages, Problem, check_record
 from .data_io import DataFileError, RecordReader, file_sha256, parse_line
 from .data_lengths import CHARS_PER_TOKEN, Estimator, LengthStats, token_segments
@@ -128,7 +126,10 @@ class _Check:
         self.system_without = 0
         self.system_lines: dict[bool, list[tuple[int, int]]] = {True: [], False: []}
         self.dedup_mode = self.checks.get("dedup", "exact")
-        self.exact = ExactDedup() if self.dedup_mode in ("exact", "near") else None
+        # Near duplicates skip records that are exact ones, so they need each answer at once; else
+        # duplicates are found in bulk after the pass (data_dedup.ExactDedup, deferred mode).
+        self.exact = (ExactDedup(deferred=self.dedup_mode == "exact" and data_fast.np is not None)
+                      if self.dedup_mode in ("exact", "near") else None)
         self.near = (NearDedup(float(self.checks.get("near_dup_threshold", 0.9)))
                      if self.dedup_mode == "near" else None)
         self.dup_pairs: list[tuple[tuple[int, int], tuple[int, int], str]] = []
@@ -238,6 +239,9 @@ class _Check:
         order += [i for i, s in enumerate(self.sources) if s.split == "train"]
         for index in order:
             self._scan(index)
+        if self.exact is not None and self.exact.deferred:
+            for where, first in self.exact.resolve():  # in read order, as the immediate mode reports them
+                self._duplicate(where, first, "exact")
         self._flush_tokens()
         return self._finish()
 
@@ -415,10 +419,11 @@ class _Check:
         if a >= b:
             return
         lines = block.lines
-        if self.exact is not None:
-            places = map(add, lines[a:b], repeat(base))
-            for k, first in self.exact.add_hashes(block.hashes[a:b], src_index, places):
-                self._duplicate((src_index, base + lines[a + k]), first, "exact")
+        if self.exact is not None:  # deferred mode (the fast path runs without near duplicates)
+            part, np = lines[a:b], data_fast.np
+            places = (np.arange(base + part.start, base + part.stop) if isinstance(part, range)
+                      else np.asarray(part, np.int64) + base)
+            self.exact.add_block(block.hashes[a * DIGEST : b * DIGEST], src_index, places)
         if self.policy == "consistent":
             for flag in (True, False):
                 kept = self.system_lines[flag]

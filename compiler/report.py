@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import __version__
-from .acceptance import GateResult
+from .acceptance import GateResult, json_number
 from .diagnostics import Diagnostic
 
 REPORT_KIND = "ftspec-report"
@@ -50,6 +50,26 @@ def read_curves(metrics_jsonl: Path) -> dict[str, list[list[float]]]:
         "train_loss": [[s, train[s]] for s in sorted(train)],
         "eval_loss": [[s, evals[s]] for s in sorted(evals)],
     }
+
+
+def _value(value: object) -> float | str | None:
+    """A measured value for report.json: a number, "nan"/"inf"/"-inf" (see acceptance.json_number), or
+    None when it was not measured."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return json_number(float(value))
+
+
+def _as_float(value: object) -> float | None:
+    """The inverse of _value, for arithmetic in the templates' context."""
+    if isinstance(value, str):
+        return float(value)
+    return None if value is None else float(value)
 
 
 def _clean(value: object) -> float | None:
@@ -136,8 +156,8 @@ def build_report(
         "summary": summary,
         "models": {"base": str((spec.get("model") or {}).get("id", "")), "finetuned": finetuned},
         "metrics": {
-            "base": {m: _clean((values.get("base") or {}).get(m)) for m in ACCEPTANCE_METRICS},
-            "finetuned": {m: _clean((values.get("finetuned") or {}).get(m)) for m in ACCEPTANCE_METRICS},
+            "base": {m: _value((values.get("base") or {}).get(m)) for m in ACCEPTANCE_METRICS},
+            "finetuned": {m: _value((values.get("finetuned") or {}).get(m)) for m in ACCEPTANCE_METRICS},
             "measured": {k: str(v) for k, v in (metrics.get("measured") or {}).items()},
             "counts": {k: int(v) for k, v in (metrics.get("counts") or {}).items()},
         },
@@ -223,9 +243,17 @@ def loss_chart(curves: dict, width: int = 640, height: int = 260) -> dict | None
 # --- rendering ----------------------------------------------------------------------------------
 
 def fmt_value(value: object, digits: int = 4) -> str:
+    """n/a: not measured; NaN/inf: measured, not finite (report.json writes those as strings)."""
     if value is None:
         return "n/a"
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return value
     if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
         return f"{value:.{digits}g}"
     return str(value)
 
@@ -233,7 +261,8 @@ def fmt_value(value: object, digits: int = 4) -> str:
 def fmt_signed(value: object) -> str:
     if value is None:
         return "n/a"
-    return ("+" if value >= 0 else "") + fmt_value(value)
+    number = float(value) if isinstance(value, str) else value
+    return ("+" if number >= 0 else "") + fmt_value(number)
 
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~@&])")
@@ -246,6 +275,18 @@ def md_cell(text: object, limit: int = 160) -> str:
     if limit and len(one_line) > limit:
         one_line = one_line[: limit - 3] + "..."
     return _MD_SPECIAL.sub(r"\\\1", one_line)
+
+
+def md_inline(text: object, limit: int = 160) -> str:
+    """Untrusted text as an inline code span: backslash escapes are literal inside code spans (a model
+    id `org/my_model` would show as `my\\_model`), so the span's fence outgrows any backtick run instead."""
+    body = " ".join(str(text).split())
+    if limit and len(body) > limit:
+        body = body[: limit - 3] + "..."
+    fence = "`" * (max((len(m) for m in re.findall(r"`+", body)), default=0) + 1)
+    if body.startswith("`") or body.endswith("`"):
+        body = f" {body} "
+    return f"{fence}{body}{fence}"
 
 
 def md_code(text: object) -> str:
@@ -266,6 +307,7 @@ def _environment(autoescape: bool):
     env.filters["signed"] = fmt_signed
     env.filters["md_cell"] = md_cell
     env.filters["md_code"] = md_code
+    env.filters["md_inline"] = md_inline
     return env
 
 
@@ -280,12 +322,12 @@ def _context(report: dict) -> dict:
     measured = report["metrics"]["measured"]
     rows = []
     for metric in ACCEPTANCE_METRICS:
-        b, f = report["metrics"]["base"].get(metric), report["metrics"]["finetuned"].get(metric)
+        b, f = _as_float(report["metrics"]["base"].get(metric)), _as_float(report["metrics"]["finetuned"].get(metric))
         if b is None and f is None:
             continue
         diff = None if b is None or f is None else f - b
         better = None
-        if diff is not None and diff != 0:
+        if diff is not None and diff != 0 and not math.isnan(diff):
             better = (diff > 0) == (metric not in ("eval_loss", "perplexity"))
         rows.append({"metric": labels[metric], "measured": measured.get(metric, ""), "base": b, "finetuned": f,
                      "difference": diff, "better": better})

@@ -103,6 +103,9 @@ def open_run(run_dir: str | os.PathLike) -> RunFolder:
         raise RunFolderError("FT0805", f"{path / 'plan.json'} holds no resolved spec")
     run = _read_json(path / "run.json", "written when training ends")
     status = run.get("exit_status", run.get("status"))
+    if status == "running":
+        raise RunFolderError("FT0806", "run.json says it is still running: wait for `ftspec launch` to end, "
+                                       "or, if it was killed, resume it")
     if status not in OK_STATUSES:
         raise RunFolderError("FT0806", f"run.json says exit status {status!r}")
     if not (path / "adapter").is_dir() and not (path / "merged").is_dir():
@@ -111,6 +114,22 @@ def open_run(run_dir: str | os.PathLike) -> RunFolder:
     if (path / "lock.json").is_file():
         lock = _read_json(path / "lock.json", "the compile lock")
     return RunFolder(path=path, plan=plan, run=run, lock=lock, spec_dir=locate_spec_dir(path, plan))
+
+
+def train_files(spec: dict) -> list[tuple[str, str, str]]:
+    """(role, pointer, path as written) of the training files: the eval/train overlap is measured on
+    them, so a train file edited after the run (say, leaked eval rows removed) would clear a model that
+    trained on contaminated data."""
+    train = (spec.get("dataset") or {}).get("train")
+    if isinstance(train, str):
+        return [("train", "/dataset/train", train)]
+    out = []
+    for i, entry in enumerate(train if isinstance(train, list) else []):
+        if isinstance(entry, str):
+            out.append(("train", f"/dataset/train/{i}", entry))
+        elif isinstance(entry, dict) and isinstance(entry.get("path"), str):
+            out.append(("train", f"/dataset/train/{i}/path", entry["path"]))
+    return out
 
 
 def eval_files(spec: dict) -> list[tuple[str, str, str]]:
@@ -157,8 +176,9 @@ def _locked_digest(lock: dict, written: str, resolved: Path, spec_dir: Path) -> 
 
 
 def check_eval_data(folder: RunFolder, locate=None) -> list[Diagnostic]:
-    """Eval, regression and schema files against lock.json: FT0804 on a changed file, FT0809 without a
-    lock, FT0813 for a file the lock does not cover."""
+    """Eval, regression, schema and train files against lock.json: FT0804 on a changed file, FT0809
+    without a lock, FT0813 for an eval file the lock does not cover (train files the lock does not name
+    are not reported: the overlap check reads them, the task score does not)."""
     from .diagnostics import Location
 
     locate = locate or (lambda pointer: Location(pointer=pointer))
@@ -168,10 +188,12 @@ def check_eval_data(folder: RunFolder, locate=None) -> list[Diagnostic]:
     if folder.lock is None:
         return [make("FT0809", locate("/dataset"))]
     out = []
-    for role, pointer, written in files:
+    for role, pointer, written in files + train_files(folder.spec):
         resolved = folder.data_path(written)
         expected = _locked_digest(folder.lock, written, resolved, folder.spec_dir)
         if expected is None:
+            if role == "train":
+                continue
             out.append(make("FT0813", locate(pointer), role=role, path=written))
             continue
         try:

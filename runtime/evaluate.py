@@ -35,6 +35,8 @@ from ftspec.compiler.run_folder import RunFolder, RunFolderError, open_run
 METRICS_KIND = "ftspec-eval-metrics"
 METRICS_SCHEMA_VERSION = 1
 # Turn terminators of common chat formats: generation stops at whichever of them the template uses.
+# The weight files PEFT's save_pretrained writes (safetensors by default, .bin when asked).
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 TERMINATORS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<|endoftext|>", "<end_of_turn>")
 
 
@@ -203,9 +205,13 @@ def load_base(folder: RunFolder):
 
 def finetuned_source(folder: RunFolder) -> str:
     """adapter/ (PEFT) when present, else merged/: what `ftspec evaluate` judges as the fine-tuned model."""
-    if (folder.path / "adapter" / "adapter_config.json").is_file():
+    adapter, merged = folder.path / "adapter", folder.path / "merged"
+    if (adapter / "adapter_config.json").is_file():
+        # Checked here, before minutes of base-model generation, so a half-copied adapter is one line.
+        if not any((adapter / name).is_file() for name in ADAPTER_WEIGHTS):
+            raise EvalError(f"{adapter} holds adapter_config.json but no weights ({' or '.join(ADAPTER_WEIGHTS)})")
         return "adapter"
-    if (folder.path / "merged" / "config.json").is_file():
+    if (merged / "config.json").is_file():
         return "merged"
     raise EvalError(f"{folder.path} holds no loadable adapter/ (adapter_config.json) or merged/ (config.json)")
 
@@ -426,6 +432,7 @@ def measure(folder: RunFolder, *, lm_eval: list[str] | None = None) -> tuple[dic
     regression_cfg = evaluation.get("regression") or {}
     notes: list[str] = []
 
+    finetuned_source(folder)  # fail before generating with the base model, not after
     schema = _load_json_schema(folder, task_cfg.get("json_schema"))
     task_metric = task_cfg.get("metric", "exact_match")
     task_scorer = M.scorer(task_metric, json_schema=schema, regex=task_cfg.get("regex"))
@@ -554,6 +561,11 @@ def main(argv: list[str] | None = None) -> int:
         document, predictions = measure(folder, lm_eval=[t for t in args.lm_eval.split(",") if t])
     except (RunFolderError, EvalError) as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a model that will not load or generate: one line, the traceback on request
+        if os.environ.get("FTSPEC_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"evaluate: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

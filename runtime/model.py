@@ -87,7 +87,8 @@ def weight_dtype(precision: str):
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def load_model(source: ModelSource, spec: dict, *, device: str, local_rank: int, ds_config: dict | None):
+def load_model(source: ModelSource, spec: dict, *, device: str, local_rank: int, ds_config: dict | None,
+               strategy: str = "single"):
     """The base model (quantized for qlora), with the adapter attached and gradient checkpointing set."""
     from transformers import AutoModelForCausalLM
 
@@ -107,8 +108,15 @@ def load_model(source: ModelSource, spec: dict, *, device: str, local_rank: int,
 
         keep_alive = HfDeepSpeedConfig(ds_config)
     if method == "qlora":
-        kwargs["quantization_config"] = quantization_config(adapter.get("quantization") or {})
-        kwargs["device_map"] = {"": "cpu" if device == "cpu" else local_rank}
+        sharded = keep_alive is not None or strategy == "fsdp"
+        # ZeRO-3 and FSDP shard the 4-bit weights themselves: transformers refuses a device_map
+        # under ZeRO-3 ("not compatible with passing a device_map"), and both need the packed
+        # 4-bit data stored in the dtype of the other weights (bnb_4bit_quant_storage) so that
+        # they can be flattened and partitioned with them. DDP places the whole model per rank.
+        kwargs["quantization_config"] = quantization_config(
+            adapter.get("quantization") or {}, storage=kwargs["dtype"] if sharded else None)
+        if not sharded:
+            kwargs["device_map"] = {"": "cpu" if device == "cpu" else local_rank}
     model = AutoModelForCausalLM.from_pretrained(source.path_or_id, **kwargs)
     model.config.use_cache = False
     gradient_checkpointing = bool(training.get("gradient_checkpointing", False))
@@ -143,18 +151,20 @@ def load_model(source: ModelSource, spec: dict, *, device: str, local_rank: int,
     return model
 
 
-def quantization_config(quant: dict):
+def quantization_config(quant: dict, storage=None):
     import torch
     from transformers import BitsAndBytesConfig
 
     compute = getattr(torch, TORCH_DTYPES[quant.get("compute_dtype", "bf16")])
     if int(quant.get("bits", 4)) == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
+    extra = {"bnb_4bit_quant_storage": storage} if storage is not None else {}
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=quant.get("quant_type", "nf4"),
         bnb_4bit_use_double_quant=bool(quant.get("double_quant", True)),
         bnb_4bit_compute_dtype=compute,
+        **extra,
     )
 
 

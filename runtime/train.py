@@ -44,6 +44,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from ftspec.compiler.diagnostics import Diagnostic, make
+from ftspec.compiler.launch import previous_run
 from ftspec.compiler.reporters import to_text
 from ftspec.runtime import checkpoint as ckpt
 from ftspec.runtime import data as rdata
@@ -304,6 +305,14 @@ def run(plan_path: Path, resume: bool) -> int:
 
     ckroot = out / "checkpoints"
     run_json = out / "run.json"
+    if not resume:
+        # Never replace an earlier run's checkpoints or model silently (also when started through
+        # launch.sh, not `ftspec launch`). Every rank looks before the barrier, and nothing is
+        # written before it, so all ranks see the same folder and stop together.
+        found = previous_run(out)
+        accelerator.wait_for_everyone()
+        if found:
+            raise SetupError("FT0723", folder=str(out), found="; ".join(found))
     run_info: dict = {
         "schema_version": 1,
         "kind": "ftspec-run",
@@ -360,7 +369,7 @@ def run(plan_path: Path, resume: bool) -> int:
 
     set_seed(seed)  # same initial adapter weights on every rank (DDP also broadcasts them)
     model = load_model(source, spec, device=device, local_rank=accelerator.local_process_index,
-                       ds_config=ds_config)
+                       ds_config=ds_config, strategy=derived["strategy"])
     trainable, total = trainable_summary(model)
     if is_main:
         log(f"ftspec: {spec['model']['id']}: {trainable:,} trainable of {total:,} parameters "
@@ -381,6 +390,8 @@ def run(plan_path: Path, resume: bool) -> int:
         broadcast_object_list(chosen)
         if chosen[0] is None:
             warn(make("FT0710", folder=str(ckroot)))
+            if is_main:  # starting from step 0: the earlier attempt's records would repeat every step
+                _truncate_metrics(out / "metrics.jsonl", 0)
         else:
             path = Path(chosen[0])
             accelerator.load_state(str(path))
@@ -639,7 +650,11 @@ def cached_prepare(spec: dict, derived: dict, spec_dir: Path, tokenizer, out: Pa
                 "template": tokenizer.chat_template, "model": source.path_or_id, "files": {}}
     for path, _f in rdata.train_sources(spec["dataset"]["train"]) + ([(spec["dataset"]["eval"], None)]
                                                                 if spec["dataset"].get("eval") else []):
-        key_data["files"][path] = sha256_file(spec_dir / path)
+        try:
+            key_data["files"][path] = sha256_file(spec_dir / path)
+        except OSError as exc:  # the file moved or vanished since compile
+            raise rdata.DataError("FT0711", file=str(spec_dir / path), line=0,
+                                  detail=exc.strerror or str(exc)) from None
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache = out / ERRORS_DIR / f"data-{key}.pt"
     if cache.is_file():
@@ -661,8 +676,15 @@ def cached_prepare(spec: dict, derived: dict, spec_dir: Path, tokenizer, out: Pa
 def _register_trainable_hooks(accelerator, is_main: bool) -> None:
     """Checkpoints hold only the trainable parameters (the adapter; everything for full fine-tuning)
     instead of accelerate's default full state dict: an 8B LoRA checkpoint is then megabytes, not
-    16 GB. DeepSpeed and FSDP save their own sharded states and do not call these hooks."""
+    16 GB. DeepSpeed and FSDP checkpoints hold their own (sharded) model states: no hooks there."""
+    from accelerate.utils import DistributedType
     from safetensors.torch import load_file, save_file
+
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        # accelerate calls the save hooks for these too, but their checkpoint already holds the
+        # model; a second copy from named_parameters would be empty ZeRO-3 partitions, or rank 0's
+        # FSDP shards, or (full fine-tuning under ZeRO-1/2) the whole model again.
+        return
 
     def save_hook(models, weights, output_dir):
         for i, model in enumerate(models):

@@ -1,5 +1,6 @@
 """The acceptance gate (compiler/acceptance.py): rules x measured values -> verdicts and diagnostics."""
 
+import json
 import math
 
 import pytest
@@ -120,4 +121,13 @@ def test_check_to_json_is_json_safe():
     values = {"base": {"perplexity": 10.0}, "finetuned": {"perplexity": math.inf}}
     (row,) = gate([{"metric": "perplexity", "max": 20}], values).checks
     data = row.to_json()
-    assert data["finetuned"] is None and data["status"] == "fail" and data["higher_is_better"] is False
+    json.dumps(data, allow_nan=False)
+    # Not null: null means "not measured"; an infinite perplexity was measured, and the report says so.
+    assert data["finetuned"] == "inf" and data["difference"] == "inf" and data["gain"] == "-inf"
+    assert data["status"] == "fail" and data["higher_is_better"] is False
+
+
+def test_unchanged_value_shows_no_negative_zero_drop():
+    (row,) = gate([{"metric": "regression", "max_drop_from_base": 0.1}],
+                  {"base": {"regression": 0.0}, "finetuned": {"regression": 0.0}}).checks
+    assert row.passed and "drop 0 " in row.detail and "-0" not in row.detail

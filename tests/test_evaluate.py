@@ -181,6 +181,22 @@ def test_changed_adapter_changes_the_numbers_and_reuse_regates(tmp_path, tiny_mo
     proc = _evaluate(run, "--reuse-metrics")
     assert proc.returncode == 1
     assert "FT0804" in proc.stdout and "data/eval.jsonl changed since it was locked" in proc.stdout
+    # Evaluating again never loses the earlier report silently: it is kept in eval/previous/.
+    assert "previous evaluation (status PASS) was copied to" in proc.stderr
+    previous = json.loads((run / "eval/previous/report.json").read_text())
+    assert previous["status"] == "pass" and (run / "eval/previous/metrics.json").is_file()
+    assert json.loads((run / "eval/report.json").read_text())["status"] == "fail"
+
+
+def test_adapter_without_weights_is_one_line_and_exit_2(tmp_path, tiny_model_dir):
+    run = make_run(tmp_path, tiny_model_dir, acceptance=[{"metric": "eval_loss", "max": 1000.0}])
+    for weights in (run / "adapter").glob("adapter_model.*"):
+        weights.unlink()
+    proc = _evaluate(run)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "holds adapter_config.json but no weights" in proc.stderr and "FT0807" in proc.stdout
+    assert "loaded" not in proc.stderr  # refused before the base model was loaded and run
 
 
 def test_contaminated_eval_set_fails_the_gate(tmp_path, tiny_model_dir):

@@ -64,6 +64,23 @@ def test_lock_layouts_and_a_changed_file(tmp_path):
     assert diag.pointer == "/evaluation/regression/prompts"
 
 
+def test_a_train_file_changed_after_the_run_fails_the_data_check(tmp_path):
+    # The overlap check reads the train files: removing leaked eval rows from train after training must
+    # not clear a model that trained on them.
+    project = tmp_path / "project"
+    run = _run_folder(tmp_path, lock={})
+    (project / "data/train.jsonl").write_text('{"messages": []}\n')
+    locked = [{"role": "train", "path": "data/train.jsonl", "sha256": _sha(project / "data/train.jsonl")},
+              {"role": "eval", "path": "data/eval.jsonl", "sha256": _sha(project / "data/eval.jsonl")},
+              {"role": "regression", "path": "data/reg.jsonl", "sha256": _sha(project / "data/reg.jsonl")}]
+    (run / "lock.json").write_text(json.dumps({"data": locked}))
+    assert check_eval_data(open_run(run)) == []
+    (project / "data/train.jsonl").write_text('{"messages": [{"role": "user", "content": "x"}]}\n')
+    (diag,) = check_eval_data(open_run(run))
+    assert diag.code == "FT0804" and diag.severity == "error"
+    assert "train file data/train.jsonl changed" in diag.message and diag.pointer == "/dataset/train"
+
+
 def test_missing_lock_and_unlocked_files_are_warnings(tmp_path):
     run = _run_folder(tmp_path, lock=None)
     assert [d.code for d in check_eval_data(open_run(run))] == ["FT0809"]

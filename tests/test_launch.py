@@ -41,15 +41,17 @@ def test_missing_or_foreign_build_folders_exit_2(tmp_path):
     cmd = [sys.executable, "-m", "ftspec.compiler.cli", "launch"]
     result = subprocess.run([*cmd, str(tmp_path / "nope")], capture_output=True, text=True)
     assert result.returncode == 2 and "neither a build folder nor a spec" in result.stderr
+    assert "FT0716" in result.stderr and "hint:" in result.stderr
     (tmp_path / "empty").mkdir()
     result = subprocess.run([*cmd, str(tmp_path / "empty")], capture_output=True, text=True)
-    assert result.returncode == 2 and "no plan.json" in result.stderr
+    assert result.returncode == 2 and "no plan.json" in result.stderr and "FT0716" in result.stderr
     build = _compiled(tmp_path / "x")
     plan = json.loads((build / "plan.json").read_text())
     plan["metadata"]["schema_version"] = 99
     (build / "plan.json").write_text(json.dumps(plan))
     result = subprocess.run([*cmd, str(build)], capture_output=True, text=True)
-    assert result.returncode == 2 and "schema_version" in result.stderr
+    assert result.returncode == 2 and "schema_version" in result.stderr and "FT0716" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_a_spec_that_does_not_compile_stops_before_launching(tmp_path):
@@ -90,3 +92,59 @@ def test_launch_verb_does_not_import_the_training_stack():
             "bad = [m for m in ('torch', 'transformers', 'accelerate', 'peft') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _fake_finished_run(build: Path) -> Path:
+    plan = json.loads((build / "plan.json").read_text())
+    run = verb._run_dir(build, plan)
+    (run / "checkpoints" / "checkpoint-8").mkdir(parents=True)
+    (run / "checkpoints" / "checkpoint-12").mkdir()
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_model.safetensors").write_bytes(b"earlier run")
+    (run / "run.json").write_text(json.dumps({"exit_status": "completed"}))
+    return run
+
+
+def test_a_fresh_launch_never_replaces_an_earlier_run(tmp_path, monkeypatch):
+    build = _compiled(tmp_path)
+    run = _fake_finished_run(build)
+    cmd = [sys.executable, "-m", "ftspec.compiler.cli", "launch", str(build)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 2 and "FT0723" in result.stderr and "--resume" in result.stderr
+    assert "checkpoint-12" in result.stderr  # the newest, by step
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == b"earlier run"
+    result = subprocess.run([*cmd, "--resume", "--overwrite"], capture_output=True, text=True)
+    assert result.returncode == 2 and "FT0720" in result.stderr
+    # --overwrite moves the earlier run aside, whole, then launches
+    launched = []
+    monkeypatch.setattr(verb, "_execute", lambda argv, env: launched.append(argv) or 0)
+    parser = __import__("argparse").ArgumentParser()
+    verb.add_arguments(parser)
+    assert verb.run(parser.parse_args([str(build), "--overwrite"])) == 0
+    assert launched and not run.exists()
+    (moved,) = run.parent.glob(f"{run.name}.previous-*")
+    assert (moved / "adapter" / "adapter_model.safetensors").read_bytes() == b"earlier run"
+    assert (moved / "checkpoints" / "checkpoint-12").is_dir()
+
+
+def test_ctrl_c_marks_the_run_failed_so_it_is_not_left_running(tmp_path, monkeypatch):
+    build = _compiled(tmp_path)
+    plan = json.loads((build / "plan.json").read_text())
+    run = verb._run_dir(build, plan)
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"exit_status": "running"}))
+
+    def interrupted(argv, env):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(verb, "_execute", interrupted)
+    parser = __import__("argparse").ArgumentParser()
+    verb.add_arguments(parser)
+    try:
+        verb.run(parser.parse_args([str(build)]))
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("^C must reach the CLI (exit 130)")
+    data = json.loads((run / "run.json").read_text())
+    assert data["exit_status"] == "failed" and data["exit_code"] == 130

@@ -4,6 +4,7 @@ untrusted answers, self-containment, the loss chart, and a golden Markdown file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -15,6 +16,7 @@ from ftspec.compiler.report import (
     loss_chart,
     md_cell,
     md_code,
+    md_inline,
     read_curves,
     render_html,
     render_markdown,
@@ -122,6 +124,32 @@ def test_markdown_keeps_untrusted_text_inert():
     evil_at = md.index('<script>alert("x")</script>')
     fence_open = md.rfind("\n````text\n", 0, evil_at)
     assert fence_open != -1 and md.find("\n````", evil_at) != -1
+
+
+def test_non_finite_values_are_not_shown_as_unmeasured():
+    # null in report.json means "not measured"; a diverged model's NaN loss or infinite perplexity was
+    # measured, and both the JSON and the rendered reports must say which.
+    spec = {**SPEC, "acceptance": [{"metric": "perplexity", "max": 20}, {"metric": "eval_loss", "max": 5}]}
+    metrics = metrics_doc()
+    metrics["values"]["finetuned"].update({"perplexity": math.inf, "eval_loss": math.nan})
+    report = make_report(spec, metrics)
+    assert validate_report(report) == []
+    json.dumps(report, allow_nan=False)
+    assert report["metrics"]["finetuned"]["perplexity"] == "inf"
+    assert report["metrics"]["finetuned"]["eval_loss"] == "nan"
+    assert [r["finetuned"] for r in report["rules"]] == ["inf", "nan"]
+    md, html = render_markdown(report), render_html(report)
+    assert "| 0 | perplexity (exp(eval_loss)) | max | 20 | 24.5 | inf | +inf | ❌ **fail** |" in md
+    assert "| 1 | eval_loss (nats/token) | max | 5 | 3.2 | NaN | NaN | ❌ **fail** |" in md
+    assert "| perplexity (exp(eval_loss)) | 24.5 | inf | +inf |" in md
+    assert ">inf</td>" in html and ">NaN</td>" in html
+
+
+def test_markdown_code_spans_show_names_verbatim():
+    spec = {**SPEC, "name": "my_spec", "model": {"id": "org/model_v2`x"}}
+    md = render_markdown(make_report(spec))
+    assert "Spec `my_spec`: base ``org/model_v2`x`` vs fine-tuned `adapter`" in md
+    assert md_inline("a\nb") == "`a b`"
 
 
 def test_markdown_golden():

@@ -183,3 +183,15 @@ def test_load_conversations_reads_sources_relative_to_the_spec(tmp_path):
     with pytest.raises(rdata.DataError) as err:
         rdata.load_conversations({"dataset": {"format": "alpaca", "train": "d/bad.jsonl"}}, tmp_path)
     assert err.value.code == "FT0711" and err.value.fields["line"] == 1
+
+
+def test_a_data_file_that_vanished_after_compile_is_a_finding_not_a_traceback(tmp_path):
+    from types import SimpleNamespace
+
+    from ftspec.runtime import train
+
+    spec = {"dataset": {"format": "chatml", "train": "data/gone.jsonl"}, "training": {"sequence_len": 64}}
+    with pytest.raises(rdata.DataError) as info:
+        train.cached_prepare(spec, {"sequence_len": 64}, tmp_path, SimpleNamespace(chat_template="t"), tmp_path,
+                             SimpleNamespace(path_or_id="m"))
+    assert info.value.code == "FT0711" and "gone.jsonl" in info.value.fields["file"]

@@ -267,3 +267,36 @@ def test_qlora_on_cuda_reports_peak_memory(tmp_path):
     _ok(launch(spec, build=tmp_path / "build"))
     events = [m for m in metrics(tmp_path / "runs" / "t") if "memory" in m]
     assert events and events[-1]["memory"] > 0
+
+
+def test_runtime_refuses_to_start_over_an_earlier_run(reference, tmp_path):
+    """launch.sh (not `ftspec launch`) into a finished run: the runtime itself refuses, losing nothing."""
+    import json
+    import shutil
+
+    from ftspec.compiler.launch import launch_command
+
+    shutil.copytree(reference, tmp_path / "r", symlinks=True)
+    folder = tmp_path / "r"
+    run = folder / "runs" / "t"
+    before = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    plan = json.loads((folder / "build" / "plan.json").read_text())
+    argv, env = launch_command(plan, folder / "build")
+    result = subprocess.run(argv, env=env_with(**env), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "FT0723" in result.stderr
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-16",
+                                                                         "checkpoint-8"]
+    assert run_json(run)["exit_status"] == "completed"
+
+
+def test_resume_without_a_checkpoint_starts_over_with_clean_metrics(tmp_path):
+    spec = write_spec(tmp_path, training={"max_steps": 4, "save_steps": 4, "logging_steps": 2})
+    run = tmp_path / "runs" / "t"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 2, "loss": 99.0}\n{"step": 6, "loss": 98.0}\n')
+    result = launch(spec, "--resume", build=tmp_path / "build")
+    _ok(result)
+    assert "FT0710" in result.stderr
+    losses = [m["loss"] for m in metrics(run) if "loss" in m]
+    assert len(losses) == 2 and 99.0 not in losses and 98.0 not in losses

@@ -46,11 +46,14 @@ def run(args: argparse.Namespace) -> int:
     metrics_path = out_dir / "metrics.json"
     locate = _locator(folder, sources)
 
+    kept = keep_previous(out_dir)
+    if kept is not None:
+        print(f"ftspec: the previous evaluation ({kept}) was copied to {out_dir / PREVIOUS}/", file=sys.stderr)
     if not args.reuse_metrics:
         code = measure(folder.path, metrics_path, lm_eval=args.lm_eval)
         if code != 0:
-            emit([make("FT0807", locate(""), detail=f"python -m ftspec.runtime.evaluate exited with {code}")],
-                 args.format, sources)
+            emit([make("FT0807", Location(file=str(folder.path)),
+                       detail=f"python -m ftspec.runtime.evaluate exited with {code}")], args.format, sources)
             return 2
     try:
         metrics = read_metrics(metrics_path)
@@ -62,6 +65,35 @@ def run(args: argparse.Namespace) -> int:
     text = render_text(report, out_dir) if args.format == "text" else None
     emit(diagnostics, args.format, sources, text_extra=text, report=report)
     return 0 if report["status"] == "pass" else 1
+
+
+PREVIOUS = "previous"
+OUTPUTS = ("metrics.json", "predictions.jsonl", "report.json", "report.md", "report.html")
+
+
+def keep_previous(out_dir: Path) -> str | None:
+    """Copy the files of an earlier evaluation in out_dir to out_dir/previous/ before they are replaced,
+    so evaluating twice (a retrained adapter, a changed spec) never loses a report without a trace; one
+    level of history, like a CI artifact of the last run. Returns the earlier status, or None when there
+    was nothing to keep. Copies, not moves: if the new measurement fails, out_dir still holds a
+    consistent metrics.json and report for --reuse-metrics."""
+    import json
+    import shutil
+
+    present = [name for name in OUTPUTS if (out_dir / name).is_file()]
+    if not present:
+        return None
+    target = out_dir / PREVIOUS
+    target.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUTS:  # no mix of two older evaluations in previous/
+        (target / name).unlink(missing_ok=True)
+    for name in present:
+        shutil.copy2(out_dir / name, target / name)
+    try:
+        status = json.loads((out_dir / "report.json").read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        status = None
+    return f"status {str(status).upper()}" if isinstance(status, str) else "no report"
 
 
 def measure(run_dir: Path, metrics_path: Path, *, lm_eval: str = "") -> int:

@@ -26,8 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-from .common import fail
-
 EXIT_OOM_RETRY = 75  # must match ftspec.runtime.train.EXIT_OOM_RETRY (the compiler never imports the runtime)
 BATCH_FILE = "batch_override.json"
 ERRORS_DIR = ".ftspec"
@@ -39,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a build folder written by `ftspec compile`, or a spec file to compile first")
     parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     parser.add_argument("--dry-run", action="store_true", help="print the command and its environment; run nothing")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over although the run folder holds an earlier run (which is moved aside, "
+                             "to <run folder>.previous-<time>, never deleted)")
     parser.add_argument("-o", "--output", default=None, metavar="BUILD_DIR",
                         help="where a SPEC is compiled to (default: build/<spec name>)")
 
@@ -57,6 +58,28 @@ def _spec_name(spec: Path) -> str:
     data = load_spec(spec).data
     name = data.get("name") if isinstance(data, dict) else None
     return str(name) if isinstance(name, str) and name else spec.stem
+
+
+def _error(code: str, file: Path | None = None, **fields: object) -> int:
+    """The tool could not run: the finding (code, message, hint) on stderr, exit code 2."""
+    from ..diagnostics import Location, make
+    from ..reporters import to_text
+
+    loc = Location(file=str(file)) if file is not None else None
+    print(to_text([make(code, loc, **fields)], lambda *_: None), file=sys.stderr)
+    return 2
+
+
+def _move_aside(run_dir: Path) -> Path:
+    """--overwrite: keep the earlier run whole under a new name instead of deleting it."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = run_dir.with_name(f"{run_dir.name}.previous-{stamp}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = run_dir.with_name(f"{run_dir.name}.previous-{stamp}-{n}")
+    os.rename(run_dir, target)
+    return target
 
 
 def _run_dir(build_dir: Path, plan: dict) -> Path:
@@ -85,6 +108,8 @@ def _execute(argv: list[str], env: dict[str, str]) -> int:
     try:
         return proc.wait()
     except KeyboardInterrupt:
+        print("ftspec: interrupted: stopping the training processes (resume with --resume)", file=sys.stderr,
+              flush=True)
         # The launcher forwards SIGINT to its workers; give them a moment, then end the group.
         for sig, wait_s in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
             try:
@@ -117,7 +142,7 @@ def _report_failures(run_dir: Path, since: float) -> None:
 
 
 def _mark_failed(run_dir: Path, code: int) -> None:
-    """A rank killed from outside never writes its end: record it, so evaluate refuses the folder."""
+    """A rank killed from outside (or ^C) never writes its end: record it, so evaluate refuses the folder."""
     path = run_dir / "run.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -147,7 +172,7 @@ def _oom_retry_pending(run_dir: Path) -> dict | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..launch import launch_command
+    from ..launch import launch_command, previous_run
     from ..plan import read_plan
 
     target = Path(args.target)
@@ -160,23 +185,36 @@ def run(args: argparse.Namespace) -> int:
     elif target.is_dir():
         build_dir = target
     else:
-        return fail(f"{target} is neither a build folder nor a spec file")
+        return _error("FT0716", target, path=target, detail="neither a build folder nor a spec file")
     plan_path = build_dir / "plan.json"
     try:
         plan = read_plan(plan_path)
     except FileNotFoundError:
-        return fail(f"{build_dir} holds no plan.json", "run `ftspec compile SPEC -o BUILD_DIR` first")
+        return _error("FT0716", plan_path, path=plan_path, detail=f"{build_dir} holds no plan.json")
     except (OSError, ValueError) as exc:
-        return fail(f"cannot use {plan_path}: {exc}", "compile the spec again with this ftspec")
+        return _error("FT0716", plan_path, path=plan_path, detail=f"{exc} (compile the spec again with this ftspec)")
+    if args.resume and args.overwrite:
+        return _error("FT0720", detail="--resume continues the run in the run folder, --overwrite starts a new "
+                                       "one: give one of them",
+                      hint="--resume keeps the run's checkpoints; --overwrite moves the earlier run aside")
     try:
         argv, env = launch_command(plan, build_dir, resume=args.resume)
     except ValueError as exc:  # a multi-node plan: this machine's rank and the rendezvous are needed
-        return fail(str(exc), "multi-node plans start through the build folder's launch.sh (Slurm / Kubernetes)")
+        return _error("FT0720", detail=str(exc),
+                      hint="multi-node plans start through the build folder's launch.sh (Slurm / Kubernetes)")
     if args.dry_run:
         _show_command(argv, env)
         return 0
     run_dir = _run_dir(build_dir, plan)
     resume = args.resume
+    # A fresh launch never replaces an earlier run's checkpoints or model silently (the runtime
+    # refuses too, for launch.sh); --overwrite moves the earlier run aside first.
+    found = [] if resume else previous_run(run_dir)
+    if found and not args.overwrite:
+        return _error("FT0723", run_dir, folder=run_dir, found="; ".join(found))
+    if found:
+        moved = _move_aside(run_dir)
+        print(f"ftspec: moved the earlier run {run_dir} to {moved}", file=sys.stderr, flush=True)
     for attempt in range(MAX_OOM_RETRIES + 1):
         started = time.time()
         for old in (run_dir / ERRORS_DIR).glob("error-rank*.txt") if (run_dir / ERRORS_DIR).is_dir() else []:
@@ -186,7 +224,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"ftspec: launching {plan['derived']['world_size']} process(es) "
               f"({plan['derived']['strategy']} on {plan['derived']['device']}){' --resume' if resume else ''}: "
               f"{shlex.join(argv)}", file=sys.stderr, flush=True)
-        code = _execute(argv, env)
+        try:
+            code = _execute(argv, env)
+        except KeyboardInterrupt:
+            _mark_failed(run_dir, 130)
+            raise
         if code == 0:
             return 0
         retry = _oom_retry_pending(run_dir)

@@ -27,7 +27,8 @@ _HINTS = {
     "lint": "fix the spec (the findings above point at lines), then run again",
     "check": "the job does not fit the hardware or the data has errors: see the findings above",
     "compile": "see the findings above; `ftspec compile --force` writes a build despite them",
-    "launch": "training failed: see its output above; `ftspec launch BUILD_DIR --resume` continues from a checkpoint",
+    "launch": "training failed: see its output above; `ftspec launch BUILD_DIR --resume` continues from a checkpoint; "
+              "`ftspec run SPEC --overwrite` starts over beside an earlier run",
     "evaluate": "see the rule table and report above",
 }
 
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="BUILD_DIR", default=None,
                         help="build folder for compile (default: build/<spec name>); the run itself goes to "
                              "the spec's output.dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="the spec's output.dir holds an earlier run: move it aside to a .previous-<time> "
+                             "folder and train again (without this, launch refuses to replace it)")
     parser.add_argument("-q", "--quiet", action="store_true",
                         help="only the stage lines: keep launch and evaluate output in BUILD_DIR-logs/")
     add_lint_options(parser)
@@ -129,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         elif stage_name == "compile":
             cmd, capture = _cli("compile", str(spec_path), "-o", str(build_dir), *lint_args), True
         elif stage_name == "launch":
-            cmd, capture = _cli("launch", str(build_dir)), args.quiet
+            cmd, capture = _cli("launch", str(build_dir), *(["--overwrite"] if args.overwrite else [])), args.quiet
         else:
             run_dir = _run_dir(build_dir)
             if run_dir is None:
