@@ -32,6 +32,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .checkpoint import fsync_dir, fsync_file
+
 NAME = "tiny-llama"
 PREFIX = "builtin:"
 # Bump when anything below changes what gets built: a new version builds into a new folder.
@@ -147,7 +149,7 @@ def ensure_builtin(model_id: str = PREFIX + NAME, *, log=_log) -> Path:
             if target.exists():  # an incomplete leftover from a crashed build
                 shutil.rmtree(target)
             os.rename(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -169,20 +171,11 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*")):
         if path.is_file():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-    _fsync_dir(root)
+            fsync_file(path)
+    fsync_dir(root)
 
 
 # --- building -----------------------------------------------------------------------------------
