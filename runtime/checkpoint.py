@@ -177,3 +177,73 @@ def prune(root: Path, keep: int) -> list[Path]:
 
 def read_state(ckpt: Checkpoint) -> dict:
     return json.loads((ckpt.path / STATE).read_text(encoding="utf-8"))
+
+
+# --- what a checkpoint was trained under ----------------------------------------------------------
+# A checkpoint's optimizer, scheduler and data position only make sense for the plan that built them.
+# Everything in the plan's spec and derived sections counts, except what RESUMABLE lists: fields that
+# only change what is logged, evaluated, kept or reported, or how the same global batch is split in
+# memory. The list names what may change (not what may not), so a field added to the spec later is
+# protected by default.
+RESUMABLE: tuple[str, ...] = (
+    "/spec/name", "/spec/description", "/spec/version", "/spec/environment", "/spec/evaluation",
+    "/spec/acceptance", "/spec/output",  # output.dir / save / report_to: where and what is written at the end
+    "/spec/model/architecture",  # estimate hints; the model itself is /spec/model/id + revision
+    "/spec/dataset/eval", "/spec/dataset/checks", "/spec/dataset/min_examples",  # eval data, compile checks
+    "/spec/training/logging_steps", "/spec/training/eval_steps", "/spec/training/save_steps",
+    "/spec/training/save_total_limit", "/spec/training/early_stopping_patience", "/spec/training/on_oom",
+    "/spec/training/gradient_checkpointing",  # recomputes the same activations: memory, not numerics
+    # The global batch of a step is a function of (seed, step, effective batch) only (data.Schedule),
+    # so splitting it differently into micro batches is harmless: the out-of-memory retry does exactly
+    # that. derived.effective_batch and derived.world_size stay protected.
+    "/spec/training/micro_batch_size", "/spec/training/gradient_accumulation_steps",
+    "/derived/micro_batch_size", "/derived/gradient_accumulation_steps",
+    "/spec/hardware/gpu", "/spec/hardware/gpus_per_node", "/spec/hardware/nodes", "/spec/hardware/headroom",
+    "/spec/hardware/price_per_gpu_hour", "/spec/hardware/launcher", "/spec/hardware/main_process_port",
+    "/derived/architecture", "/derived/eval_examples", "/derived/main_process_port", "/derived/output_dir",
+    "/derived/launcher", "/derived/gpus_per_node", "/derived/nodes",
+)
+
+
+def _flatten(value: object, pointer: str, out: dict[str, object]) -> None:
+    if any(pointer == p or pointer.startswith(p + "/") for p in RESUMABLE):
+        return
+    if isinstance(value, dict) and value:
+        for key in sorted(value):
+            _flatten(value[key], f"{pointer}/{str(key).replace('~', '~0').replace('/', '~1')}", out)
+    else:
+        out[pointer] = value
+
+
+def training_identity(plan: dict, train_sha256: dict[str, str]) -> dict[str, object]:
+    """JSON pointer -> value of every plan field a resumed run must share with its checkpoint, plus the
+    SHA-256 of each training data file (`/data/<path>`): editing a file changes the data position's meaning."""
+    out: dict[str, object] = {}
+    _flatten(plan.get("spec", {}), "/spec", out)
+    _flatten(plan.get("derived", {}), "/derived", out)
+    for path, digest in sorted(train_sha256.items()):
+        out[f"/data/{path}"] = digest
+    return out
+
+
+def identity_sha256(identity: dict[str, object]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def identity_changes(old: dict[str, object], new: dict[str, object]) -> list[tuple[str, object, object]]:
+    """(pointer, old, new) for every field that differs; a field present on one side only shows as None."""
+    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def recorded_identity(root: Path) -> tuple[Checkpoint, dict[str, object]] | None:
+    """The identity recorded in the newest checkpoint that has a readable state (every checkpoint of a run
+    folder shares it: resume refuses a plan that differs). None when no checkpoint records one (none
+    saved yet, or written before identities were recorded)."""
+    for ckpt in reversed(list_checkpoints(root)):
+        try:
+            identity = read_state(ckpt).get("training_identity")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(identity, dict):
+            return ckpt, identity
+    return None

@@ -313,11 +313,21 @@ def run(plan_path: Path, resume: bool) -> int:
         accelerator.wait_for_everyone()
         if found:
             raise SetupError("FT0723", folder=str(out), found="; ".join(found))
+    identity = ckpt.training_identity(plan, _train_file_hashes(spec, spec_dir))
+    if resume:
+        # A checkpoint's optimizer, scheduler and data position belong to the plan that built them:
+        # refuse to continue it under a changed one. Every rank checks before the barrier and nothing
+        # is written before it (same pattern as above).
+        refusal = _resume_refusal(ckroot, identity)
+        accelerator.wait_for_everyone()
+        if refusal:
+            raise SetupError("FT0724", **refusal)
     run_info: dict = {
         "schema_version": 1,
         "kind": "ftspec-run",
         "plan_sha256": sha256_file(plan_path),
         "spec_sha256": plan["metadata"].get("spec_sha256"),
+        "training_sha256": ckpt.identity_sha256(identity),
         "started": started,
         "ended": None,
         "exit_status": "running",
@@ -379,6 +389,15 @@ def run(plan_path: Path, resume: bool) -> int:
     scheduler = build_scheduler(optimizer, training, total_steps, int(warmup))
     model, optimizer = accelerator.prepare(model, optimizer)
     _register_trainable_hooks(accelerator, is_main)
+    # DeepSpeed checkpoints hold the whole module unless told otherwise; with an adapter the frozen base
+    # is what from_pretrained loads again on resume, so only the trainable part is saved (accelerate
+    # passes these to engine.save_checkpoint / load_checkpoint). Loading then cannot be strict: the
+    # base keys are absent by design; the trainable ones are restored from the module states and the
+    # ZeRO optimizer's fp32 partitions.
+    adapter_only_ds = (accelerator.distributed_type.value == "DEEPSPEED"
+                       and spec.get("adapter", {}).get("method", "lora") != "full")
+    ds_save_kwargs = {"exclude_frozen_parameters": True} if adapter_only_ds else {}
+    ds_load_kwargs = {"load_module_strict": False} if adapter_only_ds else {}
 
     # Resume: the newest checkpoint that verifies, chosen by the main process for everyone.
     start_step, best_eval, bad_evals = 0, math.inf, 0
@@ -394,7 +413,7 @@ def run(plan_path: Path, resume: bool) -> int:
                 _truncate_metrics(out / "metrics.jsonl", 0)
         else:
             path = Path(chosen[0])
-            accelerator.load_state(str(path))
+            accelerator.load_state(str(path), **ds_load_kwargs)
             state = json.loads((path / ckpt.STATE).read_text(encoding="utf-8"))
             scheduler.load_state_dict(torch.load(path / "ftspec_scheduler.pt", weights_only=False))
             start_step = int(state["step"])
@@ -463,13 +482,14 @@ def run(plan_path: Path, resume: bool) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
+        accelerator.save_state(str(tmp), **ds_save_kwargs)
         if is_main:
             torch.save(scheduler.state_dict(), tmp / "ftspec_scheduler.pt")
             state = {"step": step, "epoch": schedule.epoch_of(step), "micro_batch_size": mbs,
                      "gradient_accumulation_steps": gas, "world_size": world,
                      "best_eval_loss": best_eval if math.isfinite(best_eval) else None,
-                     "evals_without_improvement": bad_evals, "saved": now()}
+                     "evals_without_improvement": bad_evals, "saved": now(),
+                     "training_sha256": ckpt.identity_sha256(identity), "training_identity": identity}
             (tmp / ckpt.STATE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
         accelerator.wait_for_everyone()
         if is_main:
@@ -595,6 +615,31 @@ def run(plan_path: Path, resume: bool) -> int:
         ckpt.write_json_atomic(run_json, run_info)
         log(f"ftspec: {status} at step {step}/{total_steps}; run folder {out}")
     return code
+
+
+def _train_file_hashes(spec: dict, spec_dir: Path) -> dict[str, str]:
+    hashes = {}
+    for path, _fraction in rdata.train_sources(spec["dataset"]["train"]):
+        try:
+            hashes[path] = sha256_file(spec_dir / path)
+        except OSError:  # reported with its line by data preparation (FT0711); here it is just different
+            hashes[path] = "unreadable"
+    return hashes
+
+
+def _resume_refusal(ckroot: Path, identity: dict) -> dict | None:
+    """FT0724's fields when the newest checkpoint was trained under a plan whose training-relevant
+    fields (checkpoint.RESUMABLE says which may change) differ from this one; else None."""
+    recorded = ckpt.recorded_identity(ckroot)
+    if recorded is None:  # nothing saved yet, or a checkpoint from before identities were recorded
+        return None
+    found, old = recorded
+    changes = ckpt.identity_changes(old, identity)
+    if not changes:
+        return None
+    shown = [f"{pointer}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}" for pointer, a, b in changes[:4]]
+    more = f" (and {len(changes) - 4} more)" if len(changes) > 4 else ""
+    return {"checkpoint": str(found.path), "changes": "; ".join(shown) + more}
 
 
 def _write_param_digest(accelerator, model, out: Path, rank: int) -> None:

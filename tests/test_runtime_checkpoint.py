@@ -82,3 +82,44 @@ def test_write_json_atomic_leaves_no_temp_files(tmp_path):
     ckpt.write_json_atomic(target, {"a": 2})
     assert json.loads(target.read_text()) == {"a": 2}
     assert os.listdir(tmp_path) == ["run.json"]
+
+
+def _plan(**training) -> dict:
+    return {"spec": {"name": "a", "training": {"learning_rate": 1e-3, "logging_steps": 10, "micro_batch_size": 4,
+                                               "gradient_accumulation_steps": 2, **training},
+                     "output": {"report_to": ["none"]}, "evaluation": {"batch_size": 8}},
+            "derived": {"effective_batch": 8, "world_size": 1, "micro_batch_size": 4, "main_process_port": 29500},
+            "estimate": {"time": {"hours": 1}}, "metadata": {"spec_sha256": "x"}}
+
+
+def test_training_identity_separates_harmless_from_harmful_changes():
+    base = ckpt.training_identity(_plan(), {"data/train.jsonl": "aa"})
+    assert base["/spec/training/learning_rate"] == 1e-3 and base["/data/data/train.jsonl"] == "aa"
+    harmless = _plan(logging_steps=1, micro_batch_size=2, gradient_accumulation_steps=4)
+    harmless["spec"]["output"]["report_to"] = ["tensorboard"]
+    harmless["spec"]["evaluation"]["batch_size"] = 2
+    harmless["derived"].update(micro_batch_size=2, main_process_port=29600)
+    harmless["estimate"] = {}
+    harmless["metadata"]["spec_sha256"] = "y"
+    assert ckpt.identity_changes(base, ckpt.training_identity(harmless, {"data/train.jsonl": "aa"})) == []
+    lr = ckpt.training_identity(_plan(learning_rate=2e-3), {"data/train.jsonl": "aa"})
+    assert ckpt.identity_changes(base, lr) == [("/spec/training/learning_rate", 1e-3, 2e-3)]
+    edited = ckpt.training_identity(_plan(), {"data/train.jsonl": "bb"})
+    assert ckpt.identity_changes(base, edited) == [("/data/data/train.jsonl", "aa", "bb")]
+    bigger = _plan(gradient_accumulation_steps=4)
+    bigger["derived"]["effective_batch"] = 16
+    changes = ckpt.identity_changes(base, ckpt.training_identity(bigger, {"data/train.jsonl": "aa"}))
+    assert changes == [("/derived/effective_batch", 8, 16)]
+    assert ckpt.identity_sha256(base) != ckpt.identity_sha256(lr)
+
+
+def test_recorded_identity_is_read_from_the_newest_checkpoint_that_has_one(tmp_path):
+    assert ckpt.recorded_identity(tmp_path) is None
+    _save(tmp_path, 2)  # a checkpoint from before identities were recorded
+    assert ckpt.recorded_identity(tmp_path) is None
+    tmp = ckpt.temp_dir(tmp_path, 4)
+    tmp.mkdir()
+    (tmp / ckpt.STATE).write_text(json.dumps({"step": 4, "training_identity": {"/spec/seed": 1}}))
+    ckpt.seal(tmp, ckpt.final_dir(tmp_path, 4), 4)
+    found, identity = ckpt.recorded_identity(tmp_path)
+    assert found.step == 4 and identity == {"/spec/seed": 1}

@@ -214,10 +214,25 @@ def test_deepspeed_zero_on_cpu_processes(tmp_path, stage):
     if stage == 2:
         digests = _digests(run)
         assert len(digests) == 2 and digests[0] == digests[1]
-    # a DeepSpeed checkpoint resumes too
+    # With an adapter, the DeepSpeed checkpoint leaves out the frozen base (exclude_frozen_parameters):
+    # its module states hold the LoRA tensors, and only the tied lm_head alias of the embedding besides
+    # (DeepSpeed filters by named_parameters, which lists a tied weight once, as embed_tokens).
+    import torch
+
+    files = sorted((run / "checkpoints" / "checkpoint-8").rglob("*model_states.pt"))  # ZeRO-3: one per rank
+    assert files
+    for states in files:
+        saved = torch.load(states, map_location="cpu", weights_only=False)
+        assert any("lora_" in key for key in saved["module"])
+        assert [key for key in saved["module"] if "lora_" not in key] == ["base_model.model.lm_head.weight"]
+        assert saved.get("frozen_param_fragments") is None
+    # a DeepSpeed checkpoint resumes too, restoring the trained adapter (a fresh LoRA B would be zeros)
     result = launch(tmp_path / "build", "--resume")
     _ok(result)
     assert run_json(run)["resumed_from"] == "checkpoint-8"
+    resumed = adapter_tensors(run)
+    assert resumed.keys() == tensors.keys()
+    assert all(torch.allclose(resumed[k], tensors[k], atol=1e-6) for k in tensors)
 
 
 def test_qlora_on_cpu_processes(tmp_path):
@@ -300,3 +315,30 @@ def test_resume_without_a_checkpoint_starts_over_with_clean_metrics(tmp_path):
     assert "FT0710" in result.stderr
     losses = [m["loss"] for m in metrics(run) if "loss" in m]
     assert len(losses) == 2 and 99.0 not in losses and 98.0 not in losses
+
+
+def test_resume_refuses_a_changed_plan_and_allows_harmless_changes(tmp_path):
+    """One process, 4 steps: a changed learning rate is refused touching nothing; logging steps and a
+    micro batch split at the same effective batch (what the OOM retry does) resume."""
+    single = {"gpus_per_node": 1, "strategy": "single"}
+    train = {"max_steps": 4, "save_steps": 2, "eval_steps": 4}
+    spec = write_spec(tmp_path, train_rows=64, hardware=single, training=train)
+    _ok(launch(spec, build=tmp_path / "build"))
+    run = tmp_path / "runs" / "t"
+    assert run_json(run)["training_sha256"]
+    before = {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*"))
+              if p.is_file() and ".ftspec" not in p.parts}
+
+    write_spec(tmp_path, train_rows=64, hardware=single, training={**train, "learning_rate": 1.0e-3})
+    result = launch(spec, "--resume", build=tmp_path / "build")
+    assert result.returncode != 0
+    assert "FT0724" in result.stderr and "/spec/training/learning_rate: 0.003 -> 0.001" in result.stderr
+    after = {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*"))
+             if p.is_file() and ".ftspec" not in p.parts}
+    assert after == before  # nothing in the run folder changed
+
+    write_spec(tmp_path, train_rows=64, hardware=single,
+               training={**train, "logging_steps": 1, "micro_batch_size": 2, "gradient_accumulation_steps": 4})
+    result = launch(spec, "--resume", build=tmp_path / "build")
+    _ok(result)
+    assert run_json(run)["resumed_from"] == "checkpoint-4"
