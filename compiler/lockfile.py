@@ -97,6 +97,12 @@ def locked_packages(resolved: dict, plan: dict | None = None) -> dict[str, dict]
     }
 
 
+def _get(data: object, pointer: str) -> object:
+    for part in pointer.strip("/").split("/"):
+        data = data[int(part)] if isinstance(data, list) else data[part]  # type: ignore[index]
+    return data
+
+
 def build_lock(spec: LoadedSpec, resolved: dict, plan: dict) -> dict:
     files = []
     for role, _pointer, written in data_files(resolved):
@@ -110,6 +116,9 @@ def build_lock(spec: LoadedSpec, resolved: dict, plan: dict) -> dict:
             "ftspec_version": __version__,
             "spec_sha256": plan["metadata"]["spec_sha256"],
             "spec_file": plan["metadata"]["spec_file"],
+            # spec_sha256 hashes the file; values given with --set are not in it, so they are kept here.
+            "overrides": {pointer.removeprefix("/spec"): _get(resolved, pointer.removeprefix("/spec"))
+                          for pointer, source in sorted((plan.get("sources") or {}).items()) if source == "cli"},
         },
         "spec_sha256": plan["metadata"]["spec_sha256"],
         "data": files,

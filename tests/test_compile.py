@@ -403,6 +403,7 @@ def test_does_not_overwrite_a_foreign_folder(tmp_path):
     (target / "notes.txt").write_text("keep me")
     run = _cli("compile", "tests/fixtures/compile/cpu-ddp.yaml", "-o", str(target))
     assert run.returncode == 2 and (target / "notes.txt").read_text() == "keep me"
+    assert "FT0607" in run.stdout and "choose another -o folder" in run.stdout
     assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]
 
 
@@ -457,6 +458,12 @@ def test_lock_records_and_detects_drift(tmp_path, monkeypatch):
     assert lock["packages"]["accelerate"]["installed"] == lockfile.installed_version("accelerate")
     assert lock["model"]["chat_template"]["name"] == "chatml" and len(lock["model"]["chat_template"]["sha256"]) == 64
     assert [f["path"] for f in lock["data"]] == ["data/train.jsonl"]
+    assert lock["metadata"]["overrides"] == {}
+    overridden = _cli("compile", str(spec_path), "-o", str(tmp_path / "b2"), "--repo-root", str(tmp_path),
+                      "--set", "training.learning_rate=1e-4")
+    assert overridden.returncode == 0, overridden.stdout + overridden.stderr
+    assert json.loads((tmp_path / "b2" / "lock.json").read_text())["metadata"]["overrides"] == {
+        "/training/learning_rate": 1e-4}
 
     def drift():
         spec = load_spec(spec_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import SourceCache, add_format, add_lint_options, fail, lint_options
+from .common import SourceCache, add_format, add_lint_options, lint_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,9 +59,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         write_build(result.files, target, executable=EXECUTABLE)
     except BuildDirError as exc:
-        emit(result.diagnostics, args.format, sources)
-        return fail(f"cannot write the build folder {target}: {exc}",
-                    "choose another -o folder; an existing folder is only replaced when it holds an earlier build")
+        emit([*result.diagnostics, make("FT0607", Location(str(target), None, None, ""), path=str(target),
+                                        detail=str(exc))], args.format, sources)
+        return 2
     emit(result.diagnostics, args.format, sources)
     d = result.plan["derived"]
     print(f"ftspec: compiled {args.spec} -> {target}/ ({len(result.files)} files: "
