@@ -118,7 +118,8 @@ def build_lock(spec: LoadedSpec, resolved: dict, plan: dict) -> dict:
             "spec_file": plan["metadata"]["spec_file"],
             # spec_sha256 hashes the file; values given with --set are not in it, so they are kept here.
             "overrides": {pointer.removeprefix("/spec"): _get(resolved, pointer.removeprefix("/spec"))
-                          for pointer, source in sorted((plan.get("sources") or {}).items()) if source == "cli"},
+                          for pointer, source in sorted((plan.get("sources") or {}).items())
+                          if source == "cli" and pointer.startswith("/spec/")},
         },
         "spec_sha256": plan["metadata"]["spec_sha256"],
         "data": files,

@@ -579,13 +579,13 @@ def test_replacing_a_build_keeps_files_compile_did_not_write(tmp_path):
     (build / "runs").mkdir()
     (build / "runs" / "checkpoint-10").write_text("weights")
     again = _cli("compile", "tests/fixtures/compile/cpu-ddp.yaml", "-o", str(build))
-    assert again.returncode == 2 and "runs" in again.stderr and "would delete them" in again.stderr
+    assert again.returncode == 2 and "runs" in again.stdout and "would delete them" in again.stdout
     assert (build / "runs" / "checkpoint-10").read_text() == "weights"
     # a symlinked build folder is refused rather than replaced by a real folder beside the link
     link = tmp_path / "link"
     os.symlink(build, link)
     refused = _cli("compile", "tests/fixtures/compile/cpu-ddp.yaml", "-o", str(link))
-    assert refused.returncode == 2 and "symbolic link" in refused.stderr and link.is_symlink()
+    assert refused.returncode == 2 and "symbolic link" in refused.stdout and link.is_symlink()
 
 
 def test_interrupted_swap_keeps_previous_build(tmp_path, monkeypatch):
