@@ -144,10 +144,18 @@ def check_pins(spec: LoadedSpec, resolved: dict, *, installed: bool = False) -> 
                                            detail=_invalid_detail(exc), hint=_bare_version_hint(text)))
             report.packages[name]["valid"] = False
             continue
+        if name in pins:
+            # both pins constrain the one package: check them together
+            first = next(k for k in raw_pins if canonicalize_name(str(k)) == name)
+            report.diagnostics.append(make("FT0412", spec.locate(pointer), package=name, first=first,
+                                           second=raw_name, combined=f"{pins[name]},{text}"))
+            text = f"{pins[name]},{text}"
+            report.packages[name]["pin"] = text
         if not satisfiable(text):
             report.diagnostics.append(make("FT0402", spec.locate(pointer), what=f"packages.{raw_name}", spec=text,
                                            detail="its clauses exclude every version"))
             report.packages[name]["satisfiable"] = False
+            pins.pop(name, None)
             continue
         pins[name] = text
     _python(spec, env, report, installed)
@@ -211,10 +219,13 @@ def _features(spec: LoadedSpec, resolved: dict, pins: dict[str, str], pointers: 
         if not condition_holds(rule["when"], resolved):
             continue
         line = _feature_line(spec, rule["pointer"])
+        loc = spec.locate(rule["pointer"])
+        related = [{"line": loc.line, "column": loc.column, "pointer": rule["pointer"],
+                    "message": f"{rule['feature']} is set here"}]
         for package, need in rule["needs"].items():
             name = canonicalize_name(package)
             entry = {"feature": rule["feature"], "needs": need, "source": rule["source"], "line": line,
-                     "pointer": rule["pointer"]}
+                     "pointer": rule["pointer"], "related": related}
             needs.setdefault(name, []).append(entry)
             report.packages.setdefault(name, {"pin": None, "needs": []})["needs"].append(
                 {"feature": rule["feature"], "needs": need, "source": rule["source"]})
@@ -225,10 +236,12 @@ def _features(spec: LoadedSpec, resolved: dict, pins: dict[str, str], pointers: 
                           suggest=_combined_suggestion(pin, need))
             if not satisfiable(pin, need):
                 report.diagnostics.append(make("FT0403", spec.locate(pointers[name]), **fields,
-                                               extra={"source": rule["source"], "feature_pointer": rule["pointer"]}))
+                                               extra={"source": rule["source"], "feature_pointer": rule["pointer"],
+                                                      "related": related}))
             elif allows_outside(pin, need):
                 report.diagnostics.append(make("FT0404", spec.locate(pointers[name]), **fields,
-                                               extra={"source": rule["source"], "feature_pointer": rule["pointer"]}))
+                                               extra={"source": rule["source"], "feature_pointer": rule["pointer"],
+                                                      "related": related}))
     return needs
 
 
@@ -300,15 +313,16 @@ def _needed(spec: LoadedSpec, resolved: dict, pins: dict[str, str], needs: dict[
     raw_pins = {canonicalize_name(k) for k in ((resolved.get("environment") or {}).get("packages") or {})}
     extra = _train_extra()
     reasons: dict[str, list[str]] = {}
-    severity: dict[str, str] = {}
+    related: dict[str, list[dict]] = {}
     for rule in rules()["needed"]:
         if condition_holds(rule["when"], resolved):
             name = canonicalize_name(rule["package"])
             reasons.setdefault(name, []).append(rule["why"])
-            if rule.get("severity", "warning") == "warning" or severity.get(name) == "warning":
-                severity[name] = "warning"
-            else:
-                severity[name] = "info"
+            for key in rule["when"]:  # the settings that make the package needed
+                pointer = "/" + key.replace(".", "/")
+                loc = spec.locate(pointer)
+                related.setdefault(name, []).append({"line": loc.line, "column": loc.column, "pointer": pointer,
+                                                     "message": f"{rule['why']}: set here"})
     for name, feature_needs in needs.items():
         reasons.setdefault(name, []).extend(n["feature"] for n in feature_needs)
     where = spec.locate("/environment/packages", key=True)
@@ -322,8 +336,10 @@ def _needed(spec: LoadedSpec, resolved: dict, pins: dict[str, str], needs: dict[
         suggestion = ",".join(parts) if parts and satisfiable(",".join(parts)) else (",".join(
             n["needs"] for n in needs.get(name, [])) or "")
         report.packages.setdefault(name, {"pin": None, "needs": []})["needed_for"] = sorted(set(why))
+        places = [r for r in related.get(name, []) + [r for n in needs.get(name, []) for r in n["related"]]
+                  if r["line"]]
         report.diagnostics.append(make("FT0407", where, package=name, why="; ".join(sorted(set(why))),
-                                       suggest=suggestion or ">=0", severity=severity.get(name, "warning")))
+                                       suggest=suggestion or ">=0", extra={"related": places} if places else None))
 
 
 def _installed(spec: LoadedSpec, pins: dict[str, str], pointers: dict[str, str], needs: dict[str, list[dict]],

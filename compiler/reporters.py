@@ -185,18 +185,14 @@ def to_sarif(diagnostics: list[Diagnostic]) -> str:
             "message": {"text": d.message + (f" (hint: {d.hint})" if d.hint else "")},
         }
         if d.file:
-            region = {"startLine": max(d.line or 1, 1)}
-            if d.column:
-                region["startColumn"] = d.column
-            result["locations"] = [
-                {
-                    "physicalLocation": {
-                        "artifactLocation": _artifact_location(d.file),
-                        "region": region,
-                    },
-                    **({"logicalLocations": [{"fullyQualifiedName": d.pointer}]} if d.pointer else {}),
-                }
-            ]
+            result["locations"] = [_sarif_location(d.file, d.line, d.column, d.pointer)]
+            related = [r for r in d.extra.get("related", []) if r.get("line")]
+            if related:
+                # the second place a finding is about (a feature's line beside the pin's)
+                result["relatedLocations"] = [
+                    {"id": i, **_sarif_location(d.file, r["line"], r.get("column"), r.get("pointer", "")),
+                     "message": {"text": r.get("message", "")}}
+                    for i, r in enumerate(related)]
         results.append(result)
     log = {
         "$schema": SARIF_SCHEMA,
@@ -218,6 +214,16 @@ def to_sarif(diagnostics: list[Diagnostic]) -> str:
         ],
     }
     return json.dumps(log, indent=2, ensure_ascii=False)
+
+
+def _sarif_location(file: str, line: int | None, column: int | None, pointer: str) -> dict:
+    region = {"startLine": max(line or 1, 1)}
+    if column:
+        region["startColumn"] = column
+    return {
+        "physicalLocation": {"artifactLocation": _artifact_location(file), "region": region},
+        **({"logicalLocations": [{"fullyQualifiedName": pointer}]} if pointer else {}),
+    }
 
 
 def emit(

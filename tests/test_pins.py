@@ -116,9 +116,16 @@ def test_transformers_5_with_old_peft_is_a_known_bad_combination():
 def test_peft_0_11_0_and_unsloth_caps():
     _spec, report = check({"peft": "==0.11.0"})
     assert "FT0405" in codes(report)
-    _spec, report = check({"peft": ">=0.18", "unsloth": ">=2025.1", "trl": ">=0.25", "datasets": ">=4.4"})
+    _spec, report = check({"peft": ">=0.18", "unsloth": ">=2025.1", "trl": ">=0.25", "datasets": "==4.4.1"})
     bad = {d.message.split()[0] for d in report.diagnostics if d.code == "FT0405"}
     assert {"trl", "datasets"} <= bad
+    # datasets 4.4.*/4.5.0 are avoided with or without unsloth; a range that admits them is a warning
+    _spec, report = check({"datasets": "==4.5.0"})
+    assert "FT0405" in codes(report)
+    _spec, report = check({"datasets": ">=4.0"})
+    assert "FT0406" in codes(report) and "FT0405" not in codes(report)
+    _spec, report = check({"datasets": ">=4.5.1"})
+    assert not {"FT0405", "FT0406"} & set(codes(report))
 
 
 def test_needed_but_unpinned_packages_say_which_versions_satisfy():
@@ -128,7 +135,9 @@ def test_needed_but_unpinned_packages_say_which_versions_satisfy():
     bnb = next(d for d in report.diagnostics if d.code == "FT0407" and "bitsandbytes" in d.message)
     assert bnb.severity == "warning"
     torch = next(d for d in report.diagnostics if d.code == "FT0407" and "needs torch" in d.message)
-    assert torch.severity == "info"
+    assert torch.severity == "warning" and ">=" in torch.hint
+    # a need that comes from a feature also points at the feature's line
+    assert bnb.extra["related"][0]["pointer"] == "/adapter/method" and bnb.extra["related"][0]["line"]
 
 
 def test_installed_versions_are_compared_without_importing(monkeypatch):
@@ -165,3 +174,13 @@ def test_bare_version_pin_says_which_operator_to_add():
 def test_odd_but_valid_pep440_forms_pass(pin):
     _spec, report = check({"peft": pin, "transformers": ">=5.0,<6"})
     assert not [d for d in report.diagnostics if d.severity == "error"], [d.message for d in report.diagnostics]
+
+
+def test_one_package_pinned_under_two_spellings_is_checked_as_one():
+    spec, report = check({"peft": ">=0.18,<0.22", "PEFT": "<0.9"})
+    twice = next(d for d in report.diagnostics if d.code == "FT0412")
+    assert twice.line == line_of(spec, "PEFT") and '">=0.18,<0.22,<0.9"' in twice.hint
+    assert "FT0402" in codes(report)  # together the two pins admit no version
+    _spec, report = check({"peft": ">=0.18", "PEFT": "<0.22"})
+    assert codes(report).count("FT0412") == 1 and "FT0402" not in codes(report)
+    assert report.packages["peft"]["pin"] == ">=0.18,<0.22"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pathlib
 
 import pytest
 from ftspec.compiler import reporters
@@ -274,6 +275,11 @@ def test_sarif_validates_against_the_oasis_schema(tmp_path) -> None:
         _cli_sarif(["check", "specs/llama3-70b-lora-1gpu.yaml", "--only", "memory,pins"], cwd=root),
         json.loads(to_sarif([*DIAGS, Diagnostic("FT0001", "error", "cannot read", file="/x y/z.yaml")])),
     ]
+    dora = (tmp_path / "dora.yaml")
+    dora.write_text((pathlib.Path(root) / "specs" / "llama3.1-8b-dora-a100.yaml").read_text().replace(
+        'peft: ">=0.18,<0.22"', 'peft: "==0.8.2"'))
+    (tmp_path / "data").symlink_to(pathlib.Path(root) / "specs" / "data")
+    logs.append(_cli_sarif(["check", str(dora), "--only", "pins"], cwd=str(tmp_path)))
     for log in logs:
         errors = sorted(validator.iter_errors(log), key=lambda e: list(e.absolute_path))
         assert not errors, [(list(e.absolute_path), e.message) for e in errors[:5]]
@@ -284,6 +290,11 @@ def test_sarif_validates_against_the_oasis_schema(tmp_path) -> None:
     assert {r["ruleId"] for r in logs[0]["runs"][0]["results"]} >= {"FT0103", "FT0106", "FT0230"}
     assert all(r["level"] != "error" for r in logs[2]["runs"][0]["results"])  # the examples lint clean
     assert "FT0310" in {r["ruleId"] for r in logs[3]["runs"][0]["results"]}
+    # a pin too old for a feature names the pin's line and, as a related location, the feature's line
+    conflict = next(r for r in logs[5]["runs"][0]["results"] if r["ruleId"] == "FT0403")
+    dora_line = dora.read_text().splitlines().index("  dora: true") + 1
+    assert conflict["relatedLocations"][0]["physicalLocation"]["region"]["startLine"] == dora_line
+    assert conflict["locations"][0]["physicalLocation"]["region"]["startLine"] != dora_line
 
 
 def test_paths_relative_to_the_github_workspace(tmp_path, monkeypatch) -> None:
