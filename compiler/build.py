@@ -95,7 +95,9 @@ def compile_spec(path: str | Path, options: CompileOptions | None = None, *, bui
         return CompileResult(spec, diags, refused=True)  # nothing to compile
     if any(d.code.startswith("FT01") and d.severity == "error" for d in diags):
         # schema errors: defaults and derived values would be computed from invalid data
-        diags.append(make("FT0604", spec.locate(""), detail="the spec does not match the schema"))
+        diags.append(make("FT0604", spec.locate(""), detail="the spec does not match the schema",
+                          hint="fix the schema errors above: --force cannot compile a spec that does not match the "
+                               "schema (its defaults and derived values would be computed from invalid data)"))
         return CompileResult(spec, sort_diagnostics(diags), refused=True)
     from .resolve import resolve
 

@@ -98,3 +98,24 @@ def test_every_example_spec_checks_without_internal_errors(capsys):
         code, out = run(capsys, "check", str(spec), "--only", "memory,pins", "--format", "json")
         assert code in (0, 1), spec
         json.loads(out)
+
+
+def test_lock_alone_finds_its_spec_and_an_unreadable_lock_exits_2(capsys, tmp_path):
+    import shutil
+
+    spec_dir = tmp_path / "proj"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "compile", spec_dir)
+    spec = spec_dir / "cpu-ddp.yaml"
+    assert main(["compile", str(spec), "-o", str(tmp_path / "build")]) == 0
+    capsys.readouterr()
+    code, out = run(capsys, "check", "--lock", str(tmp_path / "build" / "lock.json"), "--only", "pins",
+                    "--format", "json")
+    assert code == 0 and not [d for d in json.loads(out)["diagnostics"] if d["code"].startswith("FT061")]
+    spec.write_text(spec.read_text().replace("learning_rate: 3.0e-3", "learning_rate: 2.0e-3"))
+    code, out = run(capsys, "check", "--lock", str(tmp_path / "build" / "lock.json"), "--only", "pins",
+                    "--format", "json")
+    assert "FT0611" in {d["code"] for d in json.loads(out)["diagnostics"]}
+    code, out = run(capsys, "check", str(spec), "--lock", str(tmp_path / "missing.json"), "--only", "pins")
+    assert code == 2 and "FT0610" in out
+    assert main(["check", "--lock", str(tmp_path / "missing.json")]) == 2  # no plan.json beside it
+    assert main(["check"]) == 2

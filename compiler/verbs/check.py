@@ -24,7 +24,8 @@ def _sections(value: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", metavar="SPEC", help="the spec file")
+    parser.add_argument("spec", metavar="SPEC", nargs="?",
+                        help="the spec file (optional with --lock: the spec the build was compiled from)")
     parser.add_argument("--only", type=_sections, default=list(SECTIONS), metavar="SECTIONS",
                         help="comma-separated sections to run: memory (incl. time and cost), pins, data "
                              "(default: all)")
@@ -41,6 +42,13 @@ def run(args: argparse.Namespace) -> int:
     from ..reporters import emit
     from ..resolve import resolve
 
+    if args.spec is None:
+        if not args.lock:
+            return fail("give a SPEC (or --lock BUILD/lock.json to check the spec a build was compiled from)")
+        args.spec = _spec_of_build(args.lock)
+        if args.spec is None:
+            return fail(f"cannot tell which spec {args.lock} was compiled from (no readable plan.json beside it)",
+                        f"name the spec: ftspec check SPEC --lock {args.lock}")
     sources = SourceCache()
     result = lint_file(args.spec, lint_options(args))
     sources.add(args.spec, result.spec.text)
@@ -59,7 +67,11 @@ def run(args: argparse.Namespace) -> int:
 
         from ..lockfile import check_lock
 
-        diagnostics.extend(check_lock(Path(args.lock), spec, resolved))
+        drift = check_lock(Path(args.lock), spec, resolved)
+        if any(d.code == "FT0610" for d in drift):  # the lock cannot be read: the check cannot run
+            emit(drift, args.format, sources)
+            return 2
+        diagnostics.extend(drift)
     sections: dict[str, object] = {}
     texts: list[str] = []
     only = set(args.only)
@@ -89,6 +101,21 @@ def run(args: argparse.Namespace) -> int:
     diagnostics = sort_diagnostics(suppressed(spec, diagnostics))
     emit(diagnostics, args.format, sources, text_extra="\n\n".join(t for t in texts if t) + "\n", **sections)
     return 1 if any(d.severity == "error" for d in diagnostics) else 0
+
+
+def _spec_of_build(lock: str) -> str | None:
+    """The spec a build folder was compiled from, by the plan.json beside its lock.json."""
+    from pathlib import Path
+
+    from ..plan import read_plan
+
+    build = Path(lock).parent
+    try:
+        plan = read_plan(build / "plan.json")
+        spec = build / plan["paths"]["spec_dir"] / plan["metadata"]["spec_file"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(spec) if spec.is_file() else None
 
 
 def _data_section(spec, resolved) -> tuple[dict | None, str, list, dict | None]:
