@@ -670,12 +670,19 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
+def reduced_batch(mbs: int, gas: int) -> tuple[int, int]:
+    """The next smaller micro batch that keeps micro batch x accumulation (the effective batch, and
+    so the data each optimizer step sees) exactly the same: micro batch / its smallest prime factor."""
+    factor = next(f for f in range(2, mbs + 1) if mbs % f == 0)
+    return mbs // factor, gas * factor
+
+
 def _oom(plan, out: Path, step: int, rank: int, mbs: int, gas: int, history: list, last: str, exc) -> StopRun:
     """Record the halved micro batch for the relaunch (ftspec launch resumes from the last checkpoint)."""
     policy = plan["spec"]["training"].get("on_oom", "reduce_batch")
     if policy != "reduce_batch" or mbs <= 1:
         return StopRun(make("FT0708", step=step + 1, rank=rank, mbs=mbs), "oom")
-    new_mbs, new_gas = mbs // 2, gas * 2  # the same effective batch when mbs is even
+    new_mbs, new_gas = reduced_batch(mbs, gas)
     change = {"step": step + 1, "rank": rank, "from": {"micro_batch_size": mbs, "gradient_accumulation_steps": gas},
               "to": {"micro_batch_size": new_mbs, "gradient_accumulation_steps": new_gas},
               "resume_from": last, "error": str(exc)[:300], "time": now()}

@@ -148,3 +148,14 @@ def test_ctrl_c_marks_the_run_failed_so_it_is_not_left_running(tmp_path, monkeyp
         raise AssertionError("^C must reach the CLI (exit 130)")
     data = json.loads((run / "run.json").read_text())
     assert data["exit_status"] == "failed" and data["exit_code"] == 130
+
+
+def test_oom_retry_keeps_the_effective_batch_exactly():
+    """Regression: micro batch 3 became 1 with accumulation x2, so each step saw 2 examples instead of 3."""
+    from ftspec.runtime.train import reduced_batch
+
+    for mbs in range(2, 33):
+        for gas in (1, 3, 4):
+            new_mbs, new_gas = reduced_batch(mbs, gas)
+            assert new_mbs < mbs and new_mbs * new_gas == mbs * gas
+    assert reduced_batch(4, 2) == (2, 4) and reduced_batch(3, 1) == (1, 3) and reduced_batch(9, 1) == (3, 3)
