@@ -122,6 +122,13 @@ def compile_spec(path: str | Path, options: CompileOptions | None = None, *, bui
         reasons.append(f"{errors} error(s)")
     if fits is False:
         reasons.append("the estimate does not fit the declared GPUs")
+    if any(d.code == "FT0231" for d in diags):
+        # running a repository's own Python is a separate consent: --force does not grant it
+        diags.append(make("FT0604", spec.locate("/model/trust_remote_code"),
+                          detail="model.trust_remote_code: true needs --allow-remote-code",
+                          hint="review the model repository's code, then pass --allow-remote-code (--force does "
+                               "not allow remote code)"))
+        return CompileResult(spec, sort_diagnostics(_dedupe(diags)), refused=True)
     if reasons and not options.force:
         diags.append(make("FT0604", spec.locate(""), detail=" and ".join(reasons)))
         return CompileResult(spec, sort_diagnostics(_dedupe(diags)), refused=True)

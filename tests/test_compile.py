@@ -620,3 +620,16 @@ def test_findings_about_set_values_name_the_override(tmp_path):
     unknown = _cli("compile", "tests/fixtures/compile/cpu-ddp.yaml", "-o", str(tmp_path / "b"),
                    "--set", "training.nonexistent=3")
     assert "unknown key 'nonexistent'" in unknown.stdout and "(value from --set training.nonexistent)" in unknown.stdout
+
+
+def test_force_does_not_grant_remote_code(tmp_path):
+    """Regression: --force compiled a trust_remote_code spec, and launch would have run the repo's code."""
+    spec = _copy_fixture(tmp_path)
+    spec.write_text(spec.read_text().replace("  chat_template: chatml\n",
+                                             "  chat_template: chatml\n  trust_remote_code: true\n", 1))
+    forced = _cli("compile", str(spec), "-o", str(tmp_path / "b"), "--force", "--repo-root", str(tmp_path))
+    assert forced.returncode == 1 and "--allow-remote-code" in forced.stdout and not (tmp_path / "b").exists()
+    allowed = _cli("compile", str(spec), "-o", str(tmp_path / "b"), "--allow-remote-code", "--repo-root",
+                   str(tmp_path))
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert json.loads((tmp_path / "b" / "plan.json").read_text())["spec"]["model"]["trust_remote_code"] is True
