@@ -79,7 +79,7 @@ class Check:
 class IntegrityCheck:
     """A precondition for trusting the numbers at all (eval/train overlap, eval data unchanged)."""
 
-    name: str  # contamination | eval_data
+    name: str  # contamination | regression_contamination | eval_data
     passed: bool | None  # None: could not be checked
     detail: str
 
@@ -239,6 +239,18 @@ def judge(
                               ngram=contamination.get("ngram"), allowed=max_contaminated, examples=examples))
         elif check.passed is None:
             diags.append(make("FT0814", locate("/dataset/checks"), detail=check.detail))
+        regression = (contamination or {}).get("regression")
+        if regression:
+            count, total = int(regression.get("contaminated", 0)), int(regression.get("eval_examples", 0))
+            passed = count <= max_contaminated
+            result.integrity.append(IntegrityCheck(
+                "regression_contamination", passed,
+                f"{count} of {total} regression examples share a {regression.get('ngram')}-word sequence with "
+                f"train (allowed: {max_contaminated})"))
+            if not passed:
+                shown = ", ".join(f"regression {e['eval']} ~ train {e['train']}" for e in regression["examples"][:3])
+                diags.append(make("FT0815", locate("/evaluation/regression/prompts"), count=count, total=total,
+                                  ngram=regression.get("ngram"), allowed=max_contaminated, examples=shown))
         findings = list(data_findings or [])
         errors = [d for d in findings if d.severity == "error"]
         result.integrity.append(IntegrityCheck(

@@ -25,29 +25,40 @@ def measure(
     ngram: int,
     *,
     max_examples: int = 10,
+    regression: Sequence[Messages] | None = None,
 ) -> dict:
     """Eval examples sharing an `ngram`-word sequence with training data.
 
     `train_examples` yields (messages, where) pairs; `where` names the training record in the output
     ("data/train.jsonl:12"). Returns {"ngram", "eval_examples", "contaminated", "examples": [{"eval",
-    "train"}]} with at most `max_examples` examples.
+    "train"}]} with at most `max_examples` examples. With `regression` (the regression prompts and
+    answers), the same training pass also fills a "regression" entry of the same shape: a regression
+    set the model trained on measures memory, not forgetting.
     """
     overlap = Contamination(ngram)
-    for index, messages in enumerate(eval_examples):
-        overlap.add_eval(words_of(_text(messages)), index)
+    sets = {"eval": list(eval_examples), "regression": list(regression or [])}
+    for name, examples in sets.items():
+        for index, messages in enumerate(examples):
+            overlap.add_eval(words_of(_text(messages)), (name, index))
     named: dict[int, str] = {}  # only training records that overlap something keep their name
     for position, (messages, where) in enumerate(train_examples):
         before = len(overlap.hits)
         overlap.scan_train(words_of(_text(messages)), (position, 0))
         if len(overlap.hits) != before:
             named[position] = where
-    examples = [
-        {"eval": index, "train": named.get(where[0], str(where[0]))}
-        for index, where in sorted(overlap.hits.items())[:max_examples]
-    ]
-    return {
-        "ngram": ngram,
-        "eval_examples": len(overlap.eval_lines),
-        "contaminated": overlap.count,
-        "examples": examples,
-    }
+
+    def summary(name: str) -> dict:
+        labels = overlap.eval_lines  # the (set, index) each added example was given
+        hits = sorted((labels[key][1], where) for key, where in overlap.hits.items() if labels[key][0] == name)
+        return {
+            "ngram": ngram,
+            "eval_examples": sum(1 for set_name, _i in overlap.eval_lines if set_name == name),
+            "contaminated": len(hits),
+            "examples": [{"eval": index, "train": named.get(where[0], str(where[0]))}
+                         for index, where in hits[:max_examples]],
+        }
+
+    out = summary("eval")
+    if regression is not None:
+        out["regression"] = summary("regression")
+    return out

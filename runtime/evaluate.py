@@ -454,9 +454,13 @@ def measure(folder: RunFolder, *, lm_eval: list[str] | None = None) -> tuple[dic
         if regression_metric else None
 
     checks = (spec.get("dataset") or {}).get("checks") or {}
-    contamination = measure_contamination(conversations, train_iter, int(checks.get("contamination_ngram", 13)))
+    contamination = measure_contamination(
+        conversations, train_iter, int(checks.get("contamination_ngram", 13)),
+        regression=[[*prompt, {"role": "assistant", "content": answer}] for prompt, answer in regression]
+        if regression else None)
     log(f"eval set: {len(conversations)} examples ({eval_source}); regression set: {len(regression)}; "
-        f"{contamination['contaminated']} eval example(s) overlap train")
+        f"{contamination['contaminated']} eval example(s) overlap train"
+        + (f", {contamination['regression']['contaminated']} regression example(s)" if regression else ""))
 
     max_len = (folder.plan.get("derived") or {}).get("sequence_len")
     tokenizer = load_tokenizer(folder)

@@ -113,3 +113,23 @@ def test_contamination_measure_names_the_training_record():
     assert result["eval_examples"] == 3 and result["contaminated"] == 2
     assert result["examples"] == [{"eval": 0, "train": "train.jsonl:2"}, {"eval": 1, "train": "train.jsonl:3"}]
     assert measure(evals, iter(train[:1]), 13)["contaminated"] == 0
+
+
+def test_regression_prompts_in_train_are_measured_and_fail_the_gate():
+    from ftspec.compiler.acceptance import judge
+
+    long = "please convert this customer record into a json object with name age city and country fields now"
+    evals = [_chat("unrelated words only here", "x")]
+    regression = [_chat("what is the capital of france", "paris"), _chat(long, "{}")]
+    train = [(_chat("hello", "world"), "train.jsonl:1"), (_chat("intro " + long, "{}"), "train.jsonl:2")]
+    result = measure(evals, iter(train), 13, regression=regression)
+    assert result["contaminated"] == 0
+    assert result["regression"]["contaminated"] == 1
+    assert result["regression"]["examples"] == [{"eval": 1, "train": "train.jsonl:2"}]
+    rules = [{"metric": "regression", "max_drop": 0.05}]
+    values = {"base": {"regression": 0.5}, "finetuned": {"regression": 0.5}}
+    gate = judge(rules, values, contamination=result)
+    assert not gate.passed and "FT0815" in [d.code for d in gate.diagnostics]
+    assert [i.name for i in gate.integrity if i.passed is False] == ["regression_contamination"]
+    clean = measure(evals, iter(train[:1]), 13, regression=regression)
+    assert judge(rules, values, contamination=clean).passed
