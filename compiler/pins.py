@@ -6,7 +6,6 @@ never by importing the packages.
 
 from __future__ import annotations
 
-import importlib.metadata as metadata
 import json
 import platform
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from packaging.version import InvalidVersion, Version
 
 from .diagnostics import Diagnostic, make
 from .loader import LoadedSpec, join_pointer
-from .memory import resolve_strategy
 
 
 @lru_cache(maxsize=1)
@@ -80,6 +78,8 @@ def _value(resolved: dict, dotted: str) -> object:
     if dotted == "hardware.strategy":
         hw = resolved.get("hardware") or {}
         world = int(hw.get("gpus_per_node", 1) or 1) * int(hw.get("nodes", 1) or 1)
+        from .memory import resolve_strategy  # lazily: lint reaches this module too
+
         return resolve_strategy(hw, world)
     node: object = resolved
     for part in dotted.split("."):
@@ -125,10 +125,30 @@ def _pin_pointer(name: str) -> str:
     return join_pointer("/environment/packages", name)
 
 
+def feature_findings(spec: LoadedSpec, resolved: dict) -> list[Diagnostic]:
+    """Only the feature-need findings (FT0403/FT0404) of the pins: what lint reports."""
+    report = PinReport()
+    pins, pointers = _parse_pins(spec, resolved, report)
+    _features(spec, resolved, pins, pointers, report)
+    return [d for d in report.diagnostics if d.code in ("FT0403", "FT0404")]
+
+
 def check_pins(spec: LoadedSpec, resolved: dict, *, installed: bool = False) -> PinReport:
     report = PinReport()
     env = resolved.get("environment") or {}
-    raw_pins = env.get("packages") or {}
+    pins, pointers = _parse_pins(spec, resolved, report)
+    _python(spec, env, report, installed)
+    needs = _features(spec, resolved, pins, pointers, report)
+    _known_bad(spec, pins, pointers, report)
+    _needed(spec, resolved, pins, needs, report)
+    if installed:
+        _installed(spec, pins, pointers, needs, report)
+    return report
+
+
+def _parse_pins(spec: LoadedSpec, resolved: dict, report: PinReport) -> tuple[dict[str, str], dict[str, str]]:
+    """Valid, satisfiable pins by normalised name, and each one's JSON pointer; findings for the rest."""
+    raw_pins = (resolved.get("environment") or {}).get("packages") or {}
     pins: dict[str, str] = {}
     pointers: dict[str, str] = {}
     for raw_name, raw_spec in raw_pins.items():
@@ -158,13 +178,7 @@ def check_pins(spec: LoadedSpec, resolved: dict, *, installed: bool = False) -> 
             pins.pop(name, None)
             continue
         pins[name] = text
-    _python(spec, env, report, installed)
-    needs = _features(spec, resolved, pins, pointers, report)
-    _known_bad(spec, pins, pointers, report)
-    _needed(spec, resolved, pins, needs, report)
-    if installed:
-        _installed(spec, pins, pointers, needs, report)
-    return report
+    return pins, pointers
 
 
 def _python(spec: LoadedSpec, env: dict, report: PinReport, installed: bool) -> None:
@@ -291,6 +305,8 @@ def _known_bad(spec: LoadedSpec, pins: dict[str, str], pointers: dict[str, str],
 
 def _train_extra() -> dict[str, str]:
     """ftspec's own tested ranges (the `train` extra), to suggest for packages with no feature need."""
+    from importlib import metadata  # lazily: importing it costs lint ~9 ms
+
     out: dict[str, str] = {}
     try:
         requires = metadata.requires("ftspec") or []
@@ -344,6 +360,8 @@ def _needed(spec: LoadedSpec, resolved: dict, pins: dict[str, str], needs: dict[
 
 def _installed(spec: LoadedSpec, pins: dict[str, str], pointers: dict[str, str], needs: dict[str, list[dict]],
                report: PinReport) -> None:
+    from importlib import metadata
+
     names = sorted(set(pins) | set(needs) | {n for n, info in report.packages.items() if info.get("needed_for")})
     for name in names:
         try:

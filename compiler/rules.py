@@ -165,10 +165,19 @@ class RuleContext:
 
 
 def _all_rules() -> list[Rule]:
-    from . import rules_adapter, rules_data, rules_eval, rules_hardware, rules_model, rules_training
+    from . import (
+        rules_adapter,
+        rules_data,
+        rules_environment,
+        rules_eval,
+        rules_hardware,
+        rules_model,
+        rules_training,
+    )
 
     out: list[Rule] = []
-    for module in (rules_model, rules_adapter, rules_training, rules_hardware, rules_data, rules_eval):
+    for module in (rules_model, rules_adapter, rules_training, rules_hardware, rules_data, rules_eval,
+                   rules_environment):
         out.extend(module.RULES)
     return out
 

@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         texts.append(pins.text())
     from ..lint import suppressed
 
-    diagnostics = sort_diagnostics(suppressed(spec, diagnostics))
+    # lint and the pins section both report feature-need pins: show each finding once
+    diagnostics = sort_diagnostics(suppressed(spec, list(dict.fromkeys(diagnostics))))
     emit(diagnostics, args.format, sources, text_extra="\n\n".join(t for t in texts if t) + "\n", **sections)
     return 1 if any(d.severity == "error" for d in diagnostics) else 0
 
