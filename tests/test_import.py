@@ -176,8 +176,12 @@ def test_torchtune_meaning(tmp_path):
     assert data["dataset"]["eval_split"] == 0.05 and data["dataset"]["format"] == "alpaca"
     assert data["output"]["save"] == "both"
     assert _at(diags, "FT0902", 20)  # absolute /tmp output_dir cannot be kept
+    # alpaca_cleaned_dataset trains on the prompt by default (train_on_input=True): loss_on: all
+    assert t["loss_on"] == "all"
+    assert _at(diags, "FT0905", 55) and any("train_on_input" in d.message for d in _at(diags, "FT0905", 55))
     data, _ = _data("torchtune__8B_qlora_single_device.yaml", tmp_path / "b")
     assert data["adapter"]["method"] == "qlora" and data["training"]["gradient_checkpointing"] is True
+    assert data["training"]["loss_on"] == "all"
 
 
 def test_local_data_deepspeed_file_and_absolute_val_size(tmp_path):
@@ -267,3 +271,172 @@ def test_axolotl_excess_length_strategy(value, expected, severity, tmp_path):
     changed = [d for d in result.diagnostics if d.code == "FT0902" and "excess_length_strategy" in d.message]
     assert (changed[0].severity if changed else None) == severity
     assert not any(d.code == "FT0901" and "excess_length_strategy" in d.message for d in result.diagnostics)
+
+
+# --- peer defaults that differ from ftspec's are written explicitly (issue 8) ---------------------
+
+def _import_text(tmp_path: Path, tool: str, text: str, name: str = "cfg.yaml"):
+    (tmp_path / "src").mkdir(exist_ok=True)
+    config = tmp_path / "src" / name
+    config.write_text(text)
+    result, _ = _import(config, tmp_path, tool=tool)
+    return result
+
+
+def _written(result) -> str:
+    return " ".join(d.message for d in result.diagnostics if d.code == "FT0903")
+
+
+TORCHTUNE_MIN = """model:
+  _component_: torchtune.models.llama3_1.lora_llama3_1_8b
+  lora_attn_modules: [q_proj, v_proj]
+dataset:
+  _component_: {builder}
+{extra}optimizer:
+  _component_: {optimizer}
+{opt_extra}epochs: 1
+batch_size: 2
+gradient_accumulation_steps: 1
+"""
+
+
+@pytest.mark.parametrize("builder, extra, expected", [
+    # torchtune/datasets/_alpaca.py: alpaca_dataset(..., train_on_input: bool = True)
+    ("torchtune.datasets.alpaca_dataset", "", "all"),
+    # alpaca_cleaned_dataset = partial(alpaca_dataset, source="yahma/alpaca-cleaned")
+    ("torchtune.datasets.alpaca_cleaned_dataset", "", "all"),
+    ("torchtune.datasets.alpaca_cleaned_dataset", "  train_on_input: False\n", "assistant"),
+    ("torchtune.datasets.alpaca_dataset", "  train_on_input: null\n", "all"),
+    # _slimorca.py and _chat.py: train_on_input: bool = False
+    ("torchtune.datasets.slimorca_dataset", "", "assistant"),
+    ("torchtune.datasets.slimorca_dataset", "  train_on_input: True\n", "all"),
+    ("torchtune.datasets.chat_dataset", "  source: json\n  data_files: d.jsonl\n  conversation_style: openai\n"
+     "  conversation_column: messages\n", "assistant"),
+])
+def test_torchtune_builder_train_on_input_default(builder, extra, expected, tmp_path):
+    """Regression: alpaca builders default to train_on_input=True, so an import that only looked at an
+    explicit `train_on_input: True` turned the shipped configs into assistant-only loss."""
+    from ftspec.compiler.resolve import resolve
+
+    text = TORCHTUNE_MIN.format(builder=builder, extra=extra, optimizer="torch.optim.AdamW", opt_extra="  lr: 3e-4\n")
+    result = _import_text(tmp_path, "torchtune", text)
+    assert not [d for d in result.diagnostics if d.severity == "error"], result.diagnostics
+    assert resolve(result.data)["training"]["loss_on"] == expected
+    from_default = "train_on_input" not in extra or "null" in extra
+    if from_default and expected == "all":  # written, commented and reported as torchtune's default
+        assert "training.loss_on: all" in _written(result)
+        assert "torchtune default for unset dataset.train_on_input" in result.text
+        assert [d for d in _at(result.diagnostics, "FT0905", 5) if "train_on_input" in d.message]  # the builder
+    if not from_default:
+        assert re.search(r"loss_on: \w+ +# torchtune dataset.train_on_input, line \d+", result.text)
+
+
+def test_torchtune_dataset_table_has_every_default_and_source():
+    from ftspec.compiler.importers.common import load_table
+
+    table = load_table("import_torchtune.json")
+    for builder, entry in table["datasets"].items():
+        if builder.startswith("$"):
+            continue
+        assert set(entry["defaults"]) == {"train_on_input", "packed"}, builder
+        assert "train_on_input" in entry["source"], builder
+    for name, entry in table["optimizers"].items():
+        if not name.startswith("$"):
+            assert entry["source"] and "lr" in entry["defaults"], name
+    for table_name in ("import_torchtune.json", "import_axolotl.json", "import_llamafactory.json"):
+        for entry in load_table(table_name)["defaults"]:
+            assert entry.get("source"), (table_name, entry["key"])
+
+
+@pytest.mark.parametrize("optimizer, opt_extra, lr, weight_decay", [
+    ("torch.optim.AdamW", "", 0.001, 0.01),  # torch.optim.AdamW(lr=1e-3, weight_decay=1e-2)
+    ("torch.optim.SGD", "", 0.001, 0.0),  # torch.optim.SGD(lr=1e-3, weight_decay=0): not AdamW's 0.01
+    ("bitsandbytes.optim.PagedAdamW8bit", "  lr: 2e-5\n", 2e-05, 0.01),
+])
+def test_torchtune_optimizer_and_lora_defaults(optimizer, opt_extra, lr, weight_decay, tmp_path):
+    from ftspec.compiler.resolve import resolve
+
+    text = TORCHTUNE_MIN.format(builder="torchtune.datasets.slimorca_dataset", extra="",
+                                optimizer=optimizer, opt_extra=opt_extra)
+    result = _import_text(tmp_path, "torchtune", text)
+    spec = resolve(result.data)
+    assert (spec["training"]["learning_rate"], spec["training"]["weight_decay"]) == (lr, weight_decay)
+    # torchtune's lora builders: lora_rank=8 (ftspec's default is 16), lora_alpha=16, lora_dropout=0.0
+    assert (spec["adapter"]["r"], spec["adapter"]["alpha"], spec["adapter"]["dropout"]) == (8, 16, 0.0)
+    assert "adapter.r: 8" in _written(result)
+
+
+LLAMAFACTORY_MIN = "model_name_or_path: Qwen/Qwen2.5-0.5B\nstage: sft\nfinetuning_type: lora\ndataset: foo\n"
+
+
+@pytest.mark.parametrize("extra, length, truncation", [
+    ("", 2048, "truncate"),  # data_args.py cutoff_len default 2048; the supervised processor cuts
+    ("cutoff_len: 1024\n", 1024, "truncate"),
+    ("cutoff_len: 1024\npacking: true\n", 1024, "drop"),  # the packed processor drops longer examples
+    ("neat_packing: true\n", 2048, "drop"),
+])
+def test_llamafactory_cutoff_len_maps_to_sequence_len_and_truncation(extra, length, truncation, tmp_path):
+    from ftspec.compiler.resolve import resolve
+
+    result = _import_text(tmp_path, "llamafactory", LLAMAFACTORY_MIN + extra)
+    assert result.data["training"]["sequence_len"] == length
+    assert result.data["dataset"]["truncation"] == truncation
+    assert resolve(result.data)["training"]["loss_on"] == "assistant"  # train_on_prompt defaults to False
+    notes = [d for d in result.diagnostics if d.code == "FT0905" and "cutoff_len" in d.message]
+    assert len(notes) == 1
+    note = notes[0]
+    assert f"training.sequence_len: {length}" in note.message and f"truncation: {truncation}" in note.message
+    if "cutoff_len" in extra:
+        assert note.line == extra.split("\n").index(f"cutoff_len: {length}") + 5
+        assert f"# llamafactory cutoff_len, line {note.line}" in result.text
+    else:
+        assert "llamafactory default cutoff_len: 2048" in result.text
+
+
+def test_llamafactory_train_on_prompt(tmp_path):
+    result = _import_text(tmp_path, "llamafactory", LLAMAFACTORY_MIN + "train_on_prompt: true\n")
+    assert result.data["training"]["loss_on"] == "all"
+
+
+@pytest.mark.parametrize("drop, message_keys", [
+    ("", set()),
+    ("learning_rate", {"learning_rate"}),
+    ("lora_r lora_alpha", {"lora_r", "lora_alpha"}),
+])
+def test_axolotl_keys_without_default_are_reported(drop, message_keys, tmp_path):
+    """Axolotl has no default for learning_rate, lora_r or lora_alpha: the spec's value is ftspec's, said so."""
+    from ftspec.compiler.resolve import resolve
+
+    lines = ["base_model: meta-llama/Llama-3.2-1B", "adapter: lora", "learning_rate: 0.0001", "lora_r: 8",
+             "lora_alpha: 16", "datasets:", "  - path: x/y", "    type: alpaca"]
+    lines = [ln for ln in lines if ln.split(":")[0] not in drop.split()]
+    result = _import_text(tmp_path, "axolotl", "\n".join(lines) + "\n", name="cfg.yml")
+    said = {k for d in result.diagnostics if d.code == "FT0905" and "has no default" in d.message
+            for k in ("learning_rate", "lora_r", "lora_alpha") if d.message.startswith(k + " ")}
+    assert said == message_keys
+    assert all(d.severity == "warning" for d in result.diagnostics if "has no default" in d.message)
+    spec = resolve(result.data)
+    assert spec["training"]["loss_on"] == "assistant"  # train_on_inputs defaults to False in Axolotl
+
+
+@pytest.mark.parametrize("tool, text", [
+    ("axolotl", "base_model: meta-llama/Llama-3.2-1B\nadapter: lora\nlearning_rate: 0.0001\nlora_r: 8\n"
+                "lora_alpha: 16\ndatasets:\n  - path: x/y\n    type: alpaca\n"),
+    ("llamafactory", LLAMAFACTORY_MIN),
+    ("torchtune", TORCHTUNE_MIN.format(builder="torchtune.datasets.alpaca_dataset", extra="",
+                                       optimizer="torch.optim.AdamW", opt_extra="")),
+])
+def test_minimal_config_trains_with_the_peers_defaults(tool, text, tmp_path):
+    """Every default in the tool's table holds in the resolved spec of a config that sets none of them."""
+    from ftspec.compiler.importers.common import load_table
+    from ftspec.compiler.resolve import resolve
+
+    result = _import_text(tmp_path, tool, text, name="cfg.yml" if tool == "axolotl" else "cfg.yaml")
+    spec = resolve(result.data)
+    for entry in load_table(f"import_{tool}.json")["defaults"]:
+        node = spec
+        for part in entry["field"].strip("/").split("/"):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if entry["key"] in ("lora_alpha", "model.lora_alpha") and tool == "llamafactory":
+            continue
+        assert node == entry["value"], (tool, entry["key"], node, entry["value"])

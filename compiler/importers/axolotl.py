@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..loader import LoadedSpec
-from .common import ImportOptions, ImportResult, Translation, describe, load_table, spec_name
+from .common import ImportOptions, ImportResult, Translation, describe, load_table, schema_default, spec_name
 
 LORA_POINTERS = ("/adapter/r", "/adapter/alpha", "/adapter/dropout", "/adapter/dora", "/adapter/target_modules")
 
@@ -34,6 +34,7 @@ def translate(source: LoadedSpec, options: ImportOptions) -> ImportResult:
     _output(t)
     _distributed(t)
     t.defaults(table["defaults"], adapter=method != "full", max_steps=t.get("/training/max_steps") is not None)
+    _required(t, table, method)
     if not t.has("warmup_steps") and not t.has("warmup_ratio"):
         t.note("", "Axolotl's default warmup is 3% of the steps capped at 100 steps; ftspec's "
                "warmup_ratio: 0.03 has no cap, which differs for runs longer than 3,333 steps",
@@ -41,6 +42,22 @@ def translate(source: LoadedSpec, options: ImportOptions) -> ImportResult:
     t.hardware()
     t.finish(table["ignored"], set(table["handled"]) | set(table["direct"]))
     return t.result()
+
+
+def _required(t: Translation, table: dict, method: str) -> None:
+    """Keys Axolotl has no default for (import_axolotl.json required): the original does not run
+    without them, so the value the spec takes instead is said, not assumed."""
+    for entry in table["required"]["keys"]:
+        if entry.get("when") == "adapter" and method == "full":
+            continue
+        if t.has(entry["key"]):
+            continue
+        shown = entry["field"].strip("/").replace("/", ".")
+        ours = schema_default(entry["field"])
+        t.report("FT0905", "", severity="warning",
+                 detail=f"{entry['key']} is not set and Axolotl has no default for it (the config does not run "
+                        f"without it); the spec uses ftspec's default {shown}: {describe(ours)}",
+                 hint=f"set {shown} to the value the original run used")
 
 
 def _model(t: Translation) -> None:

@@ -210,11 +210,17 @@ class Translation:
                     continue
             elif self.has(entry["key"]):
                 continue
-            if schema_default(entry["field"]) == entry["value"]:
-                continue
-            self.set(entry["field"], entry["value"], f"{self.tool} default for unset {entry['key']}")
-            shown = entry["field"].strip("/").replace("/", ".")
-            self.defaults_written.append(f"{shown}: {describe(entry['value'])}")
+            self.peer_default(entry["field"], entry["value"], f"{self.tool} default for unset {entry['key']}")
+
+    def peer_default(self, field: str, value: object, comment: str, why: str = "") -> bool:
+        """The peer's default for a setting its config leaves unset: written (and listed in the FT0903
+        report) when it differs from ftspec's own default, so the spec trains the same way."""
+        if schema_default(field) == value:
+            return False
+        self.set(field, value, comment)
+        shown = field.strip("/").replace("/", ".")
+        self.defaults_written.append(f"{shown}: {describe(value)}" + (f" ({why})" if why else ""))
+        return True
 
     def optimizer(self, pointer: str, name: object, extra: dict | None = None) -> None:
         table = dict(load_table("import_common.json")["hf_optimizers"]["map"])

@@ -27,6 +27,7 @@ def translate(source: LoadedSpec, options: ImportOptions) -> ImportResult:
     t.direct(table["direct"])
     method = _method(t, table)
     _schedule(t)
+    _cutoff(t)
     _datasets(t)
     out = t.take("output_dir")
     if out:
@@ -149,6 +150,40 @@ def _schedule(t: Translation) -> None:
     if strategy not in (None, "steps", "no"):
         t.drop("/eval_strategy", f"ftspec evaluates every training.eval_steps steps, not per {strategy}",
                severity="warning")
+
+
+def _cutoff(t: Translation) -> None:
+    """cutoff_len (default 2048) caps the tokenized prompt+answer of each example: written as
+    training.sequence_len with the truncation policy LLaMA-Factory applies. Without packing it cuts
+    (data/processor/supervised.py: infer_seqlen shortens each turn's prompt and answer, keeping the
+    beginning of both); with packing it drops every example longer than cutoff_len."""
+    given = t.has("cutoff_len")
+    if given and "/training/sequence_len" not in t.values:
+        return  # not an integer: reported by direct()
+    if not given:
+        default = next(e["value"] for e in load_table("import_llamafactory.json")["defaults"]
+                       if e["key"] == "cutoff_len")
+        t.set("/training/sequence_len", default, f"llamafactory default cutoff_len: {default}")
+    length = t.get("/training/sequence_len")
+    where = "/cutoff_len" if given else ""
+    said = f"cutoff_len: {length}" if given else f"cutoff_len (unset, LLaMA-Factory's default {length})"
+    packed = t.get("/training/packing") is True
+    policy = "drop" if packed else "truncate"
+    t.set("/dataset/truncation", policy, (t.origin("/cutoff_len") if given else "llamafactory cutoff_len")
+          + (": packing drops longer examples" if packed else ": cuts longer examples"))
+    detail = (f"{said} is the most tokens LLaMA-Factory keeps of an example, prompt and answer together; "
+              f"it is written as training.sequence_len: {length} with dataset.truncation: {policy}. ")
+    if packed:
+        detail += ("With packing LLaMA-Factory drops every example longer than cutoff_len instead of cutting it, "
+                   "which is ftspec's truncation: drop")
+    else:
+        detail += ("Both cut an example that is too long, but not the same tokens: LLaMA-Factory shortens each "
+                   "turn's prompt or answer, whichever is longer (both in proportion when both are), keeping "
+                   "the beginning of each and dropping the turns that no longer fit, while ftspec cuts the end "
+                   "of the whole conversation, so an answer after a prompt longer than sequence_len is lost "
+                   "and its example dropped")
+    t.note(where, detail, hint="run `ftspec check` to count the examples longer than sequence_len; raise it "
+           "(or use p95) if there are many")
 
 
 def _dataset_info(t: Translation) -> tuple[dict | None, LoadedSpec | None, Path]:

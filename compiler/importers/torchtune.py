@@ -190,15 +190,38 @@ def _dataset(t: Translation, table: dict) -> None:
         if key in ("_component_", "split", "source", "data_files", "conversation_style"):
             continue
         if key == "packed":
-            t.set("/training/packing", bool(value), t.origin(ptr))
+            if value is not None:
+                t.set("/training/packing", bool(value), t.origin(ptr))
         elif key == "train_on_input":
-            if value is True:
-                t.set("/training/loss_on", "all", t.origin(ptr))
+            if value is not None:
+                t.set("/training/loss_on", "all" if value is True else "assistant", t.origin(ptr))
         elif value is not None:
             t.drop(ptr, "ftspec has no per-dataset setting for it", hint="check whether it changes the examples")
+    _dataset_defaults(t, builder, ds, entry)
     if fmt == "alpaca":
         t.note("/dataset/_component_", "torchtune's alpaca prompt puts a non-empty input under its own "
                "'### Input:' heading; ftspec's alpaca template folds the input into the instruction block")
+
+
+def _dataset_defaults(t: Translation, builder: str, ds: dict, entry: dict) -> None:
+    """The builder's own defaults for the arguments the config leaves unset (import_torchtune.json
+    datasets.<builder>.defaults). alpaca_dataset and alpaca_cleaned_dataset train on the prompt too
+    (train_on_input=True), which is ftspec's loss_on: all, not its default assistant-only loss."""
+    name = builder.rsplit(".", 1)[-1]
+    fields = {"train_on_input": ("/training/loss_on", lambda v: "all" if v else "assistant"),
+              "packed": ("/training/packing", bool)}
+    for key, default in entry.get("defaults", {}).items():
+        if ds.get(key) is not None or key not in fields:
+            continue
+        field, convert = fields[key]
+        value = convert(default)
+        written = t.peer_default(field, value, f"torchtune default for unset dataset.{key} ({name}: {default})",
+                                 f"torchtune's {name} defaults to {key}={default}")
+        if written and key == "train_on_input":
+            t.note("/dataset/_component_", f"torchtune's {name} trains on the prompt as well as the answer "
+                   f"(train_on_input defaults to True); the spec writes training.loss_on: all so the loss "
+                   "stays the same, where ftspec's default (assistant) would train on the answers only",
+                   hint="set training.loss_on: assistant to train on the answers only")
 
 
 def _optimizer(t: Translation, table: dict) -> None:
@@ -217,8 +240,8 @@ def _optimizer(t: Translation, table: dict) -> None:
         return
     for key, value in opt.items():
         ptr = f"/optimizer/{key}"
-        if key == "_component_":
-            continue
+        if key == "_component_" or value is None:
+            continue  # null: unset, the optimizer's default applies
         if key == "lr":
             t.set("/training/learning_rate", float(value), t.origin(ptr))
         elif key == "weight_decay":
@@ -227,6 +250,21 @@ def _optimizer(t: Translation, table: dict) -> None:
             continue  # kernel choice: the same update
         else:
             t.drop(ptr, "ftspec uses the optimizer's defaults for its other arguments", severity="warning")
+    _optimizer_defaults(t, builder, opt, entry)
+
+
+def _optimizer_defaults(t: Translation, builder: str, opt: dict, entry: dict | None) -> None:
+    """The optimizer class's own lr and weight_decay where the config leaves them unset."""
+    fields = {"lr": "/training/learning_rate", "weight_decay": "/training/weight_decay"}
+    name = builder.rsplit(".", 1)[-1] if builder else "optimizer"
+    for key, default in ((entry or {}).get("defaults") or {}).items():
+        if opt.get(key) is not None or key not in fields:
+            continue
+        t.peer_default(fields[key], default, f"torchtune default for unset optimizer.{key} ({builder}: {default})",
+                       f"{name}'s default {key}")
+    if opt.get("lr") is None and "/training/learning_rate" not in t.values:
+        t.note("/optimizer", f"the config sets no optimizer.lr and ftspec does not know {builder or 'its'} "
+               "default; the spec uses ftspec's learning_rate", hint="set training.learning_rate")
 
 
 def _schedule(t: Translation) -> None:
