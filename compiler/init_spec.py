@@ -269,7 +269,9 @@ def build(answers: InitAnswers) -> InitResult:
         for step in ladder:
             values = _spec_values(answers, summary, step, bf16, train_rel, name)
             resolved = resolve(_plain(values))
-            est = estimate_memory(resolved, arch, gpu_memory_gib=gpu.memory_gib)
+            # as `ftspec check` does: unpacked batches are padded only to their longest example
+            rows = min(resolved["training"]["sequence_len"], summary.max_tokens or resolved["training"]["sequence_len"])
+            est = estimate_memory(resolved, arch, gpu_memory_gib=gpu.memory_gib, seq_len=rows)
             if smallest is None or est.device_gib < smallest[1].device_gib:
                 smallest = (step, est)
             if est.fits:

@@ -151,3 +151,21 @@ def test_empty_answers_are_refused(tmp_path, flag, capsys):
     out = tmp_path / "s.yaml"
     assert main(["init", "--non-interactive", *[x for kv in args.items() for x in kv], "-o", str(out)]) == 2
     assert f"{flag} is empty" in capsys.readouterr().err and not out.exists()
+
+
+def test_init_memory_comment_agrees_with_check(tmp_path, capsys):
+    """Regression: init estimated every row at sequence_len while check pads only to the longest example,
+    so init's "~21.1 of 21.6 GiB" disagreed with check's 17.2 GiB and turned checkpointing on needlessly."""
+    rows = [{"messages": [{"role": "user", "content": f"ticket {i}: my order has not arrived"},
+                          {"role": "assistant", "content": f"Sorry about order {i}; it ships today."}]}
+            for i in range(600)]
+    (tmp_path / "short.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = tmp_path / "spec.yaml"
+    result = build(InitAnswers(model="meta-llama/Llama-3.1-8B-Instruct", data=str(tmp_path / "short.jsonl"),
+                               gpu="RTX-4090", output=spec))
+    assert result.values["/training/gradient_checkpointing"][0] is False  # ~20-token rows fit without it
+    spec.write_text(result.text)
+    capsys.readouterr()
+    main(["check", str(spec), "--only", "data,memory", "--format", "json", "--repo-root", str(tmp_path)])
+    checked = json.loads(capsys.readouterr().out)["memory"]["per_gpu"]["device_gib"]
+    assert abs(result.estimate["per_gpu"]["device_gib"] - checked) <= 0.05 * checked
