@@ -62,6 +62,9 @@ def accelerate_config(plan: dict) -> dict:
         distributed = DISTRIBUTED[strategy]
         if strategy == "single" and world > 1:
             distributed = "MULTI_GPU"
+        elif strategy == "ddp" and world == 1:
+            # one process is not data parallel: accelerate's multi-GPU launch wants at least two
+            distributed = "NO"
     config: dict = {
         "compute_environment": "LOCAL_MACHINE",
         "debug": False,

@@ -3,7 +3,8 @@
 Order: load and apply `--set` overrides, lint, resolve defaults, check the data (lengths for
 sequence_len: p95, usable example counts), assess feasibility, build the plan, render. Lint errors,
 data errors and a spec that does not fit refuse the build unless forced; a plan that cannot be
-built at all (no sequence length, no steps) is refused even then.
+built at all (no sequence length, no steps) is refused even then, and so is an accelerate config or
+DeepSpeed JSON that does not match ftspec's schema of it (FT0619, a bug in ftspec).
 """
 
 from __future__ import annotations
@@ -152,12 +153,20 @@ def compile_spec(path: str | Path, options: CompileOptions | None = None, *, bui
             diags.append(make("FT0609", spec.locate("/name"), name=plan["spec"]["name"],
                               k8s_name=k8s_name(plan["spec"]["name"])))
     from .lockfile import build_lock
-    from .render import render_build
+    from .render import artifact_violations, render_build
     from .review import render_review
 
     lock = build_lock(spec, plan["spec"], plan)
     review = render_review(plan, data_summary=data_summary, diagnostics=diags)
-    return CompileResult(spec, diags, files=render_build(plan, lock, review), plan=plan)
+    files = render_build(plan, lock, review)
+    violations = artifact_violations(files)
+    if violations:
+        # ftspec's own generators disagree with its schemas of their output: an internal error,
+        # refused even with --force, and nothing reaches the build folder; no line of the spec is at fault
+        where = Location(spec.path, None, None, "")
+        diags += [make("FT0619", where, file=v.file, schema=v.schema, detail=v.detail) for v in violations]
+        return CompileResult(spec, sort_diagnostics(diags), plan=plan, refused=True)
+    return CompileResult(spec, diags, files=files, plan=plan)
 
 
 def _mark_overrides(diags: list[Diagnostic], overrides: dict) -> list[Diagnostic]:

@@ -4,13 +4,17 @@ Shell scripts come from jinja2 templates (compiler/templates/) rendered with Str
 `finalize` hook that refuses any value not produced by `sh()` (shlex.quote) or checked against a
 strict pattern: a spec value can reach a script only quoted. YAML artifacts are dumped from dicts
 with PyYAML (never templated), JSON with sorted keys. Nothing depends on the clock or the machine,
-so the same inputs give the same bytes.
+so the same inputs give the same bytes. The accelerate config and the DeepSpeed JSON are checked
+against ftspec's own schemas of them (schemas/*-config.v1.schema.json) before anything is written:
+accelerate's and DeepSpeed's loaders accept far more than their launchers can use.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
@@ -262,3 +266,92 @@ EXECUTABLE = {LAUNCH_FILE, SLURM_FILE}
 # every file a build folder can hold: compile replaces an old build only when it holds nothing else
 ARTIFACT_FILES = frozenset({PLAN_FILE, ACCELERATE_CONFIG, DEEPSPEED_CONFIG, LAUNCH_FILE, SLURM_FILE, K8S_FILE,
                             LOCK_FILE, REVIEW_FILE})
+
+
+# ------------------------------------------------------------------------------ artifact schemas
+
+ARTIFACT_SCHEMAS = {
+    ACCELERATE_CONFIG: "accelerate-config.v1.schema.json",
+    DEEPSPEED_CONFIG: "deepspeed-config.v1.schema.json",
+}
+_MAX_ERRORS_PER_FILE = 10
+
+
+@dataclass(frozen=True)
+class ArtifactViolation:
+    """A generated artifact that does not match its schema (a bug in ftspec, never in the spec)."""
+
+    file: str
+    schema: str
+    detail: str
+
+
+def _read_artifact(name: str, text: str) -> object:
+    # accelerate reads its config with PyYAML (YAML 1.1: a bare `no` is false): check what it will see
+    return yaml.safe_load(text) if name.endswith((".yaml", ".yml")) else json.loads(text)
+
+
+def _error_text(error) -> str:
+    where = "".join(f"/{p}" for p in error.absolute_path) or "/"
+    if error.validator is None:  # a `false` schema: a key that must not be there
+        return f"{where}: not allowed here"
+    if error.validator == "not":
+        reason = (error.validator_value or {}).get("description") or error.schema.get("description")
+        if reason:
+            return f"{where}: {reason}"
+    message = error.message if len(error.message) <= 300 else error.message[:297] + "..."
+    return f"{where}: {message}"
+
+
+def _cross_checks(data: dict[str, object]) -> list[ArtifactViolation]:
+    """What a JSON Schema cannot say: relations between fields, and between the two configs."""
+    out: list[ArtifactViolation] = []
+    acc, ds = data.get(ACCELERATE_CONFIG), data.get(DEEPSPEED_CONFIG)
+    if not isinstance(acc, dict):
+        return out
+
+    def violation(name: str, detail: str) -> None:
+        out.append(ArtifactViolation(name, ARTIFACT_SCHEMAS[name], detail))
+
+    nodes, world, rank = acc["num_machines"], acc["num_processes"], acc["machine_rank"]
+    if world % nodes:
+        violation(ACCELERATE_CONFIG, f"/num_processes: {world} processes do not divide among {nodes} machines")
+    if rank >= nodes:
+        violation(ACCELERATE_CONFIG, f"/machine_rank: {rank} is not below num_machines {nodes}")
+    if isinstance(ds, dict):
+        micro, accum, total = (ds[k] for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                                               "train_batch_size"))
+        if total != micro * accum * world:
+            violation(DEEPSPEED_CONFIG, f"/train_batch_size: {total} is not {micro} x {accum} x {world} "
+                                        f"({ACCELERATE_CONFIG} num_processes)")
+        stage = ds["zero_optimization"]["stage"]
+        init = acc.get("deepspeed_config", {}).get("zero3_init_flag")
+        if init is not None and init != (stage == 3):
+            violation(ACCELERATE_CONFIG, f"/deepspeed_config/zero3_init_flag: {str(init).lower()} with ZeRO "
+                                         f"stage {stage} in {DEEPSPEED_CONFIG}")
+    return out
+
+
+def artifact_violations(files: dict[str, str]) -> list[ArtifactViolation]:
+    """Check the accelerate config and the DeepSpeed JSON among `files` against their schemas (as
+    the tools will read them), and against each other. Empty when every artifact is sound."""
+    from .schema import validator
+
+    out: list[ArtifactViolation] = []
+    data: dict[str, object] = {}
+    for name, schema in ARTIFACT_SCHEMAS.items():
+        if name not in files:
+            continue
+        try:
+            data[name] = _read_artifact(name, files[name])
+        except (yaml.YAMLError, ValueError) as exc:
+            out.append(ArtifactViolation(name, schema, f"cannot be read back: {' '.join(str(exc).split())}"))
+            continue
+        errors = sorted(validator(schema).iter_errors(data[name]),
+                        key=lambda e: ([str(p) for p in e.absolute_path], e.message))
+        for error in errors[:_MAX_ERRORS_PER_FILE]:
+            out.append(ArtifactViolation(name, schema, _error_text(error)))
+        if len(errors) > _MAX_ERRORS_PER_FILE:
+            out.append(ArtifactViolation(name, schema, f"and {len(errors) - _MAX_ERRORS_PER_FILE} more"))
+    # the cross-checks read fields the schemas guarantee: only once both match
+    return out or _cross_checks(data)
