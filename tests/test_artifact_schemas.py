@@ -389,3 +389,12 @@ def test_a_good_build_is_unchanged(tmp_path, capsys):
     rc, stdout, stderr = _cli_compile(Path("tests/fixtures/compile/cpu-ddp.yaml"), out, capsys)
     assert rc == 0, stdout + stderr
     assert "FT0619" not in stdout + stderr and (out / "accelerate.yaml").is_file()
+
+
+@pytest.mark.parametrize("which", ["accelerate-config", "deepspeed-config"])
+def test_schema_verb_prints_the_artifact_schemas(which, capsys):
+    from ftspec.compiler.cli import main
+
+    assert main(["schema", which]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["$id"].endswith(f"{which}.v1.schema.json")

@@ -1,11 +1,14 @@
-"""`ftspec schema [spec|plan|report]`: print a JSON Schema (for editors and other tools)."""
+"""`ftspec schema [spec|plan|report|accelerate-config|deepspeed-config]`: print a JSON Schema (for
+editors and other tools)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-NAMES = {"spec": "spec.v1.schema.json", "plan": "plan.v1.schema.json", "report": "report.v1.schema.json"}
+NAMES = {"spec": "spec.v1.schema.json", "plan": "plan.v1.schema.json", "report": "report.v1.schema.json",
+         "accelerate-config": "accelerate-config.v1.schema.json",
+         "deepspeed-config": "deepspeed-config.v1.schema.json"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
