@@ -36,6 +36,7 @@ LABELS = {
     "logits_and_loss": "logits + loss (fp32)",
     "temporaries": "temporaries",
     "comm_buffers": "communication buffers",
+    "stream_pools": "cached by FSDP streams",
     "allocator_reserve": "allocator reserve",
     "cuda_context": "CUDA context / NCCL",
 }

@@ -17,10 +17,15 @@ data/memory-calibration.csv; see benchmarks/memory_accuracy.py):
   gradient checkpointing; LoRA dropout and the adapter input casts add per-module copies;
 * logits and loss: bf16 logits, fp32 upcast, log-softmax output and its gradient (~14 bytes per
   token per vocabulary entry at the start of backward);
-* sharding (DDP buckets, ZeRO 1-3, FSDP full shard with gathered units), CPU offload;
-* device overhead: CUDA context and the caching allocator's reserve.
+* sharding (DDP buckets, ZeRO 1-3, FSDP full shard with gathered units and, in backward, unsharded
+  gradients of two units), CPU offload;
+* optimizer temporaries: torch's foreach AdamW (the default without `fused`) materialises sqrt(v);
+* device overhead: CUDA context and the caching allocator's reserve. The allocator reuses a block
+  only on the stream that allocated it, so under FSDP the all-gather and reduce-scatter streams'
+  pools (gathered units, sharded gradients) stay reserved next to the default stream's peak.
 
-Peak = max(forward/backward, optimizer step); reported as allocated, reserved and device GiB.
+Peak = max(forward/backward, optimizer step) for allocated; reserved adds fragmentation and the
+FSDP stream pools; device adds the CUDA context (and NCCL).
 """
 
 from __future__ import annotations
@@ -254,7 +259,9 @@ def estimate_setup(
         master = 0.0
     state_scale = 1.0 if (pbytes == 4 or master) else 0.5  # states follow the parameter dtype
     state_bytes = OPTIMIZER_STATE_BYTES.get(setup.optimizer, 8.0)
-    if setup.optimizer in ("adamw_torch", "paged_adamw_32bit"):
+    if setup.optimizer == "adamw_torch":
+        # torch AdamW states are zeros_like(param); bitsandbytes' 32-bit optimizers allocate fp32
+        # states whatever the parameter dtype (Optimizer2State.init_state, optim_bits 32).
         state_bytes *= state_scale
     opt_states = trainable * (state_bytes + master) / o_shard
     paged = 0.0
@@ -276,6 +283,17 @@ def estimate_setup(
     else:
         grads_fwd = grads_full if persist else 0.0
         grads_step = grads_full
+    # FSDP (FlatParameter FSDP1 and per-parameter FSDP2 alike) differentiates one unit at a time
+    # into unsharded gradients on the default stream and reduce-scatters them on its own stream.
+    # In flight during a layer's backward: the unit being differentiated and the previous one,
+    # which the reduce-scatter still reads (FSDP1 keeps it alive with record_stream; FSDP2 copies it
+    # into a buffer allocated in the reduce-scatter stream).
+    fsdp_sharded = setup.strategy == "fsdp" and w_shard > 1
+    unit_trainable = shapes.layer_params if setup.method == "full" else adapter_params / max(L, 1)
+    unit_grad = unit_trainable * grad_bytes if fsdp_sharded else 0.0
+    # The sharded gradients are the reduce-scatter outputs, allocated in the reduce-scatter stream
+    # (torch FSDP1 _reduce_grad, FSDP2 foreach_reduce); with CPU offload they are copied out per unit.
+    rs_pool = ((grads_step if setup.optimizer_in_backward else grads_full) + unit_grad) if fsdp_sharded else 0.0
     # DDP keeps a bucket copy of every gradient (gradient_as_bucket_view is off by default).
     comm = 0.0
     if setup.strategy == "ddp" and setup.world > 1:
@@ -331,8 +349,16 @@ def estimate_setup(
     logit_bytes = {"full": a + 12, "chunked": a + 5, "chunked_compiled": a + 0.5}[setup.loss]
     logits = tokens * V * logit_bytes
     head_grad = 0.0
+    held_head_grad = 0.0
     if setup.method == "full" and not setup.optimizer_in_backward:
         head_grad = (shapes.head_params or shapes.embed_params) * grad_bytes / g_shard
+        if fsdp_sharded:
+            # Autograd computes the output layer's gradient unsharded. In a root unit that also holds
+            # the embeddings (FSDP1's flat parameter; FSDP2's root group) it waits for the embedding
+            # gradient, the last of the unit's, before the unit is reduce-scattered: held through
+            # backward. Sharded as its own unit, it is reduce-scattered right after the loss.
+            head_grad = (shapes.head_params or shapes.embed_params) * grad_bytes
+            held_head_grad = head_grad if setup.fsdp_root_gathered else 0.0
 
     # --- transient buffers -------------------------------------------------------------------------
     temps = 0.0
@@ -353,18 +379,20 @@ def estimate_setup(
     resident = weights + adapter_w + opt_states + comm
     at_loss = saved_layers + final_norm + logits + head_grad
     in_layer = saved_layers + recompute + work + tokens * V * a  # bf16 logits still referenced
-    fwd_bwd = resident + gathered + grads_fwd + temps + max(at_loss, in_layer)
+    layer_grads = 2 * unit_grad + held_head_grad  # unsharded FSDP gradients during a layer's backward
+    fwd_bwd = resident + gathered + grads_fwd + temps + max(at_loss, in_layer + layer_grads)
     step = resident + grads_step + opt_temps
     phases = {"forward_backward": fwd_bwd, "optimizer_step": step}
     peak_phase = max(phases, key=phases.get)
     if peak_phase == "forward_backward":
-        act_total = max(at_loss, in_layer)
-        logits_part = logits + head_grad if at_loss >= in_layer else tokens * V * a
+        loss_point = at_loss >= in_layer + layer_grads
+        act_total = at_loss if loss_point else in_layer
+        logits_part = logits + head_grad if loss_point else tokens * V * a
         components = {
             "weights": weights,
             "gathered_weights": gathered,
             "adapter": adapter_w,
-            "gradients": grads_fwd,
+            "gradients": grads_fwd + (0.0 if loss_point else layer_grads),
             "optimizer_states": opt_states,
             "activations": act_total - logits_part,
             "logits_and_loss": logits_part,
@@ -381,6 +409,15 @@ def estimate_setup(
             "comm_buffers": comm,
         }
     allocated = phases[peak_phase]
+    # The caching allocator reuses a freed block only on the stream that allocated it. Under FSDP the
+    # all-gathered units (all-gather stream) and the sharded gradients (reduce-scatter stream) stay
+    # cached in their streams' pools while the default stream's pool serves activations and the
+    # optimizer step, so reserved memory is the sum of the pools' peaks, not the peak of their sum.
+    pooled = allocated
+    if fsdp_sharded:
+        default_fwd = resident + temps + max(at_loss, in_layer + unit_grad + held_head_grad)
+        default_pool = max(default_fwd, step - grads_step)
+        pooled = max(allocated, default_pool + gathered + rs_pool)
     # Fragmentation comes from tensors that come and go every step; weights and optimizer states are
     # allocated once in large blocks and cost the caching allocator next to nothing.
     static = weights + adapter_w + opt_states
@@ -388,10 +425,13 @@ def estimate_setup(
         # CPU processes: no CUDA context or caching allocator; the number is host RAM per process.
         reserved = device = allocated
     else:
-        reserved = allocated + ALLOCATOR_FRACTION * max(allocated - static, 0.0) + ALLOCATOR_FLOOR_GIB * GIB
+        frag = ALLOCATOR_FRACTION * max(allocated - static, 0.0) + ALLOCATOR_FLOOR_GIB * GIB
+        reserved = pooled + frag
         overhead = CUDA_CONTEXT_GIB * GIB + (NCCL_GIB * GIB if setup.world > 1 else 0.0)
         device = reserved + overhead
-        components["allocator_reserve"] = reserved - allocated
+        if pooled > allocated:
+            components["stream_pools"] = pooled - allocated
+        components["allocator_reserve"] = frag
         components["cuda_context"] = overhead
     if paged:
         # Paged states sit in unified memory: on the device while there is room, spilled to host after.
