@@ -120,15 +120,14 @@ def load_model(source: ModelSource, spec: dict, *, device: str, local_rank: int,
     model = AutoModelForCausalLM.from_pretrained(source.path_or_id, **kwargs)
     model.config.use_cache = False
     gradient_checkpointing = bool(training.get("gradient_checkpointing", False))
+    # Not PEFT's prepare_model_for_kbit_training for QLoRA: it also casts every 16-bit parameter
+    # (embeddings, lm_head, norms) to fp32, ~2 GiB more for an 8B model's 128k-token embeddings, which
+    # neither `precision: bf16` ("weights in bf16") nor the memory estimate promises; it also mixes
+    # dtypes that ZeRO-3/FSDP flatten together. Freezing the base is all QLoRA needs (torchtune keeps
+    # bf16 norms too); get_peft_model below adds the trainable adapters.
     if method == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif gradient_checkpointing:
+        model.requires_grad_(False)
+    if gradient_checkpointing:
         # Non-reentrant checkpointing needs no input grads trick for PEFT and works under DDP.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method in ("lora", "qlora"):

@@ -79,3 +79,23 @@ def test_base_model_answers_the_regression_prompts_and_not_the_task():
         messages = json.loads(line)["messages"]
         task.append({"prompt": messages[0]["content"], "answer": messages[1]["content"]})
     assert builtin.skill_accuracy(model, tok, task, 24) <= 0.05
+
+
+def test_qlora_keeps_16bit_weights_in_the_precision_the_spec_names(tmp_path):
+    """Regression: PEFT's prepare_model_for_kbit_training cast embeddings, lm_head and norms to fp32
+    (~2 GiB more for an 8B model than `precision: bf16` and the memory estimate say)."""
+    import torch
+    from ftspec.runtime.model import load_model, resolve_source
+
+    spec = {"model": {"id": "builtin:tiny-llama"},
+            "adapter": {"method": "qlora", "r": 4, "alpha": 4, "target_modules": "all-linear",
+                        "quantization": {"bits": 4, "quant_type": "nf4", "compute_dtype": "bf16"}},
+            "training": {"precision": "bf16", "gradient_checkpointing": True}}
+    model = load_model(resolve_source(spec["model"], tmp_path), spec, device="cpu", local_rank=0, ds_config=None)
+    base = model.get_base_model()
+    assert base.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert base.lm_head.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.bfloat16 for n, p in base.named_parameters() if "norm" in n)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert base.is_gradient_checkpointing
