@@ -1,18 +1,46 @@
 """Training throughput: the ftspec runtime vs a plain transformers Trainer script vs TRL's SFTTrainer.
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 60] [--batch 16] [--seq 128]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 60] [--batch 16] [--seq 128] [--repeats 2]
+                                                    [--data demo|FILE.jsonl] [--contenders ftspec,trainer,sft]
 
-Same model (builtin:tiny-llama + LoRA r16 all-linear), same data (specs/data/tiny-cpu-train.jsonl,
-assistant-only labels), same micro batch, optimizer, learning rate and number of steps, one CPU process
-each (each contender in its own subprocess, so peak memory is its own), OMP_NUM_THREADS=1 (on a shared
-2-core machine two OpenMP threads stall whenever another job holds a core, which made single runs
-vary by 10x), contenders interleaved and repeated (--repeats, best run kept). Reported per contender, with
-and without packing: real (non-padding) tokens per second over the training loop, the ratios, and the
-peak resident memory of the process.
+What is compared. Same model (builtin:tiny-llama + LoRA r16 alpha 16 dropout 0.05 on all-linear), same
+data, same micro batch (--batch sequences per step, no accumulation), steps, optimizer (torch AdamW,
+no weight decay, clipping at 1.0), learning rate, cosine schedule with 1 warmup step, seed 42, fp32
+without autocast, no gradient checkpointing (SFTConfig turns both bf16 and checkpointing on by
+default: switched off here), and assistant-only labels; one CPU process each (each contender in its
+own subprocess), OMP_NUM_THREADS=1 (on a shared 2-core machine two OpenMP threads stall whenever
+another job holds a core, which made single runs vary by 10x), contenders interleaved and repeated
+(--repeats, the fastest run kept; every run's figure is printed too, so the noise shows).
 
-Packing per contender: ftspec packs examples into rows of --seq tokens with position_ids restarting per
-example (block-diagonal attention); the Trainer script uses transformers' DataCollatorWithFlattening
-(the micro batch flattened into one row with position_ids); SFTTrainer uses its own `packing=True`.
+Data: `demo` (the default) is the demo spec's training mix (specs/tiny-cpu.yaml: tiny-cpu-train.jsonl
+plus 20% tiny-cpu-general.jsonl, mixed by ftspec's mixer with the spec's seed), written to one chatml
+file that every contender reads; or any chatml JSONL file.
+
+Tokens: the real (non-padding) input tokens handed to the model during the training loop, counted
+the same way for every contender: ftspec's metrics.jsonl `window_tokens` (lengths of the examples or
+packed rows before collation pads them), and for Trainer / SFTTrainer `attention_mask.sum()` of each
+collated batch (`input_ids.numel()` for flattened, padding-free batches, which hold no padding).
+Prompt tokens count (they are real input); padding positions, computed but empty, do not. Time: the
+training loop only (ftspec: the sum of its logging windows, first step to last; Trainer/SFTTrainer:
+on_train_begin to on_train_end), not start-up, model loading or tokenisation. Peak RSS: the largest
+resident set of the worker process or any process it started (os.wait4), so ftspec's runtime
+subprocess is measured the same way as the in-process Trainer.
+
+Packing, per contender (each as its own documentation recommends): ftspec packs examples into rows
+of at most --seq tokens (best-fit decreasing, position_ids restarting per example: block-diagonal
+attention) and the micro batch counts rows; SFTTrainer's `packing=True` (best-fit decreasing into
+rows of --seq, then padding-free: the micro batch's rows flattened into one row with position_ids)
+also counts rows; the Trainer script uses transformers' DataCollatorWithFlattening (--batch examples
+flattened into one row with position_ids). A packed step therefore carries more tokens for ftspec and
+SFTTrainer than for Trainer; the tokens/step column shows it, tokens/s is per real token either way.
+
+Ratios are ftspec tokens/s over a baseline's tokens/s; every printed ratio names both sides. Goals
+(issue 6 item 7): without packing, ftspec unpacked / Trainer unpacked and / SFTTrainer unpacked
+>= 1.0; with packing, ftspec packed / each baseline in its faster mode (packed or unpacked, whichever
+it ran faster: nobody would choose the slower) >= 1.5. Like-for-like packed ratios (each contender
+with packing) are printed too but are not the goal: a baseline whose packing is slower than its own
+unpacked run would make them flatter ftspec. Exit status 0 when every goal is met, 1 when a goal is
+missed or could not be checked (a contender failed or was not run).
 """
 
 from __future__ import annotations
@@ -20,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -28,12 +55,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "specs" / "data" / "tiny-cpu-train.jsonl"
+DEMO_SPEC = ROOT / "specs" / "tiny-cpu.yaml"
 LR = 3e-3
+NAMES = {"ftspec": "ftspec", "trainer": "Trainer", "sft": "SFTTrainer"}
+GOALS = {False: 1.0, True: 1.5}
 
 
-def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+def demo_conversations() -> list[list[dict]]:
+    """The demo spec's training mix, as ftspec's runtime builds it (same files, fractions and seed)."""
+    import yaml
+    from ftspec.runtime import data as rdata
+
+    spec = yaml.safe_load(DEMO_SPEC.read_text(encoding="utf-8"))
+    train, _eval = rdata.load_conversations(spec, DEMO_SPEC.parent)
+    return train
 
 
 # --- contenders (each runs in its own process) ----------------------------------------------------
@@ -52,18 +87,19 @@ def _model_and_tokenizer():
     return get_peft_model(model, config), tok
 
 
-def _conversations() -> list[list[dict]]:
-    return [json.loads(line)["messages"] for line in DATA.read_text(encoding="utf-8").splitlines()]
+def _conversations(data: Path) -> list[list[dict]]:
+    return [json.loads(line)["messages"] for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 class _Counter:
     """Wraps a collator and counts the real tokens it hands to the model."""
 
-    def __init__(self, inner, pad_id: int):
-        self.inner, self.pad_id, self.tokens = inner, pad_id, 0
+    def __init__(self, inner):
+        self.inner, self.tokens, self.batches = inner, 0, 0
 
     def __call__(self, features):
         batch = self.inner(features)
+        self.batches += 1
         if "attention_mask" in batch:
             self.tokens += int(batch["attention_mask"].sum())
         else:  # flattened / padding-free batches carry no padding
@@ -86,70 +122,77 @@ def _timed_train(trainer, counter) -> dict:
     trainer.add_callback(Clock())
     trainer.train()
     seconds = marks["end"] - marks["start"]
-    return {"tokens": counter.tokens, "seconds": seconds, "tokens_per_second": counter.tokens / seconds}
+    return {"tokens": counter.tokens, "steps": counter.batches, "seconds": seconds,
+            "tokens_per_second": counter.tokens / seconds}
 
 
-def run_trainer(steps: int, batch: int, seq: int, packing: bool) -> dict:
+def _common_args() -> dict:
+    """TrainingArguments shared by the Trainer script and SFTTrainer: the ftspec spec's settings."""
+    return {"learning_rate": LR, "lr_scheduler_type": "cosine", "warmup_steps": 1, "optim": "adamw_torch",
+            "weight_decay": 0.0, "max_grad_norm": 1.0, "gradient_accumulation_steps": 1, "logging_steps": 10**6,
+            "save_strategy": "no", "report_to": [], "use_cpu": True, "dataloader_num_workers": 0, "seed": 42,
+            "disable_tqdm": True,
+            # SFTConfig defaults to gradient checkpointing and bf16 autocast (on CPU too); ftspec's spec runs
+            # neither, so both are off for both baselines (TrainingArguments' own defaults).
+            "gradient_checkpointing": False, "bf16": False, "fp16": False}
+
+
+def run_trainer(data: Path, steps: int, batch: int, seq: int, packing: bool) -> dict:
     from datasets import Dataset
     from ftspec.runtime import data as rdata
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer, TrainingArguments
 
     model, tok = _model_and_tokenizer()
     rows = []
-    for conv in _conversations():
+    for conv in _conversations(data):  # ftspec's own tokenisation: the same ids and labels
         ex, _ = rdata.tokenize(conv, tok, loss_on="assistant", sequence_len=seq, truncation="truncate")
         if ex is not None:
             rows.append({"input_ids": ex.input_ids, "labels": ex.labels})
     inner = (DataCollatorWithFlattening() if packing else
              DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
-    counter = _Counter(inner, tok.pad_token_id)
+    counter = _Counter(inner)
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch, max_steps=steps,
-                                 learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=1, logging_steps=10**6,
-                                 save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
-                                 seed=42, remove_unused_columns=False, disable_tqdm=True)
+                                 remove_unused_columns=False, **_common_args())
         trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=counter)
-        result = _timed_train(trainer, counter)
-    return result
+        return _timed_train(trainer, counter)
 
 
-def run_sft(steps: int, batch: int, seq: int, packing: bool) -> dict:
+def run_sft(data: Path, steps: int, batch: int, seq: int, packing: bool) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     model, tok = _model_and_tokenizer()
-    data = Dataset.from_list([{"messages": c} for c in _conversations()])
+    dataset = Dataset.from_list([{"messages": c} for c in _conversations(data)])
     with tempfile.TemporaryDirectory() as out:
-        args = SFTConfig(output_dir=out, per_device_train_batch_size=batch, max_steps=steps, learning_rate=LR,
-                         lr_scheduler_type="cosine", warmup_steps=1, logging_steps=10**6, save_strategy="no",
-                         report_to=[], use_cpu=True, seed=42, assistant_only_loss=True, max_length=seq,
-                         packing=packing, disable_tqdm=True, dataloader_num_workers=0)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
-        counter = _Counter(trainer.data_collator, tok.pad_token_id)
+        args = SFTConfig(output_dir=out, per_device_train_batch_size=batch, max_steps=steps,
+                         assistant_only_loss=True, max_length=seq, packing=packing, **_common_args())
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
+        counter = _Counter(trainer.data_collator)
         trainer.data_collator = counter
-        result = _timed_train(trainer, counter)
-    return result
+        return _timed_train(trainer, counter)
 
 
-def run_ftspec(steps: int, batch: int, seq: int, packing: bool) -> dict:
-    """The real runtime: compile a one-process spec over the demo data, run ftspec.runtime.train."""
+def run_ftspec(data: Path, steps: int, batch: int, seq: int, packing: bool) -> dict:
+    """The real runtime: compile a one-process spec over the same data, run ftspec.runtime.train."""
     import yaml
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "data").mkdir()
-        (folder / "data" / DATA.name).write_bytes(DATA.read_bytes())
+        (folder / "data" / "train.jsonl").write_bytes(data.read_bytes())
         spec = {
             "version": 1, "name": "bench",
             "model": {"id": "builtin:tiny-llama", "chat_template": "chatml"},
-            "dataset": {"format": "chatml", "train": f"data/{DATA.name}", "min_examples": 10},
+            "dataset": {"format": "chatml", "train": "data/train.jsonl", "min_examples": 10},
             "adapter": {"method": "lora", "r": 16, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear",
                         "dora": False},
             "training": {"max_steps": steps, "learning_rate": LR, "warmup_steps": 1, "optimizer": "adamw_torch",
+                         "scheduler": "cosine", "max_grad_norm": 1.0, "weight_decay": 0.0,
                          "micro_batch_size": batch, "gradient_accumulation_steps": 1, "sequence_len": seq,
                          "packing": packing, "precision": "fp32", "gradient_checkpointing": False,
-                         "logging_steps": max(1, steps // 6), "eval_steps": 10**6, "save_steps": 10**6,
-                         "early_stopping_patience": 0, "seed": 42},
+                         "loss_on": "assistant", "logging_steps": max(1, steps // 6), "eval_steps": 10**6,
+                         "save_steps": 10**6, "early_stopping_patience": 0, "seed": 42},
             "hardware": {"gpu": "cpu", "gpus_per_node": 1, "strategy": "single"},
             "output": {"dir": "runs/bench", "report_to": ["none"]},
         }
@@ -164,72 +207,159 @@ def run_ftspec(steps: int, batch: int, seq: int, packing: bool) -> dict:
     windows = [e for e in events if "window_tokens" in e]
     tokens = sum(e["window_tokens"] for e in windows)
     seconds = sum(e["window_seconds"] for e in windows)
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds,
-            "peak_rss_gib": max(e["memory"] for e in windows)}
+    return {"tokens": tokens, "steps": max(e["step"] for e in windows), "seconds": seconds,
+            "tokens_per_second": tokens / seconds}
 
 
 CONTENDERS = {"ftspec": run_ftspec, "trainer": run_trainer, "sft": run_sft}
 
 
-def worker(name: str, steps: int, batch: int, seq: int, packing: bool) -> None:
-    result = CONTENDERS[name](steps, batch, seq, packing)
-    result.setdefault("peak_rss_gib", peak_rss_gib())
-    print("RESULT " + json.dumps(result))
+def run_worker(cmd: list[str], env: dict) -> tuple[int, str, str, float]:
+    """(exit code, stdout, stderr, peak RSS in GiB of the worker and every process it started)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        _pid, status, usage = os.wait4(proc.pid, 0)  # rusage of the child and its waited-for descendants
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return (proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                usage.ru_maxrss / 2**20)  # KiB on Linux
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2, help="runs per contender; the fastest is kept")
+def label(name: str, packing: bool) -> str:
+    return f"{NAMES[name]} {'packed' if packing else 'unpacked'}"
+
+
+def report(results: dict, failed: dict, wanted: list[str]) -> int:
+    """Print the table, the ratios (each naming its baseline) and the goals; the exit status."""
+    print(f"{'contender':<22} {'tokens/s':>9} {'tokens/step':>12} {'seconds':>8} {'peak RSS GiB':>13}"
+          f"  every run's tokens/s (the spread is noise)")
+    for packing in (False, True):
+        for name in wanted:
+            r = results.get((name, packing))
+            if r is None:
+                why = "FAILED" if (name, packing) in failed else "not run"
+                print(f"{label(name, packing):<22} {why:>9}")
+                continue
+            print(f"{label(name, packing):<22} {r['tokens_per_second']:>9.0f} {r['tokens'] / r['steps']:>12.0f} "
+                  f"{r['seconds']:>8.2f} {r['peak_rss_gib']:>13.3f}  {' '.join(f'{x:.0f}' for x in r['runs'])}")
+
+    def rate(name: str, packing: bool) -> float | None:
+        r = results.get((name, packing))
+        return r["tokens_per_second"] if r else None
+
+    def missing(*keys: tuple[str, bool]) -> str:
+        gone = [f"{label(n, p)} {'failed' if (n, p) in failed else 'not run'}" for n, p in keys
+                if (n, p) not in results]
+        return "n/a (" + ", ".join(gone) + ")"
+
+    print("\nratios: ftspec tokens/s / baseline tokens/s (real tokens, see the top of this file)")
+    ok = True
+    lines: list[tuple[str, str, str]] = []
+    for base in ("trainer", "sft"):
+        # without packing: like for like
+        f, b = rate("ftspec", False), rate(base, False)
+        text = f"{f / b:.2f}x" if f and b else missing(("ftspec", False), (base, False))
+        met = bool(f and b and f / b >= GOALS[False])
+        ok &= met
+        lines.append((f"ftspec unpacked / {NAMES[base]} unpacked", text,
+                      f"goal >= {GOALS[False]}: {('met' if met else 'MISSED') if f and b else 'not checked'}"))
+    for base in ("trainer", "sft"):
+        # with packing: against the baseline's faster mode (the goal), and like for like (for information)
+        f = rate("ftspec", True)
+        modes = {p: rate(base, p) for p in (False, True) if rate(base, p)}
+        if f and len(modes) == 2:
+            best = max(modes, key=modes.get)
+            met = f / modes[best] >= GOALS[True]
+            lines.append((f"ftspec packed / {label(base, best)} (its faster mode)", f"{f / modes[best]:.2f}x",
+                          f"goal >= {GOALS[True]}: {'met' if met else 'MISSED'}"))
+        else:
+            met = False
+            lines.append((f"ftspec packed / {NAMES[base]} in its faster mode",
+                          missing(("ftspec", True), (base, False), (base, True)),
+                          f"goal >= {GOALS[True]}: not checked"))
+        ok &= met
+        b = rate(base, True)
+        lines.append((f"ftspec packed / {NAMES[base]} packed (like for like)",
+                      f"{f / b:.2f}x" if f and b else missing(("ftspec", True), (base, True)), "information"))
+    f, u = rate("ftspec", True), rate("ftspec", False)
+    lines.append(("ftspec packed / ftspec unpacked (what packing gains)",
+                  f"{f / u:.2f}x" if f and u else missing(("ftspec", True), ("ftspec", False)), "information"))
+    width = max(len(a) for a, _, _ in lines)
+    for what, value, note in lines:
+        print(f"  {what:<{width}}  {value:>7}  {note}")
+    for (name, packing), tail in failed.items():
+        print(f"\n{label(name, packing)} failed; the end of its output:\n{tail}", file=sys.stderr)
+    print("\nall goals met" if ok else "\nnot every goal is met (exit status 1)")
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[5:]))
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per run (default 60)")
+    parser.add_argument("--batch", type=int, default=16, help="micro batch: sequences per step (default 16)")
+    parser.add_argument("--seq", type=int, default=128, help="sequence_len / max_length / packed row (default 128)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per contender; the fastest is kept (default 2)")
+    parser.add_argument("--data", default="demo",
+                        help="'demo' (the demo spec's training mix, default) or a chatml JSONL file")
+    parser.add_argument("--contenders", default="ftspec,trainer,sft", help="comma list of ftspec, trainer, sft")
     parser.add_argument("--worker", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--packing", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.steps, args.batch, args.seq, bool(args.packing))
-        return
+        result = CONTENDERS[args.worker](Path(args.data), args.steps, args.batch, args.seq, bool(args.packing))
+        print("RESULT " + json.dumps(result))
+        return 0
+    wanted = [x.strip() for x in args.contenders.split(",") if x.strip()]
+    unknown = sorted(set(wanted) - set(CONTENDERS))
+    if unknown:
+        parser.error(f"unknown contender(s) {', '.join(unknown)}; choose from {', '.join(CONTENDERS)}")
     results: dict[tuple[str, bool], dict] = {}
+    failed: dict[tuple[str, bool], str] = {}
+    failures: dict[tuple[str, bool], int] = {}
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    for _ in range(args.repeats):
-        for packing in (False, True):
-            for name in ("ftspec", "trainer", "sft"):
-                cmd = [sys.executable, __file__, "--worker", name, "--packing", str(int(packing)), "--steps",
-                       str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-                if proc.returncode != 0 or line is None:
-                    print(f"{name} (packing={packing}) failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
-                    continue
-                result = json.loads(line[len("RESULT "):])
-                best = results.get((name, packing))
-                if best is None or result["tokens_per_second"] > best["tokens_per_second"]:
-                    results[(name, packing)] = result
-    print(f"\nsteps {args.steps}, micro batch {args.batch}, sequence_len {args.seq}, one CPU process each, "
-          f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, best of {args.repeats}\n")
-    print(f"{'contender':<10} {'packing':<8} {'tokens/s':>10} {'vs Trainer':>11} {'vs SFT':>8} {'peak RSS GiB':>13}")
-    for packing in (False, True):
-        base_t = results.get(("trainer", False))
-        base_s = results.get(("sft", False))
-        for name in ("ftspec", "trainer", "sft"):
-            r = results.get((name, packing))
-            if r is None:
-                continue
-            vs_t = r["tokens_per_second"] / base_t["tokens_per_second"] if base_t else float("nan")
-            vs_s = r["tokens_per_second"] / base_s["tokens_per_second"] if base_s else float("nan")
-            print(f"{name:<10} {str(packing):<8} {r['tokens_per_second']:>10.0f} {vs_t:>10.2f}x {vs_s:>7.2f}x "
-                  f"{r['peak_rss_gib']:>13.3f}")
-    for packing in (False, True):
-        f, t, s = (results.get((n, packing)) for n in ("ftspec", "trainer", "sft"))
-        if f and t and s:
-            print(f"packing={packing}: ftspec / Trainer = {f['tokens_per_second'] / t['tokens_per_second']:.2f}, "
-                  f"ftspec / SFTTrainer = {f['tokens_per_second'] / s['tokens_per_second']:.2f} "
-                  f"(each contender with packing={packing})")
-    f, t, s = results.get(("ftspec", True)), results.get(("trainer", False)), results.get(("sft", False))
-    if f and t and s:
-        print(f"ftspec packed vs unpacked baselines: {f['tokens_per_second'] / t['tokens_per_second']:.2f}x Trainer, "
-              f"{f['tokens_per_second'] / s['tokens_per_second']:.2f}x SFTTrainer")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.data == "demo":
+            data = Path(tmp) / "demo-train.jsonl"
+            convs = demo_conversations()
+            data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs), encoding="utf-8")
+            described = f"the demo spec's training mix ({DEMO_SPEC.relative_to(ROOT)}, {len(convs)} conversations)"
+        else:
+            data = Path(args.data).resolve()
+            described = str(args.data)
+        for _ in range(args.repeats):
+            for packing in (False, True):
+                for name in wanted:
+                    cmd = [sys.executable, __file__, "--worker", name, "--packing", str(int(packing)), "--data",
+                           str(data), "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq)]
+                    started = time.monotonic()
+                    code, out, err, rss = run_worker(cmd, env)
+                    line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
+                    if code != 0 or line is None:
+                        failed[(name, packing)] = f"(exit status {code})\n{err[-3000:]}"
+                        failures[(name, packing)] = failures.get((name, packing), 0) + 1
+                        print(f"  {label(name, packing)}: FAILED (exit status {code}); the end of its output:\n"
+                              f"{err[-3000:]}", file=sys.stderr)
+                        continue
+                    result = {**json.loads(line[len("RESULT "):]), "peak_rss_gib": rss}
+                    print(f"  {label(name, packing)}: {result['tokens_per_second']:.0f} tokens/s "
+                          f"({time.monotonic() - started:.0f} s with start-up)", file=sys.stderr)
+                    best = results.get((name, packing))
+                    runs = [*(best["runs"] if best else []), result["tokens_per_second"]]
+                    if best is None or result["tokens_per_second"] > best["tokens_per_second"]:
+                        best = result
+                    results[(name, packing)] = {**best, "runs": runs}
+    for key in results:
+        failed.pop(key, None)  # a contender that succeeded in another repeat has a result
+    for key, count in failures.items():
+        if key in results:
+            print(f"note: {label(*key)} failed in {count} of {args.repeats} repeats (output above)", file=sys.stderr)
+    print(f"\ndata: {described}; steps {args.steps}, micro batch {args.batch}, sequence_len {args.seq}, "
+          f"one CPU process each, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, best of {args.repeats}\n")
+    return report(results, failed, wanted)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,11 +8,13 @@
   token (system, user, role headers) gets label -100. `loss_on: all` trains every token.
 - Longer than sequence_len: `truncation: truncate` cuts at the end, `drop` drops the example;
   an example left with no trained token is dropped either way (it would only add padding).
-- Packing concatenates examples into rows of at most sequence_len with position_ids restarting at 0
-  for each example and no attention mask. transformers (masking_utils.find_packed_sequence_indices)
-  turns restarting position_ids into a block-diagonal causal mask for the eager and SDPA kernels, and
-  flash-attention uses them as varlen boundaries, so packed examples never attend to each other on
-  CPU or GPU; the first label of every example is masked so no token is predicted across a boundary.
+- Packing concatenates examples into rows of at most sequence_len (best-fit decreasing: few rows, each
+  nearly full, so little of a packed batch is padding) with position_ids restarting at 0 for each
+  example and no attention mask; a micro batch then counts packed rows, not examples. transformers
+  (masking_utils.find_packed_sequence_indices) turns restarting position_ids into a block-diagonal
+  causal mask for the eager and SDPA kernels, and flash-attention uses them as varlen boundaries, so
+  packed examples never attend to each other on CPU or GPU; the first label of every example is
+  masked so no token is predicted across a boundary.
 - Batches are a pure function of (seed, step): the order of epoch e is a permutation seeded with
   seed + e, and step s takes the next global batch of it. Resuming at step s needs no saved sampler
   state, and changing micro batch x accumulation at the same product (OOM retry) keeps the order.
@@ -183,23 +185,42 @@ def tokenize_all(convs: Sequence[list[dict]], tokenizer, *, loss_on: str, sequen
 
 
 def pack(examples: Sequence[Example], sequence_len: int, seed: int) -> list[Example]:
-    """Greedy packing in a seeded order: fill a row until the next example does not fit."""
+    """Best-fit-decreasing packing: longest examples first (ties in a seeded order), each into the row
+    whose free space fits it most tightly, else into a new row. Greedy next-fit in a random order
+    leaves every row short by whatever the next example did not fit into (on the demo mix at 128
+    tokens: 350 rows of 116 tokens on average against 334 of 122 here), and collate pads every row to
+    the longest of its batch, so that gap was computed as padding on every step. Rows are then
+    ordered by the Schedule's seeded shuffle, so which rows meet in a batch stays random."""
+    import bisect
+
     order = list(range(len(examples)))
     random.Random(seed + 7919).shuffle(order)
-    rows: list[Example] = []
-    ids: list[int] = []
-    labels: list[int] = []
-    positions: list[int] = []
+    order.sort(key=lambda i: -len(examples[i].input_ids))  # stable: equal lengths keep the seeded order
+    members: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (free space, row), sorted: the tightest fit is found by bisection
     for i in order:
-        ex = examples[i]
-        if ids and len(ids) + len(ex.input_ids) > sequence_len:
-            rows.append(Example(ids, labels, positions))
-            ids, labels, positions = [], [], []
-        ids = ids + ex.input_ids
-        # No token is predicted across a boundary: the first label of each example is masked.
-        labels = labels + [-100] + ex.labels[1:]
-        positions = positions + list(range(len(ex.input_ids)))
-    if ids:
+        length = len(examples[i].input_ids)
+        at = bisect.bisect_left(free, (length, -1))
+        if at < len(free):
+            space, row = free.pop(at)
+            members[row].append(i)
+        else:  # no row has room (an example longer than sequence_len gets a row of its own)
+            row, space = len(members), sequence_len
+            members.append([i])
+        if space - length > 0:
+            bisect.insort(free, (space - length, row))
+    rows: list[Example] = []
+    for row in members:
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for i in row:
+            ex = examples[i]
+            ids.extend(ex.input_ids)
+            # No token is predicted across a boundary: the first label of each example is masked.
+            labels.append(-100)
+            labels.extend(ex.labels[1:])
+            positions.extend(range(len(ex.input_ids)))
         rows.append(Example(ids, labels, positions))
     return rows
 

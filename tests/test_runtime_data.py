@@ -116,6 +116,34 @@ def test_packing_restarts_positions_and_masks_boundaries():
     assert "attention_mask" not in batch and batch["position_ids"].shape == batch["input_ids"].shape
 
 
+def _split_packed(row: rdata.Example) -> list[tuple[list[int], list[int]]]:
+    starts = [i for i, p in enumerate(row.position_ids) if p == 0] + [len(row.input_ids)]
+    return [(row.input_ids[a:b], row.labels[a:b]) for a, b in zip(starts, starts[1:], strict=False)]
+
+
+def test_packing_fills_rows_tightly_and_keeps_every_example_once():
+    """Best-fit decreasing: the demo's mix of 36- and 19-token examples fills 128-token rows as
+    3 x 36 + 19 = 127 (greedy next-fit in a random order leaves rows of 108 and adds rows); every example
+    lands in exactly one row, whole, with its labels and only its first label masked."""
+    examples, next_id = [], 1000
+    for n in [36] * 30 + [19] * 10:
+        ids = list(range(next_id, next_id + n))
+        next_id += n
+        examples.append(rdata.Example(ids, [-100] * 10 + ids[10:], list(range(n))))
+    rows = rdata.pack(examples, sequence_len=128, seed=5)
+    assert len(rows) == 10 and all(len(r.input_ids) == 127 for r in rows)
+    pieces = [piece for row in rows for piece in _split_packed(row)]
+    assert sorted(ids for ids, _ in pieces) == sorted(e.input_ids for e in examples)
+    by_first = {e.input_ids[0]: e for e in examples}
+    for ids, labels in pieces:
+        assert labels == [-100] + by_first[ids[0]].labels[1:]
+    assert [r.input_ids for r in rdata.pack(examples, 128, seed=5)] == [r.input_ids for r in rows]  # seeded
+    assert [r.input_ids for r in rdata.pack(examples, 128, seed=6)] != [r.input_ids for r in rows]
+    # an example longer than a row (never produced by tokenize, which truncates or drops) stays whole
+    long = rdata.Example(list(range(10)), list(range(10)), list(range(10)))
+    assert [len(r.input_ids) for r in rdata.pack([long, examples[-1]], sequence_len=8, seed=0)] == [19, 10]
+
+
 def test_packed_examples_do_not_attend_to_each_other():
     """Logits of an example inside a packed row equal its logits alone (SDPA and eager on CPU)."""
     import torch
