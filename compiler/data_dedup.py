@@ -12,6 +12,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _json_string  # json.dumps's string encoder (ensure_ascii=False)
 
 _WORD = re.compile(r"\w+")
 
@@ -25,22 +26,19 @@ def words_of(text: str) -> list[str]:
 ROLE_CODE = {"system": "s", "user": "u", "assistant": "a"}
 
 
-def _canonical_roles(turns: int) -> str:
-    """The one role order a clean conversation of `turns` turns has: [system,] user, assistant, ..."""
-    return ("s" if turns % 2 else "") + "ua" * (turns // 2)
-
-
 def dedup_key(messages: Sequence[tuple[str, str]]) -> str:
     """Whitespace-normalised conversation: two records with the same key are exact duplicates.
 
-    The contents joined by NUL (which str.split() does not treat as whitespace, unlike the ASCII
-    record separators), every whitespace run made one space and the ends of each turn trimmed. The
-    roles are implied when they are in the usual order (which the number of turns fixes), else they
-    lead the key; data_fast computes the same string for a whole block of clean records at once.
+    The conversation as json.dumps writes it (ensure_ascii=False) with every content whitespace-
+    normalised (each whitespace run one space, none at either end):
+    `{"messages": [{"role": "user", "content": "..."}, ...]}`. JSON spells each conversation one way,
+    so the key tells any two apart, and a record already written that way (the usual case) is its
+    own key: data_fast hashes such lines straight from the file's bytes, and builds the same string
+    for a whole block of other records at once.
     """
-    text = " ".join(" \x00 ".join([content for _, content in messages]).split())
-    roles = "".join([ROLE_CODE.get(role, "?") for role, _ in messages])
-    return text if roles == _canonical_roles(len(messages)) else f"\x03{roles}\x03{text}"
+    return '{"messages": [' + ", ".join([
+        '{"role": ' + _json_string(role) + ', "content": ' + _json_string(" ".join(content.split())) + "}"
+        for role, content in messages]) + "]}"
 
 
 def _encode(key: str) -> bytes:

@@ -2,7 +2,8 @@
 
 Each record comes with the 1-based line it starts on; a line that is not JSON comes back as an error
 for that line and reading goes on (in a JSON array a syntax error ends the file: there is no next
-line to resynchronise on). The file's SHA-256 is computed on the same pass, for `dataset.sha256`.
+line to resynchronise on). The file's SHA-256 is computed on the same pass when asked for (a
+`dataset.sha256` pin): hashing costs about as much as the rest of a fast pass, so it is skipped otherwise.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import codecs
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,14 +48,29 @@ def _json_error(raw: bytes | str) -> str | None:
     return None
 
 
-class RecordReader:
-    """Iterate over the records of one file; `.sha256` is final once iteration ends."""
+class _NoHash:
+    """Stands in for hashlib.sha256() when no digest is wanted."""
 
-    def __init__(self, path: Path):
+    def update(self, data: bytes) -> None:
+        pass
+
+    def hexdigest(self) -> None:
+        return None
+
+
+class RecordReader:
+    """Iterate over the records of one file; `.sha256` is final once iteration ends (None when the
+    reader was made with sha256=False)."""
+
+    def __init__(self, path: Path, sha256: bool = True):
         self.path = path
-        self._hash = hashlib.sha256()
+        self.digest = sha256
+        self._hash = self._new_hash()
         self.sha256: str | None = None
         self.layout = "jsonl"
+
+    def _new_hash(self):
+        return hashlib.sha256() if self.digest else _NoHash()
 
     def _open(self):
         try:
@@ -73,46 +90,87 @@ class RecordReader:
         self.layout = layout
         return layout, start, size
 
-    def line_blocks(self, block_bytes: int = CHUNK // 2) -> Iterator[bytes]:
-        """JSON Lines as blocks of whole lines, each without its last newline (the first line of a
-        block follows the last line of the block before), for data_fast; `.sha256` is final once
+    def line_blocks(self, block_bytes: int = CHUNK // 2) -> Iterator[tuple[bytes, int]]:
+        """JSON Lines as blocks of whole lines, for data_fast: (data, end) where data[:end] is the
+        block without its last newline (data may run on past it: slicing it off would copy the block);
+        the first line of a block follows the last line of the block before. `.sha256` is final once
         iteration ends. A JSON array yields nothing: check `.layout` and iterate records instead."""
-        self._hash = hashlib.sha256()
-        update = self._hash.update
+        self._hash = self._new_hash()
+        update = self._hash.update if self.digest else None
         with self._open() as fh:
+            fd = fh.fileno()
             head = fh.read(CHUNK)
-            update(head)
             start = 3 if head.startswith(codecs.BOM_UTF8) else 0
             if head[start:].lstrip()[:1] == b"[":
                 self.layout = "json-array"
                 return
             self.layout = "jsonl"
-            pending = b""
-            # the sniffed bytes are the first blocks
-            firsts = [head[i : i + block_bytes] for i in range(start, len(head), block_bytes)]
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a pipe or a device: no reading at an offset
+                yield from self._stream_blocks(fh, head, start, block_bytes)
+                self.sha256 = self._hash.hexdigest()
+                return
             del head
-            chunk = firsts.pop(0) if firsts else b""
-            while chunk:
-                data = pending + chunk if pending else chunk
-                del chunk  # hold one copy of the block's bytes at a time: memory is ~10x a block
-                cut = data.rfind(b"\n") + 1
-                pending = data[cut:]
-                block = data[: cut - 1] if cut else None
+            if update is not None and start:
+                update(codecs.BOM_UTF8)
+            pos = start
+            # Each block is read straight into a bytes object of its own at the offset where its first
+            # line starts; the partial line at its end is read again with the next block.
+            while True:
+                data = os.pread(fd, block_bytes, pos)
+                if not data:
+                    break
+                cut = data.rfind(b"\n")
+                if cut < 0:  # a line longer than a block, or the last line of a file without a last newline
+                    parts = [data]
+                    read = len(data)
+                    while cut < 0:
+                        more = os.pread(fd, block_bytes, pos + read)
+                        if not more:
+                            break
+                        parts.append(more)
+                        cut = more.rfind(b"\n")
+                        if cut >= 0:
+                            cut += read
+                        read += len(more)
+                    data = b"".join(parts)
+                    del parts
+                    if cut < 0:
+                        if update is not None:
+                            update(data)
+                        yield data, len(data)
+                        break
+                if update is not None:
+                    update(memoryview(data)[: cut + 1])
+                pos += cut + 1
+                yield data, cut
                 del data
-                if block is not None:
-                    yield block
-                    del block
-                if firsts:
-                    chunk = firsts.pop(0)
-                else:
-                    chunk = fh.read(block_bytes)
-                    update(chunk)
-            if pending:
-                yield pending
         self.sha256 = self._hash.hexdigest()
 
+    def _stream_blocks(self, fh, head: bytes, start: int, block_bytes: int) -> Iterator[tuple[bytes, int]]:
+        """line_blocks for a file that cannot be read at an offset: one sequential pass."""
+        update = self._hash.update
+        update(head)
+        pending = head[start:]
+        del head
+        while True:
+            chunk = fh.read(block_bytes)
+            update(chunk)
+            if not chunk:
+                if pending:
+                    yield pending, len(pending)
+                return
+            data = pending + chunk if pending else chunk
+            del chunk
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                pending = data
+                continue
+            pending = data[cut + 1 :]
+            yield data, cut
+            del data
+
     def __iter__(self) -> Iterator[Item]:
-        self._hash = hashlib.sha256()
+        self._hash = self._new_hash()
         fh = self._open()
         with fh:
             head = fh.read(CHUNK)

@@ -142,6 +142,7 @@ class _Check:
         self.lengths = LengthStats(None if self.seq_p95 else int(seq), self.dataset.get("truncation", "truncate"))
         self._pending: list[tuple[tuple[int, int], str, list[tuple[int, int]]]] = []
         self.parallel_workers = 0  # > 0: a large file was checked by worker processes
+        self.pinned = self._pinned_sources()  # files whose SHA-256 a pin needs (no one else reads it)
         self._setup_template()
 
     # --- findings -------------------------------------------------------------------------------
@@ -248,7 +249,7 @@ class _Check:
     def _scan(self, src_index: int) -> None:
         src = self.sources[src_index]
         train = src.split == "train"
-        reader = RecordReader(src.path)
+        reader = RecordReader(src.path, sha256=src_index in self.pinned)
         fmt, leaks = self.fmt, self.leaks
         severity = self._severity
         record = self._record
@@ -376,19 +377,26 @@ class _Check:
 
             digest: dict[str, str] = {}
             # The SHA-256 cannot be split across workers: hash the file on the side while they work.
-            hasher = threading.Thread(target=lambda: digest.setdefault("sha256", file_sha256(reader.path)))
+            hasher = (threading.Thread(target=lambda: digest.setdefault("sha256", file_sha256(reader.path)))
+                      if reader.digest else None)
             with data_fast.start_pool(workers) as pool:  # before the thread: fork copies only this one
-                hasher.start()
+                if hasher is not None:
+                    hasher.start()
                 try:
                     blocks = data_fast.parallel_blocks(pool, reader.path, start, size, cfg, workers)
                     clean = self._take_blocks(src_index, blocks, one)
                 finally:
-                    hasher.join()
+                    if hasher is not None:
+                        hasher.join()
             reader.sha256 = digest.get("sha256")
             self.parallel_workers = max(self.parallel_workers, workers)
             return clean
-        return self._take_blocks(src_index, (data_fast.scan_block(block, cfg)
-                                             for block in reader.line_blocks(data_fast.BLOCK_BYTES)), one)
+        try:
+            blocks = (block for data, end in reader.line_blocks(data_fast.BLOCK_BYTES)
+                      for block in data_fast.scan_blocks(data, cfg, end))
+            return self._take_blocks(src_index, blocks, one)
+        finally:
+            data_fast.release_scratch()
 
     def _take_blocks(self, src_index: int, blocks, one) -> int:
         clean = 0
@@ -637,6 +645,19 @@ class _Check:
         self._spec_finding("FT0520", "/dataset/system_prompt", with_system=self.system_with,
                            records=self.system_with + self.system_without,
                            without_system=self.system_without, lines=lines)
+
+    def _pinned_sources(self) -> set[int]:
+        """Indexes of the sources a dataset.sha256 key names (as _pins matches them)."""
+        pins = self.dataset.get("sha256") or {}
+        if not isinstance(pins, dict):
+            return set()
+        out: set[int] = set()
+        for key in pins:
+            for i, src in enumerate(self.sources):
+                if (src.split == key if key in ("train", "eval")
+                        else os.path.normpath(src.written) == os.path.normpath(str(key))):
+                    out.add(i)
+        return out
 
     def _pins(self) -> None:
         pins = self.dataset.get("sha256") or {}

@@ -190,6 +190,42 @@ def test_sha256_pins(tmp_path):
         "/dataset/sha256/eval", "/dataset/sha256/other.jsonl"]
 
 
+def test_sha256_only_for_pinned_files(tmp_path):
+    """Hashing costs about as much as a fast pass: a file's SHA-256 is computed (and shown in the
+    summary) when a pin needs it, in either layout and either path."""
+    write_jsonl(tmp_path / "t.jsonl", [chatml(f"q{i}", f"a{i}") for i in range(50)])
+    (tmp_path / "t.json").write_text(json.dumps([chatml("q", "a")]), encoding="utf-8")
+    for name in ("t.jsonl", "t.json"):
+        digest = hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()
+        assert check(write_spec(tmp_path, {"train": name})).summary["files"][0]["sha256"] is None
+        pinned = check(write_spec(tmp_path, {"train": name, "sha256": {"train": digest}}))
+        assert pinned.ok and pinned.summary["files"][0]["sha256"] == digest
+    split = check(write_spec(tmp_path, {"train": ["t.jsonl", "t.json"], "sha256": {"t.jsonl": "0" * 64}}))
+    assert [f["sha256"] is not None for f in split.summary["files"]] == [True, False]
+    assert [d.code for d in split.diagnostics if d.code == "FT0529"] == ["FT0529"]
+
+
+@pytest.mark.parametrize("block", [7, 64, 1 << 19])
+def test_line_blocks_cover_every_line_once(tmp_path, block):
+    """The blocks the fast path reads: whole lines, in order, each once, whatever the block size, with
+    or without a BOM or a last newline, lines longer than a block and blank ones among them."""
+    from ftspec.compiler.data_io import RecordReader
+
+    lines = [b"", b"x" * 300, b"short", b"", b"", b"y" * 20, b"\xc3\xa9" * 40, b"z"]
+    for bom in (b"", b"\xef\xbb\xbf"):
+        for last in (b"", b"\n"):
+            content = bom + b"\n".join(lines) + last
+            path = tmp_path / "f.jsonl"
+            path.write_bytes(content)
+            for digest in (False, True):
+                reader = RecordReader(path, sha256=digest)
+                seen = []
+                for data, end in reader.line_blocks(block):
+                    seen.extend(data[:end].split(b"\n"))
+                assert b"\n".join(seen) == content[len(bom):].removesuffix(b"\n")
+                assert reader.sha256 == (hashlib.sha256(content).hexdigest() if digest else None)
+
+
 def test_min_examples_eval_split_and_mix(tmp_path):
     write_jsonl(tmp_path / "task.jsonl", [chatml(f"task {i}", f"answer {i}") for i in range(40)])
     write_jsonl(tmp_path / "general.jsonl", [chatml(f"general {i}", f"reply {i}") for i in range(3)])

@@ -5,6 +5,7 @@ process or in several."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 
@@ -98,18 +99,16 @@ def _slow_verdict(raw: bytes, line: int, policy: str, leaks: LeakScanner):
     return True, True, messages
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(lines=st.lists(records(), min_size=1, max_size=25),
-       policy=st.sampled_from(["consistent", "required", "forbidden", "any"]),
-       loss_all=st.booleans(), limit=st.sampled_from([None, 12, 40, 10_000]))
-def test_fast_path_calls_clean_only_what_the_per_record_path_passes(lines, policy, loss_all, limit):
+def _check_block(lines: list[bytes], block: data_fast.Block, cfg: data_fast.FastConfig) -> None:
+    """The block agrees with the per-record path on every line: clean only what it passes, the same
+    dedup keys, token estimates, system prompts and samples."""
+    policy, loss_all = cfg.policy, cfg.loss_all
     leaks = LeakScanner(MARKERS)
-    cfg = _config(policy, limit, loss_all)
-    block = data_fast.scan_block(b"\n".join(lines), cfg)
     assert block.nlines == len(lines)
     clean = dict(zip(block.lines, range(len(block.lines)), strict=True))
     slow = {i for i, _ in block.slow}
     assert not clean.keys() & slow
+    assert all(raw == lines[i] for i, raw in block.slow)
     estimator = Estimator()
     hist: Counter = Counter()
     trained = 0
@@ -137,6 +136,133 @@ def test_fast_path_calls_clean_only_what_the_per_record_path_passes(lines, polic
         firsts = [k for k, i in enumerate(block.lines) if (_slow_verdict(lines[i], i + 1, policy, leaks)[2][0][0]
                                                            == "system") == flag][: data_fast.SYSTEM_LINES]
         assert block.system_first[flag] == firsts
+
+
+def _same_blocks(a: data_fast.Block, b: data_fast.Block) -> None:
+    assert list(a.lines) == list(b.lines)
+    for name in ("nlines", "hashes", "hist", "trained", "over", "with_system", "system_first", "samples", "slow"):
+        assert getattr(a, name) == getattr(b, name), name
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(records(), min_size=1, max_size=25),
+       policy=st.sampled_from(["consistent", "required", "forbidden", "any"]),
+       loss_all=st.booleans(), limit=st.sampled_from([None, 12, 40, 10_000]))
+def test_fast_path_calls_clean_only_what_the_per_record_path_passes(lines, policy, loss_all, limit):
+    cfg = _config(policy, limit, loss_all)
+    block = data_fast.scan_block(b"\n".join(lines), cfg)
+    _check_block(lines, block, cfg)
+    _same_blocks(block, data_fast.scan_block(b"\n".join(lines), cfg, plain=False))
+
+
+# Lines as json.dumps writes them, ASCII without escapes, which the plain path reads from the bytes,
+# and the small ways they stop being that.
+PLAIN_WORDS = ["hello", "world", "User", "user", "assistant", "AI", "bot", "sy", "Q1", "x", "a:b", "{", "}]}", ",",
+               "[", "[INST]", "<|im_end|>", "<s>", "#", "### Response:", "role", "content", "messages", ":"]
+
+
+@st.composite
+def plain_contents(draw) -> str:
+    kind = draw(st.sampled_from(["words"] * 10 + ["empty", "spaces", "tab", "accent"]))
+    if kind == "empty":
+        return ""
+    if kind == "spaces":
+        return " " * draw(st.integers(1, 3))
+    words = draw(st.lists(st.sampled_from(PLAIN_WORDS[:10] * 4 + PLAIN_WORDS[10:]), min_size=1, max_size=6))
+    gaps = draw(st.lists(st.sampled_from([" "] * 8 + ["  "]), min_size=len(words) + 1, max_size=len(words) + 1))
+    text = "".join(g + w for g, w in zip(gaps, words, strict=False))[len(gaps[0]):]
+    if draw(st.integers(0, 9)) == 0:
+        text = " " + text if draw(st.booleans()) else text + " "
+    if kind == "tab":
+        text += "\t"
+    elif kind == "accent":
+        text += "é"
+    return text
+
+
+@st.composite
+def plain_records(draw) -> bytes:
+    pairs = draw(st.integers(1, 3))
+    roles = (["system"] if draw(st.booleans()) else []) + ["user", "assistant"] * pairs
+    if draw(st.integers(0, 7)) == 0:
+        roles = draw(st.lists(st.sampled_from(["system", "user", "assistant"]), min_size=1, max_size=5))
+    turns = [{"role": role, "content": draw(plain_contents())} for role in roles]
+    shape = draw(st.sampled_from(["plain"] * 12 + ["compact", "content first", "extra key", "extra turn key", "spaced"]))
+    if shape == "content first":
+        turns[0] = {"content": turns[0]["content"], "role": turns[0]["role"]}
+    elif shape == "extra turn key":
+        turns[-1]["name"] = "x"
+    record: dict = {"messages": turns}
+    if shape == "extra key":
+        record["id"] = 1
+    text = json.dumps(record, ensure_ascii=False, separators=(",", ":") if shape == "compact" else None)
+    if shape == "spaced":
+        text = text.replace('"role": ', '"role":  ', 1)
+    return text.encode()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(plain_records(), min_size=1, max_size=30),
+       policy=st.sampled_from(["consistent", "required", "forbidden", "any"]),
+       loss_all=st.booleans(), limit=st.sampled_from([None, 12, 40, 10_000]))
+def test_plain_path_reads_lines_as_the_decoding_path_does(lines, policy, loss_all, limit):
+    cfg = _config(policy, limit, loss_all)
+    data = b"\n".join(lines)
+    block = data_fast.scan_block(data, cfg)
+    _check_block(lines, block, cfg)
+    _same_blocks(block, data_fast.scan_block(data, cfg, plain=False))
+    tail = data + b'\n{"messages": [{"role": "user", "con'  # what follows the block in a read
+    _same_blocks(block, data_fast.scan_block(tail, cfg, len(data)))
+
+
+def test_plain_path_takes_json_dumps_lines_and_nothing_else():
+    """The plain path is not vacuous: clean records as json.dumps writes them (ASCII, no escapes) come
+    out of it in bulk, each line its own dedup key; any other layout is left to the decoding path."""
+    cfg = _config("consistent")
+    records = [chatml(f"Question {i}: what is {i}?", f"It is {i}.", "Be brief." if i % 2 else None) for i in range(40)]
+    lines = [json.dumps(r).encode() for r in records]
+    data = b"\n".join(lines)
+    block = data_fast._scan_plain(data, len(data), cfg)
+    assert block is not None and block.nlines == 40 and block.slow == []
+    assert block.hashes == b"".join(hash_keys([line.decode() for line in lines]))
+    _same_blocks(block, data_fast.scan_block(data, cfg, plain=False))
+    variants = {
+        "compact": json.dumps(records[3], separators=(",", ":")),
+        "content first": json.dumps({"messages": [{"content": "q", "role": "user"}, {"role": "assistant", "content": "a"}]}),
+        "extra key": json.dumps({**records[3], "id": 3}),
+        "escape": json.dumps(chatml("two\nlines", "a")),
+        "non-ASCII": json.dumps(chatml("café", "a"), ensure_ascii=False),
+        "trailing space": json.dumps(chatml("q ", "a")),
+        "double space": json.dumps(chatml("q  q", "a")),
+        "empty": json.dumps(chatml("", "a")),
+        "label": json.dumps(chatml("User: q", "a")),
+        "markup": json.dumps(chatml("q [INST] q", "a")),
+        "order": json.dumps({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}),
+        "blank line": "",
+        "CRLF": json.dumps(records[3]) + "\r",
+    }
+    for name, line in variants.items():
+        mixed = b"\n".join(lines[:20] + [line.encode()] + lines[20:])
+        assert data_fast._scan_plain(mixed, len(mixed), cfg) is None, name
+        _check_block(lines[:20] + [line.encode()] + lines[20:], data_fast.scan_block(mixed, cfg), cfg)
+
+
+def test_decoding_a_block_at_once_keeps_records_on_their_lines():
+    """A line holding two records, or a record over two lines, must not shift the records after it."""
+    cfg = _config("consistent")
+    one = json.dumps(chatml("q", "a"))
+    for lines in ([one, one + " " + one, "", one], [one, one + " " + one, one], [one, '{"messages": [{"role": "user",',
+                                                                                 '"content": "q"}]}', one]):
+        encoded = [line.encode() for line in lines]
+        block = data_fast.scan_block(b"\n".join(encoded), cfg)
+        _check_block(encoded, block, cfg)
+        assert {i for i, _ in block.slow} == {i for i, line in enumerate(lines) if line and line != one}
+
+
+def test_dedup_key_is_the_record_as_json_dumps_writes_it():
+    messages = [("system", " Be  brief.\n"), ("user", 'say "hi"\t\\ \x01 é'), ("assistant", "hi\u3000there ")]
+    normalised = {"messages": [{"role": r, "content": " ".join(c.split())} for r, c in messages]}
+    assert dedup_key(messages) == json.dumps(normalised, ensure_ascii=False)
 
 
 def test_fast_path_passes_usual_clean_records():
@@ -203,8 +329,57 @@ def test_parallel_workers_give_the_same_report(tmp_path, monkeypatch):
     monkeypatch.setattr(data_fast, "PARALLEL_MIN_BYTES", 0)
     _mixed_file(tmp_path / "train.jsonl", 6000)
     (tmp_path / "train.jsonl").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "train.jsonl").read_bytes())  # a BOM
-    spec = write_spec(tmp_path, {"train": "train.jsonl"}, training={"sequence_len": 64})
+    digest = hashlib.sha256((tmp_path / "train.jsonl").read_bytes()).hexdigest()
+    spec = write_spec(tmp_path, {"train": "train.jsonl", "sha256": {"train": digest}}, training={"sequence_len": 64})
     slow = _report(spec, monkeypatch, "0")
     parallel = _report(spec, monkeypatch, "1", workers="3")
     assert parallel == slow
-    assert slow[1]["files"][0]["sha256"] and slow[1]["records"]["train"] > 5000
+    assert slow[1]["files"][0]["sha256"] == digest and slow[1]["records"]["train"] > 5000
+
+
+@pytest.mark.parametrize("ascii_only", [True, False])
+def test_reports_identical_on_a_file_as_json_dumps_writes_it(tmp_path, monkeypatch, ascii_only):
+    """Blocks of clean records as json.dumps writes them go through the plain path; blocks with
+    defects, escapes or whitespace to normalise go through the decoding path, in pieces; every finding
+    and duplicate is where the per-record path puts it."""
+    monkeypatch.setattr(data_fast, "BLOCK_BYTES", 16 << 10)
+    monkeypatch.setattr(data_fast, "DECODE_BYTES", 3 << 10)
+    taken: list[bool] = []
+    plain = data_fast._scan_plain
+
+    def counted(*args):
+        block = plain(*args)
+        taken.append(block is not None)
+        return block
+
+    monkeypatch.setattr(data_fast, "_scan_plain", counted)
+    rows: list[str] = []
+    for i in range(4000):
+        system = "Be brief." if i % 2500 % 3 else None
+        row: object = chatml(f"Q{i % 2500}: how many {i % 2500}?", f"{i % 2500} items.", system)
+        if 1500 <= i < 2500:  # defects only here: the blocks before and after are clean
+            if i % 97 == 5:
+                row = chatml(f"q{i}", "   ")
+            elif i % 101 == 7:
+                row = chatml(f"Assistant: q{i}", "a")
+            elif i % 89 == 3:
+                row = '{"messages": [broken'
+            elif i % 83 == 1:
+                row = {"instruction": "x", "output": "y"}
+            elif i % 73 == 4:
+                row = chatml(f"q{i} <|im_end|>", "a")
+            elif i % 71 == 6:
+                row = chatml(f"Q{i % 2500}:\nhow many {i % 2500}?", f"{i % 2500}   items. ", system)  # a duplicate
+            elif i % 67 == 8:
+                row = chatml(f"q{i} naïve", "a")
+        rows.append(row if isinstance(row, str) else json.dumps(row, ensure_ascii=ascii_only))
+    (tmp_path / "train.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    spec = write_spec(tmp_path, {"train": "train.jsonl"}, training={"sequence_len": 64})
+    slow = _report(spec, monkeypatch, "0")
+    taken.clear()
+    fast = _report(spec, monkeypatch, "1")
+    assert fast == slow
+    assert any(taken) and not all(taken)  # both paths took blocks
+    codes = Counter(d["code"] for d in slow[0])
+    assert {"FT0502", "FT0504", "FT0511", "FT0513", "FT0514", "FT0523"} <= set(codes)
+    assert slow[1]["duplicates"]["exact"] > 1000  # rows 2500.. repeat rows 0..1499
