@@ -15,6 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text with BPE vocabularies
+# An estimated first trained token this far beyond sequence_len is beyond it whatever the tokenizer
+# (chars/4 is off by about a quarter either way for English and code), so its finding stays an error.
+ESTIMATE_MARGIN = 1.25
 MAX_LISTED = 20
 
 Segments = Sequence[tuple[int, int]]  # trained token ranges [start, end)
