@@ -129,7 +129,10 @@ def load_model(source: ModelSource, spec: dict, *, device: str, local_rank: int,
         model.requires_grad_(False)
     if gradient_checkpointing:
         # Non-reentrant checkpointing needs no input grads trick for PEFT and works under DDP.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 

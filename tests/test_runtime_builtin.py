@@ -98,4 +98,4 @@ def test_qlora_keeps_16bit_weights_in_the_precision_the_spec_names(tmp_path):
     assert all(p.dtype == torch.bfloat16 for n, p in base.named_parameters() if "norm" in n)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    assert base.is_gradient_checkpointing
+    assert getattr(base, "is_activation_checkpointing", None) or base.is_gradient_checkpointing

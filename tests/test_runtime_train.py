@@ -76,7 +76,7 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted(reference, tmp_path):
     log = tmp_path / "launch.log"
     cmd = [sys.executable, "-m", "ftspec.compiler.cli", "launch", str(spec), "-o", str(tmp_path / "build")]
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_with(FTSPEC_STEP_DELAY_S="0.4"), stdout=fh, stderr=fh)
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_with(FTSPEC_STEP_DELAY_S="0.8"), stdout=fh, stderr=fh)
     run = tmp_path / "runs" / "t"
     deadline = time.monotonic() + 180
     while not (run / "checkpoints" / "checkpoint-8" / "complete").is_file():
