@@ -25,8 +25,14 @@ __all__ = ["Assessment", "assess", "estimate_memory", "MemoryEstimate"]
 TIGHT_FRACTION = 0.05  # less than this share of the GPU left over the usable limit: warn
 DEFAULT_P95_SEQ = 2048
 
+def _label(key: str, method: str | None) -> str:
+    if key == "weights" and method == "full":
+        return "weights (trained)"
+    return LABELS.get(key, key)
+
+
 LABELS = {
-    "weights": "weights (frozen/base)",
+    "weights": "weights (frozen base)",
     "gathered_weights": "gathered shards (FSDP/ZeRO-3)",
     "adapter": "adapter weights",
     "gradients": "gradients",
@@ -86,7 +92,7 @@ class Assessment:
         biggest = max((v for _k, v in parts), default=1.0) or 1.0
         for key, gib in parts:
             bar = _bar(gib / biggest, width, fancy)
-            lines.append(f"  {LABELS.get(key, key):30} {gib:8.2f} GiB  {bar}")
+            lines.append(f"  {_label(key, self.setup.method if self.setup else None):30} {gib:8.2f} GiB  {bar}")
         lines.append(f"  {'allocated / reserved / device':30} {m.allocated_gib:.2f} / {m.reserved_gib:.2f} / "
                      f"{m.device_gib:.2f} GiB")
         if m.fits is None:
@@ -137,6 +143,8 @@ def _fancy(stream) -> bool:
 
 def _bar(fraction: float, width: int, fancy: bool) -> str:
     n = max(0, min(width, round(fraction * width)))
+    if n == 0 and fraction > 0:  # a small component still shows that it is there
+        return "▏" if fancy else "."
     return ("█" if fancy else "#") * n
 
 
@@ -229,7 +237,7 @@ def _memory_findings(out: Assessment, spec: LoadedSpec, est: MemoryEstimate, sha
         phase=est.peak_phase.replace("_", "/"),
     )
     largest = sorted(((v, k) for k, v in est.components.items()), reverse=True)[:3]
-    fields["largest"] = ", ".join(f"{LABELS.get(k, k)} {v / GIB:.1f} GiB" for v, k in largest)
+    fields["largest"] = ", ".join(f"{_label(k, setup.method)} {v / GIB:.1f} GiB" for v, k in largest)
     fixing = [s for s in out.suggestions if s.fits]
     if fixing:
         best = fixing[0]

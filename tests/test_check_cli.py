@@ -27,7 +27,7 @@ def test_example_does_not_fit_and_shows_the_fix(capsys, monkeypatch):
     code, out = run(capsys, "check", str(EXAMPLE))
     assert code == 1
     assert "DOES NOT FIT" in out and "FT0310 error" in out
-    assert "weights (frozen/base)" in out and "#" in out  # component table with plain bars
+    assert "weights (frozen base)" in out and "#" in out  # component table with plain bars
     assert "adapter.method: qlora" in out and "(fits)" in out
     gpu_line = next(i for i, line in enumerate(EXAMPLE.read_text().splitlines(), 1) if line.strip().startswith("gpu:"))
     assert f"llama3-70b-lora-1gpu.yaml:{gpu_line}:" in out
