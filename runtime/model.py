@@ -118,6 +118,8 @@ def load_model(source: ModelSource, spec: dict, *, device: str, local_rank: int,
         if not sharded:
             kwargs["device_map"] = {"": "cpu" if device == "cpu" else local_rank}
     model = AutoModelForCausalLM.from_pretrained(source.path_or_id, **kwargs)
+    if method == "qlora" and device == "cpu" and "device_map" not in kwargs:
+        _no_cpu_repacking(model)
     model.config.use_cache = False
     gradient_checkpointing = bool(training.get("gradient_checkpointing", False))
     # Not PEFT's prepare_model_for_kbit_training for QLoRA: it also casts every 16-bit parameter
@@ -151,6 +153,16 @@ def load_model(source: ModelSource, spec: dict, *, device: str, local_rank: int,
         model.requires_grad_(True)
     model._ftspec_ds_config_ref = keep_alive  # keeps HfDeepSpeedConfig alive as long as the model
     return model
+
+
+def _no_cpu_repacking(model) -> None:
+    """bitsandbytes repacks 4-bit weights for its CPU kernels on the first eval-mode forward (on CPUs
+    with AVX512-BF16) and unpacks them again in state_dict, asserting uint8 storage; sharded QLoRA
+    stores them in the float dtype ZeRO-3/FSDP flatten, so the first checkpoint after an evaluation
+    failed. Keep the training layout: the repacking only speeds up inference."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def quantization_config(quant: dict, storage=None):

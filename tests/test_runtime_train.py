@@ -249,6 +249,20 @@ def test_qlora_on_cpu_processes(tmp_path):
     assert (run / "adapter" / "adapter_config.json").is_file()
 
 
+def test_qlora_under_zero3_saves_checkpoints_after_evaluating(tmp_path):
+    """Regression: bitsandbytes repacked the 4-bit weights for its CPU kernels during evaluation and
+    then failed to unpack the float-stored (ZeRO-3) weights in state_dict: the first save crashed."""
+    spec = write_spec(tmp_path, adapter={"method": "qlora", "quantization": {"bits": 4, "quant_type": "nf4",
+                                                                             "compute_dtype": "fp32"}},
+                      hardware={"gpu": "cpu", "gpus_per_node": 2, "strategy": "deepspeed", "zero_stage": 3},
+                      training={"max_steps": 4, "save_steps": 2, "eval_steps": 2, "precision": "fp32"})
+    _ok(launch(spec, build=tmp_path / "build"))
+    run = tmp_path / "runs" / "t"
+    assert (run / "checkpoints" / "checkpoint-2" / "complete").is_file()
+    tensors = adapter_tensors(run)
+    assert tensors and all("lora_" in name for name in tensors)
+
+
 def test_dora_full_and_merged_outputs(tmp_path):
     spec = write_spec(tmp_path, adapter={"dora": True}, training={"max_steps": 4, "optimizer": "adamw_8bit"},
                       output={"save": "both", "report_to": ["tensorboard"]})
