@@ -140,8 +140,8 @@ READINGS: dict[str, dict] = {
     # torchtune README @fef3ed10d (2024-04-16) "minimum memory requirements" and the LoRA / Llama 3
     # tutorials: default configs on unpacked Alpaca, batch 2, GB (1e9), peak reserved (the QLoRA
     # tutorial names the same 9.29 GB "Peak memory reserved, training"). The token count of the peak
-    # batch is unknown: each row is checked as an upper bound at the 512-token truncation and, with
-    # `floor`, as a lower bound at 128 tokens.
+    # batch is unknown: c028-c035 are checked as upper bounds at the 512-token truncation and, with
+    # `floor`, as lower bounds at 128 tokens; c026 and c027 only as lower bounds (reasons below).
     "c026": dict(kind="lower_bound", arch=LLAMA2_7B, metric="reserved", unit="GB", floor=ALPACA_FLOOR, setup=dict(
         TT_L2, method="qlora", r=8, target_modules=TT_ALL, micro_batch=2, seq_len=ALPACA_TRUNCATION, grad_ckpt=True),
         reading="not an upper bound: reserved memory never shrinks during a run, and qlora_finetune.rst shows "

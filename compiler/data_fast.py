@@ -653,7 +653,6 @@ def _scan_plain(data: bytes, end: int, cfg: FastConfig) -> Block | None:
     kinds = np.where(turn == 0, _PLAIN_FIRST[region_lengths], _PLAIN_NEXT[region_lengths])
     if int(kinds.min()) < 0 or int(region_starts[-1]) + 8 * _PLAIN_WORDS > size:
         return None  # a region of no known length, or the last one too near the end to read in words
-    # every region, byte for byte, as 8-byte words read at any offset
     # every region, byte for byte: the 48 bytes from its start (as one opaque item: a row copy) read
     # as 8-byte words, against the region's words under its mask
     shape = (total, _PLAIN_WORDS)

@@ -17,7 +17,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .diagnostics import Diagnostic, make
-from .loader import LoadedSpec, join_pointer
+from .loader import LoadedSpec, get_pointer, join_pointer
 
 
 @lru_cache(maxsize=1)
@@ -147,37 +147,41 @@ def check_pins(spec: LoadedSpec, resolved: dict, *, installed: bool = False) -> 
 
 
 def _parse_pins(spec: LoadedSpec, resolved: dict, report: PinReport) -> tuple[dict[str, str], dict[str, str]]:
-    """Valid, satisfiable pins by normalised name, and each one's JSON pointer; findings for the rest."""
+    """Valid, satisfiable pins by normalised name, and each one's JSON pointer (its first spelling);
+    findings for the rest. One package pinned under several spellings is one pin: all of them apply."""
     raw_pins = (resolved.get("environment") or {}).get("packages") or {}
+    spellings: dict[str, list[str]] = {}
+    for raw_name in raw_pins:
+        spellings.setdefault(canonicalize_name(str(raw_name)), []).append(str(raw_name))
     pins: dict[str, str] = {}
     pointers: dict[str, str] = {}
-    for raw_name, raw_spec in raw_pins.items():
-        name = canonicalize_name(str(raw_name))
-        pointer = _pin_pointer(str(raw_name))
-        pointers[name] = pointer
-        text = str(raw_spec).strip()
-        report.packages[name] = {"pin": text, "needs": []}
-        try:
-            SpecifierSet(text)
-        except InvalidSpecifier as exc:
-            report.diagnostics.append(make("FT0401", spec.locate(pointer), package=raw_name, spec=text,
-                                           detail=_invalid_detail(exc), hint=_bare_version_hint(text)))
+    for name, names in spellings.items():
+        pointers[name] = _pin_pointer(names[0])
+        texts, valid = [], True
+        for raw_name in names:
+            text = str(raw_pins[raw_name]).strip()
+            texts.append(text)
+            try:
+                SpecifierSet(text)
+            except InvalidSpecifier as exc:
+                valid = False
+                report.diagnostics.append(make("FT0401", spec.locate(_pin_pointer(raw_name)), package=raw_name,
+                                               spec=text, detail=_invalid_detail(exc), hint=_bare_version_hint(text)))
+        combined = ",".join(t for t in texts if t)
+        report.packages[name] = {"pin": combined, "needs": []}
+        for later in names[1:]:
+            report.diagnostics.append(make("FT0412", spec.locate(_pin_pointer(later)), package=name, first=names[0],
+                                           second=later, combined=combined))
+        if not valid:
             report.packages[name]["valid"] = False
             continue
-        if name in pins:
-            # both pins constrain the one package: check them together
-            first = next(k for k in raw_pins if canonicalize_name(str(k)) == name)
-            report.diagnostics.append(make("FT0412", spec.locate(pointer), package=name, first=first,
-                                           second=raw_name, combined=f"{pins[name]},{text}"))
-            text = f"{pins[name]},{text}"
-            report.packages[name]["pin"] = text
-        if not satisfiable(text):
-            report.diagnostics.append(make("FT0402", spec.locate(pointer), what=f"packages.{raw_name}", spec=text,
+        if not satisfiable(combined):
+            report.diagnostics.append(make("FT0402", spec.locate(_pin_pointer(names[-1])),
+                                           what=f"packages.{names[-1]}", spec=combined,
                                            detail="its clauses exclude every version"))
             report.packages[name]["satisfiable"] = False
-            pins.pop(name, None)
             continue
-        pins[name] = text
+        pins[name] = combined
     return pins, pointers
 
 
@@ -220,9 +224,12 @@ def _bare_version_hint(text: str) -> str | None:
     return f'a bare version is not a specifier: write "=={text}" (exactly that version) or ">={text}"'
 
 
-def _feature_line(spec: LoadedSpec, pointer: str) -> int | str:
+def _feature_line(spec: LoadedSpec, pointer: str) -> str:
+    """Where the spec turns the feature on: "line N", or "by default" when the value is a default."""
+    if get_pointer(spec.data, pointer, None) is None:
+        return "by default"
     loc = spec.locate(pointer)
-    return loc.line or "?"
+    return f"line {loc.line}" if loc.line else "line ?"
 
 
 def _features(spec: LoadedSpec, resolved: dict, pins: dict[str, str], pointers: dict[str, str],
@@ -235,7 +242,7 @@ def _features(spec: LoadedSpec, resolved: dict, pins: dict[str, str], pointers: 
         line = _feature_line(spec, rule["pointer"])
         loc = spec.locate(rule["pointer"])
         related = [{"line": loc.line, "column": loc.column, "pointer": rule["pointer"],
-                    "message": f"{rule['feature']} is set here"}]
+                    "message": f"{rule['feature']} is set here"}] if line != "by default" else []
         for package, need in rule["needs"].items():
             name = canonicalize_name(package)
             entry = {"feature": rule["feature"], "needs": need, "source": rule["source"], "line": line,

@@ -678,7 +678,8 @@ def reduced_batch(mbs: int, gas: int) -> tuple[int, int]:
 
 
 def _oom(plan, out: Path, step: int, rank: int, mbs: int, gas: int, history: list, last: str, exc) -> StopRun:
-    """Record the halved micro batch for the relaunch (ftspec launch resumes from the last checkpoint)."""
+    """Record the reduced micro batch (same effective batch) for the relaunch (ftspec launch resumes
+    from the last checkpoint)."""
     policy = plan["spec"]["training"].get("on_oom", "reduce_batch")
     if policy != "reduce_batch" or mbs <= 1:
         return StopRun(make("FT0708", step=step + 1, rank=rank, mbs=mbs), "oom")

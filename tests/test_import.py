@@ -440,3 +440,16 @@ def test_minimal_config_trains_with_the_peers_defaults(tool, text, tmp_path):
         if entry["key"] in ("lora_alpha", "model.lora_alpha") and tool == "llamafactory":
             continue
         assert node == entry["value"], (tool, entry["key"], node, entry["value"])
+
+
+def test_torchtune_values_of_the_wrong_type_are_errors_not_crashes(tmp_path):
+    text = TORCHTUNE_MIN.format(builder="torchtune.datasets.alpaca_dataset", extra="",
+                                optimizer="torch.optim.AdamW",
+                                opt_extra="  lr: abc\n  weight_decay: [1]\n").replace(
+        "  lora_attn_modules: [q_proj, v_proj]\n", "  lora_attn_modules: [q_proj, v_proj]\n  lora_rank: x\n")
+    result = _import_text(tmp_path, "torchtune", text)
+    dropped = {d.message.split("'")[1] for d in result.diagnostics if d.code == "FT0901" and d.severity == "error"}
+    assert {"optimizer.lr", "optimizer.weight_decay", "model.lora_rank"} <= dropped
+    comment = _import_text(tmp_path, "torchtune", TORCHTUNE_MIN.format(
+        builder="$comment", extra="", optimizer="$comment", opt_extra=""), name="c.yaml")
+    assert any(d.code == "FT0909" or d.severity == "error" for d in comment.diagnostics)

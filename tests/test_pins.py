@@ -184,3 +184,13 @@ def test_one_package_pinned_under_two_spellings_is_checked_as_one():
     _spec, report = check({"peft": ">=0.18", "PEFT": "<0.22"})
     assert codes(report).count("FT0412") == 1 and "FT0402" not in codes(report)
     assert report.packages["peft"]["pin"] == ">=0.18,<0.22"
+
+
+def test_two_spellings_are_reported_even_when_one_pin_is_broken():
+    spec, report = check({"peft": ">2,<1", "PEFT": ">=0.18"})
+    assert "FT0412" in codes(report) and "FT0402" in codes(report)
+    assert "peft" not in {d.message.split()[0] for d in report.diagnostics if d.code in ("FT0403", "FT0404")}
+    _spec, report = check({"peft": ">=0.18", "PEFT": "bad!"})
+    assert {"FT0401", "FT0412"} <= set(codes(report))
+    assert report.packages["peft"] == {"pin": ">=0.18,bad!", "needs": report.packages["peft"]["needs"],
+                                       "valid": False}

@@ -183,6 +183,15 @@ class Translation:
             return _MISSING
         return _MISSING
 
+    def put_typed(self, pointer: str, field: str, value: object, kind: str) -> None:
+        """Set `field` from the peer's value at `pointer` as a `kind`, or drop it with an error."""
+        converted = self.typed(pointer, value, kind)
+        if converted is _MISSING:
+            self.drop(pointer, f"the value {describe(value)} is not {kind}-valued, as "
+                      f"{field.strip('/').replace('/', '.')} needs", severity="error")
+        else:
+            self.set(field, converted, self.origin(pointer))
+
     def direct(self, table: dict) -> None:
         """One key, one field, same meaning: copy it (converting '2e-4' strings and the like)."""
         for key, entry in table.items():

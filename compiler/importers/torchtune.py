@@ -68,11 +68,11 @@ def _model(t: Translation, table: dict) -> str:
         if key in ("_component_", "lora_attn_modules", "apply_lora_to_mlp", "apply_lora_to_output"):
             continue
         if key == "lora_rank":
-            t.set("/adapter/r", int(value), t.origin(ptr))
+            t.put_typed(ptr, "/adapter/r", value, "int")
         elif key == "lora_alpha":
-            t.set("/adapter/alpha", value, t.origin(ptr))
+            t.put_typed(ptr, "/adapter/alpha", value, "number")
         elif key == "lora_dropout":
-            t.set("/adapter/dropout", float(value), t.origin(ptr))
+            t.put_typed(ptr, "/adapter/dropout", value, "number")
         elif key == "use_dora":
             t.set("/adapter/dora", bool(value), t.origin(ptr))
         elif key == "quantize_base" and value is True and method == "lora":
@@ -137,7 +137,7 @@ def _dataset(t: Translation, table: dict) -> None:
     ds = t.take("dataset")
     val = t.take("dataset_val")
     builder = _component(ds)
-    entry = table["datasets"].get(builder)
+    entry = None if str(builder).startswith("$") else table["datasets"].get(builder)
     if not isinstance(ds, dict) or entry is None:
         t.unsupported("/dataset", f"dataset builder {builder or describe(ds)} has no equivalent; ftspec reads "
                       "chatml, sharegpt or alpaca JSON Lines files", hint="export the data to one of those formats")
@@ -227,7 +227,7 @@ def _dataset_defaults(t: Translation, builder: str, ds: dict, entry: dict) -> No
 def _optimizer(t: Translation, table: dict) -> None:
     opt = t.take("optimizer")
     builder = _component(opt)
-    entry = table["optimizers"].get(builder)
+    entry = None if str(builder).startswith("$") else table["optimizers"].get(builder)
     if entry is None or entry["to"] is None:
         t.changed("/optimizer/_component_" if builder else "/optimizer", builder or opt, "/training/optimizer",
                   "adamw_torch", "ftspec's optimizers are AdamW (torch, 8-bit, paged) and SGD")
@@ -243,9 +243,9 @@ def _optimizer(t: Translation, table: dict) -> None:
         if key == "_component_" or value is None:
             continue  # null: unset, the optimizer's default applies
         if key == "lr":
-            t.set("/training/learning_rate", float(value), t.origin(ptr))
+            t.put_typed(ptr, "/training/learning_rate", value, "number")
         elif key == "weight_decay":
-            t.set("/training/weight_decay", float(value), t.origin(ptr))
+            t.put_typed(ptr, "/training/weight_decay", value, "number")
         elif key in ("fused", "foreach"):
             continue  # kernel choice: the same update
         else:
