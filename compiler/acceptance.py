@@ -171,17 +171,19 @@ def judge_rule(index: int, rule: dict, base: dict, finetuned: dict, measured: di
     return rows
 
 
-def contamination_check(contamination: dict | None, max_contaminated: int) -> IntegrityCheck:
-    """`contamination`: {"ngram", "contaminated", "eval_examples", "examples": [...]} as measured."""
+def contamination_check(contamination: dict | None, max_contaminated: int, *, name: str = "contamination",
+                        what: str = "eval") -> IntegrityCheck:
+    """`contamination`: {"ngram", "contaminated", "eval_examples", "examples": [...]} as measured for
+    the `what` set (eval, or its "regression" entry)."""
     if not contamination:
-        return IntegrityCheck("contamination", None, "eval/train overlap was not measured")
+        return IntegrityCheck(name, None, f"{what}/train overlap was not measured")
     count = int(contamination.get("contaminated", 0))
     total = int(contamination.get("eval_examples", 0))
     n = contamination.get("ngram")
     passed = count <= max_contaminated
     return IntegrityCheck(
-        "contamination", passed,
-        f"{count} of {total} eval examples share a {n}-word sequence with train (allowed: {max_contaminated})",
+        name, passed,
+        f"{count} of {total} {what} examples share a {n}-word sequence with train (allowed: {max_contaminated})",
     )
 
 
@@ -241,15 +243,13 @@ def judge(
             diags.append(make("FT0814", locate("/dataset/checks"), detail=check.detail))
         regression = (contamination or {}).get("regression")
         if regression:
-            count, total = int(regression.get("contaminated", 0)), int(regression.get("eval_examples", 0))
-            passed = count <= max_contaminated
-            result.integrity.append(IntegrityCheck(
-                "regression_contamination", passed,
-                f"{count} of {total} regression examples share a {regression.get('ngram')}-word sequence with "
-                f"train (allowed: {max_contaminated})"))
-            if not passed:
-                shown = ", ".join(f"regression {e['eval']} ~ train {e['train']}" for e in regression["examples"][:3])
-                diags.append(make("FT0815", locate("/evaluation/regression/prompts"), count=count, total=total,
+            check = contamination_check(regression, max_contaminated, name="regression_contamination",
+                                        what="regression")
+            result.integrity.append(check)
+            if not check.passed:
+                shown = ", ".join(_where(e, "regression") for e in regression["examples"][:3])
+                diags.append(make("FT0815", locate("/evaluation/regression/prompts"),
+                                  count=regression.get("contaminated"), total=regression.get("eval_examples"),
                                   ngram=regression.get("ngram"), allowed=max_contaminated, examples=shown))
         findings = list(data_findings or [])
         errors = [d for d in findings if d.severity == "error"]
@@ -261,7 +261,5 @@ def judge(
     return result
 
 
-def _where(example: dict) -> str:
-    eval_at = example.get("eval")
-    train_at = example.get("train")
-    return f"eval {eval_at} ~ train {train_at}"
+def _where(example: dict, what: str = "eval") -> str:
+    return f"{what} {example.get('eval')} ~ train {example.get('train')}"

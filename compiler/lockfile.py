@@ -19,7 +19,7 @@ from packaging.version import InvalidVersion, Version
 
 from . import __version__
 from .diagnostics import Diagnostic, Location, make
-from .loader import LoadedSpec
+from .loader import LoadedSpec, get_pointer
 from .plan import _train_entries, spec_sha256
 
 LOCK_SCHEMA_VERSION = 1
@@ -97,12 +97,6 @@ def locked_packages(resolved: dict, plan: dict | None = None) -> dict[str, dict]
     }
 
 
-def _get(data: object, pointer: str) -> object:
-    for part in pointer.strip("/").split("/"):
-        data = data[int(part)] if isinstance(data, list) else data[part]  # type: ignore[index]
-    return data
-
-
 def build_lock(spec: LoadedSpec, resolved: dict, plan: dict) -> dict:
     files = []
     for role, _pointer, written in data_files(resolved):
@@ -117,7 +111,7 @@ def build_lock(spec: LoadedSpec, resolved: dict, plan: dict) -> dict:
             "spec_sha256": plan["metadata"]["spec_sha256"],
             "spec_file": plan["metadata"]["spec_file"],
             # spec_sha256 hashes the file; values given with --set are not in it, so they are kept here.
-            "overrides": {pointer.removeprefix("/spec"): _get(resolved, pointer.removeprefix("/spec"))
+            "overrides": {pointer.removeprefix("/spec"): get_pointer(resolved, pointer.removeprefix("/spec"))
                           for pointer, source in sorted((plan.get("sources") or {}).items())
                           if source == "cli" and pointer.startswith("/spec/")},
         },
