@@ -646,44 +646,37 @@ class _Check:
                            records=self.system_with + self.system_without,
                            without_system=self.system_without, lines=lines)
 
+    def _pin_targets(self, key: object) -> list[Source]:
+        """The sources a dataset.sha256 key names: the files of its split (train, eval) or its path."""
+        if key in ("train", "eval"):
+            return [s for s in self.sources if s.split == key]
+        return [s for s in self.sources if os.path.normpath(s.written) == os.path.normpath(str(key))]
+
     def _pinned_sources(self) -> set[int]:
-        """Indexes of the sources a dataset.sha256 key names (as _pins matches them)."""
+        """Indexes of the sources a dataset.sha256 key names."""
         pins = self.dataset.get("sha256") or {}
         if not isinstance(pins, dict):
             return set()
-        out: set[int] = set()
-        for key in pins:
-            for i, src in enumerate(self.sources):
-                if (src.split == key if key in ("train", "eval")
-                        else os.path.normpath(src.written) == os.path.normpath(str(key))):
-                    out.add(i)
-        return out
+        named = {id(src) for key in pins for src in self._pin_targets(key)}
+        return {i for i, src in enumerate(self.sources) if id(src) in named}
 
     def _pins(self) -> None:
         pins = self.dataset.get("sha256") or {}
         if not isinstance(pins, dict):
             return
-        trains = [s for s in self.sources if s.split == "train"]
-        by_path = {os.path.normpath(s.written): s for s in self.sources}
         for key, expected in pins.items():
             pointer = f"/dataset/sha256/{key}"
-            if key == "train":
-                if len(trains) != 1:
-                    self._spec_finding("FT0530", pointer, key=key,
-                                       detail=f"train has {len(trains)} files: pin each one by its path")
-                    continue
-                target = trains[0]
-            elif key == "eval":
-                target = next((s for s in self.sources if s.split == "eval"), None)
-                if target is None:
-                    self._spec_finding("FT0530", pointer, key=key, detail="the spec has no dataset.eval file")
-                    continue
-            else:
-                target = by_path.get(os.path.normpath(key))
-                if target is None:
-                    known = ", ".join(s.written for s in self.sources)
-                    self._spec_finding("FT0530", pointer, key=key, detail=f"data files: {known}")
-                    continue
+            targets = self._pin_targets(key)
+            if key == "train" and len(targets) != 1:
+                self._spec_finding("FT0530", pointer, key=key,
+                                   detail=f"train has {len(targets)} files: pin each one by its path")
+                continue
+            if not targets:
+                detail = ("the spec has no dataset.eval file" if key == "eval"
+                          else "data files: " + ", ".join(s.written for s in self.sources))
+                self._spec_finding("FT0530", pointer, key=key, detail=detail)
+                continue
+            target = targets[0]
             if target.sha256 is None or not isinstance(expected, str):
                 continue  # unreadable: reported already
             if target.sha256 != expected.lower():
