@@ -23,9 +23,10 @@ _MISSING = object()
 
 @cache
 def load_table(name: str) -> dict:
-    """A data file of compiler/data (import_<tool>.json, import_common.json)."""
+    """A data file of compiler/data (import_<tool>.json, import_common.json), without its "$comment"
+    keys (at any depth), so a lookup by a config's value can never find a comment."""
     text = resources.files("ftspec.compiler.data").joinpath(name).read_text(encoding="utf-8")
-    return json.loads(text)
+    return json.loads(text, object_hook=lambda obj: {k: v for k, v in obj.items() if not k.startswith("$")})
 
 
 @dataclass
@@ -233,7 +234,7 @@ class Translation:
 
     def optimizer(self, pointer: str, name: object, extra: dict | None = None) -> None:
         table = dict(load_table("import_common.json")["hf_optimizers"]["map"])
-        table.update({k: v for k, v in (extra or {}).items() if not k.startswith("$")})
+        table.update(extra or {})
         entry = table.get(str(name).lower())
         if entry is None or entry["to"] is None:
             fallback = "adamw_torch"

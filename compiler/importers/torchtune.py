@@ -137,7 +137,7 @@ def _dataset(t: Translation, table: dict) -> None:
     ds = t.take("dataset")
     val = t.take("dataset_val")
     builder = _component(ds)
-    entry = None if str(builder).startswith("$") else table["datasets"].get(builder)
+    entry = table["datasets"].get(builder)
     if not isinstance(ds, dict) or entry is None:
         t.unsupported("/dataset", f"dataset builder {builder or describe(ds)} has no equivalent; ftspec reads "
                       "chatml, sharegpt or alpaca JSON Lines files", hint="export the data to one of those formats")
@@ -227,7 +227,7 @@ def _dataset_defaults(t: Translation, builder: str, ds: dict, entry: dict) -> No
 def _optimizer(t: Translation, table: dict) -> None:
     opt = t.take("optimizer")
     builder = _component(opt)
-    entry = None if str(builder).startswith("$") else table["optimizers"].get(builder)
+    entry = table["optimizers"].get(builder)
     if entry is None or entry["to"] is None:
         t.changed("/optimizer/_component_" if builder else "/optimizer", builder or opt, "/training/optimizer",
                   "adamw_torch", "ftspec's optimizers are AdamW (torch, 8-bit, paged) and SGD")
