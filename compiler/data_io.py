@@ -96,7 +96,7 @@ class RecordReader:
         the first line of a block follows the last line of the block before. `.sha256` is final once
         iteration ends. A JSON array yields nothing: check `.layout` and iterate records instead."""
         self._hash = self._new_hash()
-        update = self._hash.update if self.digest else None
+        update = self._hash.update  # a no-op without a digest
         with self._open() as fh:
             fd = fh.fileno()
             head = fh.read(CHUNK)
@@ -110,7 +110,7 @@ class RecordReader:
                 self.sha256 = self._hash.hexdigest()
                 return
             del head
-            if update is not None and start:
+            if start:
                 update(codecs.BOM_UTF8)
             pos = start
             # Each block is read straight into a bytes object of its own at the offset where its first
@@ -135,12 +135,10 @@ class RecordReader:
                     data = b"".join(parts)
                     del parts
                     if cut < 0:
-                        if update is not None:
-                            update(data)
+                        update(data)
                         yield data, len(data)
                         break
-                if update is not None:
-                    update(memoryview(data)[: cut + 1])
+                update(memoryview(data)[: cut + 1])
                 pos += cut + 1
                 yield data, cut
                 del data
