@@ -38,7 +38,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Literal
 
-from .data_dedup import ROLE_CODE, hash_bytes
+from .data_dedup import ROLE_CODE, dedup_key, hash_bytes
 from .data_lengths import Estimator
 
 try:  # optional: without msgspec (or numpy, which datasketch brings) every record takes the per-record path
@@ -406,9 +406,10 @@ def _label_candidates(chars, starts) -> list[int]:
 # The exact-duplicate key of a record (data_dedup.dedup_key) is the record as json.dumps writes it:
 # the markup around each content depends only on the roles, which a clean record's number of turns
 # fixes. Keys for a block are built as one string, a record a line.
-_KEY_FIRST = '{"messages": [{"role": "%s", "content": "'
-_KEY_NEXT = '"}, {"role": "%s", "content": "'
-_KEY_END = '"}]}'
+# The key's markup, taken from data_dedup.dedup_key itself so the two cannot drift apart: the text
+# around a content (U+E000 stands in for one) with "%s" in place of the role.
+_KEY_FIRST, _KEY_END = dedup_key([("%s", "\ue000")]).split("\ue000")
+_KEY_NEXT = dedup_key([("%s", "\ue000")] * 2).split("\ue000")[1]
 
 
 class _KeyMarkup(dict):
