@@ -281,31 +281,37 @@ def _report(spec, monkeypatch, fast: str, workers: str = "1"):
     return [d.to_json() for d in report.diagnostics], report.summary
 
 
+def _defect(i: int, q: int, system: str | None, between: tuple = ()) -> object:
+    """The defect row i gets in the mixed files (None: it stays clean); `q` numbers its question, so
+    one kind of defect is a whitespace-variant duplicate of a clean row; `between` adds kinds of defect."""
+    kinds = [
+        (97, 5, lambda: chatml(f"q{i}", "   ")),
+        (101, 7, lambda: chatml(f"Assistant: q{i}", "a")),
+        (89, 3, lambda: '{"messages": [broken'),
+        (83, 1, lambda: {"instruction": "x", "output": "y"}),
+        *between,
+        (73, 4, lambda: chatml(f"q{i} <|im_end|>", "a")),
+        (71, 6, lambda: chatml(f"Q{q}:\nhow many {q}?", f"{q}   items. ", system)),  # a duplicate
+    ]
+    return next((make() for modulus, rest, make in kinds if i % modulus == rest), None)
+
+
 def _mixed_file(path, n: int = 3000):
     """Clean records with defects of every kind sprinkled in, duplicates across blocks, a blank line,
     and more than MAX_LISTED of some findings (which ones get listed depends on line order)."""
     rows: list = []
+    wrong_order = (79, 2, lambda: {"messages": [{"role": "assistant", "content": "a"},
+                                                 {"role": "user", "content": "b"}]})
     for i in range(n):
         system = "You are terse." if i % 3 else None
-        row: object = chatml(f"Q{i % 1700}: how  many {i % 1700}?", f"{i % 1700} items.", system)
-        if i % 97 == 5:
-            row = chatml(f"q{i}", "   ")
-        elif i % 101 == 7:
-            row = chatml(f"Assistant: q{i}", "a")
-        elif i % 89 == 3:
-            row = '{"messages": [broken'
-        elif i % 83 == 1:
-            row = {"instruction": "x", "output": "y"}
-        elif i % 79 == 2:
-            row = {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]}
-        elif i % 73 == 4:
-            row = chatml(f"q{i} <|im_end|>", "a")
-        elif i % 71 == 6:
-            row = chatml(f"Q{i % 1700}:\nhow many {i % 1700}?", f"{i % 1700}   items. ", system)  # a duplicate
-        elif i % 67 == 8:
-            row = ""
-        elif i % 5 == 0:
-            row = chatml("x" * (i % 400), "y " * (i % 300), system)  # some above sequence_len
+        row: object = _defect(i, i % 1700, system, (wrong_order,))
+        if row is None:
+            if i % 67 == 8:
+                row = ""
+            elif i % 5 == 0:
+                row = chatml("x" * (i % 400), "y " * (i % 300), system)  # some above sequence_len
+            else:
+                row = chatml(f"Q{i % 1700}: how  many {i % 1700}?", f"{i % 1700} items.", system)
         rows.append(row)
     write_jsonl(path, rows)
 
@@ -358,18 +364,9 @@ def test_reports_identical_on_a_file_as_json_dumps_writes_it(tmp_path, monkeypat
         system = "Be brief." if i % 2500 % 3 else None
         row: object = chatml(f"Q{i % 2500}: how many {i % 2500}?", f"{i % 2500} items.", system)
         if 1500 <= i < 2500:  # defects only here: the blocks before and after are clean
-            if i % 97 == 5:
-                row = chatml(f"q{i}", "   ")
-            elif i % 101 == 7:
-                row = chatml(f"Assistant: q{i}", "a")
-            elif i % 89 == 3:
-                row = '{"messages": [broken'
-            elif i % 83 == 1:
-                row = {"instruction": "x", "output": "y"}
-            elif i % 73 == 4:
-                row = chatml(f"q{i} <|im_end|>", "a")
-            elif i % 71 == 6:
-                row = chatml(f"Q{i % 2500}:\nhow many {i % 2500}?", f"{i % 2500}   items. ", system)  # a duplicate
+            defect = _defect(i, i % 2500, system)
+            if defect is not None:
+                row = defect
             elif i % 67 == 8:
                 row = chatml(f"q{i} naïve", "a")
         rows.append(row if isinstance(row, str) else json.dumps(row, ensure_ascii=ascii_only))
