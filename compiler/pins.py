@@ -224,14 +224,6 @@ def _bare_version_hint(text: str) -> str | None:
     return f'a bare version is not a specifier: write "=={text}" (exactly that version) or ">={text}"'
 
 
-def _feature_line(spec: LoadedSpec, pointer: str) -> str:
-    """Where the spec turns the feature on: "line N", or "by default" when the value is a default."""
-    if get_pointer(spec.data, pointer, None) is None:
-        return "by default"
-    loc = spec.locate(pointer)
-    return f"line {loc.line}" if loc.line else "line ?"
-
-
 def _features(spec: LoadedSpec, resolved: dict, pins: dict[str, str], pointers: dict[str, str],
               report: PinReport) -> dict[str, list[dict]]:
     """Feature needs that apply, by package; findings for pinned packages."""
@@ -239,10 +231,12 @@ def _features(spec: LoadedSpec, resolved: dict, pins: dict[str, str], pointers: 
     for rule in rules()["features"]:
         if not condition_holds(rule["when"], resolved):
             continue
-        line = _feature_line(spec, rule["pointer"])
+        # where the spec turns the feature on: its line, or "by default" when the value is a default
+        given = get_pointer(spec.data, rule["pointer"], None) is not None
         loc = spec.locate(rule["pointer"])
+        line = f"line {loc.line or '?'}" if given else "by default"
         related = [{"line": loc.line, "column": loc.column, "pointer": rule["pointer"],
-                    "message": f"{rule['feature']} is set here"}] if line != "by default" else []
+                    "message": f"{rule['feature']} is set here"}] if given else []
         for package, need in rule["needs"].items():
             name = canonicalize_name(package)
             entry = {"feature": rule["feature"], "needs": need, "source": rule["source"], "line": line,
