@@ -26,13 +26,13 @@ import json
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from .checkpoint import fsync_dir, fsync_file
+from .log import log
 
 NAME = "tiny-llama"
 PREFIX = "builtin:"
@@ -126,11 +126,7 @@ def model_dir(model_id: str = PREFIX + NAME) -> Path:
     return cache_root() / f"{NAME}-{VERSION}"
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)  # stdout stays for the callers' own output
-
-
-def ensure_builtin(model_id: str = PREFIX + NAME, *, log=_log) -> Path:
+def ensure_builtin(model_id: str = PREFIX + NAME, *, log=log) -> Path:
     """The folder of the built-in model, building it first when it is missing. Safe to call from many
     processes at once: one builds, the others wait on the lock and then find it complete."""
     target = model_dir(model_id)

@@ -31,6 +31,7 @@ from ftspec.compiler.data_formats import detect_format, to_messages
 from ftspec.compiler.data_io import RecordReader
 from ftspec.compiler.plan import dumps_json, write_atomic
 from ftspec.compiler.run_folder import RunFolder, RunFolderError, open_run
+from ftspec.runtime.log import log as log_line
 
 METRICS_KIND = "ftspec-eval-metrics"
 METRICS_SCHEMA_VERSION = 1
@@ -41,7 +42,7 @@ TERMINATORS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<|endofte
 
 
 def log(message: str) -> None:
-    print(f"evaluate: {message}", file=sys.stderr, flush=True)
+    log_line(f"evaluate: {message}")
 
 
 class EvalError(Exception):

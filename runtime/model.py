@@ -9,12 +9,12 @@ transformers honours itself).
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ftspec.compiler.chat_templates import template_source
 from ftspec.runtime import builtin
+from ftspec.runtime.log import log
 
 
 class SetupError(Exception):
@@ -39,7 +39,7 @@ def resolve_source(model_spec: dict, spec_dir: Path) -> ModelSource:
     model_id = model_spec["id"]
     if builtin.is_builtin(model_id):
         try:
-            return ModelSource(str(builtin.ensure_builtin(model_id, log=_log)), None, True)
+            return ModelSource(str(builtin.ensure_builtin(model_id, log=log)), None, True)
         except ValueError:
             raise SetupError("FT0702", model=model_id) from None
     candidate = Path(model_id).expanduser()
@@ -48,10 +48,6 @@ def resolve_source(model_spec: dict, spec_dir: Path) -> ModelSource:
     if (candidate / "config.json").is_file():
         return ModelSource(str(candidate), None, True)
     return ModelSource(model_id, model_spec.get("revision"), False)
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def load_tokenizer(source: ModelSource, model_spec: dict):

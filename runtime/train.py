@@ -48,6 +48,7 @@ from ftspec.compiler.launch import previous_run
 from ftspec.compiler.reporters import to_text
 from ftspec.runtime import checkpoint as ckpt
 from ftspec.runtime import data as rdata
+from ftspec.runtime.log import log
 from ftspec.runtime.model import (
     SetupError,
     build_optimizer,
@@ -77,10 +78,6 @@ class StopRun(Exception):
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def sha256_file(path: Path) -> str:

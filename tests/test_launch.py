@@ -159,3 +159,22 @@ def test_oom_retry_keeps_the_effective_batch_exactly():
             new_mbs, new_gas = reduced_batch(mbs, gas)
             assert new_mbs < mbs and new_mbs * new_gas == mbs * gas
     assert reduced_batch(4, 2) == (2, 4) and reduced_batch(3, 1) == (1, 3) and reduced_batch(9, 1) == (3, 3)
+
+
+def test_runtime_log_lines_are_written_whole(monkeypatch):
+    """Regression: ranks sharing the launcher's stderr ran their start-up lines into one, because
+    print() writes the text and the newline separately; the kill -9 test then found one rank's pid."""
+    from ftspec.runtime import log as log_module
+
+    writes: list[str] = []
+
+    class Recorder:
+        def write(self, text: str) -> None:
+            writes.append(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(log_module.sys, "stderr", Recorder())
+    log_module.log("ftspec: rank 0/2 pid 1")
+    assert writes == ["ftspec: rank 0/2 pid 1\n"]
