@@ -84,16 +84,16 @@ def generate(path: Path, records: int, seed: int = 0, multiline: bool = False) -
 
 
 def _child_check(spec_path: str) -> dict:
-    from ftspec.compiler.datacheck import check_data
-    from ftspec.compiler.loader import load_spec
-    from ftspec.compiler.resolve import resolve
+    from ftspec.compiler.check.data.datacheck import check_data
+    from ftspec.compiler.core.loader import load_spec
+    from ftspec.compiler.core.resolve import resolve
 
     spec = load_spec(spec_path)
     resolved = resolve(spec.data)
     start = time.perf_counter()
     report = check_data(spec, resolved)
     seconds = time.perf_counter() - start
-    from ftspec.compiler import data_fast
+    from ftspec.compiler.check.data import fast as data_fast
 
     size = os.path.getsize(report.summary["files"][0]["file"])
     parallel = (data_fast.AVAILABLE and os.environ.get("FTSPEC_DATA_FAST") != "0"

@@ -20,8 +20,8 @@ import argparse
 import json
 import sys
 
-from ftspec.compiler.arch_shapes import Shapes
-from ftspec.compiler.calibration import (
+from ftspec.compiler.catalog.arch_shapes import Shapes
+from ftspec.compiler.check.calibration import (
     exception,
     floor_gib,
     lower_bound_rows,
@@ -30,7 +30,7 @@ from ftspec.compiler.calibration import (
     upper_bound_rows,
     verdict_checks,
 )
-from ftspec.compiler.memory import GIB
+from ftspec.compiler.check.memory import GIB
 
 TOLERANCE = 0.25
 

@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-from . import __version__
+from ftspec.compiler import __version__
 
 # verb -> (module under ftspec.compiler.verbs, one-line help). Modules import heavy code only in run().
 VERBS: dict[str, tuple[str, str]] = {

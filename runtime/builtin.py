@@ -31,8 +31,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .checkpoint import fsync_dir, fsync_file
-from .log import log
+from ftspec.runtime.checkpoint import fsync_dir, fsync_file
+from ftspec.runtime.log import log
 
 NAME = "tiny-llama"
 PREFIX = "builtin:"
@@ -220,7 +220,7 @@ def pretrain_text() -> list[str]:
 
 def build_tokenizer():
     """A byte-level BPE tokenizer (tokenizers) wrapped for transformers, with ftspec's ChatML template."""
-    from ftspec.compiler.chat_templates import template_source
+    from ftspec.compiler.dataset.chat_templates import template_source
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 

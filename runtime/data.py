@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftspec.compiler.chat_templates import has_generation_blocks
-from ftspec.compiler.data_formats import to_messages
-from ftspec.compiler.data_io import DataFileError, RecordReader
+from ftspec.compiler.dataset.chat_templates import has_generation_blocks
+from ftspec.compiler.dataset.formats import to_messages
+from ftspec.compiler.dataset.records import DataFileError, RecordReader
 
 
 class DataError(Exception):

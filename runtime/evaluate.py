@@ -3,7 +3,7 @@
 Started by `ftspec evaluate` in a subprocess (the compiler never imports torch). For each model, one
 after the other so only one sits in memory: greedy, batched generation (left padding) with the
 training chat template (RUN_DIR/tokenizer) on the task eval set and the regression set, then the
-eval loss over the same assistant tokens training optimised. Scores come from ftspec.compiler.metrics
+eval loss over the same assistant tokens training optimised. Scores come from ftspec.compiler.evaluate.metrics
 so the gate and the tests share one definition. Also measures eval/train n-gram overlap on the eval
 set actually scored (with eval_split it exists only after the split).
 
@@ -25,12 +25,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ftspec.compiler import __version__
-from ftspec.compiler import metrics as M
-from ftspec.compiler.contamination import measure as measure_contamination
-from ftspec.compiler.data_formats import detect_format, to_messages
-from ftspec.compiler.data_io import RecordReader
-from ftspec.compiler.plan import dumps_json, write_atomic
-from ftspec.compiler.run_folder import RunFolder, RunFolderError, open_run
+from ftspec.compiler.compile.plan import dumps_json, write_atomic
+from ftspec.compiler.dataset.formats import detect_format, to_messages
+from ftspec.compiler.dataset.records import RecordReader
+from ftspec.compiler.evaluate import metrics as M
+from ftspec.compiler.evaluate.contamination import measure as measure_contamination
+from ftspec.compiler.launch.run_folder import RunFolder, RunFolderError, open_run
 from ftspec.runtime.log import log as log_line
 
 METRICS_KIND = "ftspec-eval-metrics"
@@ -557,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="metrics JSON to write (predictions.jsonl goes beside it)")
     parser.add_argument("--lm-eval", default="", help="comma-separated lm-eval-harness tasks (optional extra)")
     args = parser.parse_args(argv)
-    from .quiet import quiet_known_noise
+    from ftspec.runtime.quiet import quiet_known_noise
 
     quiet_known_noise()
     try:

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftspec.compiler.chat_templates import template_source
+from ftspec.compiler.dataset.chat_templates import template_source
 from ftspec.runtime import builtin
 from ftspec.runtime.log import log
 

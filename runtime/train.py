@@ -43,9 +43,9 @@ import traceback
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from ftspec.compiler.diagnostics import Diagnostic, make
-from ftspec.compiler.launch import previous_run
-from ftspec.compiler.reporters import to_text
+from ftspec.compiler.compile.launch_command import previous_run
+from ftspec.compiler.core.diagnostics import Diagnostic, make
+from ftspec.compiler.core.reporters import to_text
 from ftspec.runtime import checkpoint as ckpt
 from ftspec.runtime import data as rdata
 from ftspec.runtime.log import log
@@ -275,7 +275,7 @@ def run(plan_path: Path, resume: bool) -> int:
     import torch
     import torch.nn.functional as F
     from accelerate.utils import broadcast_object_list, set_seed
-    from ftspec.compiler.plan import read_plan
+    from ftspec.compiler.compile.plan import read_plan
 
     plan = read_plan(plan_path)
     spec, derived = plan["spec"], plan["derived"]
@@ -806,7 +806,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plan", required=True, help="plan.json of a build folder")
     parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     args = parser.parse_args(argv)
-    from .quiet import quiet_known_noise
+    from ftspec.runtime.quiet import quiet_known_noise
 
     quiet_known_noise()
     plan_path = Path(args.plan).resolve()

@@ -6,9 +6,9 @@ import json
 import os
 from pathlib import Path
 
-from ftspec.compiler.build import CompileOptions, CompileResult, compile_spec, write_build
-from ftspec.compiler.lint import LintOptions
-from ftspec.compiler.render import EXECUTABLE
+from ftspec.compiler.compile.compile import CompileOptions, CompileResult, compile_spec, write_build
+from ftspec.compiler.compile.render import EXECUTABLE
+from ftspec.compiler.lint.lint import LintOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "compile"

@@ -64,9 +64,9 @@ def write_spec(folder: Path, dataset: dict, *, model: dict | None = None, traini
 
 
 def check(spec_path: Path):
-    from ftspec.compiler.datacheck import check_data
-    from ftspec.compiler.loader import load_spec
-    from ftspec.compiler.resolve import resolve
+    from ftspec.compiler.check.data.datacheck import check_data
+    from ftspec.compiler.core.loader import load_spec
+    from ftspec.compiler.core.resolve import resolve
 
     spec = load_spec(spec_path)
     assert spec.ok, spec.diagnostics

@@ -4,8 +4,8 @@ import json
 import math
 
 import pytest
-from ftspec.compiler.acceptance import judge
-from ftspec.compiler.diagnostics import make
+from ftspec.compiler.core.diagnostics import make
+from ftspec.compiler.evaluate.acceptance import judge
 
 VALUES = {
     "base": {"task": 0.10, "regression": 0.90, "format": 0.50, "eval_loss": 2.0, "perplexity": math.exp(2.0)},

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 from compile_helpers import GOLDEN, ROOT, all_specs, compile_to
-from ftspec.compiler import render
-from ftspec.compiler.accelerate_config import accelerate_config, to_yaml
-from ftspec.compiler.deepspeed_config import deepspeed_config
-from ftspec.compiler.plan import dumps_json
+from ftspec.compiler.compile import render
+from ftspec.compiler.compile.accelerate_config import accelerate_config, to_yaml
+from ftspec.compiler.compile.deepspeed_config import deepspeed_config
+from ftspec.compiler.compile.plan import dumps_json
 from jsonschema import Draft202012Validator
 
 ACCELERATE = "accelerate-config.v1.schema.json"

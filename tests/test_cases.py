@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
-from ftspec.compiler.diagnostics import catalog
-from ftspec.compiler.lint import LintOptions, lint_file
+from ftspec.compiler.core.diagnostics import catalog
+from ftspec.compiler.lint.lint import LintOptions, lint_file
 
 CASES = Path(__file__).parent / "cases"
 INVALID = sorted(p for p in (CASES / "invalid").iterdir() if p.is_dir())

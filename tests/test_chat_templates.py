@@ -6,7 +6,7 @@ import json
 
 import pytest
 from datacheck_helpers import build_tokenizer, write_model_dir
-from ftspec.compiler import chat_templates as ct
+from ftspec.compiler.dataset import chat_templates as ct
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},

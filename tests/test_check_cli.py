@@ -80,7 +80,7 @@ def test_unreadable_spec_exits_2(tmp_path, capsys):
 
 
 def test_data_section_is_skipped_when_the_module_is_missing(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "ftspec.compiler.datacheck", None)
+    monkeypatch.setitem(sys.modules, "ftspec.compiler.check.data.datacheck", None)
     code, out = run(capsys, "check", str(EXAMPLE), "--only", "data,pins", "--format", "json")
     body = json.loads(out)
     assert code == 0 and "skipped" in body["data"]

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 from compile_helpers import FIXTURES, ROOT, all_specs, compile_to
-from ftspec.compiler.launch import launch_command
-from ftspec.compiler.plan import read_plan
+from ftspec.compiler.compile.launch_command import launch_command
+from ftspec.compiler.compile.plan import read_plan
 from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
@@ -127,7 +127,7 @@ def test_accelerate_configs_load_with_accelerate(builds):
 def test_fsdp_config_is_accepted_by_the_fsdp_plugin(builds, monkeypatch):
     """Beyond load_config_from_file (trap 8): accelerate's FSDP plugin builds from the same values."""
     from accelerate.utils import FullyShardedDataParallelPlugin
-    from ftspec.compiler.accelerate_config import accelerate_env
+    from ftspec.compiler.compile.accelerate_config import accelerate_env
 
     plan = json.loads((builds["qwen2.5-7b-full-fsdp-2node"] / "plan.json").read_text())
     for key, value in accelerate_env(plan, "/build").items():
@@ -408,7 +408,7 @@ def test_does_not_overwrite_a_foreign_folder(tmp_path):
 
 
 def test_failed_swap_keeps_previous_build(tmp_path, monkeypatch):
-    from ftspec.compiler import build as build_mod
+    from ftspec.compiler.compile import compile as build_mod
 
     target = tmp_path / "b"
     build_mod.write_build({"plan.json": json.dumps({"metadata": {"kind": "ftspec-plan", "schema_version": 1}})},
@@ -429,8 +429,8 @@ def test_failed_swap_keeps_previous_build(tmp_path, monkeypatch):
 
 
 def test_compile_modules_import_no_heavy_stack():
-    code = ("import sys; import ftspec.compiler.build, ftspec.compiler.render, ftspec.compiler.launch, "
-            "ftspec.compiler.lockfile, ftspec.compiler.review, ftspec.compiler.verbs.compile; "
+    code = ("import sys; import ftspec.compiler.compile.compile, ftspec.compiler.compile.render, ftspec.compiler.compile.launch_command, "
+            "ftspec.compiler.check.lockfile, ftspec.compiler.compile.review, ftspec.compiler.verbs.compile; "
             "bad = [m for m in ('torch', 'transformers', 'accelerate', 'deepspeed', 'peft', 'datasets') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -446,9 +446,9 @@ def _copy_fixture(tmp_path: Path) -> Path:
 
 
 def test_lock_records_and_detects_drift(tmp_path, monkeypatch):
-    from ftspec.compiler import lockfile
-    from ftspec.compiler.loader import load_spec
-    from ftspec.compiler.resolve import resolve
+    from ftspec.compiler.check import lockfile
+    from ftspec.compiler.core.loader import load_spec
+    from ftspec.compiler.core.resolve import resolve
 
     spec_path = _copy_fixture(tmp_path)
     build = tmp_path / "build"
@@ -591,7 +591,7 @@ def test_replacing_a_build_keeps_files_compile_did_not_write(tmp_path):
 def test_interrupted_swap_keeps_previous_build(tmp_path, monkeypatch):
     """Regression: Ctrl-C (not an OSError) between moving the old build aside and moving the new one in
     left no build folder, a hidden .old folder and a staging folder behind."""
-    from ftspec.compiler import build as build_mod
+    from ftspec.compiler.compile import compile as build_mod
 
     target = tmp_path / "b"
     build_mod.write_build({"plan.json": json.dumps({"metadata": {"kind": "ftspec-plan", "schema_version": 1}})},

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from datacheck_helpers import chatml, check, found, write_jsonl, write_model_dir, write_spec
-from ftspec.compiler import chat_templates as ct
+from ftspec.compiler.dataset import chat_templates as ct
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
@@ -209,7 +209,7 @@ def test_sha256_only_for_pinned_files(tmp_path):
 def test_line_blocks_cover_every_line_once(tmp_path, block):
     """The blocks the fast path reads: whole lines, in order, each once, whatever the block size, with
     or without a BOM or a last newline, lines longer than a block and blank ones among them."""
-    from ftspec.compiler.data_io import RecordReader
+    from ftspec.compiler.dataset.records import RecordReader
 
     lines = [b"", b"x" * 300, b"short", b"", b"", b"y" * 20, b"\xc3\xa9" * 40, b"z"]
     for bom in (b"", b"\xef\xbb\xbf"):
@@ -364,7 +364,7 @@ def test_memory_is_flat_in_the_number_of_records(tmp_path):
 
 
 def test_compiler_datacheck_imports_no_heavy_stack():
-    code = ("import sys; import ftspec.compiler.datacheck, ftspec.compiler.chat_templates; "
+    code = ("import sys; import ftspec.compiler.check.data.datacheck, ftspec.compiler.dataset.chat_templates; "
             "bad = [m for m in ('torch', 'transformers', 'datasets', 'peft', 'accelerate') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -9,7 +9,7 @@ import struct
 
 import pytest
 from datacheck_helpers import chatml, check, write_jsonl, write_spec
-from ftspec.compiler.data_dedup import ExactDedup, dedup_key
+from ftspec.compiler.check.data.dedup import ExactDedup, dedup_key
 
 np = pytest.importorskip("numpy")
 
@@ -38,7 +38,7 @@ def test_deferred_finds_what_immediate_finds():
 
 
 def test_bulk_blocks_and_single_records_interleave_in_read_order():
-    from ftspec.compiler.data_dedup import hash_bytes
+    from ftspec.compiler.check.data.dedup import hash_bytes
 
     rng = random.Random(3)
     events = [(f"k{rng.randrange(50)}", (0, line)) for line in range(1, 401)]
@@ -73,7 +73,7 @@ def test_keys_sharing_their_first_64_bits_are_told_apart():
 def test_duplicates_across_files_of_both_layouts_at_their_lines(tmp_path, monkeypatch):
     """A JSON array (record by record) then JSON Lines (fast path, several blocks, a slow line among
     them): every duplicate at its line, naming the first place its conversation was seen."""
-    from ftspec.compiler import data_fast
+    from ftspec.compiler.check.data import fast as data_fast
 
     monkeypatch.setattr(data_fast, "BLOCK_BYTES", 1 << 10)
     first = [chatml(f"q{i}", f"a{i}") for i in range(30)]

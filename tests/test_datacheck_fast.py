@@ -11,11 +11,11 @@ from collections import Counter
 
 import pytest
 from datacheck_helpers import chatml, check, write_jsonl, write_spec
-from ftspec.compiler import data_fast
-from ftspec.compiler.data_dedup import dedup_key, hash_keys
-from ftspec.compiler.data_formats import LeakScanner, check_record
-from ftspec.compiler.data_io import parse_line
-from ftspec.compiler.data_lengths import Estimator
+from ftspec.compiler.check.data import fast as data_fast
+from ftspec.compiler.check.data.dedup import dedup_key, hash_keys
+from ftspec.compiler.check.data.lengths import Estimator
+from ftspec.compiler.dataset.formats import LeakScanner, check_record
+from ftspec.compiler.dataset.records import parse_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from ftspec.compiler.resolve import resolve  # noqa: E402
+from ftspec.compiler.core.resolve import resolve  # noqa: E402
 
 NAMES = ["Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack"]
 
@@ -157,7 +157,7 @@ def test_identity_adapter_scores_exactly_like_the_base(tmp_path, tiny_model_dir)
     out = run / "eval"
     for name in ("metrics.json", "predictions.jsonl", "report.json", "report.md", "report.html"):
         assert (out / name).is_file(), name
-    from ftspec.compiler.report import validate_report
+    from ftspec.compiler.evaluate.report import validate_report
 
     assert validate_report(json.loads((out / "report.json").read_text())) == []
     metrics = json.loads((out / "metrics.json").read_text())
@@ -253,7 +253,7 @@ def test_loss_labels_cover_the_answer_and_terminator_only(tiny_model_dir):
 def test_eval_split_rebuilds_exactly_the_eval_set_training_held_out(tmp_path):
     """With eval_split, evaluate must score the rows training held out: the same rows the runtime's
     load_conversations returns, and its contamination scan covers only the rows training kept."""
-    from ftspec.compiler.run_folder import open_run
+    from ftspec.compiler.launch.run_folder import open_run
     from ftspec.runtime.data import load_conversations
     from ftspec.runtime.evaluate import task_sets
 

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from ftspec.compiler.contamination import measure
-from ftspec.compiler.run_folder import RunFolderError, check_eval_data, locate_spec_dir, open_run
+from ftspec.compiler.evaluate.contamination import measure
+from ftspec.compiler.launch.run_folder import RunFolderError, check_eval_data, locate_spec_dir, open_run
 
 
 def _chat(user: str, answer: str) -> list[dict]:
@@ -116,7 +116,7 @@ def test_contamination_measure_names_the_training_record():
 
 
 def test_regression_prompts_in_train_are_measured_and_fail_the_gate():
-    from ftspec.compiler.acceptance import judge
+    from ftspec.compiler.evaluate.acceptance import judge
 
     long = "please convert this customer record into a json object with name age city and country fields now"
     evals = [_chat("unrelated words only here", "x")]

@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
-from ftspec.compiler.arch_shapes import Shapes
-from ftspec.compiler.architecture import catalog, from_config, resolve_architecture
-from ftspec.compiler.calibration import (
+from ftspec.compiler.catalog.arch_shapes import Shapes
+from ftspec.compiler.catalog.architecture import catalog, from_config, resolve_architecture
+from ftspec.compiler.catalog.gpus import lookup_gpu
+from ftspec.compiler.check.calibration import (
     READINGS,
     VERDICTS,
     exception,
@@ -22,11 +23,10 @@ from ftspec.compiler.calibration import (
     upper_bound_rows,
     verdict_checks,
 )
-from ftspec.compiler.feasibility import assess, estimate_memory
-from ftspec.compiler.gpus import lookup_gpu
-from ftspec.compiler.loader import load_text
-from ftspec.compiler.memory import GIB, TrainSetup, estimate_setup
-from ftspec.compiler.resolve import resolve
+from ftspec.compiler.check.feasibility import assess, estimate_memory
+from ftspec.compiler.check.memory import GIB, TrainSetup, estimate_setup
+from ftspec.compiler.core.loader import load_text
+from ftspec.compiler.core.resolve import resolve
 
 LLAMA3_8B = catalog()["meta-llama/llama-3.1-8b"]
 LLAMA3_70B = catalog()["meta-llama/llama-3.1-70b-instruct"]
@@ -399,7 +399,7 @@ def test_compiler_never_imports_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import ftspec.compiler.feasibility, ftspec.compiler.pins, ftspec.compiler.verbs.check; "
+    code = ("import sys; import ftspec.compiler.check.feasibility, ftspec.compiler.lint.pins, ftspec.compiler.verbs.check; "
             "bad = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'deepspeed', 'accelerate', "
             "'datasets') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -487,7 +487,7 @@ def test_every_suggestion_is_a_lint_clean_change(tmp_path, model, method, precis
     under FSDP (FT0211), no optimizer-only offload with FSDP (FT0215), no ZeRO-0 offload (FT0214),
     no bf16 QLoRA compute dtype on a T4 (FT0207)."""
     import yaml
-    from ftspec.compiler.lint import lint_loaded
+    from ftspec.compiler.lint.lint import lint_loaded
 
     spec, resolved = _spec(tmp_path, BIG.format(model=model, method=method, precision=precision, gpu=gpu, n=n,
                                                 nodes=nodes, extra=extra))

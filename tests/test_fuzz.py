@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 import yaml
-from ftspec.compiler.diagnostics import SEVERITIES, catalog
-from ftspec.compiler.lint import LintOptions, lint_loaded
-from ftspec.compiler.loader import LoadedSpec, _decode, load_text
+from ftspec.compiler.core.diagnostics import SEVERITIES, catalog
+from ftspec.compiler.core.loader import LoadedSpec, _decode, load_text
+from ftspec.compiler.lint.lint import LintOptions, lint_loaded
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

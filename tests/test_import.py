@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from ftspec.compiler.author.importers import ImportOptions, translate
 from ftspec.compiler.cli import main
-from ftspec.compiler.importers import ImportOptions, translate
-from ftspec.compiler.lint import LintOptions, lint_loaded
-from ftspec.compiler.loader import load_spec, load_text
+from ftspec.compiler.core.loader import load_spec, load_text
+from ftspec.compiler.lint.lint import LintOptions, lint_loaded
 
 ROOT = Path(__file__).resolve().parent
 CONFIGS = ROOT / "fixtures" / "external-configs"
@@ -253,7 +253,7 @@ def test_unsupported_training_kind_is_an_error(tmp_path):
 def test_no_early_stopping_the_original_did_not_have(tool, config, tmp_path):
     """Regression: imported specs with an eval set inherited ftspec's early_stopping_patience: 3, so
     they could stop before the epochs the original config trains."""
-    from ftspec.compiler.resolve import resolve
+    from ftspec.compiler.core.resolve import resolve
 
     result, _ = _import(CONFIGS / config, tmp_path, tool=tool)
     assert resolve(result.data)["training"]["early_stopping_patience"] == 0
@@ -316,7 +316,7 @@ gradient_accumulation_steps: 1
 def test_torchtune_builder_train_on_input_default(builder, extra, expected, tmp_path):
     """Regression: alpaca builders default to train_on_input=True, so an import that only looked at an
     explicit `train_on_input: True` turned the shipped configs into assistant-only loss."""
-    from ftspec.compiler.resolve import resolve
+    from ftspec.compiler.core.resolve import resolve
 
     text = TORCHTUNE_MIN.format(builder=builder, extra=extra, optimizer="torch.optim.AdamW", opt_extra="  lr: 3e-4\n")
     result = _import_text(tmp_path, "torchtune", text)
@@ -332,7 +332,7 @@ def test_torchtune_builder_train_on_input_default(builder, extra, expected, tmp_
 
 
 def test_torchtune_dataset_table_has_every_default_and_source():
-    from ftspec.compiler.importers.common import load_table
+    from ftspec.compiler.author.importers.common import load_table
 
     table = load_table("import_torchtune.json")
     for builder, entry in table["datasets"].items():
@@ -354,7 +354,7 @@ def test_torchtune_dataset_table_has_every_default_and_source():
     ("bitsandbytes.optim.PagedAdamW8bit", "  lr: 2e-5\n", 2e-05, 0.01),
 ])
 def test_torchtune_optimizer_and_lora_defaults(optimizer, opt_extra, lr, weight_decay, tmp_path):
-    from ftspec.compiler.resolve import resolve
+    from ftspec.compiler.core.resolve import resolve
 
     text = TORCHTUNE_MIN.format(builder="torchtune.datasets.slimorca_dataset", extra="",
                                 optimizer=optimizer, opt_extra=opt_extra)
@@ -376,7 +376,7 @@ LLAMAFACTORY_MIN = "model_name_or_path: Qwen/Qwen2.5-0.5B\nstage: sft\nfinetunin
     ("neat_packing: true\n", 2048, "drop"),
 ])
 def test_llamafactory_cutoff_len_maps_to_sequence_len_and_truncation(extra, length, truncation, tmp_path):
-    from ftspec.compiler.resolve import resolve
+    from ftspec.compiler.core.resolve import resolve
 
     result = _import_text(tmp_path, "llamafactory", LLAMAFACTORY_MIN + extra)
     assert result.data["training"]["sequence_len"] == length
@@ -405,7 +405,7 @@ def test_llamafactory_train_on_prompt(tmp_path):
 ])
 def test_axolotl_keys_without_default_are_reported(drop, message_keys, tmp_path):
     """Axolotl has no default for learning_rate, lora_r or lora_alpha: the spec's value is ftspec's, said so."""
-    from ftspec.compiler.resolve import resolve
+    from ftspec.compiler.core.resolve import resolve
 
     lines = ["base_model: meta-llama/Llama-3.2-1B", "adapter: lora", "learning_rate: 0.0001", "lora_r: 8",
              "lora_alpha: 16", "datasets:", "  - path: x/y", "    type: alpaca"]
@@ -428,8 +428,8 @@ def test_axolotl_keys_without_default_are_reported(drop, message_keys, tmp_path)
 ])
 def test_minimal_config_trains_with_the_peers_defaults(tool, text, tmp_path):
     """Every default in the tool's table holds in the resolved spec of a config that sets none of them."""
-    from ftspec.compiler.importers.common import load_table
-    from ftspec.compiler.resolve import resolve
+    from ftspec.compiler.author.importers.common import load_table
+    from ftspec.compiler.core.resolve import resolve
 
     result = _import_text(tmp_path, tool, text, name="cfg.yml" if tool == "axolotl" else "cfg.yaml")
     spec = resolve(result.data)

@@ -8,11 +8,11 @@ import random
 from pathlib import Path
 
 import pytest
+from ftspec.compiler.author.init_spec import InitAnswers, build, inspect_data
 from ftspec.compiler.cli import main
-from ftspec.compiler.init_spec import InitAnswers, build, inspect_data
-from ftspec.compiler.lint import LintOptions, lint_file
-from ftspec.compiler.loader import load_spec
-from ftspec.compiler.resolve import resolve
+from ftspec.compiler.core.loader import load_spec
+from ftspec.compiler.core.resolve import resolve
+from ftspec.compiler.lint.lint import LintOptions, lint_file
 
 PROFILES = [
     # (model, gpu, gpus, method, strategy) for examples of ~5,500 tokens (p95): 8B on a 24 GB card needs
@@ -64,7 +64,7 @@ def test_profiles_lint_fit_and_compile(repo, model, gpu, gpus, method, strategy,
     text = spec.read_text()
     assert "# the guides' starting rank" in text  # each choice says why
 
-    from ftspec.compiler.feasibility import assess
+    from ftspec.compiler.check.feasibility import assess
 
     loaded = load_spec(spec)
     assert assess(loaded, resolve(loaded.data)).fits is True

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from ftspec.compiler.cli import main
-from ftspec.compiler.diagnostics import catalog
+from ftspec.compiler.core.diagnostics import catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "tests" / "cases"
@@ -182,7 +182,7 @@ def test_pre_commit_hooks_manifest() -> None:
 # --- regressions found in review ---------------------------------------------------------------------
 
 def _lint_text(tmp_path: Path, body: str):
-    from ftspec.compiler.lint import LintOptions, lint_file
+    from ftspec.compiler.lint.lint import LintOptions, lint_file
 
     (tmp_path / ".git").mkdir(exist_ok=True)
     (tmp_path / "train.jsonl").write_text('{"messages": []}\n', encoding="utf-8")
@@ -221,7 +221,7 @@ def test_folder_lint_skips_the_build_and_run_folders_ftspec_writes(tmp_path: Pat
     build.mkdir(parents=True)
     (build / "plan.json").write_text("{}", encoding="utf-8")
     (build / "accelerate.yaml").write_text("use_cpu: true\n", encoding="utf-8")
-    from ftspec.compiler.lint import expand_paths
+    from ftspec.compiler.lint.lint import expand_paths
 
     assert expand_paths([str(tmp_path)]) == [str(tmp_path / "spec.yaml")]
     rc, out, _ = run(["lint", str(tmp_path)], capsys)

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from ftspec.compiler import loader
-from ftspec.compiler.loader import load_spec, load_text
+from ftspec.compiler.core import loader
+from ftspec.compiler.core.loader import load_spec, load_text
 
 
 def codes(spec) -> list[tuple[str, int, int]]:

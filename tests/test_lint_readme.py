@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ftspec.compiler.cli import VERBS
-from ftspec.compiler.diagnostics import catalog
+from ftspec.compiler.core.diagnostics import catalog
 from ftspec.compiler.verbs.codes import END, START, render
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,13 +7,14 @@ import re
 from pathlib import Path
 
 import pytest
-from ftspec.compiler import rules, rules_hardware
-from ftspec.compiler.diagnostics import catalog
-from ftspec.compiler.lint import LintOptions, lint_loaded
-from ftspec.compiler.loader import load_text
-from ftspec.compiler.rules import MISSING, RuleContext, schema_default
-from ftspec.compiler.rules_data import count_lines
-from ftspec.compiler.rules_model import model_kind
+from ftspec.compiler.core.diagnostics import catalog
+from ftspec.compiler.core.loader import load_text
+from ftspec.compiler.lint.lint import LintOptions, lint_loaded
+from ftspec.compiler.lint.rules import hardware as rules_hardware
+from ftspec.compiler.lint.rules import registry as rules
+from ftspec.compiler.lint.rules.data import count_lines
+from ftspec.compiler.lint.rules.model import model_kind
+from ftspec.compiler.lint.rules.registry import MISSING, RuleContext, schema_default
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPILER = ROOT / "compiler"
@@ -64,14 +65,14 @@ def test_rule_catalog_entries_are_complete() -> None:
 
 def test_rule_codes_in_source_and_catalog_match() -> None:
     """Every FT02xx code the rules emit is in the catalog, and every catalog code is emitted."""
-    source = "\n".join(p.read_text(encoding="utf-8") for p in COMPILER.glob("rules*.py"))
+    source = "\n".join(p.read_text(encoding="utf-8") for p in (COMPILER / "lint" / "rules").glob("*.py"))
     used = set(re.findall(r'"(FT02\d\d)"', source))
     defined = {code for code in catalog() if code.startswith("FT02")}
     assert used == defined
 
 
 def test_rule_count_is_at_least_thirty() -> None:
-    from ftspec.compiler.rules import _all_rules
+    from ftspec.compiler.lint.rules.registry import _all_rules
 
     assert len(_all_rules()) >= 25  # functions; several emit more than one code
     assert len([c for c in catalog() if c.startswith("FT02") and c != "FT0299"]) >= 30

@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-from ftspec.compiler.lint import LintOptions, lint_file
+from ftspec.compiler.lint.lint import LintOptions, lint_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

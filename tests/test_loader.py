@@ -1,4 +1,4 @@
-from ftspec.compiler.loader import load_text
+from ftspec.compiler.core.loader import load_text
 
 
 def codes(spec):

@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from ftspec.compiler import metrics as M
+from ftspec.compiler.evaluate import metrics as M
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ from __future__ import annotations
 import importlib.metadata as metadata
 
 import pytest
-from ftspec.compiler.loader import load_text
-from ftspec.compiler.pins import allowed, allows_outside, check_pins, rules, satisfiable
-from ftspec.compiler.resolve import resolve
+from ftspec.compiler.core.loader import load_text
+from ftspec.compiler.core.resolve import resolve
+from ftspec.compiler.lint.pins import allowed, allows_outside, check_pins, rules, satisfiable
 
 SPEC = """version: 1
 name: t

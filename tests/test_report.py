@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
-from ftspec.compiler.acceptance import judge
-from ftspec.compiler.report import (
+from ftspec.compiler.evaluate.acceptance import judge
+from ftspec.compiler.evaluate.report import (
     build_report,
     loss_chart,
     md_cell,

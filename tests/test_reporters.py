@@ -8,9 +8,9 @@ import os
 import pathlib
 
 import pytest
-from ftspec.compiler import reporters
-from ftspec.compiler.diagnostics import Diagnostic, Location, make
-from ftspec.compiler.reporters import emit, to_github, to_json, to_sarif, to_text
+from ftspec.compiler.core import reporters
+from ftspec.compiler.core.diagnostics import Diagnostic, Location, make
+from ftspec.compiler.core.reporters import emit, to_github, to_json, to_sarif, to_text
 from jsonschema import Draft202012Validator
 
 SOURCE = {

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ftspec.compiler.chat_templates import has_generation_blocks
+from ftspec.compiler.dataset.chat_templates import has_generation_blocks
 from ftspec.runtime import builtin
 
 ROOT = Path(__file__).resolve().parent.parent

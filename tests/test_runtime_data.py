@@ -8,8 +8,8 @@ import math
 from functools import lru_cache
 
 import pytest
-from ftspec.compiler.chat_templates import builtin_template, template_source
-from ftspec.compiler.data_formats import to_messages
+from ftspec.compiler.dataset.chat_templates import builtin_template, template_source
+from ftspec.compiler.dataset.formats import to_messages
 from ftspec.runtime import data as rdata
 
 RECORDS = {

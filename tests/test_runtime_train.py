@@ -303,7 +303,7 @@ def test_runtime_refuses_to_start_over_an_earlier_run(reference, tmp_path):
     import json
     import shutil
 
-    from ftspec.compiler.launch import launch_command
+    from ftspec.compiler.compile.launch_command import launch_command
 
     shutil.copytree(reference, tmp_path / "r", symlinks=True)
     folder = tmp_path / "r"

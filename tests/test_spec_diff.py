@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from compile_helpers import FIXTURES, ROOT
-from ftspec.compiler.spec_diff import diff_specs, to_markdown, to_text
+from ftspec.compiler.author.spec_diff import diff_specs, to_markdown, to_text
 
 BASE = FIXTURES / "k8s-ddp-2node.yaml"
 
@@ -138,7 +138,7 @@ def test_steps_scaling_precision_and_small_costs(tmp_path):
 
 
 def test_empty_mapping_is_no_leaf():
-    from ftspec.compiler.spec_diff import flatten
+    from ftspec.compiler.author.spec_diff import flatten
 
     assert flatten({"environment": {"packages": {}, "python": ">=3.10"}}) == {"/environment/python": ">=3.10"}
     assert flatten({}) == {"/": {}}

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from ftspec.compiler.lint import LintOptions, lint_file
-from ftspec.compiler.resolve import resolve
+from ftspec.compiler.core.resolve import resolve
+from ftspec.compiler.lint.lint import LintOptions, lint_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.yaml"))

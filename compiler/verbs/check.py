@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import SourceCache, add_format, add_lint_options, fail, lint_options
+from ftspec.compiler.verbs.common import SourceCache, add_format, add_lint_options, fail, lint_options
 
 SECTIONS = ("memory", "pins", "data")
 
@@ -37,10 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..diagnostics import sort_diagnostics
-    from ..lint import lint_file
-    from ..reporters import emit
-    from ..resolve import resolve
+    from ftspec.compiler.core.diagnostics import sort_diagnostics
+    from ftspec.compiler.core.reporters import emit
+    from ftspec.compiler.core.resolve import resolve
+    from ftspec.compiler.lint.lint import lint_file
 
     if args.spec is None:
         if not args.lock:
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if args.lock:
         from pathlib import Path
 
-        from ..lockfile import check_lock
+        from ftspec.compiler.check.lockfile import check_lock
 
         drift = check_lock(Path(args.lock), spec, resolved)
         if any(d.code == "FT0610" for d in drift):  # the lock cannot be read: the check cannot run
@@ -83,20 +83,20 @@ def run(args: argparse.Namespace) -> int:
         sections["data"] = data_json
         texts.append(data_text)
     if "memory" in only:
-        from ..feasibility import assess
+        from ftspec.compiler.check.feasibility import assess
 
         assessment = assess(spec, resolved, data_summary)
         diagnostics.extend(assessment.diagnostics)
         sections.update(assessment.to_json())
         texts.append(assessment.text())
     if "pins" in only:
-        from ..pins import check_pins
+        from ftspec.compiler.lint.pins import check_pins
 
         pins = check_pins(spec, resolved, installed=args.installed)
         diagnostics.extend(pins.diagnostics)
         sections["pins"] = pins.to_json()
         texts.append(pins.text())
-    from ..lint import suppressed
+    from ftspec.compiler.lint.lint import suppressed
 
     # lint and the pins section both report feature-need pins: show each finding once
     diagnostics = sort_diagnostics(suppressed(spec, list(dict.fromkeys(diagnostics))))
@@ -108,7 +108,7 @@ def _spec_of_build(lock: str) -> str | None:
     """The spec a build folder was compiled from, by the plan.json beside its lock.json."""
     from pathlib import Path
 
-    from ..plan import read_plan
+    from ftspec.compiler.compile.plan import read_plan
 
     build = Path(lock).parent
     try:
@@ -122,7 +122,7 @@ def _spec_of_build(lock: str) -> str | None:
 def _data_section(spec, resolved) -> tuple[dict | None, str, list, dict | None]:
     """The dataset check, when its module exists in this build; otherwise a note and no findings."""
     try:
-        from ..datacheck import check_data
+        from ftspec.compiler.check.data.datacheck import check_data
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.endswith("datacheck"):
             note = "data: skipped (the dataset check is not available in this build)"

@@ -23,8 +23,8 @@ def _cell(text: str) -> str:
 
 
 def render(fmt: str, prefix: str = "") -> str:
-    from ..diagnostics import catalog
-    from ..reporters import generic_hint
+    from ftspec.compiler.core.diagnostics import catalog
+    from ftspec.compiler.core.reporters import generic_hint
 
     rules = [r for code, r in sorted(catalog().items()) if code.startswith(prefix)]
     if fmt == "json":
@@ -64,7 +64,7 @@ def update_readme(path: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     if args.update_readme:
-        from .common import fail
+        from ftspec.compiler.verbs.common import fail
 
         try:
             changed = update_readme(args.update_readme)

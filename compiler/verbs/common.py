@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..reporters import FORMATS
+from ftspec.compiler.core.reporters import FORMATS
 
 
 def add_format(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def add_lint_options(parser: argparse.ArgumentParser) -> None:
 def lint_options(args: argparse.Namespace):
     from pathlib import Path
 
-    from ..lint import LintOptions
+    from ftspec.compiler.lint.lint import LintOptions
 
     return LintOptions(
         allow_remote_code=getattr(args, "allow_remote_code", False),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import SourceCache, add_format, add_lint_options, lint_options
+from ftspec.compiler.verbs.common import SourceCache, add_format, add_lint_options, lint_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,10 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ..build import BuildDirError, CompileOptions, compile_spec, parse_override, write_build
-    from ..diagnostics import Location, make
-    from ..render import EXECUTABLE
-    from ..reporters import emit
+    from ftspec.compiler.compile.compile import (
+        BuildDirError,
+        CompileOptions,
+        compile_spec,
+        parse_override,
+        write_build,
+    )
+    from ftspec.compiler.compile.render import EXECUTABLE
+    from ftspec.compiler.core.diagnostics import Location, make
+    from ftspec.compiler.core.reporters import emit
 
     overrides: dict = {}
     bad = []

@@ -17,9 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ..reporters import emit
-    from ..spec_diff import _fmt, diff_specs, to_markdown, to_text
-    from .common import SourceCache
+    from ftspec.compiler.author.spec_diff import _fmt, diff_specs, to_markdown, to_text
+    from ftspec.compiler.core.reporters import emit
+    from ftspec.compiler.verbs.common import SourceCache
 
     diff = diff_specs(args.old, args.new, estimate=not args.no_estimate)
     if diff.diagnostics:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .common import SourceCache, add_format
+from ftspec.compiler.verbs.common import SourceCache, add_format
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,9 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..diagnostics import Location, make
-    from ..reporters import emit
-    from ..run_folder import RunFolderError, open_run
+    from ftspec.compiler.core.diagnostics import Location, make
+    from ftspec.compiler.core.reporters import emit
+    from ftspec.compiler.launch.run_folder import RunFolderError, open_run
 
     sources = SourceCache()
     try:
@@ -136,8 +136,8 @@ def read_metrics(path: Path) -> dict:
 
 def _locator(folder, sources: SourceCache):
     """Pointer -> Location in the spec file when it is still there, else the pointer alone."""
-    from ..diagnostics import Location
-    from ..loader import load_spec
+    from ftspec.compiler.core.diagnostics import Location
+    from ftspec.compiler.core.loader import load_spec
 
     spec_file = folder.spec_file
     if spec_file is None:
@@ -158,10 +158,10 @@ def _locator(folder, sources: SourceCache):
 
 def gate_and_report(folder, metrics: dict, locate, *, run_dir_label: str, out_dir: Path) -> tuple[dict, list]:
     """Judge the metrics, write report.{json,md,html} into out_dir; (report, diagnostics)."""
-    from ..acceptance import judge
-    from ..diagnostics import make, sort_diagnostics
-    from ..report import build_report, read_curves, write_reports
-    from ..run_folder import check_eval_data
+    from ftspec.compiler.core.diagnostics import make, sort_diagnostics
+    from ftspec.compiler.evaluate.acceptance import judge
+    from ftspec.compiler.evaluate.report import build_report, read_curves, write_reports
+    from ftspec.compiler.launch.run_folder import check_eval_data
 
     spec = folder.spec
     checks = (spec.get("dataset") or {}).get("checks") or {}

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_format, add_lint_options
+from ftspec.compiler.verbs.common import add_format, add_lint_options
 
 TOOLS = ("axolotl", "llamafactory", "torchtune")
 
@@ -51,12 +51,12 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..diagnostics import has_errors, sort_diagnostics
-    from ..importers import ImportOptions, translate
-    from ..lint import lint_loaded
-    from ..loader import load_spec, load_text
-    from ..reporters import emit
-    from .common import SourceCache, fail, lint_options
+    from ftspec.compiler.author.importers import ImportOptions, translate
+    from ftspec.compiler.core.diagnostics import has_errors, sort_diagnostics
+    from ftspec.compiler.core.loader import load_spec, load_text
+    from ftspec.compiler.core.reporters import emit
+    from ftspec.compiler.lint.lint import lint_loaded
+    from ftspec.compiler.verbs.common import SourceCache, fail, lint_options
 
     to_stdout = args.output == "-"
     output = Path(args.output) if args.output and not to_stdout else default_output(args.config)

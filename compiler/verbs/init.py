@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_format
+from ftspec.compiler.verbs.common import add_format
 
 QUESTIONS = (
     ("model", "Base model (hub id or local folder)", None),
@@ -40,13 +40,13 @@ def _ask(label: str, default: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..diagnostics import has_errors
-    from ..init_spec import InitAnswers, build
-    from ..lint import lint_loaded
-    from ..loader import load_text
-    from ..reporters import emit
-    from .common import SourceCache, fail
-    from .import_config import write_atomic
+    from ftspec.compiler.author.init_spec import InitAnswers, build
+    from ftspec.compiler.core.diagnostics import has_errors
+    from ftspec.compiler.core.loader import load_text
+    from ftspec.compiler.core.reporters import emit
+    from ftspec.compiler.lint.lint import lint_loaded
+    from ftspec.compiler.verbs.common import SourceCache, fail
+    from ftspec.compiler.verbs.import_config import write_atomic
 
     output = Path(args.output)
     if output.exists() and not args.force:

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _compile(spec: Path, build_dir: Path) -> int:
-    from . import compile as compile_verb
+    from ftspec.compiler.verbs import compile as compile_verb
 
     parser = argparse.ArgumentParser(prog="ftspec compile")
     compile_verb.add_arguments(parser)
@@ -53,7 +53,7 @@ def _compile(spec: Path, build_dir: Path) -> int:
 
 
 def _spec_name(spec: Path) -> str:
-    from ..loader import load_spec
+    from ftspec.compiler.core.loader import load_spec
 
     data = load_spec(spec).data
     name = data.get("name") if isinstance(data, dict) else None
@@ -62,8 +62,8 @@ def _spec_name(spec: Path) -> str:
 
 def _error(code: str, file: Path | None = None, **fields: object) -> int:
     """The tool could not run: the finding (code, message, hint) on stderr, exit code 2."""
-    from ..diagnostics import Location, make
-    from ..reporters import to_text
+    from ftspec.compiler.core.diagnostics import Location, make
+    from ftspec.compiler.core.reporters import to_text
 
     loc = Location(file=str(file)) if file is not None else None
     print(to_text([make(code, loc, **fields)], lambda *_: None), file=sys.stderr)
@@ -99,8 +99,8 @@ def _execute(argv: list[str], env: dict[str, str]) -> int:
     try:
         proc = subprocess.Popen(argv, env={**os.environ, **env}, start_new_session=True)
     except OSError as exc:
-        from ..diagnostics import make
-        from ..reporters import to_text
+        from ftspec.compiler.core.diagnostics import make
+        from ftspec.compiler.core.reporters import to_text
 
         print(to_text([make("FT0720", detail=f"cannot start {argv[0]}: {exc.strerror or exc}")], lambda *_: None),
               file=sys.stderr)
@@ -125,8 +125,8 @@ def _execute(argv: list[str], env: dict[str, str]) -> int:
 
 
 def _report_failures(run_dir: Path, since: float) -> None:
-    from ..diagnostics import make
-    from ..reporters import to_text
+    from ftspec.compiler.core.diagnostics import make
+    from ftspec.compiler.core.reporters import to_text
 
     folder = run_dir / ERRORS_DIR
     files = sorted(folder.glob("error-rank*.txt")) if folder.is_dir() else []
@@ -172,8 +172,8 @@ def _oom_retry_pending(run_dir: Path) -> dict | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..launch import launch_command, previous_run
-    from ..plan import read_plan
+    from ftspec.compiler.compile.launch_command import launch_command, previous_run
+    from ftspec.compiler.compile.plan import read_plan
 
     target = Path(args.target)
     if target.is_file():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import SourceCache, add_format, add_lint_options, lint_options
+from ftspec.compiler.verbs.common import SourceCache, add_format, add_lint_options, lint_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,16 +16,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..lint import expand_paths, lint_file
-    from ..reporters import emit
+    from ftspec.compiler.core.reporters import emit
+    from ftspec.compiler.lint.lint import expand_paths, lint_file
 
     paths = expand_paths(args.specs)
     if not paths:
-        from .common import fail
+        from ftspec.compiler.verbs.common import fail
 
         return fail("no spec files found in " + ", ".join(args.specs))
     if args.repo_root and not Path(args.repo_root).is_dir():
-        from .common import fail
+        from ftspec.compiler.verbs.common import fail
 
         return fail(f"--repo-root {args.repo_root} is not a folder")
     options = lint_options(args)

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import add_lint_options
+from ftspec.compiler.verbs.common import add_lint_options
 
 STAGES = ("lint", "check", "compile", "launch", "evaluate")
 _COUNTS = re.compile(r"^(?:(\d+) errors?)?(?:, )?(?:(\d+) warnings?)?(?:, )?(?:(\d+) infos?)?$|^no problems$")
@@ -110,11 +110,11 @@ def _line(stage: Stage, index: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..loader import load_spec
+    from ftspec.compiler.core.loader import load_spec
 
     spec_path = Path(args.spec)
     if not spec_path.is_file():
-        from .common import fail
+        from ftspec.compiler.verbs.common import fail
 
         return fail(f"{args.spec} is not a file")
     loaded = load_spec(spec_path)

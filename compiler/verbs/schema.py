@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from importlib import resources
 
-    from .common import fail
+    from ftspec.compiler.verbs.common import fail
 
     res = resources.files("ftspec.schemas").joinpath(NAMES[args.which])
     if not res.is_file():

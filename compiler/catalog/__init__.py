@@ -1,0 +1,1 @@
+"""Catalogs read from compiler/data: GPUs, model architectures and their shapes."""

@@ -1,0 +1,478 @@
+"""The plan: the fully resolved spec plus every derived value, and where each value came from.
+
+`plan.json` is the only thing the runtime reads (docs/contracts.md). Everything here is arithmetic on
+the resolved spec and the data files' record counts; nothing depends on the machine that compiles,
+so the same inputs give the same bytes.
+
+Step arithmetic (the runtime follows the same formula):
+    steps_per_epoch = ceil(train_examples / (micro_batch_size x world_size x gradient_accumulation_steps))
+A partial last batch is kept, never dropped: the sampler pads each rank's share to ceil(N / world)
+(DistributedSampler, drop_last=False), each rank's last micro batch may be short, and the last
+optimizer step of an epoch accumulates however many micro batches remain. Because nested integer
+ceilings compose (ceil(ceil(ceil(N/w)/m)/a) == ceil(N/(w*m*a))), that per-rank view gives exactly the
+formula above. `total_steps` is authoritative: the runtime trains exactly that many optimizer steps
+(max_steps), so examples dropped at run time (truncation: drop, packing) change epochs, not the
+schedule the reviewer approved.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+
+from ftspec.compiler import __version__
+from ftspec.compiler.core.diagnostics import Diagnostic, has_errors, make
+from ftspec.compiler.core.loader import LoadedSpec, join_pointer, split_pointer
+
+PLAN_SCHEMA_VERSION = 1
+PLAN_KIND = "ftspec-plan"
+ACCELERATE_CONFIG = "accelerate.yaml"
+DEEPSPEED_CONFIG = "deepspeed.json"
+
+# accelerate's --mixed_precision values: autocast dtype per spec precision.
+MIXED_PRECISION = {"bf16": "bf16", "bf16-mixed": "bf16", "fp16": "fp16", "fp32": "no"}
+
+
+class PlanError(Exception):
+    """The plan cannot be built; `.diagnostics` says why (at least one error)."""
+
+    def __init__(self, diagnostics: list[Diagnostic]):
+        super().__init__("; ".join(d.message for d in diagnostics if d.severity == "error"))
+        self.diagnostics = diagnostics
+
+
+# ---------------------------------------------------------------------------------------- overrides
+
+def override_pointer(key: str) -> str:
+    """`training.learning_rate` or `/training/learning_rate` -> `/training/learning_rate`."""
+    if key.startswith("/"):
+        return key
+    out = ""
+    for token in key.split("."):
+        out = join_pointer(out, token)
+    return out
+
+
+def set_pointer(data: dict, pointer: str, value: object) -> None:
+    """Write `value` at `pointer`, creating mappings on the way; list items are addressed by index."""
+    tokens = split_pointer(pointer)
+    if not tokens:
+        raise KeyError("an override needs a key")
+    node: object = data
+    for token in tokens[:-1]:
+        if isinstance(node, list):
+            node = node[int(token)]
+        else:
+            if not isinstance(node.get(token), (dict, list)):  # type: ignore[union-attr]
+                node[token] = {}  # type: ignore[index]
+            node = node[token]  # type: ignore[index]
+    last = tokens[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise KeyError(f"{pointer}: parent is not a mapping")
+
+
+def apply_overrides(data: dict, overrides: dict | None) -> dict:
+    """A deep copy of `data` with each override written in (keys: dotted names or JSON pointers)."""
+    out = copy.deepcopy(data)
+    for key, value in (overrides or {}).items():
+        set_pointer(out, override_pointer(key), copy.deepcopy(value))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- counts
+
+def count_records(path: Path) -> int:
+    """Records in a JSON Lines file (non-blank lines) or a JSON array (its length), cheaply.
+
+    Lines are counted without parsing; the data check is what reports malformed records.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+        probe = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
+        if probe.lstrip()[:1] == b"[":
+            from ftspec.compiler.dataset.records import (
+                RecordReader,  # streams the array without loading it whole
+            )
+
+            return sum(1 for _line, value, error in RecordReader(path) if error is None and value is not None)
+        fh.seek(0)
+        return sum(1 for line in fh if line.strip())
+
+
+def _train_entries(dataset: dict) -> list[tuple[str, str, float | None]]:
+    """(path as written, JSON pointer of the path, fraction) for each training file."""
+    train = dataset.get("train")
+    if isinstance(train, str):
+        return [(train, "/dataset/train", None)]
+    out: list[tuple[str, str, float | None]] = []
+    for i, item in enumerate(train or []):
+        if isinstance(item, str):
+            out.append((item, f"/dataset/train/{i}", None))
+        elif isinstance(item, dict):
+            fraction = item.get("fraction")
+            out.append((item["path"], f"/dataset/train/{i}/path",
+                        float(fraction) if isinstance(fraction, (int, float)) else None))
+    return out
+
+
+def mixed_total(counts: list[tuple[int, float | None]]) -> int:
+    """Training examples after mixing, the same formula as the data check: files without a fraction
+    are used whole; each file with fraction f contributes round(total x f) where
+    total = (examples without a fraction) / (1 - sum of fractions)."""
+    base = sum(n for n, f in counts if f is None)
+    mixed = [(n, f) for n, f in counts if f is not None]
+    if not mixed:
+        return base
+    total_fraction = sum(f for _, f in mixed)
+    if total_fraction >= 1 or base == 0:
+        return base + sum(n for n, _ in mixed)
+    total = base / (1 - total_fraction)
+    return base + sum(round(total * f) for _, f in mixed)
+
+
+def example_counts(spec: LoadedSpec, resolved: dict) -> tuple[dict, list[Diagnostic]]:
+    """Train/eval example counts from the files (eval_split: ceil(split x N) go to eval, the
+    convention of datasets' train_test_split, which the runtime uses with the training seed)."""
+    dataset = resolved.get("dataset", {})
+    base = spec.base_dir
+    diags: list[Diagnostic] = []
+    sources: list[dict] = []
+    counts: list[tuple[int, float | None]] = []
+    for written, pointer, fraction in _train_entries(dataset):
+        try:
+            n = count_records(base / written)
+        except OSError as exc:
+            diags.append(make("FT0602", spec.locate(pointer), path=written, detail=exc.strerror or str(exc)))
+            n = 0
+        counts.append((n, fraction))
+        entry = {"path": written, "records": n}
+        if fraction is not None:
+            entry["fraction"] = fraction
+        sources.append(entry)
+    train = mixed_total(counts)
+    eval_examples = 0
+    if isinstance(dataset.get("eval"), str):
+        try:
+            eval_examples = count_records(base / dataset["eval"])
+        except OSError as exc:
+            diags.append(make("FT0602", spec.locate("/dataset/eval"), path=dataset["eval"],
+                              detail=exc.strerror or str(exc)))
+    elif dataset.get("eval_split"):
+        eval_examples = math.ceil(train * float(dataset["eval_split"])) if train else 0
+        train -= eval_examples
+    return {"train_examples": train, "eval_examples": eval_examples, "train_sources": sources}, diags
+
+
+# ------------------------------------------------------------------------------------------ sources
+
+def value_sources(resolved: dict, given: dict, overrides: set[str], prefix: str = "/spec") -> dict[str, str]:
+    """JSON pointer (inside the plan) -> spec | default | cli, for every leaf of the resolved spec."""
+    out: dict[str, str] = {}
+
+    def walk(value: object, given_value: object, present: bool, pointer: str) -> None:
+        if pointer in overrides:
+            out[prefix + pointer] = "cli"
+            return
+        if isinstance(value, dict) and value:
+            for key in sorted(value):
+                sub_given = given_value.get(key) if isinstance(given_value, dict) else None
+                sub_present = present and isinstance(given_value, dict) and key in given_value
+                walk(value[key], sub_given, sub_present, join_pointer(pointer, key))
+            return
+        if isinstance(value, list) and value and present and isinstance(given_value, list):
+            for i, item in enumerate(value):
+                sub_present = i < len(given_value)
+                walk(item, given_value[i] if sub_present else None, sub_present, join_pointer(pointer, i))
+            return
+        out[prefix + (pointer or "")] = "spec" if present else "default"
+
+    walk(resolved, given, True, "")
+    return out
+
+
+# --------------------------------------------------------------------------------------------- plan
+
+def resolve_strategy(hardware: dict) -> str:
+    """auto: single for one device, ddp for several; anything else as declared."""
+    strategy = hardware.get("strategy", "auto")
+    if strategy != "auto":
+        return strategy
+    world = int(hardware.get("nodes", 1)) * int(hardware.get("gpus_per_node", 1))
+    return "single" if world == 1 else "ddp"
+
+
+def spec_sha256(spec: LoadedSpec) -> str:
+    """SHA-256 of the spec file's bytes (the text as loaded when the file is gone)."""
+    try:
+        return hashlib.sha256(Path(spec.path).read_bytes()).hexdigest()
+    except OSError:
+        return hashlib.sha256(spec.text.encode("utf-8")).hexdigest()
+
+
+def _sequence_len(spec: LoadedSpec, training: dict, data_summary: dict | None,
+                  resolved: dict) -> tuple[int | None, list[Diagnostic], dict | None]:
+    value = training.get("sequence_len", 2048)
+    if value != "p95":
+        return int(value), [], data_summary
+    if data_summary is None:
+        try:
+            from ftspec.compiler.check.data.datacheck import check_data
+        except ImportError:
+            check_data = None
+        if check_data is not None:
+            data_summary = check_data(spec, resolved).summary
+    p95 = (data_summary or {}).get("sequence_len_p95")
+    if not isinstance(p95, int) or p95 <= 0:
+        return None, [make("FT0601", spec.locate("/training/sequence_len"))], data_summary
+    # the schema's floor for a written sequence_len holds for the measured one too
+    return max(16, p95), [], data_summary
+
+
+ARCH_FIELDS = ("model_type", "decoder_layer_class", "params_b", "layers", "hidden")
+
+
+def _catalog_architecture(model_id: str) -> dict | None:
+    """The built-in model catalog's entry for `model_id` (by id or alias, case-insensitive)."""
+    from importlib import resources
+
+    raw = json.loads(resources.files("ftspec.compiler.data").joinpath("models.json").read_text(encoding="utf-8"))
+    wanted = model_id.lower()
+    for entry in raw.get("models", []):
+        names = [entry.get("id", "")] + list(entry.get("aliases") or [])
+        if wanted in (n.lower() for n in names):
+            return entry
+    return None
+
+
+def architecture_summary(spec: LoadedSpec, resolved: dict) -> dict | None:
+    """The shape fields the build needs (FSDP wrap class, DeepSpeed bucket sizes).
+
+    Uses the feasibility stage's resolver when it is installed (spec > local config.json > catalog);
+    otherwise the spec's own fields over the built-in catalog.
+    """
+    arch: dict | None = None
+    try:
+        from ftspec.compiler.catalog.architecture import resolve_architecture
+    except ImportError:
+        resolve_architecture = None
+    if resolve_architecture is not None:
+        arch, _diags = resolve_architecture(spec, resolved)  # check reports these diagnostics
+    if arch is None:
+        model = resolved.get("model", {})
+        arch = dict(_catalog_architecture(str(model.get("id", ""))) or {})
+        arch.update(model.get("architecture") or {})
+    out = {k: arch.get(k) for k in ARCH_FIELDS}
+    return out if any(v is not None for v in out.values()) else None
+
+
+def plan_with_diagnostics(
+    spec: LoadedSpec,
+    resolved: dict,
+    *,
+    build_dir: Path,
+    overrides: dict | None = None,
+    forced: bool = False,
+    estimate: dict | None = None,
+    data_summary: dict | None = None,
+    launch_options: dict | None = None,
+) -> tuple[dict | None, list[Diagnostic]]:
+    """The plan.json content, or None with the error diagnostics that stopped it."""
+    override_ptrs = {override_pointer(k): v for k, v in (overrides or {}).items()}
+    resolved = copy.deepcopy(resolved)
+    for pointer, value in override_ptrs.items():  # idempotent when the caller applied them already
+        set_pointer(resolved, pointer, copy.deepcopy(value))
+    diags: list[Diagnostic] = []
+    training = resolved.get("training", {})
+    hardware = resolved.get("hardware", {})
+    model = resolved.get("model", {})
+
+    seq_len, seq_diags, data_summary = _sequence_len(spec, training, data_summary, resolved)
+    diags.extend(seq_diags)
+    counts, count_diags = example_counts(spec, resolved)
+    diags.extend(count_diags)
+    if data_summary and isinstance(data_summary.get("train_examples"), int):
+        # the data check counted usable records (valid JSON, right format): the runtime trains on those
+        counts["train_examples"] = data_summary["train_examples"]
+        counts["eval_examples"] = int(data_summary.get("eval_examples") or 0)
+
+    nodes = int(hardware.get("nodes", 1))
+    per_node = int(hardware.get("gpus_per_node", 1))
+    world = nodes * per_node
+    micro = int(training.get("micro_batch_size", 2))
+    accum = int(training.get("gradient_accumulation_steps", 8))
+    effective = micro * accum * world
+    train_n = counts["train_examples"]
+    steps_per_epoch = math.ceil(train_n / effective) if train_n else 0
+    if "max_steps" in training:
+        total_steps = int(training["max_steps"])
+    else:
+        total_steps = math.ceil(float(training.get("epochs", 2)) * steps_per_epoch)
+    if total_steps <= 0 and not has_errors(diags):
+        diags.append(make("FT0603", spec.locate("/dataset/train"), examples=train_n))
+    if "warmup_steps" in training:
+        warmup = int(training["warmup_steps"])
+    else:
+        warmup = math.ceil(float(training.get("warmup_ratio", 0.0)) * total_steps)
+    warmup = min(warmup, total_steps)
+
+    strategy = resolve_strategy(hardware)
+    gpu = hardware.get("gpu")
+    device = "cpu" if gpu == "cpu" else "cuda"
+    precision = training.get("precision", "bf16")
+    model_id = str(model.get("id", ""))
+    build_dir = Path(build_dir).resolve()
+    spec_dir = spec.base_dir
+    options = dict(launch_options or {})
+
+    derived = {
+        "strategy": strategy,
+        "device": device,
+        "nodes": nodes,
+        "gpus_per_node": per_node,
+        "world_size": world,
+        "micro_batch_size": micro,
+        "gradient_accumulation_steps": accum,
+        "effective_batch": effective,
+        "sequence_len": seq_len,
+        "train_examples": train_n,
+        "eval_examples": counts["eval_examples"],
+        "train_sources": counts["train_sources"],
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "warmup_steps": warmup,
+        "precision": precision,
+        "mixed_precision": MIXED_PRECISION[precision],
+        "zero_stage": int(hardware.get("zero_stage", 0)) if strategy == "deepspeed" else None,
+        "offload": hardware.get("offload", "none"),
+        "output_dir": resolved.get("output", {}).get("dir", f"runs/{resolved.get('name', 'run')}"),
+        "model": {
+            "id": model_id,
+            "revision": model.get("revision"),
+            "builtin": model_id.startswith("builtin:"),
+        },
+        "architecture": architecture_summary(spec, resolved),
+        "launcher": hardware.get("launcher", "accelerate"),
+        "main_process_port": int(hardware.get("main_process_port", 29500)),
+    }
+    sources = value_sources(resolved, spec.data if isinstance(spec.data, dict) else {}, set(override_ptrs))
+    sources.update(_derived_sources(derived, sources, p95=training.get("sequence_len") == "p95"))
+    launch: dict = {
+        "accelerate_config": ACCELERATE_CONFIG,
+        "deepspeed_config": DEEPSPEED_CONFIG if strategy == "deepspeed" else None,
+    }
+    if derived["launcher"] == "kubernetes":
+        launch["image"] = options.get("image") or f"ftspec:{__version__}"
+        launch["container_build_dir"] = options.get("container_build_dir") or "/workspace/build"
+        sources["/launch/image"] = "cli" if options.get("image") else "default"
+        sources["/launch/container_build_dir"] = "cli" if options.get("container_build_dir") else "default"
+    if has_errors(diags):
+        return None, diags
+    plan = {
+        "metadata": {
+            "schema_version": PLAN_SCHEMA_VERSION,
+            "kind": PLAN_KIND,
+            "ftspec_version": __version__,
+            "spec_sha256": spec_sha256(spec),
+            "spec_file": Path(spec.path).name,
+        },
+        "spec": resolved,
+        "paths": {"spec_dir": Path(os.path.relpath(spec_dir, build_dir)).as_posix()},
+        "derived": derived,
+        "launch": launch,
+        "sources": dict(sorted(sources.items())),
+        "estimate": estimate,
+        "forced": bool(forced),
+    }
+    return plan, diags
+
+
+# derived values that pass a spec value through keep that value's origin
+_PASS_THROUGH = {
+    "nodes": "/spec/hardware/nodes",
+    "gpus_per_node": "/spec/hardware/gpus_per_node",
+    "micro_batch_size": "/spec/training/micro_batch_size",
+    "gradient_accumulation_steps": "/spec/training/gradient_accumulation_steps",
+    "precision": "/spec/training/precision",
+    "offload": "/spec/hardware/offload",
+    "output_dir": "/spec/output/dir",
+    "launcher": "/spec/hardware/launcher",
+    "main_process_port": "/spec/hardware/main_process_port",
+}
+
+
+def _derived_sources(derived: dict, spec_sources: dict[str, str], *, p95: bool) -> dict[str, str]:
+    out = {}
+    for key in derived:
+        origin = "derived"
+        if key in _PASS_THROUGH:
+            origin = spec_sources.get(_PASS_THROUGH[key], "derived")
+        elif key == "sequence_len":
+            origin = "derived" if p95 else spec_sources.get("/spec/training/sequence_len", "default")
+        out[f"/derived/{key}"] = origin
+    return out
+
+
+def build_plan(
+    spec: LoadedSpec,
+    resolved: dict,
+    *,
+    build_dir: Path,
+    overrides: dict | None = None,
+    forced: bool = False,
+    estimate: dict | None = None,
+    data_summary: dict | None = None,
+    launch_options: dict | None = None,
+) -> dict:
+    """The plan.json content (docs/contracts.md). Raises PlanError when a value cannot be resolved."""
+    plan, diags = plan_with_diagnostics(
+        spec, resolved, build_dir=build_dir, overrides=overrides, forced=forced, estimate=estimate,
+        data_summary=data_summary, launch_options=launch_options,
+    )
+    if plan is None:
+        raise PlanError(diags)
+    return plan
+
+
+def dumps_json(data: object) -> str:
+    """The one JSON form of every artifact: sorted keys, 2-space indent, UTF-8, trailing newline."""
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file in the same folder and rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_plan(plan: dict, path: Path) -> None:
+    write_atomic(Path(path), dumps_json(plan))
+
+
+def read_plan(path: Path) -> dict:
+    """Load a plan.json, rejecting schema versions this ftspec does not know."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    version = (data.get("metadata") or {}).get("schema_version") if isinstance(data, dict) else None
+    kind = (data.get("metadata") or {}).get("kind") if isinstance(data, dict) else None
+    if kind != PLAN_KIND or version != PLAN_SCHEMA_VERSION:
+        raise ValueError(
+            f"{path}: not a plan this ftspec reads (kind {kind!r}, schema_version {version!r}; "
+            f"expected {PLAN_KIND!r} version {PLAN_SCHEMA_VERSION})"
+        )
+    return data

@@ -1,0 +1,1 @@
+"""Datasets as every stage sees them: record readers, formats, chat templates and the train sources (mix, split)."""

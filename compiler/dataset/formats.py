@@ -1,0 +1,269 @@
+"""Dataset record formats: detect a record's format, check its structure, turn it into chat messages.
+
+One record at a time and allocation-light, because `check` runs this on every line of files with
+millions of records. Problems come back as (code, fields) pairs; datacheck.py turns them into
+diagnostics with the file and line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from ftspec.compiler.core.loader import json_kind
+
+FORMATS = ("chatml", "sharegpt", "alpaca")
+
+CHATML_ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+
+Problem = tuple[str, dict]
+Messages = list[tuple[str, str]]  # (role in chatml terms: system/user/assistant, content)
+
+
+def detect_format(record: dict) -> str | None:
+    """The format a record looks like, by its keys (None: no known format)."""
+    if "messages" in record:
+        return "chatml"
+    if "conversations" in record:
+        return "sharegpt"
+    if "instruction" in record and ("output" in record or "input" in record):
+        return "alpaca"
+    if "chosen" in record and "rejected" in record:
+        return "preference (chosen/rejected)"
+    if "prompt" in record and ("completion" in record or "response" in record):
+        return "prompt/completion"
+    if "text" in record:
+        return "plain text"
+    return None
+
+
+_KEY_OF = {"chatml": "messages", "sharegpt": "conversations", "alpaca": "instruction"}
+
+
+class LeakScanner:
+    """Finds template markup and role labels inside message content.
+
+    Markup (`<|im_start|>`, `### Response:`) in content changes where the model thinks turns begin and
+    end; a role label at the start of a turn ("Assistant: ...") is usually a transcript pasted into
+    the wrong field.
+    """
+
+    def __init__(self, markers: Iterable[str]):
+        ordered = sorted({m for m in markers if m}, key=len, reverse=True)
+        self.markers = tuple(ordered)  # data_fast scans a block of records for the same markup
+        self._markup = re.compile("|".join(re.escape(m) for m in ordered)) if ordered else None
+        self._markup_firsts = tuple({m[0] for m in ordered})  # cheap `in` tests before the regex
+        self._label_start = re.compile(r"\s*(assistant|user|human|gpt|system|ai|bot)\s*:", re.IGNORECASE)
+        self._next_turn = re.compile(r"\n\s*(user|human)\s*:", re.IGNORECASE)
+
+    def scan_messages(self, messages: Messages, offset: int, out: list[Problem]) -> None:
+        """Scan every turn; `offset` maps positions in `messages` to turn indexes.
+
+        The clean case (almost every record) costs a few substring tests and anchored matches; only a
+        record that trips one of them is scanned turn by turn to say which turn and what.
+        """
+        joined = "\x00".join([content for _, content in messages])
+        suspect = False
+        if self._markup is not None:
+            for first in self._markup_firsts:
+                if first in joined:
+                    suspect = self._markup.search(joined) is not None
+                    break
+        if not suspect:
+            match = self._label_start.match
+            suspect = any(match(content) is not None for _, content in messages)
+        if not suspect:
+            suspect = self._next_turn.search(joined) is not None
+        if suspect:
+            for pos, (role, content) in enumerate(messages):
+                if content and not content.isspace():
+                    self.scan(role, content, pos - offset, out)
+
+    def scan(self, role: str, content: str, index: int, out: list[Problem]) -> None:
+        if self._markup is not None:
+            hit = self._markup.search(content)
+            if hit is not None:
+                out.append(("FT0513", {"index": index, "role": role, "marker": hit.group(0)}))
+                return
+        hit = self._label_start.match(content)
+        if hit is not None:
+            out.append(("FT0514", {"index": index, "role": role, "label": hit.group(1) + ":",
+                                   "where": "starts with"}))
+        elif role == "assistant":
+            hit = self._next_turn.search(content)
+            if hit is not None:
+                out.append(("FT0514", {"index": index, "role": role, "label": hit.group(1) + ":",
+                                       "where": "continues into a new turn with"}))
+
+
+def check_record(record: object, declared: str, leaks: LeakScanner | None, out: list[Problem]) -> Messages | None:
+    """Check one parsed record against the declared format; append problems to `out`.
+
+    Returns the conversation as (role, content) pairs when its structure is usable (so that later
+    checks can count, deduplicate and render it), else None. Content problems (empty, leaked markup)
+    still return the messages; structural ones do not.
+    """
+    if type(record) is not dict:
+        out.append(("FT0503", {"kind": json_kind(record)}))
+        return None
+    if _KEY_OF[declared] not in record:
+        detected = detect_format(record)
+        if detected is not None and detected != declared:
+            out.append(("FT0504", {"detected": detected, "declared": declared}))
+        else:
+            keys = ", ".join(sorted(map(str, record))[:8]) or "none"
+            out.append(("FT0505", {"detail": f"no `{_KEY_OF[declared]}` key (keys: {keys})"}))
+        return None
+    if declared == "alpaca":
+        return _alpaca(record, leaks, out)
+    if declared == "chatml":
+        turns, role_key, content_key, roles = record["messages"], "role", "content", None
+    else:
+        turns, role_key, content_key, roles = record["conversations"], "from", "value", SHAREGPT_ROLES
+    if type(turns) is not list:
+        out.append(("FT0505", {"detail": f"`{_KEY_OF[declared]}` is {json_kind(turns)}, not a list"}))
+        return None
+    if not turns:
+        out.append(("FT0505", {"detail": f"`{_KEY_OF[declared]}` is empty"}))
+        return None
+    messages: Messages = []
+    usable = True
+    if roles is not None:
+        system = record.get("system")  # some ShareGPT exports keep the system prompt beside the turns
+        if isinstance(system, str) and system.strip():
+            messages.append(("system", system))
+    for index, turn in enumerate(turns):
+        if type(turn) is not dict:
+            out.append(("FT0505", {"detail": f"turn {index} is {json_kind(turn)}, not an object"}))
+            usable = False
+            continue
+        role = turn.get(role_key)
+        if role is None or content_key not in turn:
+            missing = role_key if role is None else content_key
+            hint_keys = ", ".join(sorted(map(str, turn))[:6])
+            out.append(("FT0505", {"detail": f"turn {index} has no `{missing}` (keys: {hint_keys})"}))
+            usable = False
+            continue
+        if type(role) is not str:
+            out.append(("FT0505", {"detail": f"turn {index}: `{role_key}` is {json_kind(role)}"}))
+            usable = False
+            continue
+        if roles is None:
+            if role not in CHATML_ROLES:
+                out.append(("FT0506", {"index": index, "role": role, "allowed": ", ".join(CHATML_ROLES)}))
+                usable = False
+                continue
+        else:
+            mapped = roles.get(role)
+            if mapped is None:
+                out.append(("FT0506", {"index": index, "role": role, "allowed": ", ".join(roles)}))
+                usable = False
+                continue
+            role = mapped
+        content = turn[content_key]
+        if type(content) is not str:
+            out.append(("FT0512", {"index": index, "role": role, "kind": json_kind(content)}))
+            usable = False
+            continue
+        if not content or content.isspace():
+            out.append(("FT0511", {"index": index, "role": role}))
+        messages.append((role, content))
+    if not usable:
+        return None
+    offset = len(messages) - len(turns)
+    if leaks is not None:
+        leaks.scan_messages(messages, offset, out)
+    _check_order(messages, out, offset=offset)
+    return messages
+
+
+def _alpaca(record: dict, leaks: LeakScanner | None, out: list[Problem]) -> Messages | None:
+    fields = {}
+    ok = True
+    for key, required in (("instruction", True), ("input", False), ("output", True), ("system", False)):
+        if key not in record:
+            if required:
+                detail = "no `output` key (the answer)" if key == "output" else f"no `{key}` key"
+                out.append(("FT0505", {"detail": detail}))
+                ok = False
+            continue
+        value = record[key]
+        if value is None and not required:
+            continue
+        if type(value) is not str:
+            out.append(("FT0512", {"index": key, "role": key, "kind": json_kind(value)}))
+            ok = False
+            continue
+        fields[key] = value
+    if not ok:
+        return None
+    role_of = {"instruction": "user", "input": "user", "output": "assistant", "system": "system"}
+    for key in ("instruction", "output"):
+        value = fields[key]
+        if not value or value.isspace():
+            out.append(("FT0511", {"index": key, "role": role_of[key]}))
+    if leaks is not None:
+        for key, value in fields.items():
+            if value and not value.isspace():
+                leaks.scan(role_of[key], value, key, out)
+    user = fields["instruction"]
+    extra = fields.get("input", "")
+    if extra and not extra.isspace():
+        user = f"{user}\n\n{extra}"  # the Alpaca input is part of the instruction turn
+    messages: Messages = []
+    system = fields.get("system", "")
+    if system and not system.isspace():
+        messages.append(("system", system))
+    messages.append(("user", user))
+    messages.append(("assistant", fields["output"]))
+    return messages
+
+
+def _check_order(messages: Messages, out: list[Problem], offset: int) -> None:
+    """System first only; user and assistant alternate starting with user; an assistant turn ends it.
+
+    `offset` maps positions in `messages` back to the record's turn index (a ShareGPT top-level
+    system prompt adds a message that has no turn index).
+    """
+    previous = None
+    seen_assistant = False
+    for pos, (role, _content) in enumerate(messages):
+        index = pos - offset
+        if role == "system":
+            if pos != 0:
+                out.append(("FT0507", {"index": index}))
+                return
+            continue
+        if role == "assistant":
+            seen_assistant = True
+        if previous is None:
+            if role != "user":
+                out.append(("FT0508", {"index": index, "detail": "the conversation starts with an assistant turn"}))
+                return
+        elif role == previous:
+            out.append(("FT0508", {"index": index, "detail": f"two {role} turns in a row (turns {index - 1} and {index})"}))
+            return
+        previous = role
+    if not seen_assistant:
+        out.append(("FT0509", {}))
+    elif previous != "assistant":
+        out.append(("FT0510", {"index": len(messages) - 1 - offset, "role": previous}))
+
+
+def to_messages(record: dict, fmt: str) -> list[dict[str, str]]:
+    """The record as chat messages ({"role", "content"}) for a chat template; raises ValueError when the
+    record does not fit `fmt`. The runtime uses this too, so training sees what `check` checked."""
+    problems: list[Problem] = []
+    messages = check_record(record, fmt, None, problems)
+    if messages is None:
+        raise ValueError(f"record does not fit format {fmt}: {problems[0][1] if problems else ''}")
+    return [{"role": role, "content": content} for role, content in messages]
+
+
+def normalized_key(messages: Messages) -> str:
+    """Whitespace-normalised conversation text: two records with the same key are exact duplicates."""
+    # One split/join over the whole conversation: NUL and SOH separate turns and roles because, unlike
+    # the ASCII record separators, str.split() does not treat them as whitespace.
+    # The separators are padded with spaces so that whitespace at the start or end of a turn goes too.
+    return " ".join(" \x00 ".join([role + " \x01 " + content for role, content in messages]).split())

@@ -1,0 +1,1 @@
+"""The evaluate stage: metrics, contamination, the acceptance gate and the reports."""

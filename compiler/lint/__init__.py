@@ -1,0 +1,1 @@
+"""The lint stage: schema and cross-field rules, pins, suppressions."""

@@ -1,0 +1,1 @@
+"""Cross-field lint rules: a context, a registry, one module per spec section."""
