@@ -36,9 +36,11 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = ("the a model answer question data train token learn rate batch loss eval system user reply "
-         "weather city river number value result check format file line text sample short long "
-         "quick brown fox jumps over lazy dog alpha beta gamma delta json spec tune adapter").split()
+WORDS = (
+    "the a model answer question data train token learn rate batch loss eval system user reply "
+    "weather city river number value result check format file line text sample short long "
+    "quick brown fox jumps over lazy dog alpha beta gamma delta json spec tune adapter"
+).split()
 
 SPEC = """version: 1
 name: bench
@@ -96,16 +98,23 @@ def _child_check(spec_path: str) -> dict:
     from ftspec.compiler.check.data import fast as data_fast
 
     size = os.path.getsize(report.summary["files"][0]["file"])
-    parallel = (data_fast.AVAILABLE and os.environ.get("FTSPEC_DATA_FAST") != "0"
-                and size >= data_fast.PARALLEL_MIN_BYTES)
-    return {"seconds": seconds, "records": report.summary["records"]["train"],
-            "workers": data_fast.worker_count() if parallel else 1,
-            "cpu_seconds": time.process_time(),
-            "exact": report.summary["duplicates"]["exact"], "near": report.summary["duplicates"]["near"],
-            "datasets_imported": "datasets" in sys.modules,
-            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            # worker processes (forked: their RSS counts pages shared with this one, an upper bound)
-            "workers_maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    parallel = (
+        data_fast.AVAILABLE
+        and os.environ.get("FTSPEC_DATA_FAST") != "0"
+        and size >= data_fast.PARALLEL_MIN_BYTES
+    )
+    return {
+        "seconds": seconds,
+        "records": report.summary["records"]["train"],
+        "workers": data_fast.worker_count() if parallel else 1,
+        "cpu_seconds": time.process_time(),
+        "exact": report.summary["duplicates"]["exact"],
+        "near": report.summary["duplicates"]["near"],
+        "datasets_imported": "datasets" in sys.modules,
+        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # worker processes (forked: their RSS counts pages shared with this one, an upper bound)
+        "workers_maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
 
 
 def _child_datasets(data_path: str, cache: str) -> dict:
@@ -115,8 +124,11 @@ def _child_datasets(data_path: str, cache: str) -> dict:
     start = time.perf_counter()
     ds = datasets.load_dataset("json", data_files=data_path, split="train", cache_dir=cache)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "records": len(ds),
-            "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "seconds": seconds,
+        "records": len(ds),
+        "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def _run_child(*args: str, repeat: int = 1, **extra_env: str) -> dict:
@@ -159,11 +171,15 @@ def _load_with_datasets(data: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--near", type=int, default=100_000, help="records for the near-duplicate run (0: skip)")
+    parser.add_argument(
+        "--near", type=int, default=100_000, help="records for the near-duplicate run (0: skip)"
+    )
     parser.add_argument("--keep", default=None, help="folder to write the data into and keep")
     parser.add_argument("--skip-datasets", action="store_true")
     parser.add_argument("--repeat", type=int, default=2, help="runs per side; the best time is kept")
-    parser.add_argument("--multiline", action="store_true", help="answers with line breaks (escapes in the JSON)")
+    parser.add_argument(
+        "--multiline", action="store_true", help="answers with line breaks (escapes in the JSON)"
+    )
     args = parser.parse_args()
     folder = Path(args.keep or tempfile.mkdtemp(prefix="ftspec-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -171,8 +187,11 @@ def main() -> int:
     if not data.exists() or sum(1 for _ in open(data, "rb")) != args.records:
         t = time.perf_counter()
         generate(data, args.records, multiline=args.multiline)
-        print(f"generated {args.records:,} records ({data.stat().st_size / 1e6:.0f} MB) in "
-              f"{time.perf_counter() - t:.1f}s", file=sys.stderr)
+        print(
+            f"generated {args.records:,} records ({data.stat().st_size / 1e6:.0f} MB) in "
+            f"{time.perf_counter() - t:.1f}s",
+            file=sys.stderr,
+        )
     spec = folder / ("spec-multiline.yaml" if args.multiline else "spec.yaml")
     spec.write_text(SPEC.format(train=data.name, dedup="exact"), encoding="utf-8")
     # The three take turns (one-process check, datasets load, multi-process check, ...), so that a burst
@@ -187,30 +206,55 @@ def main() -> int:
         check = _best(check, _run_child("--child-check", str(spec)))
     one_rate = one["records"] / one["seconds"]
     rate = check["records"] / check["seconds"]
-    print(f"ftspec check (validate + exact dedup), one process: {one['records']:,} records in {one['seconds']:.2f}s = "
-          f"{one_rate:,.0f} records/s, peak RSS {one['maxrss_mb']:.0f} MB, {one['exact']:,} duplicates"
-          f" (datasets imported: {one['datasets_imported']})")
-    result = {"records": one["records"], "repeat": args.repeat, "multiline": args.multiline,
-              "one_core_seconds": round(one["seconds"], 2), "one_core_records_per_s": round(one_rate),
-              "one_core_peak_mb": round(one["maxrss_mb"]),
-              "workers": check["workers"], "check_seconds": round(check["seconds"], 2),
-              "check_records_per_s": round(rate), "check_peak_mb": round(check["maxrss_mb"]),
-              "check_peak_total_mb": round(check["maxrss_mb"] + (check["workers"] * check["workers_maxrss_mb"]
-                                                                 if check["workers"] > 1 else 0))}
+    print(
+        f"ftspec check (validate + exact dedup), one process: {one['records']:,} records in {one['seconds']:.2f}s = "
+        f"{one_rate:,.0f} records/s, peak RSS {one['maxrss_mb']:.0f} MB, {one['exact']:,} duplicates"
+        f" (datasets imported: {one['datasets_imported']})"
+    )
+    result = {
+        "records": one["records"],
+        "repeat": args.repeat,
+        "multiline": args.multiline,
+        "one_core_seconds": round(one["seconds"], 2),
+        "one_core_records_per_s": round(one_rate),
+        "one_core_peak_mb": round(one["maxrss_mb"]),
+        "workers": check["workers"],
+        "check_seconds": round(check["seconds"], 2),
+        "check_records_per_s": round(rate),
+        "check_peak_mb": round(check["maxrss_mb"]),
+        "check_peak_total_mb": round(
+            check["maxrss_mb"]
+            + (check["workers"] * check["workers_maxrss_mb"] if check["workers"] > 1 else 0)
+        ),
+    }
     if loaded is not None:
-        print(f"datasets.load_dataset('json'): {loaded['records']:,} records in {loaded['seconds']:.2f}s = "
-              f"{loaded['records'] / loaded['seconds']:,.0f} records/s, peak RSS {loaded['maxrss_mb']:.0f} MB")
+        print(
+            f"datasets.load_dataset('json'): {loaded['records']:,} records in {loaded['seconds']:.2f}s = "
+            f"{loaded['records'] / loaded['seconds']:,.0f} records/s, peak RSS {loaded['maxrss_mb']:.0f} MB"
+        )
         one_ratio = loaded["seconds"] / one["seconds"]
         ratio = loaded["seconds"] / check["seconds"]
-        print(f"ratio: ftspec check in one process is {one_ratio:.2f}x the speed of datasets loading (goal: > 1)")
-        result.update(datasets_seconds=round(loaded["seconds"], 2), datasets_peak_mb=round(loaded["maxrss_mb"]),
-                      one_core_speed_ratio=round(one_ratio, 2), speed_ratio=round(ratio, 2))
-    print(f"(extra) ftspec check with {check['workers']} process(es): {check['records']:,} records in "
-          f"{check['seconds']:.2f}s = {rate:,.0f} records/s"
-          + (f" = {result['speed_ratio']:.2f}x datasets" if loaded is not None else "")
-          + f", peak RSS {check['maxrss_mb']:.0f} MB"
-          + (f" + {check['workers']} x {check['workers_maxrss_mb']:.0f} MB (workers)" if check["workers"] > 1 else "")
-          + f", {check['exact']:,} duplicates")
+        print(
+            f"ratio: ftspec check in one process is {one_ratio:.2f}x the speed of datasets loading (goal: > 1)"
+        )
+        result.update(
+            datasets_seconds=round(loaded["seconds"], 2),
+            datasets_peak_mb=round(loaded["maxrss_mb"]),
+            one_core_speed_ratio=round(one_ratio, 2),
+            speed_ratio=round(ratio, 2),
+        )
+    print(
+        f"(extra) ftspec check with {check['workers']} process(es): {check['records']:,} records in "
+        f"{check['seconds']:.2f}s = {rate:,.0f} records/s"
+        + (f" = {result['speed_ratio']:.2f}x datasets" if loaded is not None else "")
+        + f", peak RSS {check['maxrss_mb']:.0f} MB"
+        + (
+            f" + {check['workers']} x {check['workers_maxrss_mb']:.0f} MB (workers)"
+            if check["workers"] > 1
+            else ""
+        )
+        + f", {check['exact']:,} duplicates"
+    )
     if args.near:
         near_data = folder / "near.jsonl"
         with open(data, "rb") as src, open(near_data, "wb") as dst:
@@ -221,14 +265,21 @@ def main() -> int:
         near_spec = folder / "near.yaml"
         near_spec.write_text(SPEC.format(train=near_data.name, dedup="near"), encoding="utf-8")
         near = _run_child("--child-check", str(near_spec))
-        print(f"near-duplicate check: {near['records']:,} records in {near['seconds']:.1f}s, "
-              f"{near['exact']:,} exact + {near['near']:,} near duplicates, peak RSS {near['maxrss_mb']:.0f} MB")
-        result.update(near_records=near["records"], near_seconds=round(near["seconds"], 2),
-                      near_peak_mb=round(near["maxrss_mb"]))
+        print(
+            f"near-duplicate check: {near['records']:,} records in {near['seconds']:.1f}s, "
+            f"{near['exact']:,} exact + {near['near']:,} near duplicates, peak RSS {near['maxrss_mb']:.0f} MB"
+        )
+        result.update(
+            near_records=near["records"],
+            near_seconds=round(near["seconds"], 2),
+            near_peak_mb=round(near["maxrss_mb"]),
+        )
     result["goals"] = {
         "records_per_s>=50000": result["one_core_records_per_s"] >= 50_000,  # on one core
         "peak<1GB": max(result["check_peak_total_mb"], result["one_core_peak_mb"]) < 1024,
-        "faster_than_datasets": result["one_core_speed_ratio"] > 1 if loaded is not None else None,  # one process
+        "faster_than_datasets": result["one_core_speed_ratio"] > 1
+        if loaded is not None
+        else None,  # one process
         "near_100k<60s": result["near_seconds"] < 60 if args.near else None,
     }
     print(json.dumps(result))

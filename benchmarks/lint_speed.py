@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ftspec, checker = _tool("ftspec"), _tool("check-jsonschema")
     if not ftspec or not checker:
-        print("needs both `ftspec` and `check-jsonschema` installed (pip install -e '.[dev]')", file=sys.stderr)
+        print(
+            "needs both `ftspec` and `check-jsonschema` installed (pip install -e '.[dev]')", file=sys.stderr
+        )
         return 2
     commands = {
         "ftspec": [ftspec, "lint", args.spec],
@@ -77,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"spec: {result['spec']}  ({args.runs} fresh processes each, {env_note})")
         for name in commands:
-            print(f"  {name:<17} median {median[name] * 1000:7.1f} ms   min {min(times[name]) * 1000:7.1f} ms")
+            print(
+                f"  {name:<17} median {median[name] * 1000:7.1f} ms   min {min(times[name]) * 1000:7.1f} ms"
+            )
         verdict = "faster" if ratio < 1 else "slower"
         print(f"  ratio ftspec / check-jsonschema = {ratio:.2f} (ftspec is {verdict})")
     return 0

@@ -78,35 +78,58 @@ def run() -> dict:
         }
         for name, value in preds.items():
             errs[name].append((value - measured) / measured)
-        results.append({
-            "id": row.id,
-            "model": row.data["model"],
-            "method": row.data["method"],
-            "metric": row.reading["metric"],
-            "measured_gib": round(measured, 2),
-            **{f"{k}_gib": round(v, 2) for k, v in preds.items()},
-            "error": round((preds["ftspec"] - measured) / measured, 3),
-            "reading": row.reading.get("reading"),
-            "exception": exception(row),
-            "source": row.source,
-        })
+        results.append(
+            {
+                "id": row.id,
+                "model": row.data["model"],
+                "method": row.data["method"],
+                "metric": row.reading["metric"],
+                "measured_gib": round(measured, 2),
+                **{f"{k}_gib": round(v, 2) for k, v in preds.items()},
+                "error": round((preds["ftspec"] - measured) / measured, 3),
+                "reading": row.reading.get("reading"),
+                "exception": exception(row),
+                "source": row.source,
+            }
+        )
     verdicts = []
     for vid, v, est in verdict_checks():
         ok = est.fits if v["expect"] == "fits" else est.fits is False
-        verdicts.append({"id": vid, "expect": v["expect"], "device_gib": round(est.device_gib, 2),
-                         "capacity_gib": round(v["capacity_gib"], 2), "ok": bool(ok)})
+        verdicts.append(
+            {
+                "id": vid,
+                "expect": v["expect"],
+                "device_gib": round(est.device_gib, 2),
+                "capacity_gib": round(v["capacity_gib"], 2),
+                "ok": bool(ok),
+            }
+        )
     bounds = []
     for row in upper_bound_rows():
         full = predicted_gib(row)
-        bounds.append({"id": row.id, "measured_gib": round(row.measured_gib, 2), "full_length_estimate_gib":
-                       round(full, 2), "ok": row.measured_gib <= full * (1 + TOLERANCE),
-                       "exception": exception(row)})
+        bounds.append(
+            {
+                "id": row.id,
+                "measured_gib": round(row.measured_gib, 2),
+                "full_length_estimate_gib": round(full, 2),
+                "ok": row.measured_gib <= full * (1 + TOLERANCE),
+                "exception": exception(row),
+            }
+        )
     floors = []
     for row in lower_bound_rows():
         low = floor_gib(row)
-        floors.append({"id": row.id, "kind": row.reading["kind"], "measured_gib": round(row.measured_gib, 2),
-                       "floor_estimate_gib": round(low, 2), "ok": low <= row.measured_gib * (1 + TOLERANCE),
-                       "reading": row.reading.get("reading"), "exception": exception(row)})
+        floors.append(
+            {
+                "id": row.id,
+                "kind": row.reading["kind"],
+                "measured_gib": round(row.measured_gib, 2),
+                "floor_estimate_gib": round(low, 2),
+                "ok": low <= row.measured_gib * (1 + TOLERANCE),
+                "reading": row.reading.get("reading"),
+                "exception": exception(row),
+            }
+        )
     worst = sorted(results, key=lambda r: abs(r["error"]), reverse=True)[:5]
     return {
         "summary": {name: summarise(e) for name, e in errs.items()},
@@ -126,29 +149,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{'row':6} {'model':16} {'method':8} {'metric':9} {'measured':>9} {'ftspec':>8} {'error':>7} "
-          f"{'accel':>8} {'ds':>8}")
+    print(
+        f"{'row':6} {'model':16} {'method':8} {'metric':9} {'measured':>9} {'ftspec':>8} {'error':>7} "
+        f"{'accel':>8} {'ds':>8}"
+    )
     for r in report["rows"]:
-        print(f"{r['id']:6} {r['model'][:16]:16} {r['method'][:8]:8} {r['metric']:9} {r['measured_gib']:9.1f} "
-              f"{r['ftspec_gib']:8.1f} {r['error']:+7.0%} {r['accelerate_style_gib']:8.1f} "
-              f"{r['deepspeed_formula_gib']:8.1f}{'  (exception)' if r['exception'] else ''}")
+        print(
+            f"{r['id']:6} {r['model'][:16]:16} {r['method'][:8]:8} {r['metric']:9} {r['measured_gib']:9.1f} "
+            f"{r['ftspec_gib']:8.1f} {r['error']:+7.0%} {r['accelerate_style_gib']:8.1f} "
+            f"{r['deepspeed_formula_gib']:8.1f}{'  (exception)' if r['exception'] else ''}"
+        )
     print("\nGiB per GPU. Within 25% / mean absolute percentage error:")
     for name, s in report["summary"].items():
-        print(f"  {name:18} {s['within_25pct']:>2}/{s['rows']} ({s['share_within_25pct']:.0%})  MAPE {s['mape']:.1%}")
+        print(
+            f"  {name:18} {s['within_25pct']:>2}/{s['rows']} ({s['share_within_25pct']:.0%})  MAPE {s['mape']:.1%}"
+        )
     print("  worst ftspec rows: " + ", ".join(f"{w['id']} {w['error']:+.0%}" for w in report["worst"]))
     print("\nVerdicts (published fit boundaries and OOMs):")
     for v in report["verdicts"]:
-        print(f"  {v['id']:10} expect {v['expect']:4}  estimate {v['device_gib']:6.1f} / {v['capacity_gib']:.1f} GiB"
-              f"  {'ok' if v['ok'] else 'WRONG'}")
+        print(
+            f"  {v['id']:10} expect {v['expect']:4}  estimate {v['device_gib']:6.1f} / {v['capacity_gib']:.1f} GiB"
+            f"  {'ok' if v['ok'] else 'WRONG'}"
+        )
     print("\nUpper bounds (unpacked data; the full-length estimate should not be below the measurement):")
     for b in report["upper_bounds"]:
-        print(f"  {b['id']:6} measured {b['measured_gib']:6.1f}  full-length estimate {b['full_length_estimate_gib']:6.1f}"
-              f"  {'ok' if b['ok'] else 'BELOW'}{'  (exception)' if b['exception'] else ''}")
+        print(
+            f"  {b['id']:6} measured {b['measured_gib']:6.1f}  full-length estimate {b['full_length_estimate_gib']:6.1f}"
+            f"  {'ok' if b['ok'] else 'BELOW'}{'  (exception)' if b['exception'] else ''}"
+        )
     print("\nLower bounds (the estimate for the shortest certain batch should not be above the measurement):")
     for b in report["lower_bounds"]:
-        print(f"  {b['id']:6} measured {b['measured_gib']:6.1f}  floor estimate {b['floor_estimate_gib']:6.1f}"
-              f"  {'ok' if b['ok'] else 'ABOVE'}{'  (exception)' if b['exception'] else ''}"
-              f"{'  [' + b['kind'] + ']' if b['kind'] == 'lower_bound' else ''}")
+        print(
+            f"  {b['id']:6} measured {b['measured_gib']:6.1f}  floor estimate {b['floor_estimate_gib']:6.1f}"
+            f"  {'ok' if b['ok'] else 'ABOVE'}{'  (exception)' if b['exception'] else ''}"
+            f"{'  [' + b['kind'] + ']' if b['kind'] == 'lower_bound' else ''}"
+        )
     return 0
 
 

@@ -83,12 +83,16 @@ def _model_and_tokenizer():
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     model.config.use_cache = False
-    config = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=16, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
     return get_peft_model(model, config), tok
 
 
 def _conversations(data: Path) -> list[list[dict]]:
-    return [json.loads(line)["messages"] for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line)["messages"] for line in data.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 class _Counter:
@@ -122,19 +126,37 @@ def _timed_train(trainer, counter) -> dict:
     trainer.add_callback(Clock())
     trainer.train()
     seconds = marks["end"] - marks["start"]
-    return {"tokens": counter.tokens, "steps": counter.batches, "seconds": seconds,
-            "tokens_per_second": counter.tokens / seconds}
+    return {
+        "tokens": counter.tokens,
+        "steps": counter.batches,
+        "seconds": seconds,
+        "tokens_per_second": counter.tokens / seconds,
+    }
 
 
 def _common_args() -> dict:
     """TrainingArguments shared by the Trainer script and SFTTrainer: the ftspec spec's settings."""
-    return {"learning_rate": LR, "lr_scheduler_type": "cosine", "warmup_steps": 1, "optim": "adamw_torch",
-            "weight_decay": 0.0, "max_grad_norm": 1.0, "gradient_accumulation_steps": 1, "logging_steps": 10**6,
-            "save_strategy": "no", "report_to": [], "use_cpu": True, "dataloader_num_workers": 0, "seed": 42,
-            "disable_tqdm": True,
-            # SFTConfig defaults to gradient checkpointing and bf16 autocast (on CPU too); ftspec's spec runs
-            # neither, so both are off for both baselines (TrainingArguments' own defaults).
-            "gradient_checkpointing": False, "bf16": False, "fp16": False}
+    return {
+        "learning_rate": LR,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 1,
+        "optim": "adamw_torch",
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "gradient_accumulation_steps": 1,
+        "logging_steps": 10**6,
+        "save_strategy": "no",
+        "report_to": [],
+        "use_cpu": True,
+        "dataloader_num_workers": 0,
+        "seed": 42,
+        "disable_tqdm": True,
+        # SFTConfig defaults to gradient checkpointing and bf16 autocast (on CPU too); ftspec's spec runs
+        # neither, so both are off for both baselines (TrainingArguments' own defaults).
+        "gradient_checkpointing": False,
+        "bf16": False,
+        "fp16": False,
+    }
 
 
 def run_trainer(data: Path, steps: int, batch: int, seq: int, packing: bool) -> dict:
@@ -148,13 +170,23 @@ def run_trainer(data: Path, steps: int, batch: int, seq: int, packing: bool) -> 
         ex, _ = rdata.tokenize(conv, tok, loss_on="assistant", sequence_len=seq, truncation="truncate")
         if ex is not None:
             rows.append({"input_ids": ex.input_ids, "labels": ex.labels})
-    inner = (DataCollatorWithFlattening() if packing else
-             DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
+    inner = (
+        DataCollatorWithFlattening()
+        if packing
+        else DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
+    )
     counter = _Counter(inner)
     with tempfile.TemporaryDirectory() as out:
-        args = TrainingArguments(output_dir=out, per_device_train_batch_size=batch, max_steps=steps,
-                                 remove_unused_columns=False, **_common_args())
-        trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=counter)
+        args = TrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=batch,
+            max_steps=steps,
+            remove_unused_columns=False,
+            **_common_args(),
+        )
+        trainer = Trainer(
+            model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=counter
+        )
         return _timed_train(trainer, counter)
 
 
@@ -165,8 +197,15 @@ def run_sft(data: Path, steps: int, batch: int, seq: int, packing: bool) -> dict
     model, tok = _model_and_tokenizer()
     dataset = Dataset.from_list([{"messages": c} for c in _conversations(data)])
     with tempfile.TemporaryDirectory() as out:
-        args = SFTConfig(output_dir=out, per_device_train_batch_size=batch, max_steps=steps,
-                         assistant_only_loss=True, max_length=seq, packing=packing, **_common_args())
+        args = SFTConfig(
+            output_dir=out,
+            per_device_train_batch_size=batch,
+            max_steps=steps,
+            assistant_only_loss=True,
+            max_length=seq,
+            packing=packing,
+            **_common_args(),
+        )
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
         counter = _Counter(trainer.data_collator)
         trainer.data_collator = counter
@@ -182,24 +221,48 @@ def run_ftspec(data: Path, steps: int, batch: int, seq: int, packing: bool) -> d
         (folder / "data").mkdir()
         (folder / "data" / "train.jsonl").write_bytes(data.read_bytes())
         spec = {
-            "version": 1, "name": "bench",
+            "version": 1,
+            "name": "bench",
             "model": {"id": "builtin:tiny-llama", "chat_template": "chatml"},
             "dataset": {"format": "chatml", "train": "data/train.jsonl", "min_examples": 10},
-            "adapter": {"method": "lora", "r": 16, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear",
-                        "dora": False},
-            "training": {"max_steps": steps, "learning_rate": LR, "warmup_steps": 1, "optimizer": "adamw_torch",
-                         "scheduler": "cosine", "max_grad_norm": 1.0, "weight_decay": 0.0,
-                         "micro_batch_size": batch, "gradient_accumulation_steps": 1, "sequence_len": seq,
-                         "packing": packing, "precision": "fp32", "gradient_checkpointing": False,
-                         "loss_on": "assistant", "logging_steps": max(1, steps // 6), "eval_steps": 10**6,
-                         "save_steps": 10**6, "early_stopping_patience": 0, "seed": 42},
+            "adapter": {
+                "method": "lora",
+                "r": 16,
+                "alpha": 16,
+                "dropout": 0.05,
+                "target_modules": "all-linear",
+                "dora": False,
+            },
+            "training": {
+                "max_steps": steps,
+                "learning_rate": LR,
+                "warmup_steps": 1,
+                "optimizer": "adamw_torch",
+                "scheduler": "cosine",
+                "max_grad_norm": 1.0,
+                "weight_decay": 0.0,
+                "micro_batch_size": batch,
+                "gradient_accumulation_steps": 1,
+                "sequence_len": seq,
+                "packing": packing,
+                "precision": "fp32",
+                "gradient_checkpointing": False,
+                "loss_on": "assistant",
+                "logging_steps": max(1, steps // 6),
+                "eval_steps": 10**6,
+                "save_steps": 10**6,
+                "early_stopping_patience": 0,
+                "seed": 42,
+            },
             "hardware": {"gpu": "cpu", "gpus_per_node": 1, "strategy": "single"},
             "output": {"dir": "runs/bench", "report_to": ["none"]},
         }
         (folder / "spec.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
         cli = [sys.executable, "-m", "ftspec.compiler.cli"]
-        for cmd in ([*cli, "compile", "spec.yaml", "-o", "build"],
-                    [sys.executable, "-m", "ftspec.runtime.train", "--plan", "build/plan.json"]):
+        for cmd in (
+            [*cli, "compile", "spec.yaml", "-o", "build"],
+            [sys.executable, "-m", "ftspec.runtime.train", "--plan", "build/plan.json"],
+        ):
             proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
@@ -207,8 +270,12 @@ def run_ftspec(data: Path, steps: int, batch: int, seq: int, packing: bool) -> d
     windows = [e for e in events if "window_tokens" in e]
     tokens = sum(e["window_tokens"] for e in windows)
     seconds = sum(e["window_seconds"] for e in windows)
-    return {"tokens": tokens, "steps": max(e["step"] for e in windows), "seconds": seconds,
-            "tokens_per_second": tokens / seconds}
+    return {
+        "tokens": tokens,
+        "steps": max(e["step"] for e in windows),
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+    }
 
 
 CONTENDERS = {"ftspec": run_ftspec, "trainer": run_trainer, "sft": run_sft}
@@ -222,8 +289,12 @@ def run_worker(cmd: list[str], env: dict) -> tuple[int, str, str, float]:
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return (proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                usage.ru_maxrss / 2**20)  # KiB on Linux
+        return (
+            proc.returncode,
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+            usage.ru_maxrss / 2**20,
+        )  # KiB on Linux
 
 
 def label(name: str, packing: bool) -> str:
@@ -232,8 +303,10 @@ def label(name: str, packing: bool) -> str:
 
 def report(results: dict, failed: dict, wanted: list[str]) -> int:
     """Print the table, the ratios (each naming its baseline) and the goals; the exit status."""
-    print(f"{'contender':<22} {'tokens/s':>9} {'tokens/step':>12} {'seconds':>8} {'peak RSS GiB':>13}"
-          f"  every run's tokens/s (the spread is noise)")
+    print(
+        f"{'contender':<22} {'tokens/s':>9} {'tokens/step':>12} {'seconds':>8} {'peak RSS GiB':>13}"
+        f"  every run's tokens/s (the spread is noise)"
+    )
     for packing in (False, True):
         for name in wanted:
             r = results.get((name, packing))
@@ -241,16 +314,21 @@ def report(results: dict, failed: dict, wanted: list[str]) -> int:
                 why = "FAILED" if (name, packing) in failed else "not run"
                 print(f"{label(name, packing):<22} {why:>9}")
                 continue
-            print(f"{label(name, packing):<22} {r['tokens_per_second']:>9.0f} {r['tokens'] / r['steps']:>12.0f} "
-                  f"{r['seconds']:>8.2f} {r['peak_rss_gib']:>13.3f}  {' '.join(f'{x:.0f}' for x in r['runs'])}")
+            print(
+                f"{label(name, packing):<22} {r['tokens_per_second']:>9.0f} {r['tokens'] / r['steps']:>12.0f} "
+                f"{r['seconds']:>8.2f} {r['peak_rss_gib']:>13.3f}  {' '.join(f'{x:.0f}' for x in r['runs'])}"
+            )
 
     def rate(name: str, packing: bool) -> float | None:
         r = results.get((name, packing))
         return r["tokens_per_second"] if r else None
 
     def missing(*keys: tuple[str, bool]) -> str:
-        gone = [f"{label(n, p)} {'failed' if (n, p) in failed else 'not run'}" for n, p in keys
-                if (n, p) not in results]
+        gone = [
+            f"{label(n, p)} {'failed' if (n, p) in failed else 'not run'}"
+            for n, p in keys
+            if (n, p) not in results
+        ]
         return "n/a (" + ", ".join(gone) + ")"
 
     print("\nratios: ftspec tokens/s / baseline tokens/s (real tokens, see the top of this file)")
@@ -262,8 +340,13 @@ def report(results: dict, failed: dict, wanted: list[str]) -> int:
         text = f"{f / b:.2f}x" if f and b else missing(("ftspec", False), (base, False))
         met = bool(f and b and f / b >= GOALS[False])
         ok &= met
-        lines.append((f"ftspec unpacked / {NAMES[base]} unpacked", text,
-                      f"goal >= {GOALS[False]}: {('met' if met else 'MISSED') if f and b else 'not checked'}"))
+        lines.append(
+            (
+                f"ftspec unpacked / {NAMES[base]} unpacked",
+                text,
+                f"goal >= {GOALS[False]}: {('met' if met else 'MISSED') if f and b else 'not checked'}",
+            )
+        )
     for base in ("trainer", "sft"):
         # with packing: against the baseline's faster mode (the goal), and like for like (for information)
         f = rate("ftspec", True)
@@ -271,20 +354,39 @@ def report(results: dict, failed: dict, wanted: list[str]) -> int:
         if f and len(modes) == 2:
             best = max(modes, key=modes.get)
             met = f / modes[best] >= GOALS[True]
-            lines.append((f"ftspec packed / {label(base, best)} (its faster mode)", f"{f / modes[best]:.2f}x",
-                          f"goal >= {GOALS[True]}: {'met' if met else 'MISSED'}"))
+            lines.append(
+                (
+                    f"ftspec packed / {label(base, best)} (its faster mode)",
+                    f"{f / modes[best]:.2f}x",
+                    f"goal >= {GOALS[True]}: {'met' if met else 'MISSED'}",
+                )
+            )
         else:
             met = False
-            lines.append((f"ftspec packed / {NAMES[base]} in its faster mode",
-                          missing(("ftspec", True), (base, False), (base, True)),
-                          f"goal >= {GOALS[True]}: not checked"))
+            lines.append(
+                (
+                    f"ftspec packed / {NAMES[base]} in its faster mode",
+                    missing(("ftspec", True), (base, False), (base, True)),
+                    f"goal >= {GOALS[True]}: not checked",
+                )
+            )
         ok &= met
         b = rate(base, True)
-        lines.append((f"ftspec packed / {NAMES[base]} packed (like for like)",
-                      f"{f / b:.2f}x" if f and b else missing(("ftspec", True), (base, True)), "information"))
+        lines.append(
+            (
+                f"ftspec packed / {NAMES[base]} packed (like for like)",
+                f"{f / b:.2f}x" if f and b else missing(("ftspec", True), (base, True)),
+                "information",
+            )
+        )
     f, u = rate("ftspec", True), rate("ftspec", False)
-    lines.append(("ftspec packed / ftspec unpacked (what packing gains)",
-                  f"{f / u:.2f}x" if f and u else missing(("ftspec", True), ("ftspec", False)), "information"))
+    lines.append(
+        (
+            "ftspec packed / ftspec unpacked (what packing gains)",
+            f"{f / u:.2f}x" if f and u else missing(("ftspec", True), ("ftspec", False)),
+            "information",
+        )
+    )
     width = max(len(a) for a, _, _ in lines)
     for what, value, note in lines:
         print(f"  {what:<{width}}  {value:>7}  {note}")
@@ -295,21 +397,32 @@ def report(results: dict, failed: dict, wanted: list[str]) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n".join(__doc__.splitlines()[5:]))
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[5:]),
+    )
     parser.add_argument("--steps", type=int, default=60, help="optimizer steps per run (default 60)")
     parser.add_argument("--batch", type=int, default=16, help="micro batch: sequences per step (default 16)")
-    parser.add_argument("--seq", type=int, default=128, help="sequence_len / max_length / packed row (default 128)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per contender; the fastest is kept (default 2)")
-    parser.add_argument("--data", default="demo",
-                        help="'demo' (the demo spec's training mix, default) or a chatml JSONL file")
-    parser.add_argument("--contenders", default="ftspec,trainer,sft", help="comma list of ftspec, trainer, sft")
+    parser.add_argument(
+        "--seq", type=int, default=128, help="sequence_len / max_length / packed row (default 128)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="runs per contender; the fastest is kept (default 2)"
+    )
+    parser.add_argument(
+        "--data", default="demo", help="'demo' (the demo spec's training mix, default) or a chatml JSONL file"
+    )
+    parser.add_argument(
+        "--contenders", default="ftspec,trainer,sft", help="comma list of ftspec, trainer, sft"
+    )
     parser.add_argument("--worker", choices=sorted(CONTENDERS), help=argparse.SUPPRESS)
     parser.add_argument("--packing", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = CONTENDERS[args.worker](Path(args.data), args.steps, args.batch, args.seq, bool(args.packing))
+        result = CONTENDERS[args.worker](
+            Path(args.data), args.steps, args.batch, args.seq, bool(args.packing)
+        )
         print("RESULT " + json.dumps(result))
         return 0
     wanted = [x.strip() for x in args.contenders.split(",") if x.strip()]
@@ -325,27 +438,49 @@ def main() -> int:
             data = Path(tmp) / "demo-train.jsonl"
             convs = demo_conversations()
             data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in convs), encoding="utf-8")
-            described = f"the demo spec's training mix ({DEMO_SPEC.relative_to(ROOT)}, {len(convs)} conversations)"
+            described = (
+                f"the demo spec's training mix ({DEMO_SPEC.relative_to(ROOT)}, {len(convs)} conversations)"
+            )
         else:
             data = Path(args.data).resolve()
             described = str(args.data)
         for _ in range(args.repeats):
             for packing in (False, True):
                 for name in wanted:
-                    cmd = [sys.executable, __file__, "--worker", name, "--packing", str(int(packing)), "--data",
-                           str(data), "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq)]
+                    cmd = [
+                        sys.executable,
+                        __file__,
+                        "--worker",
+                        name,
+                        "--packing",
+                        str(int(packing)),
+                        "--data",
+                        str(data),
+                        "--steps",
+                        str(args.steps),
+                        "--batch",
+                        str(args.batch),
+                        "--seq",
+                        str(args.seq),
+                    ]
                     started = time.monotonic()
                     code, out, err, rss = run_worker(cmd, env)
                     line = next((x for x in out.splitlines() if x.startswith("RESULT ")), None)
                     if code != 0 or line is None:
                         failed[(name, packing)] = f"(exit status {code})\n{err[-3000:]}"
                         failures[(name, packing)] = failures.get((name, packing), 0) + 1
-                        print(f"  {label(name, packing)}: FAILED (exit status {code}); the end of its output:\n"
-                              f"{err[-3000:]}", file=sys.stderr)
+                        print(
+                            f"  {label(name, packing)}: FAILED (exit status {code}); the end of its output:\n"
+                            f"{err[-3000:]}",
+                            file=sys.stderr,
+                        )
                         continue
-                    result = {**json.loads(line[len("RESULT "):]), "peak_rss_gib": rss}
-                    print(f"  {label(name, packing)}: {result['tokens_per_second']:.0f} tokens/s "
-                          f"({time.monotonic() - started:.0f} s with start-up)", file=sys.stderr)
+                    result = {**json.loads(line[len("RESULT ") :]), "peak_rss_gib": rss}
+                    print(
+                        f"  {label(name, packing)}: {result['tokens_per_second']:.0f} tokens/s "
+                        f"({time.monotonic() - started:.0f} s with start-up)",
+                        file=sys.stderr,
+                    )
                     best = results.get((name, packing))
                     runs = [*(best["runs"] if best else []), result["tokens_per_second"]]
                     if best is None or result["tokens_per_second"] > best["tokens_per_second"]:
@@ -355,9 +490,14 @@ def main() -> int:
         failed.pop(key, None)  # a contender that succeeded in another repeat has a result
     for key, count in failures.items():
         if key in results:
-            print(f"note: {label(*key)} failed in {count} of {args.repeats} repeats (output above)", file=sys.stderr)
-    print(f"\ndata: {described}; steps {args.steps}, micro batch {args.batch}, sequence_len {args.seq}, "
-          f"one CPU process each, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, best of {args.repeats}\n")
+            print(
+                f"note: {label(*key)} failed in {count} of {args.repeats} repeats (output above)",
+                file=sys.stderr,
+            )
+    print(
+        f"\ndata: {described}; steps {args.steps}, micro batch {args.batch}, sequence_len {args.seq}, "
+        f"one CPU process each, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}, best of {args.repeats}\n"
+    )
     return report(results, failed, wanted)
 
 

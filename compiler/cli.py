@@ -36,7 +36,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = _Parser(prog="ftspec", description="Declarative spec compiler and validator for LLM fine-tuning.")
+    parser = _Parser(
+        prog="ftspec", description="Declarative spec compiler and validator for LLM fine-tuning."
+    )
     parser.add_argument("--version", action="version", version=f"ftspec {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     for verb, (module, help_text) in VERBS.items():

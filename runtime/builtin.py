@@ -68,19 +68,90 @@ MODEL_CONFIG = {
 PRETRAIN = {"seed": 1234, "steps": 1000, "batch_size": 32, "learning_rate": 3e-3, "warmup": 30}
 
 OPPOSITES = [
-    ("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("day", "night"),
-    ("open", "closed"), ("light", "dark"), ("happy", "sad"), ("old", "young"), ("early", "late"),
-    ("full", "empty"), ("hard", "soft"), ("high", "low"), ("left", "right"), ("loud", "quiet"),
-    ("rich", "poor"), ("strong", "weak"), ("wet", "dry"), ("near", "far"), ("good", "bad"),
+    ("hot", "cold"),
+    ("big", "small"),
+    ("up", "down"),
+    ("fast", "slow"),
+    ("day", "night"),
+    ("open", "closed"),
+    ("light", "dark"),
+    ("happy", "sad"),
+    ("old", "young"),
+    ("early", "late"),
+    ("full", "empty"),
+    ("hard", "soft"),
+    ("high", "low"),
+    ("left", "right"),
+    ("loud", "quiet"),
+    ("rich", "poor"),
+    ("strong", "weak"),
+    ("wet", "dry"),
+    ("near", "far"),
+    ("good", "bad"),
 ]
 
 # Words and names for the tokenizer corpus: the demo task (`name: X, age: N` -> JSON) uses these names.
 NAMES = [
-    "Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack", "Karen", "Liam",
-    "Maria", "Noah", "Olivia", "Paul", "Quinn", "Rosa", "Sam", "Tina", "Uma", "Victor", "Wendy", "Xavier",
-    "Yara", "Zoe", "Aaron", "Bella", "Chris", "Diana", "Ethan", "Fiona", "George", "Hannah", "Ivan", "Julia",
-    "Kevin", "Laura", "Mark", "Nina", "Oscar", "Petra", "Ralph", "Sofia", "Tom", "Ursula", "Vera", "Walter",
-    "Ximena", "Yusuf", "Zara", "Amir", "Beth", "Caleb", "Dora", "Eli", "Flora", "Gus", "Hugo", "Ida",
+    "Alice",
+    "Bob",
+    "Carol",
+    "David",
+    "Emma",
+    "Frank",
+    "Grace",
+    "Henry",
+    "Irene",
+    "Jack",
+    "Karen",
+    "Liam",
+    "Maria",
+    "Noah",
+    "Olivia",
+    "Paul",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tina",
+    "Uma",
+    "Victor",
+    "Wendy",
+    "Xavier",
+    "Yara",
+    "Zoe",
+    "Aaron",
+    "Bella",
+    "Chris",
+    "Diana",
+    "Ethan",
+    "Fiona",
+    "George",
+    "Hannah",
+    "Ivan",
+    "Julia",
+    "Kevin",
+    "Laura",
+    "Mark",
+    "Nina",
+    "Oscar",
+    "Petra",
+    "Ralph",
+    "Sofia",
+    "Tom",
+    "Ursula",
+    "Vera",
+    "Walter",
+    "Ximena",
+    "Yusuf",
+    "Zara",
+    "Amir",
+    "Beth",
+    "Caleb",
+    "Dora",
+    "Eli",
+    "Flora",
+    "Gus",
+    "Hugo",
+    "Ida",
 ]
 
 _FILLER = (
@@ -120,7 +191,7 @@ def cache_root() -> Path:
 
 
 def model_dir(model_id: str = PREFIX + NAME) -> Path:
-    name = model_id[len(PREFIX):] if is_builtin(model_id) else model_id
+    name = model_id[len(PREFIX) :] if is_builtin(model_id) else model_id
     if name != NAME:
         raise ValueError(f"unknown built-in model {model_id!r}; the built-in one is {PREFIX}{NAME}")
     return cache_root() / f"{NAME}-{VERSION}"
@@ -189,8 +260,10 @@ def tokenizer_corpus() -> list[str]:
         lines.append(f"Convert to JSON: name: {name}, age: {age}")
         lines.append(json.dumps({"name": name, "age": age}))
     lines.extend(pretrain_text())
-    lines.append("### Instruction:\n### Response:\n### Input:\nBelow is an instruction that describes a task. "
-                 "Write a response that appropriately completes the request.\nsystem\nYou are a helpful assistant.")
+    lines.append(
+        "### Instruction:\n### Response:\n### Input:\nBelow is an instruction that describes a task. "
+        "Write a response that appropriately completes the request.\nsystem\nYou are a helpful assistant."
+    )
     return lines
 
 
@@ -255,7 +328,10 @@ def _pretrain_batches(tokenizer, seed: int):
 
     examples = []
     for item in general_skill():
-        messages = [{"role": "user", "content": item["prompt"]}, {"role": "assistant", "content": item["answer"]}]
+        messages = [
+            {"role": "user", "content": item["prompt"]},
+            {"role": "assistant", "content": item["answer"]},
+        ]
         enc = tokenizer.apply_chat_template(
             messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
         )
@@ -270,7 +346,7 @@ def _pretrain_batches(tokenizer, seed: int):
     while True:
         order = torch.randperm(len(examples), generator=gen).tolist()
         for start in range(0, len(order) - PRETRAIN["batch_size"] + 1, PRETRAIN["batch_size"]):
-            chunk = [examples[i] for i in order[start:start + PRETRAIN["batch_size"]]]
+            chunk = [examples[i] for i in order[start : start + PRETRAIN["batch_size"]]]
             width = max(len(ids) for ids, _ in chunk)
             input_ids = torch.full((len(chunk), width), pad)
             labels = torch.full((len(chunk), width), -100)
@@ -290,17 +366,23 @@ def skill_accuracy(model, tokenizer, items: list[dict[str, str]], max_new_tokens
     correct = 0
     try:
         for start in range(0, len(items), 64):
-            chunk = items[start:start + 64]
+            chunk = items[start : start + 64]
             prompts = [
-                tokenizer.apply_chat_template([{"role": "user", "content": it["prompt"]}], tokenize=False,
-                                              add_generation_prompt=True)
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": it["prompt"]}], tokenize=False, add_generation_prompt=True
+                )
                 for it in chunk
             ]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             with torch.no_grad():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-            for it, row in zip(chunk, out[:, enc["input_ids"].shape[1]:], strict=True):
+                out = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                )
+            for it, row in zip(chunk, out[:, enc["input_ids"].shape[1] :], strict=True):
                 text = tokenizer.decode(row, skip_special_tokens=True).strip()
                 correct += text == it["answer"]
     finally:
@@ -345,7 +427,9 @@ def build(folder: Path) -> dict:
             loss_value = float(loss.detach())
         model.eval()
         model.generation_config = GenerationConfig(
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            do_sample=False,
             max_new_tokens=32,
         )
         accuracy = skill_accuracy(model, tokenizer, general_skill())

@@ -104,7 +104,9 @@ def seal(tmp: Path, final: Path, step: int) -> None:
             rel = path.relative_to(tmp).as_posix()
             size = path.stat().st_size
             files[rel] = {"size": size, "sha256": _sha256(path) if size <= HASH_LIMIT else None}
-    for folder in sorted({p.parent for p in tmp.rglob("*")} | {tmp}, key=lambda p: len(p.parts), reverse=True):
+    for folder in sorted(
+        {p.parent for p in tmp.rglob("*")} | {tmp}, key=lambda p: len(p.parts), reverse=True
+    ):
         fsync_dir(folder)
     marker = tmp / MARKER
     with open(marker, "w", encoding="utf-8") as fh:
@@ -186,22 +188,45 @@ def read_state(ckpt: Checkpoint) -> dict:
 # memory. The list names what may change (not what may not), so a field added to the spec later is
 # protected by default.
 RESUMABLE: tuple[str, ...] = (
-    "/spec/name", "/spec/description", "/spec/version", "/spec/environment", "/spec/evaluation",
-    "/spec/acceptance", "/spec/output",  # output.dir / save / report_to: where and what is written at the end
+    "/spec/name",
+    "/spec/description",
+    "/spec/version",
+    "/spec/environment",
+    "/spec/evaluation",
+    "/spec/acceptance",
+    "/spec/output",  # output.dir / save / report_to: where and what is written at the end
     "/spec/model/architecture",  # estimate hints; the model itself is /spec/model/id + revision
-    "/spec/dataset/eval", "/spec/dataset/checks", "/spec/dataset/min_examples",  # eval data, compile checks
-    "/spec/training/logging_steps", "/spec/training/eval_steps", "/spec/training/save_steps",
-    "/spec/training/save_total_limit", "/spec/training/early_stopping_patience", "/spec/training/on_oom",
+    "/spec/dataset/eval",
+    "/spec/dataset/checks",
+    "/spec/dataset/min_examples",  # eval data, compile checks
+    "/spec/training/logging_steps",
+    "/spec/training/eval_steps",
+    "/spec/training/save_steps",
+    "/spec/training/save_total_limit",
+    "/spec/training/early_stopping_patience",
+    "/spec/training/on_oom",
     "/spec/training/gradient_checkpointing",  # recomputes the same activations: memory, not numerics
     # The global batch of a step is a function of (seed, step, effective batch) only (data.Schedule),
     # so splitting it differently into micro batches is harmless: the out-of-memory retry does exactly
     # that. derived.effective_batch and derived.world_size stay protected.
-    "/spec/training/micro_batch_size", "/spec/training/gradient_accumulation_steps",
-    "/derived/micro_batch_size", "/derived/gradient_accumulation_steps",
-    "/spec/hardware/gpu", "/spec/hardware/gpus_per_node", "/spec/hardware/nodes", "/spec/hardware/headroom",
-    "/spec/hardware/price_per_gpu_hour", "/spec/hardware/launcher", "/spec/hardware/main_process_port",
-    "/derived/architecture", "/derived/eval_examples", "/derived/main_process_port", "/derived/output_dir",
-    "/derived/launcher", "/derived/gpus_per_node", "/derived/nodes",
+    "/spec/training/micro_batch_size",
+    "/spec/training/gradient_accumulation_steps",
+    "/derived/micro_batch_size",
+    "/derived/gradient_accumulation_steps",
+    "/spec/hardware/gpu",
+    "/spec/hardware/gpus_per_node",
+    "/spec/hardware/nodes",
+    "/spec/hardware/headroom",
+    "/spec/hardware/price_per_gpu_hour",
+    "/spec/hardware/launcher",
+    "/spec/hardware/main_process_port",
+    "/derived/architecture",
+    "/derived/eval_examples",
+    "/derived/main_process_port",
+    "/derived/output_dir",
+    "/derived/launcher",
+    "/derived/gpus_per_node",
+    "/derived/nodes",
 )
 
 

@@ -129,7 +129,9 @@ def load_conversations(spec: dict, spec_dir: Path) -> tuple[list, list]:
     dataset = spec["dataset"]
     fmt = dataset.get("format", "chatml")
     seed = int(spec.get("training", {}).get("seed", 42))
-    groups = [(read_conversations(spec_dir / path, fmt), frac) for path, frac in train_sources(dataset["train"])]
+    groups = [
+        (read_conversations(spec_dir / path, fmt), frac) for path, frac in train_sources(dataset["train"])
+    ]
     if dataset.get("eval_split"):
         rows = [(g, conv) for g, (convs, _f) in enumerate(groups) for conv in convs]
         train_idx, eval_idx = split_indices(len(rows), float(dataset["eval_split"]), seed)
@@ -148,9 +150,9 @@ def check_template(tokenizer, loss_on: str) -> None:
         raise DataError("FT0713")
 
 
-def tokenize(messages: list[dict], tokenizer, *, loss_on: str, sequence_len: int, truncation: str) -> tuple[
-    Example | None, str
-]:
+def tokenize(
+    messages: list[dict], tokenizer, *, loss_on: str, sequence_len: int, truncation: str
+) -> tuple[Example | None, str]:
     """One conversation as an Example; (None, reason) when it is dropped."""
     enc = tokenizer.apply_chat_template(
         messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=(loss_on == "assistant")
@@ -176,8 +178,9 @@ def tokenize_all(convs: Sequence[list[dict]], tokenizer, *, loss_on: str, sequen
     out: list[Example] = []
     counts = {"ok": 0, "truncated": 0, "too_long": 0, "nothing_trained": 0}
     for messages in convs:
-        example, status = tokenize(messages, tokenizer, loss_on=loss_on, sequence_len=sequence_len,
-                                   truncation=truncation)
+        example, status = tokenize(
+            messages, tokenizer, loss_on=loss_on, sequence_len=sequence_len, truncation=truncation
+        )
         counts[status] += 1
         if example is not None:
             out.append(example)
@@ -232,10 +235,12 @@ def prepare(spec: dict, spec_dir: Path, tokenizer) -> Prepared:
     sequence_len = resolved_sequence_len(spec)
     truncation = spec["dataset"].get("truncation", "truncate")
     train_convs, eval_convs = load_conversations(spec, spec_dir)
-    train, train_counts = tokenize_all(train_convs, tokenizer, loss_on=loss_on, sequence_len=sequence_len,
-                                       truncation=truncation)
-    evals, eval_counts = tokenize_all(eval_convs, tokenizer, loss_on=loss_on, sequence_len=sequence_len,
-                                      truncation=truncation)
+    train, train_counts = tokenize_all(
+        train_convs, tokenizer, loss_on=loss_on, sequence_len=sequence_len, truncation=truncation
+    )
+    evals, eval_counts = tokenize_all(
+        eval_convs, tokenizer, loss_on=loss_on, sequence_len=sequence_len, truncation=truncation
+    )
     if not train:
         raise DataError("FT0714", counts=train_counts)
     examples = len(train)
@@ -304,7 +309,7 @@ class Schedule:
         idx = self.step_indices(step)
         mbs, world = self.micro_batch_size, self.world_size
         return [
-            idx[(j * world + rank) * mbs:(j * world + rank + 1) * mbs]
+            idx[(j * world + rank) * mbs : (j * world + rank + 1) * mbs]
             for j in range(self.gradient_accumulation_steps)
         ]
 
@@ -353,4 +358,4 @@ def eval_shards(n: int, batch_size: int, world_size: int, rank: int) -> list[lis
     per_rank = math.ceil(n / world_size) if n else 0
     mine = [i * world_size + rank for i in range(per_rank)]
     mine = [i if i < n else None for i in mine]
-    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]

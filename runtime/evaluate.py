@@ -51,6 +51,7 @@ class EvalError(Exception):
 
 # --- examples -----------------------------------------------------------------------------------
 
+
 def read_records(path: Path) -> list[tuple[int, dict]]:
     out = []
     try:
@@ -85,7 +86,9 @@ def regression_examples(path: Path) -> list[tuple[list[dict], str]]:
             continue
         fmt = detect_format(record)
         if fmt not in ("chatml", "sharegpt", "alpaca"):
-            raise EvalError(f"{where}: expected {{prompt, answer}} or a chat record, found keys {sorted(record)}")
+            raise EvalError(
+                f"{where}: expected {{prompt, answer}} or a chat record, found keys {sorted(record)}"
+            )
         try:
             out.append(split_example(to_messages(record, fmt), where))
         except ValueError as exc:
@@ -145,6 +148,7 @@ def split_like_training(folder: RunFolder) -> tuple[list[tuple[list[dict], str]]
 
 
 # --- models -------------------------------------------------------------------------------------
+
 
 def _device():
     import torch
@@ -210,11 +214,15 @@ def finetuned_source(folder: RunFolder) -> str:
     if (adapter / "adapter_config.json").is_file():
         # Checked here, before minutes of base-model generation, so a half-copied adapter is one line.
         if not any((adapter / name).is_file() for name in ADAPTER_WEIGHTS):
-            raise EvalError(f"{adapter} holds adapter_config.json but no weights ({' or '.join(ADAPTER_WEIGHTS)})")
+            raise EvalError(
+                f"{adapter} holds adapter_config.json but no weights ({' or '.join(ADAPTER_WEIGHTS)})"
+            )
         return "adapter"
     if (merged / "config.json").is_file():
         return "merged"
-    raise EvalError(f"{folder.path} holds no loadable adapter/ (adapter_config.json) or merged/ (config.json)")
+    raise EvalError(
+        f"{folder.path} holds no loadable adapter/ (adapter_config.json) or merged/ (config.json)"
+    )
 
 
 def load_finetuned(folder: RunFolder):
@@ -226,8 +234,9 @@ def load_finetuned(folder: RunFolder):
     from transformers import AutoModelForCausalLM
 
     trust = bool(folder.spec["model"].get("trust_remote_code", False))
-    model = AutoModelForCausalLM.from_pretrained(str(folder.path / "merged"), dtype=_dtype(),
-                                                 trust_remote_code=trust)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(folder.path / "merged"), dtype=_dtype(), trust_remote_code=trust
+    )
     return model.to(_device()).eval()
 
 
@@ -263,12 +272,20 @@ def stop_token_ids(tokenizer, model) -> list[int]:
 
 # --- generation and loss ------------------------------------------------------------------------
 
+
 def render_prompts(tokenizer, prompts: Sequence[list[dict]]) -> list[str]:
     return [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
 
 
-def generate(model, tokenizer, prompts: Sequence[list[dict]], *, max_new_tokens: int, batch_size: int,
-             stop_ids: list[int]) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[list[dict]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    stop_ids: list[int],
+) -> list[str]:
     """Greedy answers, batched with left padding; prompts sorted by length so batches pad little."""
     import torch
 
@@ -279,15 +296,25 @@ def generate(model, tokenizer, prompts: Sequence[list[dict]], *, max_new_tokens:
     device = model.device if hasattr(model, "device") else _device()
     terminator_texts = [tokenizer.convert_ids_to_tokens(i) for i in stop_ids]
     for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
+        chunk = order[start : start + batch_size]
         # The chat template writes any BOS itself: add_special_tokens=False avoids a second one.
-        enc = tokenizer([texts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(
+            [texts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False
+        )
         enc = {k: v.to(device) for k, v in enc.items()}
         with torch.inference_mode():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
-                                 temperature=None, top_p=None, top_k=None)
-        new = out[:, enc["input_ids"].shape[1]:]
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=stop_ids,
+                pad_token_id=tokenizer.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        new = out[:, enc["input_ids"].shape[1] :]
         for i, row in zip(chunk, new, strict=True):
             text = tokenizer.decode(row, skip_special_tokens=True)
             for term in terminator_texts:  # a terminator that is not a special token survives decoding
@@ -304,8 +331,10 @@ def label_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     if not full.startswith(head):
-        raise EvalError("the chat template renders the prompt differently on its own than inside the "
-                        "conversation; cannot tell which tokens are the answer")
+        raise EvalError(
+            "the chat template renders the prompt differently on its own than inside the "
+            "conversation; cannot tell which tokens are the answer"
+        )
     head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
     ids = tokenizer(full, add_special_tokens=False)["input_ids"]
     # Tokenisation can merge across the boundary; count the common prefix rather than trust len(head_ids).
@@ -313,7 +342,7 @@ def label_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list
     while cut < min(len(ids), len(head_ids)) and ids[cut] == head_ids[cut]:
         cut += 1
     # Text the template adds after the terminator (a newline) is not part of the answer.
-    tail = full[len(head):]
+    tail = full[len(head) :]
     labels = [-100] * cut + ids[cut:]
     for term in TERMINATORS:
         position = tail.find(term)
@@ -324,8 +353,9 @@ def label_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list
     return ids, labels
 
 
-def eval_loss(model, tokenizer, conversations: Sequence[list[dict]], *, batch_size: int,
-              max_len: int | None) -> tuple[float | None, int]:
+def eval_loss(
+    model, tokenizer, conversations: Sequence[list[dict]], *, batch_size: int, max_len: int | None
+) -> tuple[float | None, int]:
     """Mean cross-entropy (nats per answer token) over every scored token of the eval set."""
     import torch
     import torch.nn.functional as F
@@ -337,7 +367,7 @@ def eval_loss(model, tokenizer, conversations: Sequence[list[dict]], *, batch_si
     device = model.device if hasattr(model, "device") else _device()
     pad = tokenizer.pad_token_id
     for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start:start + batch_size]
+        chunk = encoded[start : start + batch_size]
         width = max(len(ids) for ids, _ in chunk)
         ids_t = torch.full((len(chunk), width), pad, dtype=torch.long)
         lab_t = torch.full((len(chunk), width), -100, dtype=torch.long)
@@ -357,6 +387,7 @@ def eval_loss(model, tokenizer, conversations: Sequence[list[dict]], *, batch_si
 
 # --- the whole measurement ----------------------------------------------------------------------
 
+
 def _load_json_schema(folder: RunFolder, written: str | None) -> dict | None:
     if not written:
         return None
@@ -371,12 +402,27 @@ def _load_json_schema(folder: RunFolder, written: str | None) -> dict | None:
     return schema
 
 
-def score_model(model, tokenizer, *, task_prompts, task_refs, regression, task_scorer, regression_scorer,
-                format_check, evaluation: dict, max_len: int | None, conversations) -> dict:
+def score_model(
+    model,
+    tokenizer,
+    *,
+    task_prompts,
+    task_refs,
+    regression,
+    task_scorer,
+    regression_scorer,
+    format_check,
+    evaluation: dict,
+    max_len: int | None,
+    conversations,
+) -> dict:
     started = time.monotonic()
     stops = stop_token_ids(tokenizer, model)
-    gen = {"max_new_tokens": int(evaluation.get("max_new_tokens", 256)),
-           "batch_size": int(evaluation.get("batch_size", 8)), "stop_ids": stops}
+    gen = {
+        "max_new_tokens": int(evaluation.get("max_new_tokens", 256)),
+        "batch_size": int(evaluation.get("batch_size", 8)),
+        "stop_ids": stops,
+    }
     answers = generate(model, tokenizer, task_prompts, **gen)
     task_scores = [task_scorer(a, r) for a, r in zip(answers, task_refs, strict=True)]
     out = {"answers": answers, "task_scores": task_scores, "values": {"task": M.mean(task_scores)}}
@@ -437,8 +483,9 @@ def measure(folder: RunFolder, *, lm_eval: list[str] | None = None) -> tuple[dic
     schema = _load_json_schema(folder, task_cfg.get("json_schema"))
     task_metric = task_cfg.get("metric", "exact_match")
     task_scorer = M.scorer(task_metric, json_schema=schema, regex=task_cfg.get("regex"))
-    format_check = M.format_checker(want_json=bool(format_cfg.get("json")), json_schema=schema,
-                                    regex=format_cfg.get("regex"))
+    format_check = M.format_checker(
+        want_json=bool(format_cfg.get("json")), json_schema=schema, regex=format_cfg.get("regex")
+    )
 
     conversations, train_iter, eval_source = task_sets(folder)
     if not conversations:
@@ -451,17 +498,26 @@ def measure(folder: RunFolder, *, lm_eval: list[str] | None = None) -> tuple[dic
     if regression_cfg.get("prompts"):
         regression = regression_examples(folder.data_path(regression_cfg["prompts"]))
         regression_metric = regression_cfg.get("metric", "exact_match")
-    regression_scorer = M.scorer(regression_metric, json_schema=schema, regex=task_cfg.get("regex")) \
-        if regression_metric else None
+    regression_scorer = (
+        M.scorer(regression_metric, json_schema=schema, regex=task_cfg.get("regex"))
+        if regression_metric
+        else None
+    )
 
     checks = (spec.get("dataset") or {}).get("checks") or {}
     contamination = measure_contamination(
-        conversations, train_iter, int(checks.get("contamination_ngram", 13)),
+        conversations,
+        train_iter,
+        int(checks.get("contamination_ngram", 13)),
         regression=[[*prompt, {"role": "assistant", "content": answer}] for prompt, answer in regression]
-        if regression else None)
-    log(f"eval set: {len(conversations)} examples ({eval_source}); regression set: {len(regression)}; "
+        if regression
+        else None,
+    )
+    log(
+        f"eval set: {len(conversations)} examples ({eval_source}); regression set: {len(regression)}; "
         f"{contamination['contaminated']} eval example(s) overlap train"
-        + (f", {contamination['regression']['contaminated']} regression example(s)" if regression else ""))
+        + (f", {contamination['regression']['contaminated']} regression example(s)" if regression else "")
+    )
 
     max_len = (folder.plan.get("derived") or {}).get("sequence_len")
     tokenizer = load_tokenizer(folder)
@@ -471,9 +527,16 @@ def measure(folder: RunFolder, *, lm_eval: list[str] | None = None) -> tuple[dic
         model = loader(folder)
         log(f"{name} model loaded in {time.monotonic() - started:.1f}s; generating ...")
         results[name] = score_model(
-            model, tokenizer, task_prompts=task_prompts, task_refs=task_refs, regression=regression,
-            task_scorer=task_scorer, regression_scorer=regression_scorer, format_check=format_check,
-            evaluation=evaluation, max_len=max_len if isinstance(max_len, int) else None,
+            model,
+            tokenizer,
+            task_prompts=task_prompts,
+            task_refs=task_refs,
+            regression=regression,
+            task_scorer=task_scorer,
+            regression_scorer=regression_scorer,
+            format_check=format_check,
+            evaluation=evaluation,
+            max_len=max_len if isinstance(max_len, int) else None,
             conversations=conversations,
         )
         v = results[name]["values"]
@@ -489,32 +552,47 @@ def measure(folder: RunFolder, *, lm_eval: list[str] | None = None) -> tuple[dic
     examples: dict[str, list[dict]] = {"task": [], "regression": []}
     predictions: list[dict] = []
     for i, (prompt, ref) in enumerate(pairs):
-        row = {"set": "task", "index": i, "prompt": _prompt_text(prompt), "reference": ref,
-               "base": results["base"]["answers"][i], "finetuned": results["finetuned"]["answers"][i],
-               "base_score": results["base"]["task_scores"][i],
-               "finetuned_score": results["finetuned"]["task_scores"][i]}
+        row = {
+            "set": "task",
+            "index": i,
+            "prompt": _prompt_text(prompt),
+            "reference": ref,
+            "base": results["base"]["answers"][i],
+            "finetuned": results["finetuned"]["answers"][i],
+            "base_score": results["base"]["task_scores"][i],
+            "finetuned_score": results["finetuned"]["task_scores"][i],
+        }
         examples["task"].append(row)
         predictions.append(row)
     for i, (prompt, ref) in enumerate(regression):
-        row = {"set": "regression", "index": i, "prompt": _prompt_text(prompt), "reference": ref,
-               "base": results["base"]["regression_answers"][i],
-               "finetuned": results["finetuned"]["regression_answers"][i],
-               "base_score": results["base"]["regression_scores"][i],
-               "finetuned_score": results["finetuned"]["regression_scores"][i]}
+        row = {
+            "set": "regression",
+            "index": i,
+            "prompt": _prompt_text(prompt),
+            "reference": ref,
+            "base": results["base"]["regression_answers"][i],
+            "finetuned": results["finetuned"]["regression_answers"][i],
+            "base_score": results["base"]["regression_scores"][i],
+            "finetuned_score": results["finetuned"]["regression_scores"][i],
+        }
         examples["regression"].append(row)
         predictions.append(row)
 
-    measured = {"task": task_metric, "eval_loss": "nats/token",
-                "perplexity": "exp(eval_loss)"}
+    measured = {"task": task_metric, "eval_loss": "nats/token", "perplexity": "exp(eval_loss)"}
     if regression_metric:
         measured["regression"] = regression_metric
     if format_check is not None:
-        parts = (["json" + (" + schema" if schema is not None else "")] if format_cfg.get("json") else []) + \
-                ([f"regex {format_cfg['regex']}"] if format_cfg.get("regex") else [])
+        parts = (["json" + (" + schema" if schema is not None else "")] if format_cfg.get("json") else []) + (
+            [f"regex {format_cfg['regex']}"] if format_cfg.get("regex") else []
+        )
         measured["format"] = " + ".join(parts)
     document = {
-        "metadata": {"schema_version": METRICS_SCHEMA_VERSION, "kind": METRICS_KIND, "ftspec_version": __version__,
-                     "spec_sha256": (folder.plan.get("metadata") or {}).get("spec_sha256")},
+        "metadata": {
+            "schema_version": METRICS_SCHEMA_VERSION,
+            "kind": METRICS_KIND,
+            "ftspec_version": __version__,
+            "spec_sha256": (folder.plan.get("metadata") or {}).get("spec_sha256"),
+        },
         "models": {"base": spec["model"]["id"], "finetuned": finetuned_source(folder)},
         "measured": measured,
         "counts": {"task": len(pairs), "regression": len(regression)},
@@ -522,8 +600,12 @@ def measure(folder: RunFolder, *, lm_eval: list[str] | None = None) -> tuple[dic
         "values": {name: _finite(results[name]["values"]) for name in ("base", "finetuned")},
         "contamination": contamination,
         "eval_source": eval_source,
-        "generation": {"greedy": True, "max_new_tokens": int(evaluation.get("max_new_tokens", 256)),
-                       "batch_size": int(evaluation.get("batch_size", 8)), "padding": "left"},
+        "generation": {
+            "greedy": True,
+            "max_new_tokens": int(evaluation.get("max_new_tokens", 256)),
+            "batch_size": int(evaluation.get("batch_size", 8)),
+            "padding": "left",
+        },
         "examples": examples,
         "lm_eval": lm_results,
         "notes": notes,
@@ -552,10 +634,16 @@ def _prompt_text(prompt: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ftspec.runtime.evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m ftspec.runtime.evaluate", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--run", required=True, help="the run folder ftspec launch wrote")
-    parser.add_argument("--out", required=True, help="metrics JSON to write (predictions.jsonl goes beside it)")
-    parser.add_argument("--lm-eval", default="", help="comma-separated lm-eval-harness tasks (optional extra)")
+    parser.add_argument(
+        "--out", required=True, help="metrics JSON to write (predictions.jsonl goes beside it)"
+    )
+    parser.add_argument(
+        "--lm-eval", default="", help="comma-separated lm-eval-harness tasks (optional extra)"
+    )
     args = parser.parse_args(argv)
     from ftspec.runtime.quiet import quiet_known_noise
 
@@ -574,8 +662,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out.with_name("predictions.jsonl"),
-                 "".join(json.dumps(p, ensure_ascii=False, sort_keys=True) + "\n" for p in predictions))
+    write_atomic(
+        out.with_name("predictions.jsonl"),
+        "".join(json.dumps(p, ensure_ascii=False, sort_keys=True) + "\n" for p in predictions),
+    )
     write_atomic(out, dumps_json(document))
     log(f"wrote {out} in {time.monotonic() - started:.1f}s")
     return 0

@@ -83,8 +83,15 @@ def weight_dtype(precision: str):
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
-def load_model(source: ModelSource, spec: dict, *, device: str, local_rank: int, ds_config: dict | None,
-               strategy: str = "single"):
+def load_model(
+    source: ModelSource,
+    spec: dict,
+    *,
+    device: str,
+    local_rank: int,
+    ds_config: dict | None,
+    strategy: str = "single",
+):
     """The base model (quantized for qlora), with the adapter attached and gradient checkpointing set."""
     from transformers import AutoModelForCausalLM
 
@@ -110,7 +117,8 @@ def load_model(source: ModelSource, spec: dict, *, device: str, local_rank: int,
         # 4-bit data stored in the dtype of the other weights (bnb_4bit_quant_storage) so that
         # they can be flattened and partitioned with them. DDP places the whole model per rank.
         kwargs["quantization_config"] = quantization_config(
-            adapter.get("quantization") or {}, storage=kwargs["dtype"] if sharded else None)
+            adapter.get("quantization") or {}, storage=kwargs["dtype"] if sharded else None
+        )
         if not sharded:
             kwargs["device_map"] = {"": "cpu" if device == "cpu" else local_rank}
     model = AutoModelForCausalLM.from_pretrained(source.path_or_id, **kwargs)
@@ -127,7 +135,9 @@ def load_model(source: ModelSource, spec: dict, *, device: str, local_rank: int,
         model.requires_grad_(False)
     if gradient_checkpointing:
         # Non-reentrant checkpointing needs no input grads trick for PEFT and works under DDP.
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated
+        if hasattr(
+            model, "activation_checkpointing_enable"
+        ):  # transformers >= 5.2x; the old name is deprecated
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

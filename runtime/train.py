@@ -152,7 +152,11 @@ def batch_sizes(plan: dict, out: Path, resume: bool) -> tuple[int, int, list]:
     path = out / BATCH_FILE
     if resume and path.is_file():
         data = json.loads(path.read_text(encoding="utf-8"))
-        return int(data["micro_batch_size"]), int(data["gradient_accumulation_steps"]), data.get("history", [])
+        return (
+            int(data["micro_batch_size"]),
+            int(data["gradient_accumulation_steps"]),
+            data.get("history", []),
+        )
     return mbs, gas, []
 
 
@@ -238,13 +242,17 @@ def save_final(accelerator, model, tokenizer, spec: dict, source, out: Path, is_
         written[name] = name
 
     if method == "full":
-        place("merged", lambda d: (unwrapped.save_pretrained(d, state_dict=state), tokenizer.save_pretrained(d)))
+        place(
+            "merged", lambda d: (unwrapped.save_pretrained(d, state_dict=state), tokenizer.save_pretrained(d))
+        )
     else:
         if save in ("adapter", "both"):
             place("adapter", lambda d: unwrapped.save_pretrained(d, state_dict=state))
         if save in ("merged", "both"):
-            place("adapter" if "adapter" not in written else ".adapter-for-merge",
-                  lambda d: unwrapped.save_pretrained(d, state_dict=state))
+            place(
+                "adapter" if "adapter" not in written else ".adapter-for-merge",
+                lambda d: unwrapped.save_pretrained(d, state_dict=state),
+            )
             adapter_dir = out / ("adapter" if "adapter" in written else ".adapter-for-merge")
             place("merged", lambda d: merge_adapter(source, spec, adapter_dir, tokenizer, d))
             shutil.rmtree(out / ".adapter-for-merge", ignore_errors=True)
@@ -261,8 +269,12 @@ def merge_adapter(source, spec: dict, adapter_dir: Path, tokenizer, target: Path
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if spec.get("training", {}).get("precision") == "bf16" else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(source.path_or_id, revision=source.revision, dtype=dtype,
-                                                trust_remote_code=bool(spec["model"].get("trust_remote_code")))
+    base = AutoModelForCausalLM.from_pretrained(
+        source.path_or_id,
+        revision=source.revision,
+        dtype=dtype,
+        trust_remote_code=bool(spec["model"].get("trust_remote_code")),
+    )
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(target)
     tokenizer.save_pretrained(target)
@@ -296,9 +308,11 @@ def run(plan_path: Path, resume: bool) -> int:
         if is_main:
             log(to_text([diag], lambda *_: None))
 
-    log(f"ftspec: rank {rank}/{world} pid {os.getpid()} on {platform.node()}: {derived['strategy']} "
+    log(
+        f"ftspec: rank {rank}/{world} pid {os.getpid()} on {platform.node()}: {derived['strategy']} "
         f"on {device}, distributed type {accelerator.distributed_type.value}, micro batch {mbs} x "
-        f"accumulation {gas} x {world} processes")
+        f"accumulation {gas} x {world} processes"
+    )
 
     ckroot = out / "checkpoints"
     run_json = out / "run.json"
@@ -334,8 +348,12 @@ def run(plan_path: Path, resume: bool) -> int:
         "total_steps": int(derived["total_steps"]),
         "final_step": 0,
         "resumed_from": None,
-        "batch": {"micro_batch_size": mbs, "gradient_accumulation_steps": gas, "world_size": world,
-                  "effective_batch": mbs * gas * world},
+        "batch": {
+            "micro_batch_size": mbs,
+            "gradient_accumulation_steps": gas,
+            "world_size": world,
+            "effective_batch": mbs * gas * world,
+        },
         "batch_changes": batch_history,
         "versions": _versions(),
     }
@@ -366,8 +384,15 @@ def run(plan_path: Path, resume: bool) -> int:
     schedule = rdata.Schedule(len(prepared.train), mbs, gas, world, seed)
     planned_per_epoch = int(derived.get("steps_per_epoch") or 0)
     if planned_per_epoch and schedule.steps_per_epoch != planned_per_epoch:
-        warn(make("FT0722", steps=total_steps, sequences=len(prepared.train),
-                  per_epoch=schedule.steps_per_epoch, planned=f"{planned_per_epoch} steps per epoch"))
+        warn(
+            make(
+                "FT0722",
+                steps=total_steps,
+                sequences=len(prepared.train),
+                per_epoch=schedule.steps_per_epoch,
+                planned=f"{planned_per_epoch} steps per epoch",
+            )
+        )
     # total_steps is authoritative (docs/contracts.md): with packing an "epoch" of the plan counts
     # examples, so the run may pass over the packed rows more often than the spec's epochs say.
     warmup = int(derived.get("warmup_steps") or 0)
@@ -375,13 +400,21 @@ def run(plan_path: Path, resume: bool) -> int:
     run_info["data"] = stats
 
     set_seed(seed)  # same initial adapter weights on every rank (DDP also broadcasts them)
-    model = load_model(source, spec, device=device, local_rank=accelerator.local_process_index,
-                       ds_config=ds_config, strategy=derived["strategy"])
+    model = load_model(
+        source,
+        spec,
+        device=device,
+        local_rank=accelerator.local_process_index,
+        ds_config=ds_config,
+        strategy=derived["strategy"],
+    )
     trainable, total = trainable_summary(model)
     if is_main:
-        log(f"ftspec: {spec['model']['id']}: {trainable:,} trainable of {total:,} parameters "
+        log(
+            f"ftspec: {spec['model']['id']}: {trainable:,} trainable of {total:,} parameters "
             f"({spec.get('adapter', {}).get('method', 'lora')}); {stats['train_sequences']} training sequences, "
-            f"{stats['eval_examples']} eval examples, {total_steps} steps")
+            f"{stats['eval_examples']} eval examples, {total_steps} steps"
+        )
     optimizer = build_optimizer(model, training, device, lambda code, **f: warn(make(code, **f)))
     scheduler = build_scheduler(optimizer, training, total_steps, int(warmup))
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -391,8 +424,10 @@ def run(plan_path: Path, resume: bool) -> int:
     # passes these to engine.save_checkpoint / load_checkpoint). Loading then cannot be strict: the
     # base keys are absent by design; the trainable ones are restored from the module states and the
     # ZeRO optimizer's fp32 partitions.
-    adapter_only_ds = (accelerator.distributed_type.value == "DEEPSPEED"
-                       and spec.get("adapter", {}).get("method", "lora") != "full")
+    adapter_only_ds = (
+        accelerator.distributed_type.value == "DEEPSPEED"
+        and spec.get("adapter", {}).get("method", "lora") != "full"
+    )
     ds_save_kwargs = {"exclude_frozen_parameters": True} if adapter_only_ds else {}
     ds_load_kwargs = {"load_module_strict": False} if adapter_only_ds else {}
 
@@ -401,7 +436,9 @@ def run(plan_path: Path, resume: bool) -> int:
     if resume:
         chosen = [None]
         if is_main:
-            found = ckpt.latest_valid(ckroot, lambda c, why: warn(make("FT0709", checkpoint=str(c.path), reason=why)))
+            found = ckpt.latest_valid(
+                ckroot, lambda c, why: warn(make("FT0709", checkpoint=str(c.path), reason=why))
+            )
             chosen = [str(found.path) if found else None]
         broadcast_object_list(chosen)
         if chosen[0] is None:
@@ -422,7 +459,9 @@ def run(plan_path: Path, resume: bool) -> int:
                 _truncate_metrics(out / "metrics.jsonl", start_step)
             log(f"ftspec: rank {rank} resumed from {path.name} (step {start_step})")
     else:
-        set_seed(seed, device_specific=True)  # dropout masks differ per rank; restored by load_state on resume
+        set_seed(
+            seed, device_specific=True
+        )  # dropout masks differ per rank; restored by load_state on resume
 
     metrics = Metrics(out, spec.get("output", {}).get("report_to", []), is_main, warn)
     packed = bool(stats["packing"])
@@ -452,8 +491,12 @@ def run(plan_path: Path, resume: bool) -> int:
         logits = model(**inputs, use_cache=False).logits
         # Sum over trained tokens in fp32; the caller divides by the global count of the whole step,
         # so every token weighs the same whatever micro batch or rank it landed on.
-        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                               ignore_index=-100, reduction="sum")
+        return F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+            labels[:, 1:].reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
 
     def evaluate() -> float | None:
         if not prepared.eval:
@@ -482,11 +525,18 @@ def run(plan_path: Path, resume: bool) -> int:
         accelerator.save_state(str(tmp), **ds_save_kwargs)
         if is_main:
             torch.save(scheduler.state_dict(), tmp / "ftspec_scheduler.pt")
-            state = {"step": step, "epoch": schedule.epoch_of(step), "micro_batch_size": mbs,
-                     "gradient_accumulation_steps": gas, "world_size": world,
-                     "best_eval_loss": best_eval if math.isfinite(best_eval) else None,
-                     "evals_without_improvement": bad_evals, "saved": now(),
-                     "training_sha256": ckpt.identity_sha256(identity), "training_identity": identity}
+            state = {
+                "step": step,
+                "epoch": schedule.epoch_of(step),
+                "micro_batch_size": mbs,
+                "gradient_accumulation_steps": gas,
+                "world_size": world,
+                "best_eval_loss": best_eval if math.isfinite(best_eval) else None,
+                "evals_without_improvement": bad_evals,
+                "saved": now(),
+                "training_sha256": ckpt.identity_sha256(identity),
+                "training_identity": identity,
+            }
             (tmp / ckpt.STATE).write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
         accelerator.wait_for_everyone()
         if is_main:
@@ -501,8 +551,16 @@ def run(plan_path: Path, resume: bool) -> int:
     # --- train ----------------------------------------------------------------------------------
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=start_step, disable=not is_main, desc="train", unit="step",
-               file=sys.stderr, mininterval=1.0 if sys.stderr.isatty() else 10.0, dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=start_step,
+        disable=not is_main,
+        desc="train",
+        unit="step",
+        file=sys.stderr,
+        mininterval=1.0 if sys.stderr.isatty() else 10.0,
+        dynamic_ncols=True,
+    )
     model.train()
     window = {"loss": 0.0, "tokens": 0.0, "input_tokens": 0.0, "t0": time.monotonic()}
     step = start_step
@@ -517,7 +575,12 @@ def run(plan_path: Path, resume: bool) -> int:
             scale = world * gas / max(n_global, 1.0)
             grad_norm = None
             try:
-                if oom_at is not None and step + 1 == oom_at and rank == 0 and mbs == int(derived["micro_batch_size"]):
+                if (
+                    oom_at is not None
+                    and step + 1 == oom_at
+                    and rank == 0
+                    and mbs == int(derived["micro_batch_size"])
+                ):
                     raise torch.OutOfMemoryError(f"injected by FTSPEC_INJECT_OOM_AT_STEP={oom_at}")
                 if crash_at is not None and step + 1 == crash_at and rank == crash_rank:
                     raise RuntimeError(f"injected by FTSPEC_INJECT_CRASH_AT_STEP={crash_at} on rank {rank}")
@@ -532,16 +595,24 @@ def run(plan_path: Path, resume: bool) -> int:
                         bad = reduce_sum([0.0 if torch.isfinite(loss_sum) else 1.0])[0]
                         if bad:
                             value = float(loss_sum.detach())
-                            raise StopRun(make("FT0706", value=value if not math.isfinite(value) else "not finite",
-                                               step=step + 1, rank="any" if math.isfinite(value) else rank,
-                                               checkpoint=last_good()), "nan")
+                            raise StopRun(
+                                make(
+                                    "FT0706",
+                                    value=value if not math.isfinite(value) else "not finite",
+                                    step=step + 1,
+                                    rank="any" if math.isfinite(value) else rank,
+                                    checkpoint=last_good(),
+                                ),
+                                "nan",
+                            )
                         accelerator.backward(loss_sum * scale)
                         if accelerator.sync_gradients:
                             if is_ds:
                                 grad_norm = accelerator.deepspeed_engine_wrapped.get_global_grad_norm()
                             else:
                                 grad_norm = accelerator.clip_grad_norm_(
-                                    model.parameters(), max_norm if max_norm > 0 else float("inf"))
+                                    model.parameters(), max_norm if max_norm > 0 else float("inf")
+                                )
                             optimizer.step()
                             optimizer.zero_grad(set_to_none=True)
                         window["loss"] += float(loss_sum.detach())
@@ -555,25 +626,44 @@ def run(plan_path: Path, resume: bool) -> int:
             if delay:
                 time.sleep(delay)
             if step % log_every == 0 or step == total_steps:
-                loss_total, tokens, input_tokens = reduce_sum([window["loss"], window["tokens"], window["input_tokens"]])
+                loss_total, tokens, input_tokens = reduce_sum(
+                    [window["loss"], window["tokens"], window["input_tokens"]]
+                )
                 elapsed = max(time.monotonic() - window["t0"], 1e-9)
                 last_loss = loss_total / max(tokens, 1.0)
-                record = {"step": step, "epoch": round(schedule.epoch_of(step), 4), "loss": round(last_loss, 6),
-                          "learning_rate": scheduler.get_last_lr()[0],
-                          "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
-                          "tokens_per_second": round(input_tokens / elapsed, 2), "memory": memory_gib(device),  # GiB: peak allocated (CUDA) or peak RSS (CPU)
-                          "window_tokens": int(input_tokens), "window_seconds": round(elapsed, 4),
-                          "world_size": world, "micro_batch_size": mbs, "gradient_accumulation_steps": gas}
+                record = {
+                    "step": step,
+                    "epoch": round(schedule.epoch_of(step), 4),
+                    "loss": round(last_loss, 6),
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "grad_norm": None if grad_norm is None else round(float(grad_norm), 6),
+                    "tokens_per_second": round(input_tokens / elapsed, 2),
+                    "memory": memory_gib(device),  # GiB: peak allocated (CUDA) or peak RSS (CPU)
+                    "window_tokens": int(input_tokens),
+                    "window_seconds": round(elapsed, 4),
+                    "world_size": world,
+                    "micro_batch_size": mbs,
+                    "gradient_accumulation_steps": gas,
+                }
                 metrics.write(record)
                 if is_main:
-                    bar.write(f"ftspec: step {step}/{total_steps} loss {last_loss:.4f} lr {record['learning_rate']:.3g} "
-                              f"{record['tokens_per_second']:.0f} tok/s", file=sys.stderr)
+                    bar.write(
+                        f"ftspec: step {step}/{total_steps} loss {last_loss:.4f} lr {record['learning_rate']:.3g} "
+                        f"{record['tokens_per_second']:.0f} tok/s",
+                        file=sys.stderr,
+                    )
                 window = {"loss": 0.0, "tokens": 0.0, "input_tokens": 0.0, "t0": time.monotonic()}
             if step % eval_every == 0 or step == total_steps:
                 last_eval = evaluate()
                 if last_eval is not None:
-                    metrics.write({"step": step, "eval_loss": round(last_eval, 6),
-                                   "eval_perplexity": round(math.exp(min(last_eval, 50)), 4), "world_size": world})
+                    metrics.write(
+                        {
+                            "step": step,
+                            "eval_loss": round(last_eval, 6),
+                            "eval_perplexity": round(math.exp(min(last_eval, 50)), 4),
+                            "world_size": world,
+                        }
+                    )
                     if is_main:
                         bar.write(f"ftspec: step {step} eval loss {last_eval:.4f}", file=sys.stderr)
                     if last_eval < best_eval:
@@ -592,8 +682,11 @@ def run(plan_path: Path, resume: bool) -> int:
             _write_param_digest(accelerator, model, out, rank)
         written = save_final(accelerator, model, tokenizer, spec, source, out, is_main)
         run_info["outputs"] = written
-        run_info["final"] = {"loss": last_loss, "eval_loss": last_eval, "best_eval_loss":
-                             best_eval if math.isfinite(best_eval) else None}
+        run_info["final"] = {
+            "loss": last_loss,
+            "eval_loss": last_eval,
+            "best_eval_loss": best_eval if math.isfinite(best_eval) else None,
+        }
         run_info["stopped_early"] = stopped_early
     except StopRun as stop:
         bar.close()
@@ -604,8 +697,13 @@ def run(plan_path: Path, resume: bool) -> int:
         status, code = stop.status, stop.code
     finally:
         metrics.close()
-    run_info.update(exit_status=status, exit_code=code, ended=now(), final_step=step,
-                    diagnostics=[d.to_json() for d in diagnostics])
+    run_info.update(
+        exit_status=status,
+        exit_code=code,
+        ended=now(),
+        final_step=step,
+        diagnostics=[d.to_json() for d in diagnostics],
+    )
     if code == EXIT_OK:  # a failed rank may be gone already: never wait on it
         accelerator.wait_for_everyone()
     if is_main:
@@ -634,7 +732,10 @@ def _resume_refusal(ckroot: Path, identity: dict) -> dict | None:
     changes = ckpt.identity_changes(old, identity)
     if not changes:
         return None
-    shown = [f"{pointer}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}" for pointer, a, b in changes[:4]]
+    shown = [
+        f"{pointer}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}"
+        for pointer, a, b in changes[:4]
+    ]
     more = f" (and {len(changes) - 4} more)" if len(changes) > 4 else ""
     return {"checkpoint": str(found.path), "changes": "; ".join(shown) + more}
 
@@ -681,13 +782,29 @@ def _oom(plan, out: Path, step: int, rank: int, mbs: int, gas: int, history: lis
     if policy != "reduce_batch" or mbs <= 1:
         return StopRun(make("FT0708", step=step + 1, rank=rank, mbs=mbs), "oom")
     new_mbs, new_gas = reduced_batch(mbs, gas)
-    change = {"step": step + 1, "rank": rank, "from": {"micro_batch_size": mbs, "gradient_accumulation_steps": gas},
-              "to": {"micro_batch_size": new_mbs, "gradient_accumulation_steps": new_gas},
-              "resume_from": last, "error": str(exc)[:300], "time": now()}
-    ckpt.write_json_atomic(out / BATCH_FILE, {"micro_batch_size": new_mbs, "gradient_accumulation_steps": new_gas,
-                                              "history": [*history, change], "pending": True})
-    return StopRun(make("FT0707", step=step + 1, rank=rank, old_mbs=mbs, checkpoint=last, mbs=new_mbs, gas=new_gas),
-                   "oom", EXIT_OOM_RETRY)
+    change = {
+        "step": step + 1,
+        "rank": rank,
+        "from": {"micro_batch_size": mbs, "gradient_accumulation_steps": gas},
+        "to": {"micro_batch_size": new_mbs, "gradient_accumulation_steps": new_gas},
+        "resume_from": last,
+        "error": str(exc)[:300],
+        "time": now(),
+    }
+    ckpt.write_json_atomic(
+        out / BATCH_FILE,
+        {
+            "micro_batch_size": new_mbs,
+            "gradient_accumulation_steps": new_gas,
+            "history": [*history, change],
+            "pending": True,
+        },
+    )
+    return StopRun(
+        make("FT0707", step=step + 1, rank=rank, old_mbs=mbs, checkpoint=last, mbs=new_mbs, gas=new_gas),
+        "oom",
+        EXIT_OOM_RETRY,
+    )
 
 
 def cached_prepare(spec: dict, derived: dict, spec_dir: Path, tokenizer, out: Path, source) -> rdata.Prepared:
@@ -695,16 +812,25 @@ def cached_prepare(spec: dict, derived: dict, spec_dir: Path, tokenizer, out: Pa
     depends on; the other ranks, and a resumed run, read it instead of tokenizing again."""
     import torch
 
-    key_data = {"dataset": spec["dataset"], "training": {k: spec.get("training", {}).get(k) for k in
-                ("seed", "loss_on", "packing", "sequence_len")}, "sequence_len": derived.get("sequence_len"),
-                "template": tokenizer.chat_template, "model": source.path_or_id, "files": {}}
-    for path, _f in rdata.train_sources(spec["dataset"]["train"]) + ([(spec["dataset"]["eval"], None)]
-                                                                if spec["dataset"].get("eval") else []):
+    key_data = {
+        "dataset": spec["dataset"],
+        "training": {
+            k: spec.get("training", {}).get(k) for k in ("seed", "loss_on", "packing", "sequence_len")
+        },
+        "sequence_len": derived.get("sequence_len"),
+        "template": tokenizer.chat_template,
+        "model": source.path_or_id,
+        "files": {},
+    }
+    for path, _f in rdata.train_sources(spec["dataset"]["train"]) + (
+        [(spec["dataset"]["eval"], None)] if spec["dataset"].get("eval") else []
+    ):
         try:
             key_data["files"][path] = sha256_file(spec_dir / path)
         except OSError as exc:  # the file moved or vanished since compile
-            raise rdata.DataError("FT0711", file=str(spec_dir / path), line=0,
-                                  detail=exc.strerror or str(exc)) from None
+            raise rdata.DataError(
+                "FT0711", file=str(spec_dir / path), line=0, detail=exc.strerror or str(exc)
+            ) from None
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache = out / ERRORS_DIR / f"data-{key}.pt"
     if cache.is_file():
@@ -714,7 +840,10 @@ def cached_prepare(spec: dict, derived: dict, spec_dir: Path, tokenizer, out: Pa
             pass
     spec_for_data = dict(spec)
     if not isinstance(spec.get("training", {}).get("sequence_len"), int):
-        spec_for_data["training"] = {**spec["training"], "sequence_len": rdata.resolved_sequence_len(spec, derived)}
+        spec_for_data["training"] = {
+            **spec["training"],
+            "sequence_len": rdata.resolved_sequence_len(spec, derived),
+        }
     prepared = rdata.prepare(spec_for_data, spec_dir, tokenizer)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
@@ -740,7 +869,9 @@ def _register_trainable_hooks(accelerator, is_main: bool) -> None:
         for i, model in enumerate(models):
             if is_main:
                 inner = accelerator.unwrap_model(model)
-                state = {n: p.detach().cpu().contiguous() for n, p in inner.named_parameters() if p.requires_grad}
+                state = {
+                    n: p.detach().cpu().contiguous() for n, p in inner.named_parameters() if p.requires_grad
+                }
                 save_file(state, os.path.join(output_dir, f"trainable_{i}.safetensors"))
         weights.clear()
 
@@ -751,7 +882,9 @@ def _register_trainable_hooks(accelerator, is_main: bool) -> None:
             wanted = {n for n, p in inner.named_parameters() if p.requires_grad}
             missing = wanted - set(state)
             if missing:
-                raise RuntimeError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[:3]}")
+                raise RuntimeError(
+                    f"checkpoint lacks {len(missing)} trainable tensors, e.g. {sorted(missing)[:3]}"
+                )
             inner.load_state_dict(state, strict=False)
         models.clear()
 
@@ -779,8 +912,11 @@ def _record_failure(plan_path: Path, diag: Diagnostic | None, exc: BaseException
         spec_dir = (plan_path.parent / plan["paths"]["spec_dir"]).resolve()
         folder = (spec_dir / plan["derived"]["output_dir"]).resolve() / ERRORS_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        text = to_text([diag], lambda *_: None) if diag else "".join(
-            traceback.format_exception(type(exc), exc, exc.__traceback__))
+        text = (
+            to_text([diag], lambda *_: None)
+            if diag
+            else "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        )
         (folder / f"error-rank{rank}.txt").write_text(text, encoding="utf-8")
     except Exception:  # the error itself is already on stderr; never mask it
         pass

@@ -6,10 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-SPECIALS = ["<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
-            "<|eot_id|>", "<s>", "</s>"]
-CORPUS = ("which colour goes with item in catalogue page is sold order code the answer user assistant "
-          "system question you answer red green blue 0 1 2 3 4 5 6 7 8 9 . ? ; -")
+SPECIALS = [
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<s>",
+    "</s>",
+]
+CORPUS = (
+    "which colour goes with item in catalogue page is sold order code the answer user assistant "
+    "system question you answer red green blue 0 1 2 3 4 5 6 7 8 9 . ? ; -"
+)
 
 
 def build_tokenizer():
@@ -18,14 +28,19 @@ def build_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator([CORPUS] * 20, trainer)
     return tok
 
 
-def write_model_dir(folder: Path, chat_template: str | None = None, *, eos: str = "<|im_end|>",
-                    template_file: bool = False) -> Path:
+def write_model_dir(
+    folder: Path, chat_template: str | None = None, *, eos: str = "<|im_end|>", template_file: bool = False
+) -> Path:
     """A folder with config.json, tokenizer.json and tokenizer_config.json (its chat_template inline,
     or in chat_template.jinja when template_file)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -52,10 +67,17 @@ def write_jsonl(path: Path, records: list) -> Path:
     return path
 
 
-def write_spec(folder: Path, dataset: dict, *, model: dict | None = None, training: dict | None = None) -> Path:
+def write_spec(
+    folder: Path, dataset: dict, *, model: dict | None = None, training: dict | None = None
+) -> Path:
     """spec.yaml in `folder` (YAML via JSON, which YAML reads)."""
-    spec = {"version": 1, "name": "dc-test", "model": model or {"id": "builtin:tiny-llama", "chat_template": "chatml"},
-            "dataset": {"min_examples": 1, **dataset}, "hardware": {"gpu": "cpu"}}
+    spec = {
+        "version": 1,
+        "name": "dc-test",
+        "model": model or {"id": "builtin:tiny-llama", "chat_template": "chatml"},
+        "dataset": {"min_examples": 1, **dataset},
+        "hardware": {"gpu": "cpu"},
+    }
     if training:
         spec["training"] = training
     path = folder / "spec.yaml"

@@ -22,15 +22,23 @@ STEPS, MICRO = 4, 4
 def make_model(path):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0, task_type="CAUSAL_LM"
+    )
     return get_peft_model(model, config)
 
 
 def loss_sum(model, examples):
     batch = rdata.collate(examples, 0, packed=False)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                             batch["labels"][:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
+    logits = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+    ).logits
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        batch["labels"][:, 1:].reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
 
 
 def main() -> None:
@@ -41,7 +49,9 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(str(path))
     with open(data_file, encoding="utf-8") as fh:
         convs = [json.loads(line)["messages"] for line in fh][: STEPS * MICRO * world]
-    examples = [rdata.tokenize(c, tok, loss_on="assistant", sequence_len=64, truncation="truncate")[0] for c in convs]
+    examples = [
+        rdata.tokenize(c, tok, loss_on="assistant", sequence_len=64, truncation="truncate")[0] for c in convs
+    ]
 
     reference = make_model(path)
     sharded = make_model(path)
@@ -51,14 +61,14 @@ def main() -> None:
     opt_ref = torch.optim.AdamW([p for p in reference.parameters() if p.requires_grad], lr=1e-2)
     opt = torch.optim.AdamW([p for p in sharded.parameters() if p.requires_grad], lr=1e-2)
     for step in range(STEPS):
-        group = examples[step * MICRO * world:(step + 1) * MICRO * world]
+        group = examples[step * MICRO * world : (step + 1) * MICRO * world]
         n = sum(rdata.count_trained([e]) for e in group)
         # reference: the whole global batch, unsharded
         (loss_sum(reference, group) / n).backward()
         opt_ref.step()
         opt_ref.zero_grad()
         # FSDP2: this rank's micro batch; reduce-scatter averages over ranks, hence x world
-        mine = group[rank * MICRO:(rank + 1) * MICRO]
+        mine = group[rank * MICRO : (rank + 1) * MICRO]
         (loss_sum(sharded, mine) * world / n).backward()
         opt.step()
         opt.zero_grad()
@@ -75,8 +85,15 @@ def main() -> None:
         max_diff = max(max_diff, float((whole.detach() - ref_params[name].detach()).abs().max()))
         if param.requires_grad:
             changed = max(changed, float((whole.detach() - base_params[name].detach()).abs().max()))
-    result = {"rank": rank, "world": world, "max_diff": max_diff, "max_change": changed,
-              "sharded_params": sharded_params, "local_numel": local, "full_numel": full}
+    result = {
+        "rank": rank,
+        "world": world,
+        "max_diff": max_diff,
+        "max_change": changed,
+        "sharded_params": sharded_params,
+        "local_numel": local,
+        "full_numel": full,
+    }
     with open(os.path.join(out, f"fsdp2-rank{rank}.json"), "w", encoding="utf-8") as fh:
         json.dump(result, fh)
     dist.destroy_process_group()

@@ -18,13 +18,37 @@ BASE_SPEC: dict = {
     "version": 1,
     "name": "rt-test",
     "model": {"id": "builtin:tiny-llama", "chat_template": "chatml"},
-    "dataset": {"format": "chatml", "train": "data/train.jsonl", "eval": "data/eval.jsonl", "min_examples": 10},
-    "adapter": {"method": "lora", "r": 8, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear",
-                "dora": False},
-    "training": {"max_steps": 12, "learning_rate": 3.0e-3, "warmup_steps": 1, "optimizer": "adamw_torch",
-                 "micro_batch_size": 4, "gradient_accumulation_steps": 2, "sequence_len": 64,
-                 "precision": "fp32", "gradient_checkpointing": False, "logging_steps": 2, "eval_steps": 6,
-                 "save_steps": 4, "save_total_limit": 3, "early_stopping_patience": 0, "seed": 7},
+    "dataset": {
+        "format": "chatml",
+        "train": "data/train.jsonl",
+        "eval": "data/eval.jsonl",
+        "min_examples": 10,
+    },
+    "adapter": {
+        "method": "lora",
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.05,
+        "target_modules": "all-linear",
+        "dora": False,
+    },
+    "training": {
+        "max_steps": 12,
+        "learning_rate": 3.0e-3,
+        "warmup_steps": 1,
+        "optimizer": "adamw_torch",
+        "micro_batch_size": 4,
+        "gradient_accumulation_steps": 2,
+        "sequence_len": 64,
+        "precision": "fp32",
+        "gradient_checkpointing": False,
+        "logging_steps": 2,
+        "eval_steps": 6,
+        "save_steps": 4,
+        "save_total_limit": 3,
+        "early_stopping_patience": 0,
+        "seed": 7,
+    },
     "hardware": {"gpu": "cpu", "gpus_per_node": 2, "strategy": "ddp"},
     "output": {"dir": "runs/t", "save": "adapter", "report_to": ["none"]},
 }
@@ -63,13 +87,20 @@ def env_with(**extra: str) -> dict[str, str]:
     return env
 
 
-def launch(target: Path, *args: str, build: Path | None = None, env: dict | None = None,
-           timeout: float = 300) -> subprocess.CompletedProcess:
+def launch(
+    target: Path, *args: str, build: Path | None = None, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "ftspec.compiler.cli", "launch", str(target), *args]
     if build is not None:
         cmd += ["-o", str(build)]
-    return subprocess.run(cmd, cwd=target.parent if target.is_file() else target, env=env or env_with(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd,
+        cwd=target.parent if target.is_file() else target,
+        env=env or env_with(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def run_json(run_dir: Path) -> dict:

@@ -9,7 +9,13 @@ from ftspec.compiler.evaluate.acceptance import judge
 
 VALUES = {
     "base": {"task": 0.10, "regression": 0.90, "format": 0.50, "eval_loss": 2.0, "perplexity": math.exp(2.0)},
-    "finetuned": {"task": 0.80, "regression": 0.87, "format": 1.0, "eval_loss": 0.5, "perplexity": math.exp(0.5)},
+    "finetuned": {
+        "task": 0.80,
+        "regression": 0.87,
+        "format": 1.0,
+        "eval_loss": 0.5,
+        "perplexity": math.exp(0.5),
+    },
 }
 CLEAN = {"ngram": 13, "eval_examples": 100, "contaminated": 0, "examples": []}
 
@@ -20,12 +26,14 @@ def gate(rules, values=VALUES, **kw):
 
 
 def test_all_rules_hold():
-    result = gate([
-        {"metric": "task", "min_gain_over_base": 0.5},
-        {"metric": "regression", "max_drop_from_base": 0.05},
-        {"metric": "format", "min": 0.98},
-        {"metric": "eval_loss", "max": 1.0, "min_gain_over_base": 1.0},
-    ])
+    result = gate(
+        [
+            {"metric": "task", "min_gain_over_base": 0.5},
+            {"metric": "regression", "max_drop_from_base": 0.05},
+            {"metric": "format", "min": 0.98},
+            {"metric": "eval_loss", "max": 1.0, "min_gain_over_base": 1.0},
+        ]
+    )
     assert result.passed
     assert [c.passed for c in result.checks] == [True] * 5
     task = result.checks[0]
@@ -86,8 +94,12 @@ def test_nan_value_fails_with_its_own_code():
 
 
 def test_contamination_beyond_allowance_fails_even_when_rules_hold():
-    dirty = {"ngram": 13, "eval_examples": 100, "contaminated": 3,
-             "examples": [{"eval": 1, "train": "train.jsonl:4"}, {"eval": 5, "train": "train.jsonl:9"}]}
+    dirty = {
+        "ngram": 13,
+        "eval_examples": 100,
+        "contaminated": 3,
+        "examples": [{"eval": 1, "train": "train.jsonl:4"}, {"eval": 5, "train": "train.jsonl:9"}],
+    }
     rules = [{"metric": "task", "min_gain_over_base": 0.1}]
     result = gate(rules, contamination=dirty, max_contaminated=2)
     assert not result.passed
@@ -128,6 +140,8 @@ def test_check_to_json_is_json_safe():
 
 
 def test_unchanged_value_shows_no_negative_zero_drop():
-    (row,) = gate([{"metric": "regression", "max_drop_from_base": 0.1}],
-                  {"base": {"regression": 0.0}, "finetuned": {"regression": 0.0}}).checks
+    (row,) = gate(
+        [{"metric": "regression", "max_drop_from_base": 0.1}],
+        {"base": {"regression": 0.0}, "finetuned": {"regression": 0.0}},
+    ).checks
     assert row.passed and "drop 0 " in row.detail and "-0" not in row.detail

@@ -27,7 +27,10 @@ from jsonschema import Draft202012Validator
 
 ACCELERATE = "accelerate-config.v1.schema.json"
 DEEPSPEED = "deepspeed-config.v1.schema.json"
-SCHEMAS = {name: json.loads((ROOT / "schemas" / name).read_text(encoding="utf-8")) for name in (ACCELERATE, DEEPSPEED)}
+SCHEMAS = {
+    name: json.loads((ROOT / "schemas" / name).read_text(encoding="utf-8"))
+    for name in (ACCELERATE, DEEPSPEED)
+}
 FSDP_SPEC = Path("specs/qwen2.5-7b-full-fsdp-2node.yaml")
 ZERO3_SPEC = Path("specs/llama3.1-70b-lora-zero3-8xh100.yaml")
 
@@ -52,6 +55,7 @@ def builds(tmp_path_factory) -> dict[Path, Path]:
 
 
 # ------------------------------------------------------------------------------- the schemas
+
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
 def test_schema_is_valid_draft_2020_12(name):
@@ -82,13 +86,24 @@ def test_every_object_is_closed_and_every_property_described(name):
             assert node.get("additionalProperties") is False, f"{where} is open"
         for key, sub in node.get("properties", {}).items():
             if isinstance(sub, dict):
-                assert sub.get("description") or resolve(sub).get("description"), f"{where}/{key} has no description"
+                assert sub.get("description") or resolve(sub).get("description"), (
+                    f"{where}/{key} has no description"
+                )
                 walk(sub, f"{where}/{key}")
 
     walk(schema, "")
-    assert closed == ({"/", "/fsdp_config", "/deepspeed_config"} if name == ACCELERATE else
-                      {"/", "/bf16", "/fp16", "/zero_optimization", "/zero_optimization/offload_optimizer",
-                       "/zero_optimization/offload_param"})
+    assert closed == (
+        {"/", "/fsdp_config", "/deepspeed_config"}
+        if name == ACCELERATE
+        else {
+            "/",
+            "/bf16",
+            "/fp16",
+            "/zero_optimization",
+            "/zero_optimization/offload_optimizer",
+            "/zero_optimization/offload_param",
+        }
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
@@ -102,6 +117,7 @@ def test_schema_ships_with_the_package(name):
 
 
 # ----------------------------------------------------------------------- what compile writes
+
 
 def test_every_artifact_of_every_spec_validates(builds):
     kinds = {"ddp": 0, "fsdp": 0, "deepspeed": 0, "multi-node": 0, "cpu": 0, "single": 0}
@@ -125,7 +141,9 @@ def test_every_artifact_of_every_spec_validates(builds):
 def test_golden_artifacts_validate():
     checked = 0
     for folder in sorted(p for p in GOLDEN.iterdir() if (p / "accelerate.yaml").is_file()):
-        assert _errors(ACCELERATE, yaml.safe_load((folder / "accelerate.yaml").read_text())) == [], folder.name
+        assert _errors(ACCELERATE, yaml.safe_load((folder / "accelerate.yaml").read_text())) == [], (
+            folder.name
+        )
         if (folder / "deepspeed.json").is_file():
             assert _errors(DEEPSPEED, json.loads((folder / "deepspeed.json").read_text())) == [], folder.name
         checked += 1
@@ -137,9 +155,15 @@ def test_generators_satisfy_the_schemas_for_every_strategy(builds):
     each offload and precision, one or two nodes, CUDA or CPU: every combination the plan can hold."""
     base = json.loads((builds[FSDP_SPEC] / "plan.json").read_text())
     grid = itertools.product(
-        ["single", "ddp", "fsdp", "deepspeed"], ["cuda", "cpu"], [(1, 1), (1, 2), (2, 8)], [0, 1, 2, 3],
-        ["none", "optimizer", "optimizer_and_params"], ["no", "bf16", "fp16"], ["known", "no-layer-class", "none"],
-        ["full", "lora"], ["adamw_torch", "paged_adamw_8bit"],
+        ["single", "ddp", "fsdp", "deepspeed"],
+        ["cuda", "cpu"],
+        [(1, 1), (1, 2), (2, 8)],
+        [0, 1, 2, 3],
+        ["none", "optimizer", "optimizer_and_params"],
+        ["no", "bf16", "fp16"],
+        ["known", "no-layer-class", "none"],
+        ["full", "lora"],
+        ["adamw_torch", "paged_adamw_8bit"],
     )
     checked = 0
     for strategy, device, (nodes, per_node), stage, offload, precision, arch, method, optimizer in grid:
@@ -147,8 +171,16 @@ def test_generators_satisfy_the_schemas_for_every_strategy(builds):
             continue
         plan = copy.deepcopy(base)
         d = plan["derived"]
-        d.update(strategy=strategy, device=device, nodes=nodes, gpus_per_node=per_node, world_size=nodes * per_node,
-                 zero_stage=stage if strategy == "deepspeed" else None, offload=offload, mixed_precision=precision)
+        d.update(
+            strategy=strategy,
+            device=device,
+            nodes=nodes,
+            gpus_per_node=per_node,
+            world_size=nodes * per_node,
+            zero_stage=stage if strategy == "deepspeed" else None,
+            offload=offload,
+            mixed_precision=precision,
+        )
         if arch == "none":
             d["architecture"] = None
         elif arch == "no-layer-class":
@@ -159,7 +191,18 @@ def test_generators_satisfy_the_schemas_for_every_strategy(builds):
         if strategy == "deepspeed":
             files["deepspeed.json"] = dumps_json(deepspeed_config(plan))
         violations = render.artifact_violations(files)
-        assert violations == [], (strategy, device, nodes, per_node, stage, offload, precision, arch, method, violations)
+        assert violations == [], (
+            strategy,
+            device,
+            nodes,
+            per_node,
+            stage,
+            offload,
+            precision,
+            arch,
+            method,
+            violations,
+        )
         checked += 1
     assert checked > 1000
 
@@ -167,8 +210,12 @@ def test_generators_satisfy_the_schemas_for_every_strategy(builds):
 def test_ddp_on_one_device_is_not_written_as_multi_gpu(tmp_path):
     """strategy: ddp with a single process was written as MULTI_GPU with num_processes 1, which
     accelerate's multi-GPU launch refuses when asked for it directly (--multi_gpu wants two or more)."""
-    result = compile_to(Path("specs/llama3.1-8b-dora-a100.yaml"), tmp_path / "b", force=True,
-                        overrides={"/hardware/strategy": "ddp"})
+    result = compile_to(
+        Path("specs/llama3.1-8b-dora-a100.yaml"),
+        tmp_path / "b",
+        force=True,
+        overrides={"/hardware/strategy": "ddp"},
+    )
     assert result.ok, [f"{d.code} {d.message}" for d in result.diagnostics if d.severity == "error"]
     assert result.plan["derived"]["strategy"] == "ddp" and result.plan["derived"]["world_size"] == 1
     config = yaml.safe_load((tmp_path / "b" / "accelerate.yaml").read_text())
@@ -202,12 +249,27 @@ ACCELERATE_CASES = [
     ("mixed_precision false", FSDP_BASE, _set("mixed_precision", False), True),
     ("mixed_precision fp32", FSDP_BASE, _set("mixed_precision", "fp32"), True),
     ("mixed_precision next to DeepSpeed", ZERO3_BASE, _set("mixed_precision", "bf16"), True),
-    ("unknown key inside fsdp_config", FSDP_BASE, _set("fsdp_config", "fsdp_sharding_stratgy", "FULL_SHARD"), True),
+    (
+        "unknown key inside fsdp_config",
+        FSDP_BASE,
+        _set("fsdp_config", "fsdp_sharding_stratgy", "FULL_SHARD"),
+        True,
+    ),
     ("fsdp_version 3", FSDP_BASE, _set("fsdp_config", "fsdp_version", 3), True),
     ("fsdp_version as a string", FSDP_BASE, _set("fsdp_config", "fsdp_version", "2"), True),
-    ("FSDP1 state dict type", FSDP_BASE, _set("fsdp_config", "fsdp_state_dict_type", "LOCAL_STATE_DICT"), True),
+    (
+        "FSDP1 state dict type",
+        FSDP_BASE,
+        _set("fsdp_config", "fsdp_state_dict_type", "LOCAL_STATE_DICT"),
+        True,
+    ),
     ("layer class and min params", FSDP_BASE, _set("fsdp_config", "fsdp_min_num_params", 10), True),
-    ("efficient loading without sync", FSDP_BASE, _set("fsdp_config", "fsdp_sync_module_states", False), True),
+    (
+        "efficient loading without sync",
+        FSDP_BASE,
+        _set("fsdp_config", "fsdp_sync_module_states", False),
+        True,
+    ),
     ("offload flag as a string", FSDP_BASE, _set("fsdp_config", "fsdp_offload_params", "true"), True),
     ("num_processes 0", FSDP_BASE, _set("num_processes", 0), True),
     ("machine_rank beyond num_machines", FSDP_BASE, _set("machine_rank", 2), True),
@@ -215,12 +277,20 @@ ACCELERATE_CASES = [
     ("port out of range", FSDP_BASE, _set("main_process_port", 70000), True),
     ("MULTI_CPU", FSDP_BASE, _set("distributed_type", "MULTI_CPU"), True),
     ("FSDP without fsdp_config", FSDP_BASE, _set("fsdp_config", ...), True),
-    ("deepspeed_config next to FSDP", FSDP_BASE,
-     _set("deepspeed_config", {"deepspeed_config_file": "deepspeed.json", "zero3_init_flag": False}), True),
+    (
+        "deepspeed_config next to FSDP",
+        FSDP_BASE,
+        _set("deepspeed_config", {"deepspeed_config_file": "deepspeed.json", "zero3_init_flag": False}),
+        True,
+    ),
     ("multi-node without main_process_ip", FSDP_BASE, _set("main_process_ip", ...), True),
     ("pdsh launcher", ZERO3_BASE, _set("deepspeed_config", "deepspeed_multinode_launcher", "pdsh"), True),
-    ("multi-node DeepSpeed without a launcher", ZERO3_BASE,
-     _set("deepspeed_config", "deepspeed_multinode_launcher", ...), True),
+    (
+        "multi-node DeepSpeed without a launcher",
+        ZERO3_BASE,
+        _set("deepspeed_config", "deepspeed_multinode_launcher", ...),
+        True,
+    ),
     ("unknown key inside deepspeed_config", ZERO3_BASE, _set("deepspeed_config", "zero_stage", 3), True),
     ("bare YAML no", FSDP_BASE, None, True),
 ]
@@ -242,11 +312,19 @@ DEEPSPEED_CASES = [
     ("auto train_batch_size", lambda c: c.update(train_batch_size="auto"), False),
     ("auto gradient accumulation", lambda c: c.update(gradient_accumulation_steps="auto"), False),
     ("optimizer block", lambda c: c.update(optimizer={"type": "AdamW", "params": {"lr": 1e-4}}), True),
-    ("scheduler block", lambda c: c.update(scheduler={"type": "WarmupLR", "params": {"warmup_num_steps": 10}}), True),
+    (
+        "scheduler block",
+        lambda c: c.update(scheduler={"type": "WarmupLR", "params": {"warmup_num_steps": 10}}),
+        True,
+    ),
     ("zero stage 4", lambda c: c["zero_optimization"].update(stage=4), False),
     ("zero stage as a string", lambda c: c["zero_optimization"].update(stage="3"), True),
     ("stage 1-2 key at stage 3", lambda c: c["zero_optimization"].update(allgather_bucket_size=5), True),
-    ("offload to nvme without a path", lambda c: c["zero_optimization"]["offload_param"].update(device="nvme"), None),
+    (
+        "offload to nvme without a path",
+        lambda c: c["zero_optimization"]["offload_param"].update(device="nvme"),
+        None,
+    ),
     ("offload device gpu", lambda c: c["zero_optimization"]["offload_param"].update(device="gpu"), False),
     ("unknown top-level key", lambda c: c.update(zero_optimisation={"stage": 2}), True),
     ("negative clipping", lambda c: c.update(gradient_clipping=-1.0), True),
@@ -260,13 +338,17 @@ def _deepspeed_case(mutate, builds) -> dict:
     return config
 
 
-@pytest.mark.parametrize(("name", "base", "mutate", "_accepted"), ACCELERATE_CASES, ids=[c[0] for c in ACCELERATE_CASES])
+@pytest.mark.parametrize(
+    ("name", "base", "mutate", "_accepted"), ACCELERATE_CASES, ids=[c[0] for c in ACCELERATE_CASES]
+)
 def test_accelerate_schema_refuses(name, base, mutate, _accepted, builds):
     config, _ = _accelerate_case(base, mutate, builds)
     assert _errors(ACCELERATE, config), name
 
 
-@pytest.mark.parametrize(("name", "mutate", "_accepted"), DEEPSPEED_CASES, ids=[c[0] for c in DEEPSPEED_CASES])
+@pytest.mark.parametrize(
+    ("name", "mutate", "_accepted"), DEEPSPEED_CASES, ids=[c[0] for c in DEEPSPEED_CASES]
+)
 def test_deepspeed_schema_refuses(name, mutate, _accepted, builds):
     assert _errors(DEEPSPEED, _deepspeed_case(mutate, builds)), name
 
@@ -326,6 +408,7 @@ def test_cross_checks_between_the_two_configs(builds):
 
 
 # ------------------------------------------------------------------------ inside ftspec compile
+
 
 def _cli_compile(spec: Path, out: Path, capsys, *extra: str) -> tuple[int, str, str]:
     """`ftspec compile` in this process (so a monkeypatched generator is the one that runs)."""

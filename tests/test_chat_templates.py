@@ -52,9 +52,14 @@ def test_chatml_text_exactly():
 
 
 def test_alpaca_default_preamble_and_bad_role():
-    text = ct.render(ct.template_source("alpaca"), CONVERSATION[1:3], special_tokens={"eos_token": "</s>"}).text
+    text = ct.render(
+        ct.template_source("alpaca"), CONVERSATION[1:3], special_tokens={"eos_token": "</s>"}
+    ).text
     assert text.startswith("Below is an instruction that describes a task.")
-    assert "### Instruction:\nWhich colour goes with item 3?\n\n### Response:\nItem 3 is sold in red.</s>" in text
+    assert (
+        "### Instruction:\nWhich colour goes with item 3?\n\n### Response:\nItem 3 is sold in red.</s>"
+        in text
+    )
     with pytest.raises(ct.TemplateError, match="system message can only come first|only come first"):
         ct.render(ct.template_source("alpaca"), [CONVERSATION[1], CONVERSATION[0], CONVERSATION[2]])
 
@@ -66,11 +71,15 @@ def test_matches_transformers_apply_chat_template(name):
     tok = build_tokenizer()
     info = ct.builtin_template(name)
     hf = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=info.special_tokens["bos_token"] or None,
-        eos_token=info.special_tokens["eos_token"])
+        tokenizer_object=tok,
+        bos_token=info.special_tokens["bos_token"] or None,
+        eos_token=info.special_tokens["eos_token"],
+    )
     hf.chat_template = ct.template_source(name)
     special = {k: v for k, v in hf.special_tokens_map.items() if isinstance(v, str)}
-    out = hf.apply_chat_template(CONVERSATION, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    out = hf.apply_chat_template(
+        CONVERSATION, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     rendered = ct.render(info.source, CONVERSATION, special_tokens=special)
     assert rendered.text == hf.apply_chat_template(CONVERSATION, tokenize=False)
     mask = ct.token_mask(tok, rendered.text, rendered.spans)
@@ -78,7 +87,10 @@ def test_matches_transformers_apply_chat_template(name):
     assert [int(t) for t in mask.trained] == list(out["assistant_masks"])
     assert sum(mask.trained) > 0
     with_prompt = hf.apply_chat_template(CONVERSATION[:2], tokenize=False, add_generation_prompt=True)
-    assert ct.render(info.source, CONVERSATION[:2], add_generation_prompt=True, special_tokens=special).text == with_prompt
+    assert (
+        ct.render(info.source, CONVERSATION[:2], add_generation_prompt=True, special_tokens=special).text
+        == with_prompt
+    )
 
 
 def test_token_mask_marks_terminator_token():
@@ -89,7 +101,9 @@ def test_token_mask_marks_terminator_token():
     positions = [i for i, t in enumerate(mask.ids) if t == im_end]
     assert len(positions) == 2  # user turn and assistant turn
     assert mask.trained[positions[0]] is False and mask.trained[positions[1]] is True
-    trained_text = tok.decode([t for t, on in zip(mask.ids, mask.trained, strict=True) if on], skip_special_tokens=False)
+    trained_text = tok.decode(
+        [t for t, on in zip(mask.ids, mask.trained, strict=True) if on], skip_special_tokens=False
+    )
     assert trained_text == "Item 3 is sold in red.<|im_end|>"
 
 

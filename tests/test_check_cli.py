@@ -29,7 +29,9 @@ def test_example_does_not_fit_and_shows_the_fix(capsys, monkeypatch):
     assert "DOES NOT FIT" in out and "FT0310 error" in out
     assert "weights (frozen base)" in out and "#" in out  # component table with plain bars
     assert "adapter.method: qlora" in out and "(fits)" in out
-    gpu_line = next(i for i, line in enumerate(EXAMPLE.read_text().splitlines(), 1) if line.strip().startswith("gpu:"))
+    gpu_line = next(
+        i for i, line in enumerate(EXAMPLE.read_text().splitlines(), 1) if line.strip().startswith("gpu:")
+    )
     assert f"llama3-70b-lora-1gpu.yaml:{gpu_line}:" in out
     assert "time and cost" in out and "assumes:" in out
 
@@ -66,8 +68,10 @@ def test_bad_section_name_is_a_usage_error(capsys):
 
 def test_lint_errors_stop_check(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("version: 1\nname: x\nmodel:\n  id: m\ndataset:\n  train: t.jsonl\nhardware:\n  gpu: A100-80GB\n"
-                   "training:\n  learning_rte: 1\n")
+    bad.write_text(
+        "version: 1\nname: x\nmodel:\n  id: m\ndataset:\n  train: t.jsonl\nhardware:\n  gpu: A100-80GB\n"
+        "training:\n  learning_rte: 1\n"
+    )
     code, out = run(capsys, "check", str(bad), "--format", "json")
     body = json.loads(out)
     assert code == 1 and "memory" not in body
@@ -108,12 +112,14 @@ def test_lock_alone_finds_its_spec_and_an_unreadable_lock_exits_2(capsys, tmp_pa
     spec = spec_dir / "cpu-ddp.yaml"
     assert main(["compile", str(spec), "-o", str(tmp_path / "build")]) == 0
     capsys.readouterr()
-    code, out = run(capsys, "check", "--lock", str(tmp_path / "build" / "lock.json"), "--only", "pins",
-                    "--format", "json")
+    code, out = run(
+        capsys, "check", "--lock", str(tmp_path / "build" / "lock.json"), "--only", "pins", "--format", "json"
+    )
     assert code == 0 and not [d for d in json.loads(out)["diagnostics"] if d["code"].startswith("FT061")]
     spec.write_text(spec.read_text().replace("learning_rate: 3.0e-3", "learning_rate: 2.0e-3"))
-    code, out = run(capsys, "check", "--lock", str(tmp_path / "build" / "lock.json"), "--only", "pins",
-                    "--format", "json")
+    code, out = run(
+        capsys, "check", "--lock", str(tmp_path / "build" / "lock.json"), "--only", "pins", "--format", "json"
+    )
     assert "FT0611" in {d["code"] for d in json.loads(out)["diagnostics"]}
     code, out = run(capsys, "check", str(spec), "--lock", str(tmp_path / "missing.json"), "--only", "pins")
     assert code == 2 and "FT0610" in out

@@ -45,6 +45,7 @@ def _plans(builds):
 
 # ------------------------------------------------------------------------------------- plan.json
 
+
 def test_plans_match_schema_and_arithmetic(builds):
     Draft202012Validator.check_schema(PLAN_SCHEMA)
     validator = Draft202012Validator(PLAN_SCHEMA)
@@ -53,7 +54,9 @@ def test_plans_match_schema_and_arithmetic(builds):
         assert not errors, (name, errors)
         d = plan["derived"]
         assert d["world_size"] == d["nodes"] * d["gpus_per_node"]
-        assert d["effective_batch"] == d["micro_batch_size"] * d["gradient_accumulation_steps"] * d["world_size"]
+        assert (
+            d["effective_batch"] == d["micro_batch_size"] * d["gradient_accumulation_steps"] * d["world_size"]
+        )
         assert d["steps_per_epoch"] == math.ceil(d["train_examples"] / d["effective_batch"])
         training = plan["spec"]["training"]
         if "max_steps" in training:
@@ -61,7 +64,10 @@ def test_plans_match_schema_and_arithmetic(builds):
         else:
             assert d["total_steps"] == math.ceil(training["epochs"] * d["steps_per_epoch"])
         assert 0 <= d["warmup_steps"] <= d["total_steps"]
-        assert d["mixed_precision"] == {"bf16": "bf16", "bf16-mixed": "bf16", "fp16": "fp16", "fp32": "no"}[d["precision"]]
+        assert (
+            d["mixed_precision"]
+            == {"bf16": "bf16", "bf16-mixed": "bf16", "fp16": "fp16", "fp32": "no"}[d["precision"]]
+        )
         assert plan["sources"]["/derived/effective_batch"] == "derived"
         assert read_plan(builds[name] / "plan.json") == plan
 
@@ -96,6 +102,7 @@ def test_unknown_plan_version_is_rejected(builds, tmp_path):
 
 # ---------------------------------------------------------------------------- accelerate config
 
+
 def test_accelerate_configs_load_with_accelerate(builds):
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -115,7 +122,9 @@ def test_accelerate_configs_load_with_accelerate(builds):
             assert cfg.use_cpu is True
             assert cfg.distributed_type.value == ("MULTI_GPU" if d["world_size"] > 1 else "NO")
         else:
-            expected = {"single": "NO", "ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed": "DEEPSPEED"}[d["strategy"]]
+            expected = {"single": "NO", "ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed": "DEEPSPEED"}[
+                d["strategy"]
+            ]
             assert cfg.distributed_type.value == expected
         if d["strategy"] == "fsdp":
             fsdp = cfg.fsdp_config
@@ -141,6 +150,7 @@ def test_fsdp_config_is_accepted_by_the_fsdp_plugin(builds, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------- DeepSpeed
+
 
 def _values(node) -> list:
     if isinstance(node, dict):
@@ -171,7 +181,9 @@ def test_deepspeed_json_loads_with_deepspeed_at_target_world_size(builds, monkey
         assert "auto" not in _values(raw)
         d = plan["derived"]
         cfg = ds_config.DeepSpeedConfig(str(path), mpu=_DataParallel(d["world_size"]))
-        assert cfg.train_batch_size == d["micro_batch_size"] * d["gradient_accumulation_steps"] * d["world_size"]
+        assert (
+            cfg.train_batch_size == d["micro_batch_size"] * d["gradient_accumulation_steps"] * d["world_size"]
+        )
         assert cfg.train_micro_batch_size_per_gpu == d["micro_batch_size"]
         assert cfg.gradient_accumulation_steps == d["gradient_accumulation_steps"]
         assert cfg.zero_optimization_stage == d["zero_stage"]
@@ -189,6 +201,7 @@ def test_deepspeed_json_loads_with_deepspeed_at_target_world_size(builds, monkey
 
 
 # ------------------------------------------------------------------------------- scripts and stubs
+
 
 def test_scripts_pass_bash_n(builds):
     scripts = [p for b in builds.values() for p in b.iterdir() if p.suffix in (".sh", ".sbatch")]
@@ -231,8 +244,15 @@ def _run_script(script: Path, stubs: Path, tmp_path: Path, extra_env: dict | Non
     calls_dir.mkdir(exist_ok=True)
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
-    env = {"PATH": f"{stubs}:/usr/bin:/bin", "STUB_DIR": str(calls_dir), "HOME": str(tmp_path), **(extra_env or {})}
-    run = subprocess.run(["bash", str(script), *args], cwd=work, env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": f"{stubs}:/usr/bin:/bin",
+        "STUB_DIR": str(calls_dir),
+        "HOME": str(tmp_path),
+        **(extra_env or {}),
+    }
+    run = subprocess.run(
+        ["bash", str(script), *args], cwd=work, env=env, capture_output=True, text=True, timeout=60
+    )
     calls = []
     for argv_file in sorted(calls_dir.glob("*.argv")):
         tool = argv_file.stem.split("-", 1)[1]
@@ -243,15 +263,25 @@ def _run_script(script: Path, stubs: Path, tmp_path: Path, extra_env: dict | Non
 
 
 def _no_pwned(tmp_path: Path, build: Path) -> None:
-    found = [*tmp_path.rglob("PWNED*"), *build.rglob("PWNED*"), *ROOT.glob("PWNED*"), *FIXTURES.rglob("PWNED*")]
+    found = [
+        *tmp_path.rglob("PWNED*"),
+        *build.rglob("PWNED*"),
+        *ROOT.glob("PWNED*"),
+        *FIXTURES.rglob("PWNED*"),
+    ]
     assert not found, f"injected command ran: {found}"
 
 
 def test_injection_spec_runs_nothing_it_carries(builds, stub_path, tmp_path):
     build = builds["injection"]
     plan = json.loads((build / "plan.json").read_text())
-    run, calls = _run_script(build / "slurm.sbatch", stub_path, tmp_path,
-                             {"SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_SUBMIT_DIR": str(build)}, args=["--resume"])
+    run, calls = _run_script(
+        build / "slurm.sbatch",
+        stub_path,
+        tmp_path,
+        {"SLURM_JOB_NODELIST": "node-[a-b]", "SLURM_SUBMIT_DIR": str(build)},
+        args=["--resume"],
+    )
     assert run.returncode == 0, run.stderr
     _no_pwned(tmp_path, build)
     # the hostile output folder is printed verbatim, as data
@@ -261,15 +291,21 @@ def test_injection_spec_runs_nothing_it_carries(builds, stub_path, tmp_path):
         assert argv[:2] == ["launch", "--config_file"] and argv[2] == f"{build}/accelerate.yaml"
         assert argv[argv.index("--machine_rank") + 1] == str(rank)
         assert argv[argv.index("--main_process_ip") + 1] == "node-a"  # first host of the allocation
-        assert argv[argv.index("--num_processes") + 1] == "4" and "--multi_gpu" in argv and "--cpu" not in argv
+        assert (
+            argv[argv.index("--num_processes") + 1] == "4" and "--multi_gpu" in argv and "--cpu" not in argv
+        )
         assert argv[-3:] == ["--plan", f"{build}/plan.json", "--resume"]
         assert "ACCELERATE_USE_CPU=true" in env and "OMP_NUM_THREADS=" in env
 
 
 def test_injection_through_launch_sh_directly(builds, stub_path, tmp_path):
     build = builds["injection"]
-    run, calls = _run_script(build / "launch.sh", stub_path, tmp_path,
-                             {"MACHINE_RANK": "1", "MAIN_PROCESS_IP": "$(touch PWNED_ip)"})
+    run, calls = _run_script(
+        build / "launch.sh",
+        stub_path,
+        tmp_path,
+        {"MACHINE_RANK": "1", "MAIN_PROCESS_IP": "$(touch PWNED_ip)"},
+    )
     assert run.returncode == 0, run.stderr
     _no_pwned(tmp_path, build)
     argv = calls[0][1]
@@ -312,8 +348,18 @@ def test_launch_command_forms(builds):
     plan = json.loads((builds["llama3.1-70b-lora-zero3-8xh100"] / "plan.json").read_text())
     argv, env = launch_command(plan, Path("/b"), resume=True)
     assert Path(argv[0]).name == "accelerate"
-    assert argv[1:] == ["launch", "--config_file", "/b/accelerate.yaml", "--deepspeed_config_file",
-                        "/b/deepspeed.json", "-m", "ftspec.runtime.train", "--plan", "/b/plan.json", "--resume"]
+    assert argv[1:] == [
+        "launch",
+        "--config_file",
+        "/b/accelerate.yaml",
+        "--deepspeed_config_file",
+        "/b/deepspeed.json",
+        "-m",
+        "ftspec.runtime.train",
+        "--plan",
+        "/b/plan.json",
+        "--resume",
+    ]
     assert env == {}
     two_node = json.loads((builds["qwen2.5-7b-full-fsdp-2node"] / "plan.json").read_text())
     with pytest.raises(ValueError, match="machine_rank"):
@@ -328,6 +374,7 @@ def test_launch_command_forms(builds):
 
 # ---------------------------------------------------------------------------------- kubernetes
 
+
 def test_pytorchjob_manifest_validates(builds):
     manifest = yaml.safe_load((builds["k8s-ddp-2node"] / "pytorchjob.yaml").read_text())
     errors = [e.message for e in Draft202012Validator(K8S_SCHEMA).iter_errors(manifest)]
@@ -341,8 +388,12 @@ def test_pytorchjob_manifest_validates(builds):
 
 
 def test_pytorchjob_escapes_kubernetes_variable_expansion(tmp_path):
-    result = compile_to(Path("tests/fixtures/compile/k8s-ddp-2node.yaml"), tmp_path / "b",
-                        container_build_dir="/data/$(HOME)/build", image="registry.local/ftspec:1")
+    result = compile_to(
+        Path("tests/fixtures/compile/k8s-ddp-2node.yaml"),
+        tmp_path / "b",
+        container_build_dir="/data/$(HOME)/build",
+        image="registry.local/ftspec:1",
+    )
     manifest = yaml.safe_load(result.files["pytorchjob.yaml"])
     container = manifest["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["bash", "/data/$$(HOME)/build/launch.sh"]
@@ -352,9 +403,15 @@ def test_pytorchjob_escapes_kubernetes_variable_expansion(tmp_path):
 
 # ------------------------------------------------------------------------- determinism and CLI
 
+
 def _cli(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "ftspec.compiler.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ftspec.compiler.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_second_compile_is_identical_and_replaces_in_place(tmp_path):
@@ -371,16 +428,30 @@ def test_second_compile_is_identical_and_replaces_in_place(tmp_path):
 
 def test_overrides_are_recorded_as_cli(tmp_path):
     build = tmp_path / "b"
-    run = _cli("compile", "tests/fixtures/compile/cpu-ddp.yaml", "-o", str(build),
-               "--set", "training.learning_rate=1e-3", "--set", "training.micro_batch_size=2")
+    run = _cli(
+        "compile",
+        "tests/fixtures/compile/cpu-ddp.yaml",
+        "-o",
+        str(build),
+        "--set",
+        "training.learning_rate=1e-3",
+        "--set",
+        "training.micro_batch_size=2",
+    )
     assert run.returncode == 0, run.stderr + run.stdout
     plan = json.loads((build / "plan.json").read_text())
     assert plan["spec"]["training"]["learning_rate"] == 0.001
     assert plan["sources"]["/spec/training/learning_rate"] == "cli"
     assert plan["sources"]["/derived/micro_batch_size"] == "cli"
     assert plan["derived"]["effective_batch"] == 4
-    bad = _cli("compile", "tests/fixtures/compile/cpu-ddp.yaml", "-o", str(tmp_path / "c"),
-               "--set", "training.micro_batch_size=zero")
+    bad = _cli(
+        "compile",
+        "tests/fixtures/compile/cpu-ddp.yaml",
+        "-o",
+        str(tmp_path / "c"),
+        "--set",
+        "training.micro_batch_size=zero",
+    )
     assert bad.returncode == 1 and not (tmp_path / "c").exists()
     assert "micro_batch_size" in bad.stdout
 
@@ -411,8 +482,9 @@ def test_failed_swap_keeps_previous_build(tmp_path, monkeypatch):
     from ftspec.compiler.compile import compile as build_mod
 
     target = tmp_path / "b"
-    build_mod.write_build({"plan.json": json.dumps({"metadata": {"kind": "ftspec-plan", "schema_version": 1}})},
-                          target)
+    build_mod.write_build(
+        {"plan.json": json.dumps({"metadata": {"kind": "ftspec-plan", "schema_version": 1}})}, target
+    )
     before = (target / "plan.json").read_text()
     real_replace = os.replace
 
@@ -429,15 +501,18 @@ def test_failed_swap_keeps_previous_build(tmp_path, monkeypatch):
 
 
 def test_compile_modules_import_no_heavy_stack():
-    code = ("import sys; import ftspec.compiler.compile.compile, ftspec.compiler.compile.render, ftspec.compiler.compile.launch_command, "
-            "ftspec.compiler.check.lockfile, ftspec.compiler.compile.review, ftspec.compiler.verbs.compile; "
-            "bad = [m for m in ('torch', 'transformers', 'accelerate', 'deepspeed', 'peft', 'datasets') "
-            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys; import ftspec.compiler.compile.compile, ftspec.compiler.compile.render, ftspec.compiler.compile.launch_command, "
+        "ftspec.compiler.check.lockfile, ftspec.compiler.compile.review, ftspec.compiler.verbs.compile; "
+        "bad = [m for m in ('torch', 'transformers', 'accelerate', 'deepspeed', 'peft', 'datasets') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
 
 
 # -------------------------------------------------------------------------------------- lock.json
+
 
 def _copy_fixture(tmp_path: Path) -> Path:
     dst = tmp_path / "proj"
@@ -456,14 +531,26 @@ def test_lock_records_and_detects_drift(tmp_path, monkeypatch):
     assert run.returncode == 0, run.stdout + run.stderr
     lock = json.loads((build / "lock.json").read_text())
     assert lock["packages"]["accelerate"]["installed"] == lockfile.installed_version("accelerate")
-    assert lock["model"]["chat_template"]["name"] == "chatml" and len(lock["model"]["chat_template"]["sha256"]) == 64
+    assert (
+        lock["model"]["chat_template"]["name"] == "chatml"
+        and len(lock["model"]["chat_template"]["sha256"]) == 64
+    )
     assert [f["path"] for f in lock["data"]] == ["data/train.jsonl"]
     assert lock["metadata"]["overrides"] == {}
-    overridden = _cli("compile", str(spec_path), "-o", str(tmp_path / "b2"), "--repo-root", str(tmp_path),
-                      "--set", "training.learning_rate=1e-4")
+    overridden = _cli(
+        "compile",
+        str(spec_path),
+        "-o",
+        str(tmp_path / "b2"),
+        "--repo-root",
+        str(tmp_path),
+        "--set",
+        "training.learning_rate=1e-4",
+    )
     assert overridden.returncode == 0, overridden.stdout + overridden.stderr
     assert json.loads((tmp_path / "b2" / "lock.json").read_text())["metadata"]["overrides"] == {
-        "/training/learning_rate": 1e-4}
+        "/training/learning_rate": 1e-4
+    }
 
     def drift():
         spec = load_spec(spec_path)
@@ -474,13 +561,21 @@ def test_lock_records_and_detects_drift(tmp_path, monkeypatch):
     if "unrecognized arguments: --lock" not in check.stderr:
         assert "FT061" not in check.stdout
     with open(spec_path.parent / "data" / "train.jsonl", "a") as fh:
-        fh.write(json.dumps({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}) + "\n")
+        fh.write(
+            json.dumps(
+                {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}
+            )
+            + "\n"
+        )
     codes = [d.code for d in drift()]
     assert codes == ["FT0612"]
     spec_path.write_text(spec_path.read_text().replace("learning_rate: 3.0e-3", "learning_rate: 2.0e-3"))
     assert sorted(d.code for d in drift()) == ["FT0611", "FT0612"]
-    monkeypatch.setattr(lockfile, "installed_version", lambda name: "0.0.1" if name == "peft" else
-                        lock["packages"].get(name, {}).get("installed"))
+    monkeypatch.setattr(
+        lockfile,
+        "installed_version",
+        lambda name: "0.0.1" if name == "peft" else lock["packages"].get(name, {}).get("installed"),
+    )
     assert "FT0614" in [d.code for d in drift()]
     (build / "lock.json").write_text(json.dumps({"metadata": {"kind": "ftspec-lock", "schema_version": 9}}))
     assert [d.code for d in drift()] == ["FT0610"]
@@ -525,6 +620,7 @@ def test_generated_cpu_launch_starts_every_process(builds, tmp_path):
 
 # ------------------------------------------------------------------------- review regressions
 
+
 def test_batch_arithmetic_agrees_in_every_artifact(builds):
     """train_batch_size = micro x accumulation x world, and the same micro/accumulation/world size, in
     plan.json, deepspeed.json, accelerate.yaml, the launch command and REVIEW.md, for every spec."""
@@ -543,17 +639,26 @@ def test_batch_arithmetic_agrees_in_every_artifact(builds):
         ds_path = build / "deepspeed.json"
         if ds_path.exists():
             ds = json.loads(ds_path.read_text())
-            assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] \
-                * world, name
-            assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (micro, accum), name
+            assert (
+                ds["train_batch_size"]
+                == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * world
+            ), name
+            assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
+                micro,
+                accum,
+            ), name
         review = (build / "REVIEW.md").read_text()
-        assert (f"effective {d['effective_batch']} = {micro} micro x {accum} accumulation x {world} processes"
-                in review), name
+        assert (
+            f"effective {d['effective_batch']} = {micro} micro x {accum} accumulation x {world} processes"
+            in review
+        ), name
         launch = (build / "launch.sh").read_text()
         if d["device"] == "cpu" and world > 1 and d["launcher"] != "torchrun":
             assert f"--num_processes {world}" in launch, name
         if d["launcher"] == "torchrun":
-            assert f"--nproc_per_node {d['gpus_per_node']}" in launch and f"--nnodes {d['nodes']}" in launch, name
+            assert (
+                f"--nproc_per_node {d['gpus_per_node']}" in launch and f"--nnodes {d['nodes']}" in launch
+            ), name
 
 
 def test_slurm_script_claims_whole_nodes(builds):
@@ -566,9 +671,12 @@ def test_slurm_script_claims_whole_nodes(builds):
         header = [line for line in text.splitlines() if line.startswith("#SBATCH")]
         assert "#SBATCH --exclusive" in header and "#SBATCH --mem=0" in header, script
         # every #SBATCH line comes before the first command, or sbatch ignores it
-        first_command = next(i for i, line in enumerate(text.splitlines())
-                             if line and not line.startswith("#"))
-        assert all(i < first_command for i, line in enumerate(text.splitlines()) if line.startswith("#SBATCH"))
+        first_command = next(
+            i for i, line in enumerate(text.splitlines()) if line and not line.startswith("#")
+        )
+        assert all(
+            i < first_command for i, line in enumerate(text.splitlines()) if line.startswith("#SBATCH")
+        )
 
 
 def test_replacing_a_build_keeps_files_compile_did_not_write(tmp_path):
@@ -594,8 +702,9 @@ def test_interrupted_swap_keeps_previous_build(tmp_path, monkeypatch):
     from ftspec.compiler.compile import compile as build_mod
 
     target = tmp_path / "b"
-    build_mod.write_build({"plan.json": json.dumps({"metadata": {"kind": "ftspec-plan", "schema_version": 1}})},
-                          target)
+    build_mod.write_build(
+        {"plan.json": json.dumps({"metadata": {"kind": "ftspec-plan", "schema_version": 1}})}, target
+    )
     before = (target / "plan.json").read_text()
     real_replace = os.replace
 
@@ -613,23 +722,44 @@ def test_interrupted_swap_keeps_previous_build(tmp_path, monkeypatch):
 
 def test_findings_about_set_values_name_the_override(tmp_path):
     """A finding on a --set value points at the file's line, which holds the replaced value: say so."""
-    run = _cli("compile", "tests/fixtures/compile/cpu-ddp.yaml", "-o", str(tmp_path / "b"),
-               "--set", "training.micro_batch_size=abc")
+    run = _cli(
+        "compile",
+        "tests/fixtures/compile/cpu-ddp.yaml",
+        "-o",
+        str(tmp_path / "b"),
+        "--set",
+        "training.micro_batch_size=abc",
+    )
     assert run.returncode == 1
     assert "(value from --set training.micro_batch_size)" in run.stdout
-    unknown = _cli("compile", "tests/fixtures/compile/cpu-ddp.yaml", "-o", str(tmp_path / "b"),
-                   "--set", "training.nonexistent=3")
-    assert "unknown key 'nonexistent'" in unknown.stdout and "(value from --set training.nonexistent)" in unknown.stdout
+    unknown = _cli(
+        "compile",
+        "tests/fixtures/compile/cpu-ddp.yaml",
+        "-o",
+        str(tmp_path / "b"),
+        "--set",
+        "training.nonexistent=3",
+    )
+    assert (
+        "unknown key 'nonexistent'" in unknown.stdout
+        and "(value from --set training.nonexistent)" in unknown.stdout
+    )
 
 
 def test_force_does_not_grant_remote_code(tmp_path):
     """Regression: --force compiled a trust_remote_code spec, and launch would have run the repo's code."""
     spec = _copy_fixture(tmp_path)
-    spec.write_text(spec.read_text().replace("  chat_template: chatml\n",
-                                             "  chat_template: chatml\n  trust_remote_code: true\n", 1))
+    spec.write_text(
+        spec.read_text().replace(
+            "  chat_template: chatml\n", "  chat_template: chatml\n  trust_remote_code: true\n", 1
+        )
+    )
     forced = _cli("compile", str(spec), "-o", str(tmp_path / "b"), "--force", "--repo-root", str(tmp_path))
     assert forced.returncode == 1 and "--allow-remote-code" in forced.stdout and not (tmp_path / "b").exists()
-    allowed = _cli("compile", str(spec), "-o", str(tmp_path / "b"), "--allow-remote-code", "--repo-root",
-                   str(tmp_path))
+    allowed = _cli(
+        "compile", str(spec), "-o", str(tmp_path / "b"), "--allow-remote-code", "--repo-root", str(tmp_path)
+    )
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
-    assert json.loads((tmp_path / "b" / "plan.json").read_text())["spec"]["model"]["trust_remote_code"] is True
+    assert (
+        json.loads((tmp_path / "b" / "plan.json").read_text())["spec"]["model"]["trust_remote_code"] is True
+    )

@@ -25,7 +25,9 @@ def _compile(spec, build):
         assert not result.plan["forced"]
         return result
     errors = [d for d in result.diagnostics if d.severity == "error"]
-    blocking = [f"{d.code} {d.message}" for d in errors if not d.code.startswith("FT03") and d.code != "FT0604"]
+    blocking = [
+        f"{d.code} {d.message}" for d in errors if not d.code.startswith("FT03") and d.code != "FT0604"
+    ]
     assert not blocking, f"{spec} does not compile: {blocking}"
     assert any(d.code == "FT0604" for d in errors), "a refusal says why (FT0604)"
     assert not build.exists(), "a refused compile writes nothing"
@@ -55,6 +57,10 @@ def test_golden(spec, tmp_path):
         # a spec added since the goldens were written: test_spec_compiles still covers it
         pytest.skip(f"no golden files for {spec} yet: run {REGENERATE}")
     expected = {p.name: p.read_text(encoding="utf-8") for p in sorted(folder.iterdir())}
-    assert sorted(produced) == sorted(expected), f"artifact set changed for {spec}: run {REGENERATE} if intended"
+    assert sorted(produced) == sorted(expected), (
+        f"artifact set changed for {spec}: run {REGENERATE} if intended"
+    )
     for name, text in produced.items():
-        assert text == expected[name], f"{spec}: {name} differs from {folder / name}; run {REGENERATE} if intended"
+        assert text == expected[name], (
+            f"{spec}: {name} differs from {folder / name}; run {REGENERATE} if intended"
+        )

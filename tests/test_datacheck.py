@@ -16,7 +16,11 @@ FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
 
 def record_findings(report) -> set[tuple[str, str, int]]:
-    return {(Path(d.file).name, d.code, d.line) for d in report.diagnostics if d.file and not d.file.endswith(".yaml")}
+    return {
+        (Path(d.file).name, d.code, d.line)
+        for d in report.diagnostics
+        if d.file and not d.file.endswith(".yaml")
+    }
 
 
 def test_defects_dataset_every_defect_at_its_line():
@@ -43,8 +47,14 @@ def test_defects_dataset_every_defect_at_its_line():
     s = report.summary
     assert s["records"] == {"train": 35, "eval": 6}
     assert s["usable"] == {"train": 30, "eval": 6}
-    assert s["errors"] == {"empty-content": 1, "eval-contaminated": 3, "invalid-json": 1,
-                           "no-assistant-turn": 1, "turns-out-of-order": 1, "wrong-format": 1}
+    assert s["errors"] == {
+        "empty-content": 1,
+        "eval-contaminated": 3,
+        "invalid-json": 1,
+        "no-assistant-turn": 1,
+        "turns-out-of-order": 1,
+        "wrong-format": 1,
+    }
     assert s["warnings"] == {"exact-duplicate": 2}
     assert s["duplicates"]["exact"] == 2
     assert [(p["line"], p["duplicate_of"]) for p in s["duplicates"]["pairs"]] == [(26, 3), (27, 5)]
@@ -53,7 +63,10 @@ def test_defects_dataset_every_defect_at_its_line():
     assert s["status"] == "fail" and not report.ok
     # summary findings point at the spec field that governs them
     spec_side = {d.code: d for d in report.diagnostics if d.file.endswith("spec.yaml")}
-    assert spec_side["FT0527"].severity == "error" and spec_side["FT0527"].pointer == "/dataset/checks/max_contaminated"
+    assert (
+        spec_side["FT0527"].severity == "error"
+        and spec_side["FT0527"].pointer == "/dataset/checks/max_contaminated"
+    )
     assert spec_side["FT0524"].pointer == "/dataset/checks/dedup"
     assert spec_side["FT0540"].severity == "info"
     json.dumps(s)  # JSON-able
@@ -67,7 +80,10 @@ def test_clean_dataset_passes():
     assert s["status"] == "pass" and s["errors"] == {} and s["warnings"] == {}
     assert s["records"] == {"train": 30, "eval": 6} and s["train_examples"] == 30 and s["eval_examples"] == 6
     assert s["system_prompt"] == {"policy": "consistent", "with": 36, "without": 0}
-    assert s["lengths"]["method"] == "estimate" and s["lengths"]["p50"] <= s["lengths"]["p95"] <= s["lengths"]["max"]
+    assert (
+        s["lengths"]["method"] == "estimate"
+        and s["lengths"]["p50"] <= s["lengths"]["p95"] <= s["lengths"]["max"]
+    )
     assert len(s["samples"]) == 5
     text = report.text()
     assert "ESTIMATE" in text and "{+Item 0 on page 3 is sold in red; order code RE-0000.<|im_end|>+}" in text
@@ -77,7 +93,11 @@ def test_clean_dataset_passes():
 def test_json_array_file_same_results(tmp_path):
     src = FIXTURES / "clean"
     (tmp_path / "train.json").write_text((src / "train_array.json").read_text())
-    broken = (src / "train_array.json").read_text().replace('"role": "assistant", "content": "Item 4', '"role": "assistant" "content": "Item 4')
+    broken = (
+        (src / "train_array.json")
+        .read_text()
+        .replace('"role": "assistant", "content": "Item 4', '"role": "assistant" "content": "Item 4')
+    )
     (tmp_path / "broken.json").write_text(broken)
     report = check(write_spec(tmp_path, {"train": "train.json"}))
     assert report.ok and report.summary["files"][0]["layout"] == "json-array"
@@ -88,31 +108,82 @@ def test_json_array_file_same_results(tmp_path):
 
 
 def test_record_structure_findings(tmp_path):
-    write_jsonl(tmp_path / "t.jsonl", [
-        chatml("q", "a"),                                                                  # 1 fine
-        {"messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]},  # 2 unknown role
-        {"messages": [{"role": "user", "content": "q"}, {"role": "system", "content": "s"},
-                      {"role": "assistant", "content": "a"}]},                              # 3 system not first
-        {"messages": [{"role": "user", "content": ["q"]}, {"role": "assistant", "content": "a"}]},  # 4 list content
-        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
-                      {"role": "user", "content": "more"}]},                                # 5 ends with user
-        {"messages": [{"role": "user", "content": "<|im_start|>user hi"}, {"role": "assistant", "content": "a"}]},  # 6
-        {"messages": [{"role": "user", "content": "Assistant: hello"}, {"role": "assistant", "content": "a"}]},  # 7
-        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a\nUser: next?"}]},  # 8
-        [1, 2],                                                                             # 9 not an object
-        {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},  # 10 sharegpt
-        {"messages": "hello"},                                                              # 11 not a list
-        {"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]},            # 12 no content
-        {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"},
-                      {"role": "assistant", "content": "b"}]},                              # 13 starts with assistant
-        "",                                                                                 # 14 blank line: skipped
-        {"text": "plain"},                                                                  # 15 plain text
-    ])
+    write_jsonl(
+        tmp_path / "t.jsonl",
+        [
+            chatml("q", "a"),  # 1 fine
+            {
+                "messages": [{"role": "user", "content": "q"}, {"role": "bot", "content": "a"}]
+            },  # 2 unknown role
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "system", "content": "s"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },  # 3 system not first
+            {
+                "messages": [{"role": "user", "content": ["q"]}, {"role": "assistant", "content": "a"}]
+            },  # 4 list content
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a"},
+                    {"role": "user", "content": "more"},
+                ]
+            },  # 5 ends with user
+            {
+                "messages": [
+                    {"role": "user", "content": "<|im_start|>user hi"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },  # 6
+            {
+                "messages": [
+                    {"role": "user", "content": "Assistant: hello"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },  # 7
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a\nUser: next?"},
+                ]
+            },  # 8
+            [1, 2],  # 9 not an object
+            {
+                "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]
+            },  # 10 sharegpt
+            {"messages": "hello"},  # 11 not a list
+            {"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]},  # 12 no content
+            {
+                "messages": [
+                    {"role": "assistant", "content": "a"},
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "b"},
+                ]
+            },  # 13 starts with assistant
+            "",  # 14 blank line: skipped
+            {"text": "plain"},  # 15 plain text
+        ],
+    )
     report = check(write_spec(tmp_path, {"train": "t.jsonl", "system_prompt": "any"}))
     got = sorted((d.line, d.code) for d in report.diagnostics if d.file.endswith("t.jsonl"))
-    assert got == [(2, "FT0506"), (3, "FT0507"), (4, "FT0512"), (5, "FT0510"), (6, "FT0513"), (7, "FT0514"),
-                   (8, "FT0514"), (9, "FT0503"), (10, "FT0504"), (11, "FT0505"), (12, "FT0505"),
-                   (13, "FT0508"), (15, "FT0504")]
+    assert got == [
+        (2, "FT0506"),
+        (3, "FT0507"),
+        (4, "FT0512"),
+        (5, "FT0510"),
+        (6, "FT0513"),
+        (7, "FT0514"),
+        (8, "FT0514"),
+        (9, "FT0503"),
+        (10, "FT0504"),
+        (11, "FT0505"),
+        (12, "FT0505"),
+        (13, "FT0508"),
+        (15, "FT0504"),
+    ]
     messages = {d.line: d.message for d in report.diagnostics if d.file.endswith("t.jsonl")}
     assert "sharegpt" in messages[10] and "plain text" in messages[15] and "'bot'" in messages[2]
     assert "'<|im_start|>'" in messages[6] and "'Assistant:'" in messages[7]
@@ -120,27 +191,52 @@ def test_record_structure_findings(tmp_path):
 
 
 def test_sharegpt_and_alpaca_formats(tmp_path):
-    write_jsonl(tmp_path / "s.jsonl", [
-        {"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
-        {"conversations": [{"from": "human", "value": "q"}, {"from": "assistant", "value": "a"}]},
-        {"conversations": [{"role": "user", "content": "q"}]},
-        chatml("q", "a"),
-    ])
+    write_jsonl(
+        tmp_path / "s.jsonl",
+        [
+            {
+                "conversations": [
+                    {"from": "system", "value": "s"},
+                    {"from": "human", "value": "q"},
+                    {"from": "gpt", "value": "a"},
+                ]
+            },
+            {"conversations": [{"from": "human", "value": "q"}, {"from": "assistant", "value": "a"}]},
+            {"conversations": [{"role": "user", "content": "q"}]},
+            chatml("q", "a"),
+        ],
+    )
     report = check(write_spec(tmp_path, {"train": "s.jsonl", "format": "sharegpt", "system_prompt": "any"}))
     assert sorted((d.line, d.code) for d in report.diagnostics if d.line and d.file.endswith("s.jsonl")) == [
-        (2, "FT0506"), (3, "FT0505"), (4, "FT0504")]
-    write_jsonl(tmp_path / "a.jsonl", [
-        {"instruction": "Name a colour.", "input": "", "output": "Red."},
-        {"instruction": "Translate", "input": "rot", "output": " "},
-        {"instruction": "x"},
-        {"instruction": "y", "input": 3, "output": "z"},
-        {"instruction": "### Response: leaked", "output": "ok"},
-        chatml("q", "a"),
-    ])
-    report = check(write_spec(tmp_path, {"train": "a.jsonl", "format": "alpaca", "system_prompt": "any"},
-                              model={"id": "builtin:tiny-llama", "chat_template": "alpaca"}))
+        (2, "FT0506"),
+        (3, "FT0505"),
+        (4, "FT0504"),
+    ]
+    write_jsonl(
+        tmp_path / "a.jsonl",
+        [
+            {"instruction": "Name a colour.", "input": "", "output": "Red."},
+            {"instruction": "Translate", "input": "rot", "output": " "},
+            {"instruction": "x"},
+            {"instruction": "y", "input": 3, "output": "z"},
+            {"instruction": "### Response: leaked", "output": "ok"},
+            chatml("q", "a"),
+        ],
+    )
+    report = check(
+        write_spec(
+            tmp_path,
+            {"train": "a.jsonl", "format": "alpaca", "system_prompt": "any"},
+            model={"id": "builtin:tiny-llama", "chat_template": "alpaca"},
+        )
+    )
     assert sorted((d.line, d.code) for d in report.diagnostics if d.line and d.file.endswith("a.jsonl")) == [
-        (2, "FT0511"), (3, "FT0505"), (4, "FT0512"), (5, "FT0513"), (6, "FT0504")]
+        (2, "FT0511"),
+        (3, "FT0505"),
+        (4, "FT0512"),
+        (5, "FT0513"),
+        (6, "FT0504"),
+    ]
     assert "chatml" in [d.message for d in report.diagnostics if d.line == 6][0]
     sample = report.summary["samples"][0]
     assert sample["trained_text"] == ["Red.</s>"] and "### Instruction:\nName a colour." in sample["rendered"]
@@ -163,13 +259,19 @@ def test_system_prompt_policies(tmp_path):
 
 
 def test_near_duplicates(tmp_path):
-    base = ("the quick brown fox jumps over the lazy dog while the farmer counts sheep in the green "
-            "valley under a pale blue sky and the river runs down to the sea past the old mill")
-    records = [chatml("Tell me a story about animals", base),
-               chatml("Tell me a story about animals", base.replace("pale", "bright")),
-               chatml("Something else entirely", "a completely different answer about databases and indexes")]
+    base = (
+        "the quick brown fox jumps over the lazy dog while the farmer counts sheep in the green "
+        "valley under a pale blue sky and the river runs down to the sea past the old mill"
+    )
+    records = [
+        chatml("Tell me a story about animals", base),
+        chatml("Tell me a story about animals", base.replace("pale", "bright")),
+        chatml("Something else entirely", "a completely different answer about databases and indexes"),
+    ]
     write_jsonl(tmp_path / "t.jsonl", records)
-    report = check(write_spec(tmp_path, {"train": "t.jsonl", "checks": {"dedup": "near", "near_dup_threshold": 0.8}}))
+    report = check(
+        write_spec(tmp_path, {"train": "t.jsonl", "checks": {"dedup": "near", "near_dup_threshold": 0.8}})
+    )
     (near,) = [d for d in report.diagnostics if d.code == "FT0525"]
     assert near.line == 2 and near.message.endswith("of line 1")
     assert report.summary["duplicates"]["near"] == 1 and report.summary["duplicates"]["exact"] == 0
@@ -185,9 +287,13 @@ def test_sha256_pins(tmp_path):
     report = check(write_spec(tmp_path, {"train": "t.jsonl", "sha256": {"train": "0" * 64}}))
     (bad,) = [d for d in report.diagnostics if d.code == "FT0529"]
     assert bad.pointer == "/dataset/sha256/train" and digest in bad.message
-    report = check(write_spec(tmp_path, {"train": "t.jsonl", "sha256": {"eval": digest, "other.jsonl": digest}}))
+    report = check(
+        write_spec(tmp_path, {"train": "t.jsonl", "sha256": {"eval": digest, "other.jsonl": digest}})
+    )
     assert sorted(d.pointer for d in report.diagnostics if d.code == "FT0530") == [
-        "/dataset/sha256/eval", "/dataset/sha256/other.jsonl"]
+        "/dataset/sha256/eval",
+        "/dataset/sha256/other.jsonl",
+    ]
 
 
 def test_sha256_only_for_pinned_files(tmp_path):
@@ -222,7 +328,7 @@ def test_line_blocks_cover_every_line_once(tmp_path, block):
                 seen = []
                 for data, end in reader.line_blocks(block):
                     seen.extend(data[:end].split(b"\n"))
-                assert b"\n".join(seen) == content[len(bom):].removesuffix(b"\n")
+                assert b"\n".join(seen) == content[len(bom) :].removesuffix(b"\n")
                 assert reader.sha256 == (hashlib.sha256(content).hexdigest() if digest else None)
 
 
@@ -235,7 +341,9 @@ def test_min_examples_eval_split_and_mix(tmp_path):
     report = check(write_spec(tmp_path, {"train": "task.jsonl", "eval_split": 0.1}))
     assert report.summary["eval_examples"] == 4 and report.summary["train_examples"] == 36
     assert [d.pointer for d in report.diagnostics if d.code == "FT0531"] == ["/dataset/eval_split"]
-    report = check(write_spec(tmp_path, {"train": [{"path": "task.jsonl"}, {"path": "general.jsonl", "fraction": 0.2}]}))
+    report = check(
+        write_spec(tmp_path, {"train": [{"path": "task.jsonl"}, {"path": "general.jsonl", "fraction": 0.2}]})
+    )
     assert report.summary["train_examples"] == 50  # 40 task examples are 80% of the mix
     (short,) = [d for d in report.diagnostics if d.code == "FT0532"]
     assert short.pointer == "/dataset/train/1/fraction" and "needs 10" in short.message
@@ -270,7 +378,9 @@ def test_truncation_estimate_and_p95(tmp_path):
     s = report.summary
     assert s["sequence_len_p95"] == s["lengths"]["p95"] == s["lengths"]["sequence_len"]
     assert s["lengths"]["truncated"] == 1 and s["lengths"]["sequence_len_setting"] == "p95"
-    report = check(write_spec(tmp_path, {"train": "t.jsonl", "truncation": "drop"}, training={"sequence_len": 64}))
+    report = check(
+        write_spec(tmp_path, {"train": "t.jsonl", "truncation": "drop"}, training={"sequence_len": 64})
+    )
     assert report.summary["lengths"]["dropped"] == 1 and found(report, "FT0542") == []
     assert [d.code for d in report.diagnostics if d.code == "FT0543"] == ["FT0543"]
 
@@ -280,8 +390,14 @@ def test_tokenizer_lengths_and_masks(tmp_path):
     records = [chatml(f"which colour goes with item {i}?", f"item {i} is sold in red.") for i in range(4)]
     records.append(chatml("which colour " * 60, "red."))
     write_jsonl(tmp_path / "t.jsonl", records)
-    report = check(write_spec(tmp_path, {"train": "t.jsonl"}, model={"id": "model", "chat_template": "model"},
-                              training={"sequence_len": 48}))
+    report = check(
+        write_spec(
+            tmp_path,
+            {"train": "t.jsonl"},
+            model={"id": "model", "chat_template": "model"},
+            training={"sequence_len": 48},
+        )
+    )
     s = report.summary
     assert s["lengths"]["method"] == "tokenizer" and s["lengths"]["tokenizer"].endswith("tokenizer.json")
     assert s["template"]["rendered"] == "every record" and s["template"]["terminators"][0] == "<|im_end|>"
@@ -297,7 +413,8 @@ def test_tokenizer_lengths_and_masks(tmp_path):
 def test_model_template_without_terminator_or_generation(tmp_path):
     no_terminator = ct.template_source("chatml").replace(
         "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}",
-        "{%- generation %}{{- message['content'] }}{%- endgeneration %}{{- '<|im_end|>' }}")
+        "{%- generation %}{{- message['content'] }}{%- endgeneration %}{{- '<|im_end|>' }}",
+    )
     assert no_terminator != ct.template_source("chatml")
     write_model_dir(tmp_path / "m1", no_terminator)
     write_jsonl(tmp_path / "t.jsonl", [chatml("q one", "answer one"), chatml("q two", "answer two")])
@@ -308,8 +425,14 @@ def test_model_template_without_terminator_or_generation(tmp_path):
     write_model_dir(tmp_path / "m2", plain)
     report = check(write_spec(tmp_path, {"train": "t.jsonl"}, model={"id": "m2", "chat_template": "model"}))
     assert [d.pointer for d in report.diagnostics if d.code == "FT0552"] == ["/model/chat_template"]
-    report = check(write_spec(tmp_path, {"train": "t.jsonl"}, model={"id": "m2", "chat_template": "model"},
-                              training={"loss_on": "all"}))
+    report = check(
+        write_spec(
+            tmp_path,
+            {"train": "t.jsonl"},
+            model={"id": "m2", "chat_template": "model"},
+            training={"loss_on": "all"},
+        )
+    )
     assert report.ok
     write_model_dir(tmp_path / "m3", "{% for m in messages %}{{ m.content }")
     report = check(write_spec(tmp_path, {"train": "t.jsonl"}, model={"id": "m3", "chat_template": "model"}))
@@ -317,7 +440,9 @@ def test_model_template_without_terminator_or_generation(tmp_path):
     write_model_dir(tmp_path / "m4", None)
     report = check(write_spec(tmp_path, {"train": "t.jsonl"}, model={"id": "m4", "chat_template": "model"}))
     assert [d.severity for d in report.diagnostics if d.code == "FT0551"] == ["error"]
-    report = check(write_spec(tmp_path, {"train": "t.jsonl"}, model={"id": "org/hub-model", "chat_template": "model"}))
+    report = check(
+        write_spec(tmp_path, {"train": "t.jsonl"}, model={"id": "org/hub-model", "chat_template": "model"})
+    )
     assert [d.severity for d in report.diagnostics if d.code == "FT0551"] == ["warning"]
 
 
@@ -333,7 +458,9 @@ def test_unreadable_empty_and_capped_files(tmp_path):
     assert len(found(report, "FT0502")) == 50 and report.summary["errors"]["invalid-json"] == 60
     (more,) = [d for d in report.diagnostics if d.code == "FT0555"]
     assert "10 more FT0502" in more.message
-    (tmp_path / "latin1.jsonl").write_bytes(json.dumps(chatml("caf\u00e9", "ok"), ensure_ascii=False).encode("latin-1") + b"\n")
+    (tmp_path / "latin1.jsonl").write_bytes(
+        json.dumps(chatml("caf\u00e9", "ok"), ensure_ascii=False).encode("latin-1") + b"\n"
+    )
     report = check(write_spec(tmp_path, {"train": "latin1.jsonl"}))
     assert found(report, "FT0502") == [1] and "UTF-8" in report.diagnostics[0].message
 
@@ -346,7 +473,10 @@ def test_memory_is_flat_in_the_number_of_records(tmp_path):
     for n in (2_000, 20_000):
         with open(tmp_path / f"r{n}.jsonl", "w") as fh:
             for i in range(n):
-                fh.write(json.dumps(chatml(f"question {i} " + "padding " * 40, f"answer {i} " + "text " * 40)) + "\n")
+                fh.write(
+                    json.dumps(chatml(f"question {i} " + "padding " * 40, f"answer {i} " + "text " * 40))
+                    + "\n"
+                )
     check(write_spec(tmp_path, {"train": "r2000.jsonl"}))  # warm caches (catalogs, compiled template)
     peaks = {}
     for n in (2_000, 20_000):
@@ -364,9 +494,11 @@ def test_memory_is_flat_in_the_number_of_records(tmp_path):
 
 
 def test_compiler_datacheck_imports_no_heavy_stack():
-    code = ("import sys; import ftspec.compiler.check.data.datacheck, ftspec.compiler.dataset.chat_templates; "
-            "bad = [m for m in ('torch', 'transformers', 'datasets', 'peft', 'accelerate') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys; import ftspec.compiler.check.data.datacheck, ftspec.compiler.dataset.chat_templates; "
+        "bad = [m for m in ('torch', 'transformers', 'datasets', 'peft', 'accelerate') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 

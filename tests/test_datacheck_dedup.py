@@ -59,6 +59,7 @@ def test_bulk_blocks_and_single_records_interleave_in_read_order():
 
 def test_keys_sharing_their_first_64_bits_are_told_apart():
     """The bulk sort looks at the first half of each hash; rows that share it are compared in full."""
+
     def digest(high: int, low: int) -> bytes:
         return struct.pack("<QQ", high, low)
 
@@ -84,7 +85,9 @@ def test_duplicates_across_files_of_both_layouts_at_their_lines(tmp_path, monkey
         if i % 37 == 5:
             rows.append(chatml(f"q{i % 30}", f"a{i % 30}"))  # repeats a.json
         elif i % 41 == 9:
-            rows.append(chatml(f"  q{i - 9} in\tb\n", f"a{i - 9} "))  # repeats an earlier line, whitespace changed
+            rows.append(
+                chatml(f"  q{i - 9} in\tb\n", f"a{i - 9} ")
+            )  # repeats an earlier line, whitespace changed
         elif i == 100:
             rows.append('{"messages": [broken')
         else:

@@ -22,10 +22,41 @@ from hypothesis import strategies as st
 pytestmark = pytest.mark.skipif(not data_fast.AVAILABLE, reason="msgspec/numpy not installed")
 
 MARKERS = ("<|im_start|>", "<|im_end|>", "### Response:", "[INST]", "<s>")
-WORDS = ["hello", "world", "user", "User", "assistant", "ASSISTANT", "system", "ai", "bot", "human", "gpt",
-         "answer", "Q1", "é", "日本", "x", "aside", "bottle"]
-HAZARDS = ["<|im_end|>", "### Response:", "[INST]", "<s>", ":", " :", "\nUser:", "\n human :", "\nassistant:",
-           "\x00", "\x02", "\x03", "\ud800"]
+WORDS = [
+    "hello",
+    "world",
+    "user",
+    "User",
+    "assistant",
+    "ASSISTANT",
+    "system",
+    "ai",
+    "bot",
+    "human",
+    "gpt",
+    "answer",
+    "Q1",
+    "é",
+    "日本",
+    "x",
+    "aside",
+    "bottle",
+]
+HAZARDS = [
+    "<|im_end|>",
+    "### Response:",
+    "[INST]",
+    "<s>",
+    ":",
+    " :",
+    "\nUser:",
+    "\n human :",
+    "\nassistant:",
+    "\x00",
+    "\x02",
+    "\x03",
+    "\ud800",
+]
 SPACES = [" ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u3000", "\x1c", "\x0b", ""]
 
 
@@ -52,33 +83,76 @@ def records(draw) -> bytes:
     """A JSON Lines line: mostly ChatML with the usual turn order, mutated in the ways data goes wrong."""
     shape = draw(st.sampled_from(["usual"] * 6 + ["roles", "keys", "raw", "other"]))
     if shape == "raw":
-        return draw(st.sampled_from([b"", b"  ", b"{", b'{"messages": [}', b"[1, 2]", b'"text"', b"\xff\xfe",
-                                     b'{"messages": [{"role": "user", "content": "a"}]} {}',
-                                     b'{"messages": [{"role": "user", "content": "a\\u0000b"}, '
-                                     b'{"role": "assistant", "content": "c"}], "x": NaN}']))
+        return draw(
+            st.sampled_from(
+                [
+                    b"",
+                    b"  ",
+                    b"{",
+                    b'{"messages": [}',
+                    b"[1, 2]",
+                    b'"text"',
+                    b"\xff\xfe",
+                    b'{"messages": [{"role": "user", "content": "a"}]} {}',
+                    b'{"messages": [{"role": "user", "content": "a\\u0000b"}, '
+                    b'{"role": "assistant", "content": "c"}], "x": NaN}',
+                ]
+            )
+        )
     if shape == "other":
-        return json.dumps(draw(st.sampled_from([{"instruction": "a", "output": "b"}, {"text": "t"}, {"messages": "m"},
-                                                {"messages": []}, {"conversations": []}]))).encode()
+        return json.dumps(
+            draw(
+                st.sampled_from(
+                    [
+                        {"instruction": "a", "output": "b"},
+                        {"text": "t"},
+                        {"messages": "m"},
+                        {"messages": []},
+                        {"conversations": []},
+                    ]
+                )
+            )
+        ).encode()
     pairs = draw(st.integers(1, 3))
     roles = (["system"] if draw(st.booleans()) else []) + ["user", "assistant"] * pairs
     if shape == "roles":
-        roles = draw(st.lists(st.sampled_from(["system", "user", "assistant", "tool", "User"]), min_size=1, max_size=6))
+        roles = draw(
+            st.lists(st.sampled_from(["system", "user", "assistant", "tool", "User"]), min_size=1, max_size=6)
+        )
     turns: list = [{"role": role, "content": draw(contents())} for role in roles]
     if shape == "keys" and turns:
         i = draw(st.integers(0, len(turns) - 1))
-        turns[i] = draw(st.sampled_from([{"role": "user"}, {"content": "x"}, "turn", {"role": 1, "content": "x"},
-                                         {**turns[i], "extra": [1]}, {**turns[i], "name": None}]))
+        turns[i] = draw(
+            st.sampled_from(
+                [
+                    {"role": "user"},
+                    {"content": "x"},
+                    "turn",
+                    {"role": 1, "content": "x"},
+                    {**turns[i], "extra": [1]},
+                    {**turns[i], "name": None},
+                ]
+            )
+        )
     record: dict = {"messages": turns}
     if draw(st.integers(0, 5)) == 0:
         record["meta"] = draw(st.sampled_from([{"id": 1}, [1, 2], "x", 10**30]))
     ascii_only = draw(st.booleans())
-    text = json.dumps(record, ensure_ascii=ascii_only, separators=draw(st.sampled_from([(",", ":"), (", ", ": ")])))
+    text = json.dumps(
+        record, ensure_ascii=ascii_only, separators=draw(st.sampled_from([(",", ":"), (", ", ": ")]))
+    )
     return text.encode("utf-8", "surrogatepass")
 
 
 def _config(policy: str, limit: int | None = 40, loss_all: bool = False) -> data_fast.FastConfig:
-    return data_fast.FastConfig(markers=LeakScanner(MARKERS).markers, estimator=Estimator(), limit=limit,
-                                loss_all=loss_all, policy=policy, samples=3)
+    return data_fast.FastConfig(
+        markers=LeakScanner(MARKERS).markers,
+        estimator=Estimator(),
+        limit=limit,
+        loss_all=loss_all,
+        policy=policy,
+        samples=3,
+    )
 
 
 def _slow_verdict(raw: bytes, line: int, policy: str, leaks: LeakScanner):
@@ -133,21 +207,37 @@ def _check_block(lines: list[bytes], block: data_fast.Block, cfg: data_fast.Fast
             assert block.samples[k] == messages
     assert block.hist == hist and block.trained == trained and block.with_system == with_system
     for flag in (True, False):
-        firsts = [k for k, i in enumerate(block.lines) if (_slow_verdict(lines[i], i + 1, policy, leaks)[2][0][0]
-                                                           == "system") == flag][: data_fast.SYSTEM_LINES]
+        firsts = [
+            k
+            for k, i in enumerate(block.lines)
+            if (_slow_verdict(lines[i], i + 1, policy, leaks)[2][0][0] == "system") == flag
+        ][: data_fast.SYSTEM_LINES]
         assert block.system_first[flag] == firsts
 
 
 def _same_blocks(a: data_fast.Block, b: data_fast.Block) -> None:
     assert list(a.lines) == list(b.lines)
-    for name in ("nlines", "hashes", "hist", "trained", "over", "with_system", "system_first", "samples", "slow"):
+    for name in (
+        "nlines",
+        "hashes",
+        "hist",
+        "trained",
+        "over",
+        "with_system",
+        "system_first",
+        "samples",
+        "slow",
+    ):
         assert getattr(a, name) == getattr(b, name), name
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(lines=st.lists(records(), min_size=1, max_size=25),
-       policy=st.sampled_from(["consistent", "required", "forbidden", "any"]),
-       loss_all=st.booleans(), limit=st.sampled_from([None, 12, 40, 10_000]))
+@given(
+    lines=st.lists(records(), min_size=1, max_size=25),
+    policy=st.sampled_from(["consistent", "required", "forbidden", "any"]),
+    loss_all=st.booleans(),
+    limit=st.sampled_from([None, 12, 40, 10_000]),
+)
 def test_fast_path_calls_clean_only_what_the_per_record_path_passes(lines, policy, loss_all, limit):
     cfg = _config(policy, limit, loss_all)
     block = data_fast.scan_block(b"\n".join(lines), cfg)
@@ -157,8 +247,32 @@ def test_fast_path_calls_clean_only_what_the_per_record_path_passes(lines, polic
 
 # Lines as json.dumps writes them, ASCII without escapes, which the plain path reads from the bytes,
 # and the small ways they stop being that.
-PLAIN_WORDS = ["hello", "world", "User", "user", "assistant", "AI", "bot", "sy", "Q1", "x", "a:b", "{", "}]}", ",",
-               "[", "[INST]", "<|im_end|>", "<s>", "#", "### Response:", "role", "content", "messages", ":"]
+PLAIN_WORDS = [
+    "hello",
+    "world",
+    "User",
+    "user",
+    "assistant",
+    "AI",
+    "bot",
+    "sy",
+    "Q1",
+    "x",
+    "a:b",
+    "{",
+    "}]}",
+    ",",
+    "[",
+    "[INST]",
+    "<|im_end|>",
+    "<s>",
+    "#",
+    "### Response:",
+    "role",
+    "content",
+    "messages",
+    ":",
+]
 
 
 @st.composite
@@ -169,8 +283,10 @@ def plain_contents(draw) -> str:
     if kind == "spaces":
         return " " * draw(st.integers(1, 3))
     words = draw(st.lists(st.sampled_from(PLAIN_WORDS[:10] * 4 + PLAIN_WORDS[10:]), min_size=1, max_size=6))
-    gaps = draw(st.lists(st.sampled_from([" "] * 8 + ["  "]), min_size=len(words) + 1, max_size=len(words) + 1))
-    text = "".join(g + w for g, w in zip(gaps, words, strict=False))[len(gaps[0]):]
+    gaps = draw(
+        st.lists(st.sampled_from([" "] * 8 + ["  "]), min_size=len(words) + 1, max_size=len(words) + 1)
+    )
+    text = "".join(g + w for g, w in zip(gaps, words, strict=False))[len(gaps[0]) :]
     if draw(st.integers(0, 9)) == 0:
         text = " " + text if draw(st.booleans()) else text + " "
     if kind == "tab":
@@ -187,7 +303,11 @@ def plain_records(draw) -> bytes:
     if draw(st.integers(0, 7)) == 0:
         roles = draw(st.lists(st.sampled_from(["system", "user", "assistant"]), min_size=1, max_size=5))
     turns = [{"role": role, "content": draw(plain_contents())} for role in roles]
-    shape = draw(st.sampled_from(["plain"] * 12 + ["compact", "content first", "extra key", "extra turn key", "spaced"]))
+    shape = draw(
+        st.sampled_from(
+            ["plain"] * 12 + ["compact", "content first", "extra key", "extra turn key", "spaced"]
+        )
+    )
     if shape == "content first":
         turns[0] = {"content": turns[0]["content"], "role": turns[0]["role"]}
     elif shape == "extra turn key":
@@ -202,9 +322,12 @@ def plain_records(draw) -> bytes:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(lines=st.lists(plain_records(), min_size=1, max_size=30),
-       policy=st.sampled_from(["consistent", "required", "forbidden", "any"]),
-       loss_all=st.booleans(), limit=st.sampled_from([None, 12, 40, 10_000]))
+@given(
+    lines=st.lists(plain_records(), min_size=1, max_size=30),
+    policy=st.sampled_from(["consistent", "required", "forbidden", "any"]),
+    loss_all=st.booleans(),
+    limit=st.sampled_from([None, 12, 40, 10_000]),
+)
 def test_plain_path_reads_lines_as_the_decoding_path_does(lines, policy, loss_all, limit):
     cfg = _config(policy, limit, loss_all)
     data = b"\n".join(lines)
@@ -219,7 +342,10 @@ def test_plain_path_takes_json_dumps_lines_and_nothing_else():
     """The plain path is not vacuous: clean records as json.dumps writes them (ASCII, no escapes) come
     out of it in bulk, each line its own dedup key; any other layout is left to the decoding path."""
     cfg = _config("consistent")
-    records = [chatml(f"Question {i}: what is {i}?", f"It is {i}.", "Be brief." if i % 2 else None) for i in range(40)]
+    records = [
+        chatml(f"Question {i}: what is {i}?", f"It is {i}.", "Be brief." if i % 2 else None)
+        for i in range(40)
+    ]
     lines = [json.dumps(r).encode() for r in records]
     data = b"\n".join(lines)
     block = data_fast._scan_plain(data, len(data), cfg)
@@ -228,7 +354,9 @@ def test_plain_path_takes_json_dumps_lines_and_nothing_else():
     _same_blocks(block, data_fast.scan_block(data, cfg, plain=False))
     variants = {
         "compact": json.dumps(records[3], separators=(",", ":")),
-        "content first": json.dumps({"messages": [{"content": "q", "role": "user"}, {"role": "assistant", "content": "a"}]}),
+        "content first": json.dumps(
+            {"messages": [{"content": "q", "role": "user"}, {"role": "assistant", "content": "a"}]}
+        ),
         "extra key": json.dumps({**records[3], "id": 3}),
         "escape": json.dumps(chatml("two\nlines", "a")),
         "non-ASCII": json.dumps(chatml("café", "a"), ensure_ascii=False),
@@ -237,7 +365,9 @@ def test_plain_path_takes_json_dumps_lines_and_nothing_else():
         "empty": json.dumps(chatml("", "a")),
         "label": json.dumps(chatml("User: q", "a")),
         "markup": json.dumps(chatml("q [INST] q", "a")),
-        "order": json.dumps({"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}),
+        "order": json.dumps(
+            {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]}
+        ),
         "blank line": "",
         "CRLF": json.dumps(records[3]) + "\r",
     }
@@ -251,8 +381,11 @@ def test_decoding_a_block_at_once_keeps_records_on_their_lines():
     """A line holding two records, or a record over two lines, must not shift the records after it."""
     cfg = _config("consistent")
     one = json.dumps(chatml("q", "a"))
-    for lines in ([one, one + " " + one, "", one], [one, one + " " + one, one], [one, '{"messages": [{"role": "user",',
-                                                                                 '"content": "q"}]}', one]):
+    for lines in (
+        [one, one + " " + one, "", one],
+        [one, one + " " + one, one],
+        [one, '{"messages": [{"role": "user",', '"content": "q"}]}', one],
+    ):
         encoded = [line.encode() for line in lines]
         block = data_fast.scan_block(b"\n".join(encoded), cfg)
         _check_block(encoded, block, cfg)
@@ -267,8 +400,13 @@ def test_dedup_key_is_the_record_as_json_dumps_writes_it():
 
 def test_fast_path_passes_usual_clean_records():
     """The fast path is not vacuous: clean records of every shape come out clean, in bulk."""
-    lines = [json.dumps(chatml(f"Question {i}:  what is {i}?", f"It is\t{i}.\n", "Be brief." if i % 2 else None),
-                        ensure_ascii=bool(i % 3)).encode() for i in range(50)]
+    lines = [
+        json.dumps(
+            chatml(f"Question {i}:  what is {i}?", f"It is\t{i}.\n", "Be brief." if i % 2 else None),
+            ensure_ascii=bool(i % 3),
+        ).encode()
+        for i in range(50)
+    ]
     lines += [json.dumps(chatml("日本語 の 質問", "答え\u3000です")).encode(), b""]
     block = data_fast.scan_block(b"\n".join(lines), _config("consistent"))
     assert list(block.lines) == list(range(51)) and block.slow == []
@@ -300,8 +438,11 @@ def _mixed_file(path, n: int = 3000):
     """Clean records with defects of every kind sprinkled in, duplicates across blocks, a blank line,
     and more than MAX_LISTED of some findings (which ones get listed depends on line order)."""
     rows: list = []
-    wrong_order = (79, 2, lambda: {"messages": [{"role": "assistant", "content": "a"},
-                                                 {"role": "user", "content": "b"}]})
+    wrong_order = (
+        79,
+        2,
+        lambda: {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]},
+    )
     for i in range(n):
         system = "You are terse." if i % 3 else None
         row: object = _defect(i, i % 1700, system, (wrong_order,))
@@ -336,7 +477,9 @@ def test_parallel_workers_give_the_same_report(tmp_path, monkeypatch):
     _mixed_file(tmp_path / "train.jsonl", 6000)
     (tmp_path / "train.jsonl").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "train.jsonl").read_bytes())  # a BOM
     digest = hashlib.sha256((tmp_path / "train.jsonl").read_bytes()).hexdigest()
-    spec = write_spec(tmp_path, {"train": "train.jsonl", "sha256": {"train": digest}}, training={"sequence_len": 64})
+    spec = write_spec(
+        tmp_path, {"train": "train.jsonl", "sha256": {"train": digest}}, training={"sequence_len": 64}
+    )
     slow = _report(spec, monkeypatch, "0")
     parallel = _report(spec, monkeypatch, "1", workers="3")
     assert parallel == slow

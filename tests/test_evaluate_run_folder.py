@@ -23,10 +23,19 @@ def _run_folder(root: Path, *, lock: dict | None, spec_dir_written: str = "../..
     (project / "data/reg.jsonl").write_text('{"prompt": "1+1", "answer": "2"}\n')
     run = project / "runs/demo"
     run.mkdir(parents=True)
-    spec = {"name": "demo", "model": {"id": "m"}, "dataset": {"train": "data/train.jsonl", "eval": "data/eval.jsonl"},
-            "evaluation": {"regression": {"prompts": "data/reg.jsonl"}}, "output": {"dir": "runs/demo"}}
-    plan = {"metadata": {"kind": "ftspec-plan", "schema_version": 1, "spec_file": "demo.yaml"}, "spec": spec,
-            "paths": {"spec_dir": spec_dir_written}, "derived": {"output_dir": "runs/demo"}}
+    spec = {
+        "name": "demo",
+        "model": {"id": "m"},
+        "dataset": {"train": "data/train.jsonl", "eval": "data/eval.jsonl"},
+        "evaluation": {"regression": {"prompts": "data/reg.jsonl"}},
+        "output": {"dir": "runs/demo"},
+    }
+    plan = {
+        "metadata": {"kind": "ftspec-plan", "schema_version": 1, "spec_file": "demo.yaml"},
+        "spec": spec,
+        "paths": {"spec_dir": spec_dir_written},
+        "derived": {"output_dir": "runs/demo"},
+    }
     (run / "plan.json").write_text(json.dumps(plan))
     (run / "run.json").write_text(json.dumps({"exit_status": "ok"}))
     (run / "adapter").mkdir()
@@ -51,11 +60,17 @@ def test_lock_layouts_and_a_changed_file(tmp_path):
     run = _run_folder(tmp_path, lock={})
     eval_sha = _sha(project / "data/eval.jsonl")
     reg_sha = _sha(project / "data/reg.jsonl")
-    for data in ([{"role": "eval", "path": "data/eval.jsonl", "sha256": eval_sha},  # compiler/lockfile.py
-                  {"role": "regression", "path": "./data/reg.jsonl", "sha256": reg_sha}],
-                 {"data/eval.jsonl": eval_sha, "./data/reg.jsonl": _sha(project / "data/reg.jsonl")},
-                 {"data/eval.jsonl": {"sha256": eval_sha}, "x": {"path": "data/reg.jsonl",
-                                                               "sha256": _sha(project / "data/reg.jsonl")}}):
+    for data in (
+        [
+            {"role": "eval", "path": "data/eval.jsonl", "sha256": eval_sha},  # compiler/lockfile.py
+            {"role": "regression", "path": "./data/reg.jsonl", "sha256": reg_sha},
+        ],
+        {"data/eval.jsonl": eval_sha, "./data/reg.jsonl": _sha(project / "data/reg.jsonl")},
+        {
+            "data/eval.jsonl": {"sha256": eval_sha},
+            "x": {"path": "data/reg.jsonl", "sha256": _sha(project / "data/reg.jsonl")},
+        },
+    ):
         (run / "lock.json").write_text(json.dumps({"data": data}))
         assert check_eval_data(open_run(run)) == []
     (project / "data/reg.jsonl").write_text('{"prompt": "1+1", "answer": "3"}\n')
@@ -70,9 +85,11 @@ def test_a_train_file_changed_after_the_run_fails_the_data_check(tmp_path):
     project = tmp_path / "project"
     run = _run_folder(tmp_path, lock={})
     (project / "data/train.jsonl").write_text('{"messages": []}\n')
-    locked = [{"role": "train", "path": "data/train.jsonl", "sha256": _sha(project / "data/train.jsonl")},
-              {"role": "eval", "path": "data/eval.jsonl", "sha256": _sha(project / "data/eval.jsonl")},
-              {"role": "regression", "path": "data/reg.jsonl", "sha256": _sha(project / "data/reg.jsonl")}]
+    locked = [
+        {"role": "train", "path": "data/train.jsonl", "sha256": _sha(project / "data/train.jsonl")},
+        {"role": "eval", "path": "data/eval.jsonl", "sha256": _sha(project / "data/eval.jsonl")},
+        {"role": "regression", "path": "data/reg.jsonl", "sha256": _sha(project / "data/reg.jsonl")},
+    ]
     (run / "lock.json").write_text(json.dumps({"data": locked}))
     assert check_eval_data(open_run(run)) == []
     (project / "data/train.jsonl").write_text('{"messages": [{"role": "user", "content": "x"}]}\n')
@@ -107,11 +124,17 @@ def test_unfinished_or_foreign_folders_are_refused(tmp_path):
 def test_contamination_measure_names_the_training_record():
     long = "please convert this customer record into a json object with name age city and country fields now"
     evals = [_chat(long, "{}"), _chat("short prompt", "ok"), _chat("unrelated words only here", "x")]
-    train = [(_chat("hello", "world"), "train.jsonl:1"), (_chat("intro " + long, "{}"), "train.jsonl:2"),
-             (_chat("short prompt", "ok"), "train.jsonl:3")]
+    train = [
+        (_chat("hello", "world"), "train.jsonl:1"),
+        (_chat("intro " + long, "{}"), "train.jsonl:2"),
+        (_chat("short prompt", "ok"), "train.jsonl:3"),
+    ]
     result = measure(evals, iter(train), 13)
     assert result["eval_examples"] == 3 and result["contaminated"] == 2
-    assert result["examples"] == [{"eval": 0, "train": "train.jsonl:2"}, {"eval": 1, "train": "train.jsonl:3"}]
+    assert result["examples"] == [
+        {"eval": 0, "train": "train.jsonl:2"},
+        {"eval": 1, "train": "train.jsonl:3"},
+    ]
     assert measure(evals, iter(train[:1]), 13)["contaminated"] == 0
 
 

@@ -36,9 +36,15 @@ def _spec(tmp_path: Path, body: str):
     path = tmp_path / "spec.yaml"
     path.write_text(body, encoding="utf-8")
     (tmp_path / "train.jsonl").write_text(
-        "".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
-                                         {"role": "assistant", "content": "a"}]}) + "\n" for i in range(20)),
-        encoding="utf-8")
+        "".join(
+            json.dumps(
+                {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+            )
+            + "\n"
+            for i in range(20)
+        ),
+        encoding="utf-8",
+    )
     spec = load_text(body, str(path))
     return spec, resolve(spec.data)
 
@@ -68,6 +74,7 @@ def spec_text(model="meta-llama/Llama-3.1-8B-Instruct", method="lora", mb=1, seq
 
 # --- calibration -------------------------------------------------------------------------------------
 
+
 def test_calibration_csv_is_in_the_package_with_sources():
     rows = load_rows()
     assert len(rows) >= 68
@@ -94,7 +101,10 @@ def test_no_measured_row_is_underestimated_by_more_than_25_percent():
     below = {r.id for r in scored_rows() if predicted_gib(r) < (1 - TOLERANCE) * r.measured_gib}
     below |= {r.id for r in upper_bound_rows() if r.measured_gib > (1 + TOLERANCE) * predicted_gib(r)}
     excepted = {r.id for r in scored_rows() + upper_bound_rows() if exception(r)}
-    assert below == excepted, {"underestimated": sorted(below - excepted), "stale exceptions": sorted(excepted - below)}
+    assert below == excepted, {
+        "underestimated": sorted(below - excepted),
+        "stale exceptions": sorted(excepted - below),
+    }
     for rid in excepted:
         assert len(READINGS[rid]["exception"]) > 40  # a reason, not a label
 
@@ -104,8 +114,11 @@ def test_no_estimate_for_the_shortest_certain_batch_is_above_its_measurement():
     rows at the shortest batch the run certainly had."""
     rows = lower_bound_rows()
     assert {r.id for r in rows} >= {"c026", "c027", "c028", "c030", "c035"}
-    above = [(r.id, round(floor_gib(r), 2), round(r.measured_gib, 2)) for r in rows
-             if floor_gib(r) > (1 + TOLERANCE) * r.measured_gib and not exception(r)]
+    above = [
+        (r.id, round(floor_gib(r), 2), round(r.measured_gib, 2))
+        for r in rows
+        if floor_gib(r) > (1 + TOLERANCE) * r.measured_gib and not exception(r)
+    ]
     assert not above
     for r in rows:
         if r.reading["kind"] == "lower_bound":
@@ -144,6 +157,7 @@ def test_every_published_oom_is_a_verdict_check():
 
 # --- components ------------------------------------------------------------------------------------
 
+
 def _est(**kw) -> object:
     arch = kw.pop("arch", LLAMA3_8B)
     return estimate_setup(TrainSetup(**kw), Shapes.from_arch(arch), gpu_memory_gib=80.0)
@@ -180,8 +194,9 @@ def test_logits_buffer_scales_with_vocabulary():
     small_vocab = dict(LLAMA3_8B, vocab=32000)
     # without checkpointing the peak is at the start of backward, where the loss buffers are live
     big = _est(method="lora", micro_batch=2, seq_len=4096, grad_ckpt=False).components["logits_and_loss"]
-    small = _est(method="lora", micro_batch=2, seq_len=4096, grad_ckpt=False,
-                 arch=small_vocab).components["logits_and_loss"]
+    small = _est(method="lora", micro_batch=2, seq_len=4096, grad_ckpt=False, arch=small_vocab).components[
+        "logits_and_loss"
+    ]
     assert big / small == pytest.approx(128256 / 32000, rel=0.01)
     assert big == pytest.approx(2 * 4096 * 128256 * 14, rel=0.01)  # bf16 + fp32 upcast, softmax, grads
 
@@ -190,8 +205,9 @@ def test_peak_is_the_larger_phase_not_a_sum():
     est = _est(method="full", optimizer="adamw_torch", micro_batch=1, seq_len=512, grad_ckpt=True)
     assert est.peak_phase == "optimizer_step"
     assert est.allocated == max(est.phases.values())
-    parts = sum(v for k, v in est.components.items()
-                if k not in ("allocator_reserve", "cuda_context", "stream_pools"))
+    parts = sum(
+        v for k, v in est.components.items() if k not in ("allocator_reserve", "cuda_context", "stream_pools")
+    )
     assert parts == pytest.approx(est.allocated, rel=1e-9)
 
 
@@ -211,8 +227,17 @@ def test_fsdp_full_fine_tune_counts_unsharded_gradients_and_the_reduce_scatter_p
     reduce-scattered) and keeps the sharded gradients in the reduce-scatter stream's pool, which the
     default stream cannot reuse: reserved memory holds them next to the activation peak."""
     arch = dict(params_b=6.74, layers=32, hidden=4096, intermediate=11008, heads=32, kv_heads=32, vocab=32000)
-    kw = dict(arch=arch, method="full", precision="bf16", optimizer="adamw_torch", micro_batch=4, seq_len=2048,
-              grad_ckpt=True, world=4, strategy="fsdp")
+    kw = dict(
+        arch=arch,
+        method="full",
+        precision="bf16",
+        optimizer="adamw_torch",
+        micro_batch=4,
+        seq_len=2048,
+        grad_ckpt=True,
+        world=4,
+        strategy="fsdp",
+    )
     est = _est(**kw)
     shapes = Shapes.from_arch(arch)
     sharded_grads = shapes.total_params * 2 / 4
@@ -227,7 +252,9 @@ def test_fsdp_full_fine_tune_counts_unsharded_gradients_and_the_reduce_scatter_p
     assert in_layer.peak_phase == "forward_backward"
     held = small.head_params * 2
     assert in_layer.components["gradients"] == pytest.approx(2 * small.layer_params * 2 + held, rel=1e-6)
-    own_units = _est(**{**kw, "arch": dict(arch, vocab=1000), "fused_optimizer": True, "fsdp_root_gathered": False})
+    own_units = _est(
+        **{**kw, "arch": dict(arch, vocab=1000), "fused_optimizer": True, "fsdp_root_gathered": False}
+    )
     assert own_units.components["gradients"] == pytest.approx(2 * small.layer_params * 2, rel=1e-6)
     single = _est(**{**kw, "world": 1, "strategy": "single"})
     assert single.components.get("stream_pools", 0) == 0
@@ -248,7 +275,11 @@ def test_bitsandbytes_32bit_optimizer_states_are_fp32_for_bf16_parameters():
 
 def test_paged_optimizer_states_are_outside_the_allocator():
     paged = _est(method="full", optimizer="paged_adamw_8bit")
-    assert paged.paged > 0 and "optimizer_states" not in paged.components or paged.components["optimizer_states"] == 0
+    assert (
+        paged.paged > 0
+        and "optimizer_states" not in paged.components
+        or paged.components["optimizer_states"] == 0
+    )
     assert paged.device > paged.reserved
 
 
@@ -261,6 +292,7 @@ def test_estimate_memory_for_a_plain_config(tmp_path):
 
 # --- assess: verdict, suggestions, time and cost -------------------------------------------------------------
 
+
 def test_70b_lora_on_one_gpu_does_not_fit_and_qlora_or_fsdp_fix_it(tmp_path):
     spec, resolved = _spec(tmp_path, spec_text(model="meta-llama/Llama-3.1-70B-Instruct"))
     result = assess(spec, resolved)
@@ -271,7 +303,11 @@ def test_70b_lora_on_one_gpu_does_not_fit_and_qlora_or_fsdp_fix_it(tmp_path):
     changes = " ".join(s.change for s in fixes)
     assert "qlora" in changes and "gpus_per_node" in changes
     assert all(s.saves_gib > 0 for s in result.suggestions)
-    assert result.suggestions == sorted(result.suggestions, key=lambda s: (not s.fits, -s.saves_gib))[: len(result.suggestions)] or fixes
+    assert (
+        result.suggestions
+        == sorted(result.suggestions, key=lambda s: (not s.fits, -s.saves_gib))[: len(result.suggestions)]
+        or fixes
+    )
     body = result.to_json()
     assert body["memory"]["fits"] is False
     assert set(body["memory"]["per_gpu"]) == {"allocated_gib", "reserved_gib", "device_gib"}
@@ -308,6 +344,7 @@ def test_custom_gpu_mapping():
 
 # --- architecture -----------------------------------------------------------------------------------
 
+
 def test_catalog_has_sourced_entries_with_layer_classes():
     entries = {e["id"]: e for e in catalog().values()}
     assert len(entries) >= 25
@@ -331,10 +368,21 @@ def test_unknown_hub_model_is_an_error_with_yaml_hint(tmp_path):
 def test_local_config_json_is_read_without_transformers(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
-        "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936,
-        "tie_word_embeddings": True}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["Qwen2ForCausalLM"],
+                "model_type": "qwen2",
+                "hidden_size": 896,
+                "intermediate_size": 4864,
+                "num_hidden_layers": 24,
+                "num_attention_heads": 14,
+                "num_key_value_heads": 2,
+                "vocab_size": 151936,
+                "tie_word_embeddings": True,
+            }
+        )
+    )
     spec, resolved = _spec(tmp_path, spec_text(model="model"))
     arch, diags = resolve_architecture(spec, resolved)
     assert not diags
@@ -343,22 +391,44 @@ def test_local_config_json_is_read_without_transformers(tmp_path):
 
 
 def test_spec_architecture_wins_field_by_field(tmp_path):
-    text = spec_text().replace("  id: meta-llama/Llama-3.1-8B-Instruct\n",
-                               "  id: meta-llama/Llama-3.1-8B-Instruct\n  architecture:\n    vocab: 32000\n")
+    text = spec_text().replace(
+        "  id: meta-llama/Llama-3.1-8B-Instruct\n",
+        "  id: meta-llama/Llama-3.1-8B-Instruct\n  architecture:\n    vocab: 32000\n",
+    )
     spec, resolved = _spec(tmp_path, text)
     arch, _ = resolve_architecture(spec, resolved)
     assert arch["vocab"] == 32000 and arch["layers"] == 32
 
 
 def test_from_config_reads_multimodal_text_config_and_moe():
-    arch = from_config({"model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 48,
-                        "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "vocab_size": 151936,
-                        "intermediate_size": 6144, "moe_intermediate_size": 768, "num_experts": 128,
-                        "num_experts_per_tok": 8})
+    arch = from_config(
+        {
+            "model_type": "qwen3_moe",
+            "hidden_size": 2048,
+            "num_hidden_layers": 48,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 4,
+            "head_dim": 128,
+            "vocab_size": 151936,
+            "intermediate_size": 6144,
+            "moe_intermediate_size": 768,
+            "num_experts": 128,
+            "num_experts_per_tok": 8,
+        }
+    )
     assert arch["intermediate"] == 768 and arch["experts"] == 128 and arch["head_dim"] == 128
-    gemma = from_config({"model_type": "gemma3", "text_config": {"hidden_size": 2560, "num_hidden_layers": 34,
-                                                                 "num_attention_heads": 8, "vocab_size": 262208,
-                                                                 "intermediate_size": 10240}})
+    gemma = from_config(
+        {
+            "model_type": "gemma3",
+            "text_config": {
+                "hidden_size": 2560,
+                "num_hidden_layers": 34,
+                "num_attention_heads": 8,
+                "vocab_size": 262208,
+                "intermediate_size": 10240,
+            },
+        }
+    )
     assert gemma["layers"] == 34 and gemma["decoder_layer_class"] == "Gemma3DecoderLayer"
 
 
@@ -368,8 +438,12 @@ def test_builtin_model_entry_matches_the_runtime_config():
     entry = catalog()["builtin:tiny-llama"]
     cfg = builtin.MODEL_CONFIG
     assert (entry["layers"], entry["hidden"], entry["intermediate"], entry["heads"], entry["kv_heads"]) == (
-        cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"],
-        cfg["num_key_value_heads"])
+        cfg["num_hidden_layers"],
+        cfg["hidden_size"],
+        cfg["intermediate_size"],
+        cfg["num_attention_heads"],
+        cfg["num_key_value_heads"],
+    )
 
 
 def test_check_runs_with_the_ml_stack_blocked(tmp_path):
@@ -399,9 +473,11 @@ def test_compiler_never_imports_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import ftspec.compiler.check.feasibility, ftspec.compiler.lint.pins, ftspec.compiler.verbs.check; "
-            "bad = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'deepspeed', 'accelerate', "
-            "'datasets') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys; import ftspec.compiler.check.feasibility, ftspec.compiler.lint.pins, ftspec.compiler.verbs.check; "
+        "bad = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'deepspeed', 'accelerate', "
+        "'datasets') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
@@ -429,11 +505,26 @@ def test_well_known_configurations_are_plausible():
     llama8 = _est(method="lora", r=16, dora=False, micro_batch=1, seq_len=2048, grad_ckpt=True)
     assert 18 <= llama8.device_gib <= 25  # 8B LoRA bf16 with checkpointing on one 80 GB GPU
     mistral = catalog()["mistralai/mistral-7b-v0.1"]
-    full = _est(arch=mistral, method="full", precision="bf16-mixed", optimizer="adamw_torch", micro_batch=1,
-                seq_len=2048, grad_ckpt=True, grad_accum=8)
+    full = _est(
+        arch=mistral,
+        method="full",
+        precision="bf16-mixed",
+        optimizer="adamw_torch",
+        micro_batch=1,
+        seq_len=2048,
+        grad_ckpt=True,
+        grad_accum=8,
+    )
     assert full.fits is False and full.device_gib > 110  # 16 bytes/param of model states alone: ~108 GiB
-    qlora70 = _est(arch=LLAMA3_70B, method="qlora", dora=False, micro_batch=1, seq_len=1024, grad_ckpt=True,
-                   optimizer="paged_adamw_8bit")
+    qlora70 = _est(
+        arch=LLAMA3_70B,
+        method="qlora",
+        dora=False,
+        micro_batch=1,
+        seq_len=1024,
+        grad_ckpt=True,
+        optimizer="paged_adamw_8bit",
+    )
     assert qlora70.fits is True and 38 <= qlora70.device_gib <= 50
 
 
@@ -474,14 +565,41 @@ def _apply(data: dict, settings: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize(("model", "method", "precision", "gpu", "n", "nodes", "extra"), [
-    ("meta-llama/Llama-3.1-70B", "lora", "bf16", "A100-80GB", 1, 1, ""),
-    ("meta-llama/Llama-3.1-70B", "lora", "bf16", "A100-80GB", 2, 1, "  strategy: fsdp\n"),
-    ("meta-llama/Llama-3.1-70B", "lora", "bf16", "A100-80GB", 2, 1, "  strategy: deepspeed\n  zero_stage: 0\n"),
-    ("meta-llama/Llama-3.1-70B", "full", "bf16-mixed", "H100-80GB", 8, 1, "  strategy: deepspeed\n  zero_stage: 2\n"),
-    ("meta-llama/Llama-3.1-405B", "lora", "bf16", "H100-80GB", 2, 2, "  strategy: fsdp\n  launcher: slurm\n"),
-    ("meta-llama/Llama-3.1-8B", "lora", "fp16", "T4", 1, 1, ""),
-])
+@pytest.mark.parametrize(
+    ("model", "method", "precision", "gpu", "n", "nodes", "extra"),
+    [
+        ("meta-llama/Llama-3.1-70B", "lora", "bf16", "A100-80GB", 1, 1, ""),
+        ("meta-llama/Llama-3.1-70B", "lora", "bf16", "A100-80GB", 2, 1, "  strategy: fsdp\n"),
+        (
+            "meta-llama/Llama-3.1-70B",
+            "lora",
+            "bf16",
+            "A100-80GB",
+            2,
+            1,
+            "  strategy: deepspeed\n  zero_stage: 0\n",
+        ),
+        (
+            "meta-llama/Llama-3.1-70B",
+            "full",
+            "bf16-mixed",
+            "H100-80GB",
+            8,
+            1,
+            "  strategy: deepspeed\n  zero_stage: 2\n",
+        ),
+        (
+            "meta-llama/Llama-3.1-405B",
+            "lora",
+            "bf16",
+            "H100-80GB",
+            2,
+            2,
+            "  strategy: fsdp\n  launcher: slurm\n",
+        ),
+        ("meta-llama/Llama-3.1-8B", "lora", "fp16", "T4", 1, 1, ""),
+    ],
+)
 def test_every_suggestion_is_a_lint_clean_change(tmp_path, model, method, precision, gpu, n, nodes, extra):
     """Applying a suggested change must give a spec that lints without errors: no zero_stage left
     under FSDP (FT0211), no optimizer-only offload with FSDP (FT0215), no ZeRO-0 offload (FT0214),
@@ -489,8 +607,10 @@ def test_every_suggestion_is_a_lint_clean_change(tmp_path, model, method, precis
     import yaml
     from ftspec.compiler.lint.lint import lint_loaded
 
-    spec, resolved = _spec(tmp_path, BIG.format(model=model, method=method, precision=precision, gpu=gpu, n=n,
-                                                nodes=nodes, extra=extra))
+    spec, resolved = _spec(
+        tmp_path,
+        BIG.format(model=model, method=method, precision=precision, gpu=gpu, n=n, nodes=nodes, extra=extra),
+    )
     result = assess(spec, resolved)
     assert result.fits is False and result.suggestions
     for s in result.suggestions:
@@ -500,8 +620,18 @@ def test_every_suggestion_is_a_lint_clean_change(tmp_path, model, method, precis
 
 
 def test_more_gpus_keep_the_nodes_and_the_effective_batch(tmp_path):
-    spec, resolved = _spec(tmp_path, BIG.format(model="meta-llama/Llama-3.1-405B", method="lora", precision="bf16",
-                                                gpu="H100-80GB", n=2, nodes=2, extra="  strategy: fsdp\n"))
+    spec, resolved = _spec(
+        tmp_path,
+        BIG.format(
+            model="meta-llama/Llama-3.1-405B",
+            method="lora",
+            precision="bf16",
+            gpu="H100-80GB",
+            n=2,
+            nodes=2,
+            extra="  strategy: fsdp\n",
+        ),
+    )
     result = assess(spec, resolved)
     gpus = [s for s in result.suggestions if "/hardware/gpus_per_node" in s.settings]
     assert gpus
@@ -520,8 +650,9 @@ def test_suggestion_speed_never_says_same_speed_for_a_slowdown(tmp_path):
 
 
 def test_combined_suggestion_names_each_field_once(tmp_path):
-    body = spec_text(mb=8, seq=4096, gpu="RTX-4090").replace("  packing: true\n",
-                                                             "  packing: true\n  gradient_checkpointing: false\n")
+    body = spec_text(mb=8, seq=4096, gpu="RTX-4090").replace(
+        "  packing: true\n", "  packing: true\n  gradient_checkpointing: false\n"
+    )
     spec, resolved = _spec(tmp_path, body)
     result = assess(spec, resolved)
     combo = [s for s in result.suggestions if " + " in s.change]

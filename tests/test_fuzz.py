@@ -30,7 +30,11 @@ SEED_DATA = [yaml.safe_load(text) for text in SEEDS]
 SPEC_PATH = SEED_PATHS[-2]
 OPTIONS = LintOptions(repo_root=ROOT)
 # FTSPEC_FUZZ_EXAMPLES=5000 for a deeper local run; CI keeps the default fast.
-FUZZ = settings(max_examples=int(os.environ.get("FTSPEC_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=int(os.environ.get("FTSPEC_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def check(spec: LoadedSpec) -> None:
@@ -58,19 +62,27 @@ def test_random_bytes(raw: bytes) -> None:
 
 
 @FUZZ
-@given(st.integers(0, len(SEEDS) - 1), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 3),
-                                                 st.sampled_from(list(" :-[]{}#&*!|>'\"\t\n,?%@`x0.~")),
-                                                 ), max_size=8))
+@given(
+    st.integers(0, len(SEEDS) - 1),
+    st.lists(
+        st.tuples(
+            st.integers(0, 10_000),
+            st.integers(0, 3),
+            st.sampled_from(list(" :-[]{}#&*!|>'\"\t\n,?%@`x0.~")),
+        ),
+        max_size=8,
+    ),
+)
 def test_mutated_text(seed: int, edits) -> None:
     text = SEEDS[seed]
     for position, action, char in edits:
         at = position % (len(text) + 1)
         if action == 0:
-            text = text[:at] + text[at + 1:]
+            text = text[:at] + text[at + 1 :]
         elif action == 1:
             text = text[:at] + char + text[at:]
         elif action == 2:
-            text = text[:at] + char + text[at + 1:]
+            text = text[:at] + char + text[at + 1 :]
         else:  # duplicate a line (duplicate keys, reordered sections)
             lines = text.splitlines(keepends=True)
             if lines:
@@ -81,14 +93,57 @@ def test_mutated_text(seed: int, edits) -> None:
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**12) | st.floats(allow_nan=False, width=32)
-    | st.text(max_size=20) | st.sampled_from(["../../data/train.jsonl", "/etc/passwd", "../../../../x", "cpu",
-                                              "T4", "qlora", "full", "deepspeed", "fsdp", "none", "bf16",
-                                              "regression", "format", "builtin:tiny-llama", "org/model",
-                                              "(", "optimizer_and_params", "slurm", "json_schema"]),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(
-        st.sampled_from(["path", "fraction", "metric", "min", "max", "name", "bf16", "memory_gb", "regex",
-                         "json", "prompts", "x"]), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**12)
+    | st.floats(allow_nan=False, width=32)
+    | st.text(max_size=20)
+    | st.sampled_from(
+        [
+            "../../data/train.jsonl",
+            "/etc/passwd",
+            "../../../../x",
+            "cpu",
+            "T4",
+            "qlora",
+            "full",
+            "deepspeed",
+            "fsdp",
+            "none",
+            "bf16",
+            "regression",
+            "format",
+            "builtin:tiny-llama",
+            "org/model",
+            "(",
+            "optimizer_and_params",
+            "slurm",
+            "json_schema",
+        ]
+    ),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "path",
+                    "fraction",
+                    "metric",
+                    "min",
+                    "max",
+                    "name",
+                    "bf16",
+                    "memory_gb",
+                    "regex",
+                    "json",
+                    "prompts",
+                    "x",
+                ]
+            ),
+            children,
+            max_size=4,
+        )
+    ),
     max_leaves=10,
 )
 
@@ -118,9 +173,11 @@ def _delete(root, path):
 
 
 @FUZZ
-@given(st.integers(0, len(SEED_DATA) - 1), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 2),
-                                                              JSON_VALUES), min_size=1, max_size=6),
-       st.booleans())
+@given(
+    st.integers(0, len(SEED_DATA) - 1),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 2), JSON_VALUES), min_size=1, max_size=6),
+    st.booleans(),
+)
 def test_mutated_data(seed: int, edits, as_yaml: bool) -> None:
     data = copy.deepcopy(SEED_DATA[seed])
     for pick, action, value in edits:

@@ -38,8 +38,9 @@ def _import(config: Path, out_dir: Path, **options):
     shutil.copytree(config.parent, workdir, dirs_exist_ok=True)
     source = load_spec(workdir / config.name)
     spec_path = workdir / (config.stem + ".ftspec.yaml")
-    result = translate(options.pop("tool", None) or _tool(config), source,
-                       ImportOptions(output=spec_path, **options))
+    result = translate(
+        options.pop("tool", None) or _tool(config), source, ImportOptions(output=spec_path, **options)
+    )
     return result, spec_path
 
 
@@ -63,8 +64,13 @@ def test_peer_config_imports_to_a_spec_that_lints(config, tmp_path):
     errors = [d for d in diags if d.severity == "error"]
     # The one lint error that can remain: data files the config reads from the Hub (or from a
     # dataset_info.json that is not here). Each was reported with the path to export it to.
-    reported = {m.group(1) for d in result.diagnostics if d.code in ("FT0904", "FT0907")
-                for m in [re.search(r"(data/[\w.\-]+\.jsonl)", d.message + " " + (d.hint or ""))] if m}
+    reported = {
+        m.group(1)
+        for d in result.diagnostics
+        if d.code in ("FT0904", "FT0907")
+        for m in [re.search(r"(data/[\w.\-]+\.jsonl)", d.message + " " + (d.hint or ""))]
+        if m
+    }
     assert {d.code for d in errors} <= {"FT0230"}, errors
     for d in errors:
         missing = re.search(r"'([^']+)'", d.message).group(1)
@@ -84,10 +90,15 @@ def test_peer_config_imports_to_a_spec_that_lints(config, tmp_path):
             continue
         line = source.key_pos[f"/{key}"][0]
         inner = {ln for ptr, (ln, _c) in source.key_pos.items() if ptr.startswith(f"/{key}/")}
-        assert line in cited | flagged or inner & (cited | flagged), f"{config.name}: '{key}' (line {line}) dropped silently"
+        assert line in cited | flagged or inner & (cited | flagged), (
+            f"{config.name}: '{key}' (line {line}) dropped silently"
+        )
     # Empty values mean "unset": no diagnostic for them.
-    empty_lines = {source.key_pos[f"/{k}"][0] for k, v in source.data.items()
-                   if (v is None or v == "") and k not in MEANINGFUL_NULL.get(_tool(config), set())}
+    empty_lines = {
+        source.key_pos[f"/{k}"][0]
+        for k, v in source.data.items()
+        if (v is None or v == "") and k not in MEANINGFUL_NULL.get(_tool(config), set())
+    }
     assert not (empty_lines & flagged), sorted(empty_lines & flagged)
 
 
@@ -111,17 +122,36 @@ def _at(diags, code: str, line: int):
 
 def test_axolotl_qlora_meaning(tmp_path):
     data, diags = _data("axolotl__qlora-1b.yml", tmp_path)
-    assert data["adapter"] == {"method": "qlora", "r": 32, "alpha": 16, "dropout": 0.05,
-                               "target_modules": ["gate_proj", "down_proj", "up_proj", "q_proj", "v_proj",
-                                                  "k_proj", "o_proj"],
-                               "dora": False, "quantization": {"bits": 4}}
+    assert data["adapter"] == {
+        "method": "qlora",
+        "r": 32,
+        "alpha": 16,
+        "dropout": 0.05,
+        "target_modules": ["gate_proj", "down_proj", "up_proj", "q_proj", "v_proj", "k_proj", "o_proj"],
+        "dora": False,
+        "quantization": {"bits": 4},
+    }
     t = data["training"]
-    assert (t["optimizer"], t["scheduler"], t["learning_rate"], t["warmup_ratio"]) == ("adamw_8bit", "cosine", 0.0002, 0.1)
+    assert (t["optimizer"], t["scheduler"], t["learning_rate"], t["warmup_ratio"]) == (
+        "adamw_8bit",
+        "cosine",
+        0.0002,
+        0.1,
+    )
     assert (t["micro_batch_size"], t["gradient_accumulation_steps"], t["epochs"]) == (2, 4, 1)
-    assert (t["sequence_len"], t["packing"], t["precision"], t["gradient_checkpointing"]) == (2048, True, "bf16", True)
+    assert (t["sequence_len"], t["packing"], t["precision"], t["gradient_checkpointing"]) == (
+        2048,
+        True,
+        "bf16",
+        True,
+    )
     # Axolotl drops rows longer than sequence_len (excess_length_strategy unset); ftspec would truncate
-    assert data["dataset"] == {"format": "alpaca", "train": "data/teknium__GPT4-LLM-Cleaned.jsonl", "eval_split": 0.1,
-                               "truncation": "drop"}
+    assert data["dataset"] == {
+        "format": "alpaca",
+        "train": "data/teknium__GPT4-LLM-Cleaned.jsonl",
+        "eval_split": 0.1,
+        "truncation": "drop",
+    }
     # Axolotl has no early stopping unless asked; ftspec's default (3) would stop runs the original finished
     assert t["early_stopping_patience"] == 0
     assert data["model"]["chat_template"] == "alpaca"
@@ -153,7 +183,11 @@ def test_axolotl_fsdp_and_duplicates(tmp_path):
 
 def test_llamafactory_defaults_and_deepspeed_name(tmp_path):
     data, diags = _data("llamafactory__qwen3_lora_sft_ds3.yaml", tmp_path)
-    assert data["adapter"]["alpha"] == 16 and data["adapter"]["dropout"] == 0.0 and data["adapter"]["dora"] is False
+    assert (
+        data["adapter"]["alpha"] == 16
+        and data["adapter"]["dropout"] == 0.0
+        and data["adapter"]["dora"] is False
+    )
     assert data["adapter"]["target_modules"] == "all-linear"
     assert data["training"]["warmup_ratio"] == 0.1 and "warmup_steps" not in data["training"]
     assert data["hardware"]["strategy"] == "deepspeed" and data["hardware"]["zero_stage"] == 3
@@ -168,10 +202,22 @@ def test_llamafactory_defaults_and_deepspeed_name(tmp_path):
 def test_torchtune_meaning(tmp_path):
     data, diags = _data("torchtune__8B_lora.yaml", tmp_path)
     assert data["model"]["id"] == "meta-llama/Meta-Llama-3.1-8B-Instruct"
-    assert data["adapter"]["target_modules"] == ["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert data["adapter"]["target_modules"] == [
+        "q_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
     assert (data["adapter"]["r"], data["adapter"]["alpha"], data["adapter"]["dropout"]) == (8, 16, 0.0)
     t = data["training"]
-    assert (t["max_grad_norm"], t["weight_decay"], t["warmup_steps"], t["learning_rate"]) == (0, 0.01, 100, 0.0003)
+    assert (t["max_grad_norm"], t["weight_decay"], t["warmup_steps"], t["learning_rate"]) == (
+        0,
+        0.01,
+        100,
+        0.0003,
+    )
     assert t["gradient_checkpointing"] is False and t["precision"] == "bf16"
     assert data["dataset"]["eval_split"] == 0.05 and data["dataset"]["format"] == "alpaca"
     assert data["output"]["save"] == "both"
@@ -187,7 +233,12 @@ def test_torchtune_meaning(tmp_path):
 def test_local_data_deepspeed_file_and_absolute_val_size(tmp_path):
     result, spec_path = _import(OWN / "axolotl-local" / "config.yml", tmp_path, tool="axolotl")
     data = result.data
-    assert data["dataset"] == {"format": "chatml", "train": "data/train.jsonl", "eval_split": 0.1, "truncation": "drop"}
+    assert data["dataset"] == {
+        "format": "chatml",
+        "train": "data/train.jsonl",
+        "eval_split": 0.1,
+        "truncation": "drop",
+    }
     assert data["hardware"]["zero_stage"] == 3 and data["hardware"]["offload"] == "optimizer_and_params"
     assert data["adapter"]["dora"] is True and data["training"]["learning_rate"] == 0.0002
     json_notes = [d for d in result.diagnostics if d.file.endswith("zero3.json")]
@@ -211,8 +262,19 @@ def test_cli_writes_spec_and_exit_codes(tmp_path, capsys):
     shutil.copytree(OWN / "axolotl-local", tmp_path / "repo")
     config = tmp_path / "repo" / "config.yml"
     out = tmp_path / "repo" / "spec.yaml"
-    argv = ["import", "axolotl", str(config), "-o", str(out), "--gpu", "H100-80GB", "--gpus", "8",
-            "--repo-root", str(tmp_path / "repo")]
+    argv = [
+        "import",
+        "axolotl",
+        str(config),
+        "-o",
+        str(out),
+        "--gpu",
+        "H100-80GB",
+        "--gpus",
+        "8",
+        "--repo-root",
+        str(tmp_path / "repo"),
+    ]
     assert main(argv) == 0
     text = out.read_text()
     assert "gpu: H100-80GB" in text and "# axolotl lora_r, line 11" in text
@@ -231,25 +293,39 @@ def test_cli_writes_spec_and_exit_codes(tmp_path, capsys):
 def test_cli_exit_1_when_spec_would_not_lint(tmp_path):
     shutil.copytree(CONFIGS, tmp_path / "repo")
     out = tmp_path / "repo" / "spec.yaml"
-    rc = main(["import", "axolotl", str(tmp_path / "repo" / "axolotl__qlora-1b.yml"), "-o", str(out),
-               "--repo-root", str(tmp_path / "repo")])
+    rc = main(
+        [
+            "import",
+            "axolotl",
+            str(tmp_path / "repo" / "axolotl__qlora-1b.yml"),
+            "-o",
+            str(out),
+            "--repo-root",
+            str(tmp_path / "repo"),
+        ]
+    )
     assert rc == 1 and out.is_file()  # the Hub dataset is not exported yet: FT0230 remains
 
 
 def test_unsupported_training_kind_is_an_error(tmp_path):
     config = tmp_path / "dpo.yml"
-    config.write_text("base_model: meta-llama/Llama-3.2-1B\nrl: dpo\nadapter: lora\n"
-                      "datasets:\n  - path: some/prefs\n    type: chatml.intel\n")
+    config.write_text(
+        "base_model: meta-llama/Llama-3.2-1B\nrl: dpo\nadapter: lora\n"
+        "datasets:\n  - path: some/prefs\n    type: chatml.intel\n"
+    )
     result = translate("axolotl", load_spec(config), ImportOptions(output=tmp_path / "s.yaml"))
     errors = [(d.code, d.line) for d in result.diagnostics if d.severity == "error"]
     assert ("FT0906", 2) in errors and ("FT0906", 6) in errors
 
 
-@pytest.mark.parametrize("tool, config", [
-    ("axolotl", "axolotl__lora-1b.yml"),
-    ("llamafactory", "llamafactory__qwen3_lora_sft.yaml"),
-    ("torchtune", "torchtune__8B_lora.yaml"),
-])
+@pytest.mark.parametrize(
+    "tool, config",
+    [
+        ("axolotl", "axolotl__lora-1b.yml"),
+        ("llamafactory", "llamafactory__qwen3_lora_sft.yaml"),
+        ("torchtune", "torchtune__8B_lora.yaml"),
+    ],
+)
 def test_no_early_stopping_the_original_did_not_have(tool, config, tmp_path):
     """Regression: imported specs with an eval set inherited ftspec's early_stopping_patience: 3, so
     they could stop before the epochs the original config trains."""
@@ -260,8 +336,10 @@ def test_no_early_stopping_the_original_did_not_have(tool, config, tmp_path):
     assert any("early_stopping_patience: 0" in d.message for d in result.diagnostics if d.code == "FT0903")
 
 
-@pytest.mark.parametrize("value, expected, severity", [("truncate", "truncate", None), ("drop", "drop", None),
-                                                       ("raise", "drop", "warning")])
+@pytest.mark.parametrize(
+    "value, expected, severity",
+    [("truncate", "truncate", None), ("drop", "drop", None), ("raise", "drop", "warning")],
+)
 def test_axolotl_excess_length_strategy(value, expected, severity, tmp_path):
     (tmp_path / "src").mkdir()
     config = tmp_path / "src" / "cfg.yml"
@@ -274,6 +352,7 @@ def test_axolotl_excess_length_strategy(value, expected, severity, tmp_path):
 
 
 # --- peer defaults that differ from ftspec's are written explicitly (issue 8) ---------------------
+
 
 def _import_text(tmp_path: Path, tool: str, text: str, name: str = "cfg.yaml"):
     (tmp_path / "src").mkdir(exist_ok=True)
@@ -300,25 +379,34 @@ gradient_accumulation_steps: 1
 """
 
 
-@pytest.mark.parametrize("builder, extra, expected", [
-    # torchtune/datasets/_alpaca.py: alpaca_dataset(..., train_on_input: bool = True)
-    ("torchtune.datasets.alpaca_dataset", "", "all"),
-    # alpaca_cleaned_dataset = partial(alpaca_dataset, source="yahma/alpaca-cleaned")
-    ("torchtune.datasets.alpaca_cleaned_dataset", "", "all"),
-    ("torchtune.datasets.alpaca_cleaned_dataset", "  train_on_input: False\n", "assistant"),
-    ("torchtune.datasets.alpaca_dataset", "  train_on_input: null\n", "all"),
-    # _slimorca.py and _chat.py: train_on_input: bool = False
-    ("torchtune.datasets.slimorca_dataset", "", "assistant"),
-    ("torchtune.datasets.slimorca_dataset", "  train_on_input: True\n", "all"),
-    ("torchtune.datasets.chat_dataset", "  source: json\n  data_files: d.jsonl\n  conversation_style: openai\n"
-     "  conversation_column: messages\n", "assistant"),
-])
+@pytest.mark.parametrize(
+    "builder, extra, expected",
+    [
+        # torchtune/datasets/_alpaca.py: alpaca_dataset(..., train_on_input: bool = True)
+        ("torchtune.datasets.alpaca_dataset", "", "all"),
+        # alpaca_cleaned_dataset = partial(alpaca_dataset, source="yahma/alpaca-cleaned")
+        ("torchtune.datasets.alpaca_cleaned_dataset", "", "all"),
+        ("torchtune.datasets.alpaca_cleaned_dataset", "  train_on_input: False\n", "assistant"),
+        ("torchtune.datasets.alpaca_dataset", "  train_on_input: null\n", "all"),
+        # _slimorca.py and _chat.py: train_on_input: bool = False
+        ("torchtune.datasets.slimorca_dataset", "", "assistant"),
+        ("torchtune.datasets.slimorca_dataset", "  train_on_input: True\n", "all"),
+        (
+            "torchtune.datasets.chat_dataset",
+            "  source: json\n  data_files: d.jsonl\n  conversation_style: openai\n"
+            "  conversation_column: messages\n",
+            "assistant",
+        ),
+    ],
+)
 def test_torchtune_builder_train_on_input_default(builder, extra, expected, tmp_path):
     """Regression: alpaca builders default to train_on_input=True, so an import that only looked at an
     explicit `train_on_input: True` turned the shipped configs into assistant-only loss."""
     from ftspec.compiler.core.resolve import resolve
 
-    text = TORCHTUNE_MIN.format(builder=builder, extra=extra, optimizer="torch.optim.AdamW", opt_extra="  lr: 3e-4\n")
+    text = TORCHTUNE_MIN.format(
+        builder=builder, extra=extra, optimizer="torch.optim.AdamW", opt_extra="  lr: 3e-4\n"
+    )
     result = _import_text(tmp_path, "torchtune", text)
     assert not [d for d in result.diagnostics if d.severity == "error"], result.diagnostics
     assert resolve(result.data)["training"]["loss_on"] == expected
@@ -326,7 +414,9 @@ def test_torchtune_builder_train_on_input_default(builder, extra, expected, tmp_
     if from_default and expected == "all":  # written, commented and reported as torchtune's default
         assert "training.loss_on: all" in _written(result)
         assert "torchtune default for unset dataset.train_on_input" in result.text
-        assert [d for d in _at(result.diagnostics, "FT0905", 5) if "train_on_input" in d.message]  # the builder
+        assert [
+            d for d in _at(result.diagnostics, "FT0905", 5) if "train_on_input" in d.message
+        ]  # the builder
     if not from_default:
         assert re.search(r"loss_on: \w+ +# torchtune dataset.train_on_input, line \d+", result.text)
 
@@ -348,16 +438,20 @@ def test_torchtune_dataset_table_has_every_default_and_source():
             assert entry.get("source"), (table_name, entry["key"])
 
 
-@pytest.mark.parametrize("optimizer, opt_extra, lr, weight_decay", [
-    ("torch.optim.AdamW", "", 0.001, 0.01),  # torch.optim.AdamW(lr=1e-3, weight_decay=1e-2)
-    ("torch.optim.SGD", "", 0.001, 0.0),  # torch.optim.SGD(lr=1e-3, weight_decay=0): not AdamW's 0.01
-    ("bitsandbytes.optim.PagedAdamW8bit", "  lr: 2e-5\n", 2e-05, 0.01),
-])
+@pytest.mark.parametrize(
+    "optimizer, opt_extra, lr, weight_decay",
+    [
+        ("torch.optim.AdamW", "", 0.001, 0.01),  # torch.optim.AdamW(lr=1e-3, weight_decay=1e-2)
+        ("torch.optim.SGD", "", 0.001, 0.0),  # torch.optim.SGD(lr=1e-3, weight_decay=0): not AdamW's 0.01
+        ("bitsandbytes.optim.PagedAdamW8bit", "  lr: 2e-5\n", 2e-05, 0.01),
+    ],
+)
 def test_torchtune_optimizer_and_lora_defaults(optimizer, opt_extra, lr, weight_decay, tmp_path):
     from ftspec.compiler.core.resolve import resolve
 
-    text = TORCHTUNE_MIN.format(builder="torchtune.datasets.slimorca_dataset", extra="",
-                                optimizer=optimizer, opt_extra=opt_extra)
+    text = TORCHTUNE_MIN.format(
+        builder="torchtune.datasets.slimorca_dataset", extra="", optimizer=optimizer, opt_extra=opt_extra
+    )
     result = _import_text(tmp_path, "torchtune", text)
     spec = resolve(result.data)
     assert (spec["training"]["learning_rate"], spec["training"]["weight_decay"]) == (lr, weight_decay)
@@ -369,12 +463,15 @@ def test_torchtune_optimizer_and_lora_defaults(optimizer, opt_extra, lr, weight_
 LLAMAFACTORY_MIN = "model_name_or_path: Qwen/Qwen2.5-0.5B\nstage: sft\nfinetuning_type: lora\ndataset: foo\n"
 
 
-@pytest.mark.parametrize("extra, length, truncation", [
-    ("", 2048, "truncate"),  # data_args.py cutoff_len default 2048; the supervised processor cuts
-    ("cutoff_len: 1024\n", 1024, "truncate"),
-    ("cutoff_len: 1024\npacking: true\n", 1024, "drop"),  # the packed processor drops longer examples
-    ("neat_packing: true\n", 2048, "drop"),
-])
+@pytest.mark.parametrize(
+    "extra, length, truncation",
+    [
+        ("", 2048, "truncate"),  # data_args.py cutoff_len default 2048; the supervised processor cuts
+        ("cutoff_len: 1024\n", 1024, "truncate"),
+        ("cutoff_len: 1024\npacking: true\n", 1024, "drop"),  # the packed processor drops longer examples
+        ("neat_packing: true\n", 2048, "drop"),
+    ],
+)
 def test_llamafactory_cutoff_len_maps_to_sequence_len_and_truncation(extra, length, truncation, tmp_path):
     from ftspec.compiler.core.resolve import resolve
 
@@ -398,34 +495,63 @@ def test_llamafactory_train_on_prompt(tmp_path):
     assert result.data["training"]["loss_on"] == "all"
 
 
-@pytest.mark.parametrize("drop, message_keys", [
-    ("", set()),
-    ("learning_rate", {"learning_rate"}),
-    ("lora_r lora_alpha", {"lora_r", "lora_alpha"}),
-])
+@pytest.mark.parametrize(
+    "drop, message_keys",
+    [
+        ("", set()),
+        ("learning_rate", {"learning_rate"}),
+        ("lora_r lora_alpha", {"lora_r", "lora_alpha"}),
+    ],
+)
 def test_axolotl_keys_without_default_are_reported(drop, message_keys, tmp_path):
     """Axolotl has no default for learning_rate, lora_r or lora_alpha: the spec's value is ftspec's, said so."""
     from ftspec.compiler.core.resolve import resolve
 
-    lines = ["base_model: meta-llama/Llama-3.2-1B", "adapter: lora", "learning_rate: 0.0001", "lora_r: 8",
-             "lora_alpha: 16", "datasets:", "  - path: x/y", "    type: alpaca"]
+    lines = [
+        "base_model: meta-llama/Llama-3.2-1B",
+        "adapter: lora",
+        "learning_rate: 0.0001",
+        "lora_r: 8",
+        "lora_alpha: 16",
+        "datasets:",
+        "  - path: x/y",
+        "    type: alpaca",
+    ]
     lines = [ln for ln in lines if ln.split(":")[0] not in drop.split()]
     result = _import_text(tmp_path, "axolotl", "\n".join(lines) + "\n", name="cfg.yml")
-    said = {k for d in result.diagnostics if d.code == "FT0905" and "has no default" in d.message
-            for k in ("learning_rate", "lora_r", "lora_alpha") if d.message.startswith(k + " ")}
+    said = {
+        k
+        for d in result.diagnostics
+        if d.code == "FT0905" and "has no default" in d.message
+        for k in ("learning_rate", "lora_r", "lora_alpha")
+        if d.message.startswith(k + " ")
+    }
     assert said == message_keys
     assert all(d.severity == "warning" for d in result.diagnostics if "has no default" in d.message)
     spec = resolve(result.data)
     assert spec["training"]["loss_on"] == "assistant"  # train_on_inputs defaults to False in Axolotl
 
 
-@pytest.mark.parametrize("tool, text", [
-    ("axolotl", "base_model: meta-llama/Llama-3.2-1B\nadapter: lora\nlearning_rate: 0.0001\nlora_r: 8\n"
-                "lora_alpha: 16\ndatasets:\n  - path: x/y\n    type: alpaca\n"),
-    ("llamafactory", LLAMAFACTORY_MIN),
-    ("torchtune", TORCHTUNE_MIN.format(builder="torchtune.datasets.alpaca_dataset", extra="",
-                                       optimizer="torch.optim.AdamW", opt_extra="")),
-])
+@pytest.mark.parametrize(
+    "tool, text",
+    [
+        (
+            "axolotl",
+            "base_model: meta-llama/Llama-3.2-1B\nadapter: lora\nlearning_rate: 0.0001\nlora_r: 8\n"
+            "lora_alpha: 16\ndatasets:\n  - path: x/y\n    type: alpaca\n",
+        ),
+        ("llamafactory", LLAMAFACTORY_MIN),
+        (
+            "torchtune",
+            TORCHTUNE_MIN.format(
+                builder="torchtune.datasets.alpaca_dataset",
+                extra="",
+                optimizer="torch.optim.AdamW",
+                opt_extra="",
+            ),
+        ),
+    ],
+)
 def test_minimal_config_trains_with_the_peers_defaults(tool, text, tmp_path):
     """Every default in the tool's table holds in the resolved spec of a config that sets none of them."""
     from ftspec.compiler.author.importers.common import load_table
@@ -443,13 +569,23 @@ def test_minimal_config_trains_with_the_peers_defaults(tool, text, tmp_path):
 
 
 def test_torchtune_values_of_the_wrong_type_are_errors_not_crashes(tmp_path):
-    text = TORCHTUNE_MIN.format(builder="torchtune.datasets.alpaca_dataset", extra="",
-                                optimizer="torch.optim.AdamW",
-                                opt_extra="  lr: abc\n  weight_decay: [1]\n").replace(
-        "  lora_attn_modules: [q_proj, v_proj]\n", "  lora_attn_modules: [q_proj, v_proj]\n  lora_rank: x\n")
+    text = TORCHTUNE_MIN.format(
+        builder="torchtune.datasets.alpaca_dataset",
+        extra="",
+        optimizer="torch.optim.AdamW",
+        opt_extra="  lr: abc\n  weight_decay: [1]\n",
+    ).replace(
+        "  lora_attn_modules: [q_proj, v_proj]\n", "  lora_attn_modules: [q_proj, v_proj]\n  lora_rank: x\n"
+    )
     result = _import_text(tmp_path, "torchtune", text)
-    dropped = {d.message.split("'")[1] for d in result.diagnostics if d.code == "FT0901" and d.severity == "error"}
+    dropped = {
+        d.message.split("'")[1] for d in result.diagnostics if d.code == "FT0901" and d.severity == "error"
+    }
     assert {"optimizer.lr", "optimizer.weight_decay", "model.lora_rank"} <= dropped
-    comment = _import_text(tmp_path, "torchtune", TORCHTUNE_MIN.format(
-        builder="$comment", extra="", optimizer="$comment", opt_extra=""), name="c.yaml")
+    comment = _import_text(
+        tmp_path,
+        "torchtune",
+        TORCHTUNE_MIN.format(builder="$comment", extra="", optimizer="$comment", opt_extra=""),
+        name="c.yaml",
+    )
     assert any(d.code == "FT0909" or d.severity == "error" for d in comment.diagnostics)

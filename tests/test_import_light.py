@@ -12,8 +12,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAVY = ("torch", "transformers", "peft", "accelerate", "deepspeed", "bitsandbytes", "datasets",
-         "ftspec.runtime")
+HEAVY = (
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "deepspeed",
+    "bitsandbytes",
+    "datasets",
+    "ftspec.runtime",
+)
 
 PROBE = """
 import contextlib, io, json, sys
@@ -45,8 +53,13 @@ def test_fresh_process_lint_is_fast() -> None:
     times = []
     for _ in range(3):
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "ftspec.compiler.cli", "lint", str(spec)],
-                             capture_output=True, text=True, cwd=ROOT, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "ftspec.compiler.cli", "lint", str(spec)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
         times.append(time.perf_counter() - start)
         assert out.returncode == 0, out.stdout + out.stderr
     assert min(times) < 1.0, times

@@ -30,8 +30,17 @@ def _write_data(path: Path, n: int = 600, words: tuple[int, int] = (200, 1500)) 
         for _ in range(n):
             question = " ".join(rng.choice(vocab) for _ in range(rng.randint(*words)))
             answer = "answer " * rng.randint(50, 300)
-            fh.write(json.dumps({"messages": [{"role": "user", "content": question},
-                                              {"role": "assistant", "content": answer}]}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": question},
+                            {"role": "assistant", "content": answer},
+                        ]
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -46,8 +55,24 @@ def repo(tmp_path: Path) -> Path:
 def test_profiles_lint_fit_and_compile(repo, model, gpu, gpus, method, strategy, monkeypatch):
     monkeypatch.chdir(repo)
     spec = repo / f"{gpu.lower()}.yaml"
-    rc = main(["init", "--non-interactive", "--model", model, "--data", "data/train.jsonl", "--gpu", gpu,
-               "--gpus", str(gpus), "--metric", "f1", "-o", str(spec)])
+    rc = main(
+        [
+            "init",
+            "--non-interactive",
+            "--model",
+            model,
+            "--data",
+            "data/train.jsonl",
+            "--gpu",
+            gpu,
+            "--gpus",
+            str(gpus),
+            "--metric",
+            "f1",
+            "-o",
+            str(spec),
+        ]
+    )
     assert rc == 0
     lint = lint_file(spec, LintOptions(repo_root=repo))
     assert not [d for d in lint.diagnostics if d.severity == "error"], lint.diagnostics
@@ -76,8 +101,14 @@ def test_profiles_lint_fit_and_compile(repo, model, gpu, gpus, method, strategy,
 
 def test_short_data_keeps_lora_on_a_24gb_card(tmp_path):
     _write_data(tmp_path / "short.jsonl", words=(20, 200))
-    result = build(InitAnswers(model="meta-llama/Llama-3.1-8B-Instruct", data=str(tmp_path / "short.jsonl"),
-                               gpu="RTX-4090", output=tmp_path / "spec.yaml"))
+    result = build(
+        InitAnswers(
+            model="meta-llama/Llama-3.1-8B-Instruct",
+            data=str(tmp_path / "short.jsonl"),
+            gpu="RTX-4090",
+            output=tmp_path / "spec.yaml",
+        )
+    )
     assert result.values["/adapter/method"][0] == "lora"
     assert result.values["/training/gradient_checkpointing"][0] is True
     assert result.estimate["fits"] is True
@@ -85,8 +116,10 @@ def test_short_data_keeps_lora_on_a_24gb_card(tmp_path):
 
 def test_inspect_data_counts_and_lengths(tmp_path):
     path = tmp_path / "a.jsonl"
-    path.write_text("\n".join(json.dumps({"instruction": "x" * 40, "input": "", "output": "y" * 400})
-                              for _ in range(10)) + "\n")
+    path.write_text(
+        "\n".join(json.dumps({"instruction": "x" * 40, "input": "", "output": "y" * 400}) for _ in range(10))
+        + "\n"
+    )
     summary, diags = inspect_data(path, "a.jsonl")
     assert diags == []
     assert (summary.format, summary.examples) == ("alpaca", 10)
@@ -96,19 +129,79 @@ def test_inspect_data_counts_and_lengths(tmp_path):
 def test_bad_answers_are_diagnostics(tmp_path, capsys):
     data = _write_data(tmp_path / "t.jsonl", n=10, words=(5, 10))
     out = tmp_path / "s.yaml"
-    assert main(["init", "--non-interactive", "--model", "x/y", "--data", str(data), "--gpu", "TPU-9000",
-                 "-o", str(out)]) == 1
+    assert (
+        main(
+            [
+                "init",
+                "--non-interactive",
+                "--model",
+                "x/y",
+                "--data",
+                str(data),
+                "--gpu",
+                "TPU-9000",
+                "-o",
+                str(out),
+            ]
+        )
+        == 1
+    )
     assert "FT0921" in capsys.readouterr().out and not out.exists()
-    assert main(["init", "--non-interactive", "--model", "x/y", "--data", str(tmp_path / "none.jsonl"),
-                 "--gpu", "A100-80GB", "-o", str(out)]) == 2
+    assert (
+        main(
+            [
+                "init",
+                "--non-interactive",
+                "--model",
+                "x/y",
+                "--data",
+                str(tmp_path / "none.jsonl"),
+                "--gpu",
+                "A100-80GB",
+                "-o",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert main(["init", "--non-interactive", "--model", "x/y", "-o", str(out)]) == 2  # --data missing
     # an unknown model: no estimate, the guides' defaults, said so
-    assert main(["init", "--non-interactive", "--model", "x/y", "--data", str(data), "--gpu", "A100-80GB",
-                 "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "init",
+                "--non-interactive",
+                "--model",
+                "x/y",
+                "--data",
+                str(data),
+                "--gpu",
+                "A100-80GB",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = capsys.readouterr().out
     assert "FT0923" in report and "FT0924" in report  # few examples: a warning before check stops there
-    assert main(["init", "--non-interactive", "--model", "x/y", "--data", str(data), "--gpu", "A100-80GB",
-                 "-o", str(out)]) == 2  # exists
+    assert (
+        main(
+            [
+                "init",
+                "--non-interactive",
+                "--model",
+                "x/y",
+                "--data",
+                str(data),
+                "--gpu",
+                "A100-80GB",
+                "-o",
+                str(out),
+            ]
+        )
+        == 2
+    )  # exists
 
 
 def test_interactive_prompts(tmp_path, monkeypatch):
@@ -127,17 +220,37 @@ def test_no_fit_is_an_error_and_says_so(tmp_path, capsys):
     """Regression: 70B on one RTX 4090 exited 0 and claimed QLoRA "was needed to fit"."""
     data = _write_data(tmp_path / "t.jsonl", n=600, words=(5, 10))
     out = tmp_path / "s.yaml"
-    assert main(["init", "--non-interactive", "--model", "meta-llama/Llama-3.1-70B-Instruct", "--data", str(data),
-                 "--gpu", "RTX-4090", "-o", str(out)]) == 1
+    assert (
+        main(
+            [
+                "init",
+                "--non-interactive",
+                "--model",
+                "meta-llama/Llama-3.1-70B-Instruct",
+                "--data",
+                str(data),
+                "--gpu",
+                "RTX-4090",
+                "-o",
+                str(out),
+            ]
+        )
+        == 1
+    )
     report = capsys.readouterr().out
-    assert "FT0922 error" in report and "nothing fits; the smallest setup tried is qlora, micro batch 1" in report
+    assert (
+        "FT0922 error" in report
+        and "nothing fits; the smallest setup tried is qlora, micro batch 1" in report
+    )
     assert "needed to fit" not in out.read_text()  # the written spec does not claim a fit either
     assert "it still does not fit" in out.read_text()
 
 
 def test_unknown_model_does_not_claim_a_fit(tmp_path):
     data = _write_data(tmp_path / "t.jsonl", n=600, words=(5, 10))
-    result = build(InitAnswers(model="acme/private-13b", data=str(data), gpu="A100-80GB", output=tmp_path / "s.yaml"))
+    result = build(
+        InitAnswers(model="acme/private-13b", data=str(data), gpu="A100-80GB", output=tmp_path / "s.yaml")
+    )
     why = result.values["/adapter/method"][1]
     assert "unchecked against the GPU" in why and "needed to fit" not in why
     assert result.values["/training/gradient_checkpointing"][0] is True
@@ -156,13 +269,25 @@ def test_empty_answers_are_refused(tmp_path, flag, capsys):
 def test_init_memory_comment_agrees_with_check(tmp_path, capsys):
     """Regression: init estimated every row at sequence_len while check pads only to the longest example,
     so init's "~21.1 of 21.6 GiB" disagreed with check's 17.2 GiB and turned checkpointing on needlessly."""
-    rows = [{"messages": [{"role": "user", "content": f"ticket {i}: my order has not arrived"},
-                          {"role": "assistant", "content": f"Sorry about order {i}; it ships today."}]}
-            for i in range(600)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"ticket {i}: my order has not arrived"},
+                {"role": "assistant", "content": f"Sorry about order {i}; it ships today."},
+            ]
+        }
+        for i in range(600)
+    ]
     (tmp_path / "short.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec = tmp_path / "spec.yaml"
-    result = build(InitAnswers(model="meta-llama/Llama-3.1-8B-Instruct", data=str(tmp_path / "short.jsonl"),
-                               gpu="RTX-4090", output=spec))
+    result = build(
+        InitAnswers(
+            model="meta-llama/Llama-3.1-8B-Instruct",
+            data=str(tmp_path / "short.jsonl"),
+            gpu="RTX-4090",
+            output=spec,
+        )
+    )
     assert result.values["/training/gradient_checkpointing"][0] is False  # ~20-token rows fit without it
     spec.write_text(result.text)
     capsys.readouterr()

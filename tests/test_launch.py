@@ -63,7 +63,9 @@ def test_a_spec_that_does_not_compile_stops_before_launching(tmp_path):
 
 def test_execute_returns_the_child_exit_status(tmp_path):
     assert verb._execute([sys.executable, "-c", "import sys; sys.exit(3)"], {}) == 3
-    assert verb._execute([sys.executable, "-c", "import os; assert os.environ['X_T'] == 'y'"], {"X_T": "y"}) == 0
+    assert (
+        verb._execute([sys.executable, "-c", "import os; assert os.environ['X_T'] == 'y'"], {"X_T": "y"}) == 0
+    )
     assert verb._execute([str(tmp_path / "no-such-program")], {}) == 2
 
 
@@ -80,16 +82,19 @@ def test_failures_are_reported_and_recorded(tmp_path, capsys):
 
 
 def test_oom_retry_is_taken_once(tmp_path):
-    (tmp_path / verb.BATCH_FILE).write_text(json.dumps({"micro_batch_size": 2, "gradient_accumulation_steps": 4,
-                                                        "pending": True}))
+    (tmp_path / verb.BATCH_FILE).write_text(
+        json.dumps({"micro_batch_size": 2, "gradient_accumulation_steps": 4, "pending": True})
+    )
     first = verb._oom_retry_pending(tmp_path)
     assert first["micro_batch_size"] == 2
     assert verb._oom_retry_pending(tmp_path) is None  # consumed: a second failure is not retried blindly
 
 
 def test_launch_verb_does_not_import_the_training_stack():
-    code = ("import sys, ftspec.compiler.cli as c; c.build_parser('launch'); import ftspec.compiler.verbs.launch; "
-            "bad = [m for m in ('torch', 'transformers', 'accelerate', 'peft') if m in sys.modules]; print(bad)")
+    code = (
+        "import sys, ftspec.compiler.cli as c; c.build_parser('launch'); import ftspec.compiler.verbs.launch; "
+        "bad = [m for m in ('torch', 'transformers', 'accelerate', 'peft') if m in sys.modules]; print(bad)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

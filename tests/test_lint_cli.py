@@ -80,13 +80,17 @@ def test_github_annotations(capsys) -> None:
 
 
 def test_several_files_and_folders(capsys) -> None:
-    rc, out, _ = run(["lint", str(CASES / "valid"), str(TYPO), "--repo-root", str(CASES), "--format", "json"],
-                     capsys)
+    rc, out, _ = run(
+        ["lint", str(CASES / "valid"), str(TYPO), "--repo-root", str(CASES), "--format", "json"], capsys
+    )
     body = json.loads(out)
     assert rc == 1
     # the remote-code case is valid only with --allow-remote-code
     remote = CASES / "valid" / "remote-code-allowed" / "spec.yaml"
-    assert {(d["file"], d["code"]) for d in body["diagnostics"]} == {(str(TYPO), "FT0103"), (str(remote), "FT0231")}
+    assert {(d["file"], d["code"]) for d in body["diagnostics"]} == {
+        (str(TYPO), "FT0103"),
+        (str(remote), "FT0231"),
+    }
 
 
 def test_specs_folder_lints_clean(capsys) -> None:
@@ -121,8 +125,14 @@ def test_codes_prefix(capsys) -> None:
 def _run_cli(args: list[str], **env: str) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
     full_env.update(env)
-    return subprocess.run([sys.executable, "-m", "ftspec.compiler.cli", *args], capture_output=True,
-                          text=True, env=full_env, cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "ftspec.compiler.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=ROOT,
+        timeout=60,
+    )
 
 
 def test_text_is_plain_when_piped_and_colored_only_when_forced() -> None:
@@ -139,8 +149,13 @@ def test_color_on_a_terminal_unless_no_color() -> None:
         full_env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR", "TERM")}
         full_env.update(env)
         try:
-            subprocess.run([sys.executable, "-m", "ftspec.compiler.cli", "lint", str(TYPO), "--repo-root",
-                            str(CASES)], stdout=slave, stderr=subprocess.DEVNULL, env=full_env, timeout=60)
+            subprocess.run(
+                [sys.executable, "-m", "ftspec.compiler.cli", "lint", str(TYPO), "--repo-root", str(CASES)],
+                stdout=slave,
+                stderr=subprocess.DEVNULL,
+                env=full_env,
+                timeout=60,
+            )
             os.close(slave)
             chunks = []
             while True:
@@ -181,6 +196,7 @@ def test_pre_commit_hooks_manifest() -> None:
 
 # --- regressions found in review ---------------------------------------------------------------------
 
+
 def _lint_text(tmp_path: Path, body: str):
     from ftspec.compiler.lint.lint import LintOptions, lint_file
 
@@ -203,13 +219,19 @@ def test_did_you_mean_skips_keys_already_written_and_completes_prefixes(tmp_path
 
 
 def test_unquoted_version_numbers_get_a_quoting_hint(tmp_path: Path) -> None:
-    diags = _lint_text(tmp_path, MINIMAL + "hardware:\n  gpu: cpu\nenvironment:\n  python: 3.10\n"
-                                 "  packages:\n    torch: 2.8   # pinned\n")
+    diags = _lint_text(
+        tmp_path,
+        MINIMAL + "hardware:\n  gpu: cpu\nenvironment:\n  python: 3.10\n"
+        "  packages:\n    torch: 2.8   # pinned\n",
+    )
     hints = {d.pointer: d.hint for d in diags if d.code == "FT0101"}
     assert '">=3.10"' in hints["/environment/python"]  # as written, not the float 3.1
     assert '"==2.8.*"' in hints["/environment/packages/torch"]
     name = _lint_text(tmp_path, MINIMAL.replace("name: t", "name: 2024") + "hardware:\n  gpu: cpu\n")
-    assert next(d.hint for d in name if d.code == "FT0101") == 'quote it: "2024" (YAML reads an unquoted 2024 as a number)'
+    assert (
+        next(d.hint for d in name if d.code == "FT0101")
+        == 'quote it: "2024" (YAML reads an unquoted 2024 as a number)'
+    )
 
 
 def test_folder_lint_skips_the_build_and_run_folders_ftspec_writes(tmp_path: Path, capsys) -> None:

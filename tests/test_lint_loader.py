@@ -15,12 +15,15 @@ def codes(spec) -> list[tuple[str, int, int]]:
     return [(d.code, d.line, d.column) for d in spec.diagnostics]
 
 
-@pytest.mark.parametrize(("text", "code"), [
-    ("version: 1\n" + "k: v\n" * 5_001, "FT0012"),  # too many lines
-    ("x: [" + ",".join(["1"] * 6_000) + "]\n", "FT0012"),  # a runaway flow list
-    ("x: " + "[" * 6_000 + "]" * 6_000 + "\n", "FT0012"),  # too many brackets
-    ("x: " + "[" * 200 + "]" * 200 + "\n", "FT0008"),  # nesting deeper than ruamel handles quickly
-])
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("version: 1\n" + "k: v\n" * 5_001, "FT0012"),  # too many lines
+        ("x: [" + ",".join(["1"] * 6_000) + "]\n", "FT0012"),  # a runaway flow list
+        ("x: " + "[" * 6_000 + "]" * 6_000 + "\n", "FT0012"),  # too many brackets
+        ("x: " + "[" * 200 + "]" * 200 + "\n", "FT0008"),  # nesting deeper than ruamel handles quickly
+    ],
+)
 def test_complexity_limits_answer_before_parsing(text: str, code: str) -> None:
     start = time.perf_counter()
     spec = load_text(text, "s.yaml")

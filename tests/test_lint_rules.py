@@ -88,7 +88,9 @@ def test_schema_defaults_are_read_from_the_schema() -> None:
 
 
 def test_context_get_rejects_wrong_types_and_uses_defaults(tmp_path: Path) -> None:
-    text = BASE + "training:\n  epochs: true\n  learning_rate: '1e-4'\n  micro_batch_size: 4\nadapter: [1, 2]\n"
+    text = (
+        BASE + "training:\n  epochs: true\n  learning_rate: '1e-4'\n  micro_batch_size: 4\nadapter: [1, 2]\n"
+    )
     spec = load_text(text, str(tmp_path / "s.yaml"))
     ctx = RuleContext(spec, LintOptions(), [])
     assert ctx.get("/training/epochs", "num") is None  # a bool is not a number
@@ -129,12 +131,16 @@ def test_check_files_off_skips_existence_but_not_escapes(tmp_path: Path) -> None
     text = BASE.replace("data/train.jsonl", "missing.jsonl")
     assert codes(text, tmp_path) == ["FT0230"]
     assert codes(text, tmp_path, check_files=False) == []
-    assert codes(BASE.replace("data/train.jsonl", "/abs/train.jsonl"), tmp_path, check_files=False) == ["FT0228"]
+    assert codes(BASE.replace("data/train.jsonl", "/abs/train.jsonl"), tmp_path, check_files=False) == [
+        "FT0228"
+    ]
 
 
 @pytest.mark.parametrize("path", ["C:\\data\\train.jsonl", "~/train.jsonl", "\\\\server\\share\\t.jsonl"])
 def test_absolute_paths_of_every_kind(tmp_path: Path, path: str) -> None:
-    assert codes(BASE.replace("data/train.jsonl", json.dumps(path)), tmp_path, check_files=False) == ["FT0228"]
+    assert codes(BASE.replace("data/train.jsonl", json.dumps(path)), tmp_path, check_files=False) == [
+        "FT0228"
+    ]
 
 
 def test_count_lines_stops_at_the_cap(tmp_path: Path) -> None:
@@ -229,8 +235,14 @@ def test_a_crashing_rule_becomes_ft0299(tmp_path: Path, monkeypatch) -> None:
 @pytest.mark.parametrize("section", ["adapter", "training", "hardware", "dataset", "evaluation", "model"])
 @pytest.mark.parametrize("value", ["null", "7", "[1, {a: b}]", "'text'", "{method: {x: 1}, r: [], gpu: {}}"])
 def test_rules_tolerate_sections_of_any_shape(tmp_path: Path, section: str, value: str) -> None:
-    text = "\n".join(ln for ln in BASE.splitlines() if not ln.startswith(section) and not (
-        ln.startswith("  ") and _section_of(BASE, ln) == section)) + f"\n{section}: {value}\n"
+    text = (
+        "\n".join(
+            ln
+            for ln in BASE.splitlines()
+            if not ln.startswith(section) and not (ln.startswith("  ") and _section_of(BASE, ln) == section)
+        )
+        + f"\n{section}: {value}\n"
+    )
     found = codes(text, tmp_path)
     assert "FT0299" not in found
     assert any(c.startswith("FT01") for c in found)
@@ -246,12 +258,15 @@ def _section_of(text: str, line: str) -> str:
     return ""
 
 
-@pytest.mark.parametrize(("gpu", "hint"), [
-    ("A100", "did you mean 'A100-40GB' or 'A100-80GB'?"),
-    ("a100-80", "did you mean 'A100-80GB'?"),
-    ("A100-80GB-PCIe", "did you mean 'A100-80GB'?"),
-    ("RTX4080", None),  # another product, not a typo of RTX-4090
-])
+@pytest.mark.parametrize(
+    ("gpu", "hint"),
+    [
+        ("A100", "did you mean 'A100-40GB' or 'A100-80GB'?"),
+        ("a100-80", "did you mean 'A100-80GB'?"),
+        ("A100-80GB-PCIe", "did you mean 'A100-80GB'?"),
+        ("RTX4080", None),  # another product, not a typo of RTX-4090
+    ],
+)
 def test_unknown_gpu_suggestions(tmp_path: Path, gpu: str, hint: str | None) -> None:
     spec = load_text(BASE.replace("gpu: cpu", f"gpu: {gpu}"), str(tmp_path / "s.yaml"))
     (d,) = lint_loaded(spec, LintOptions(check_files=False)).diagnostics

@@ -49,8 +49,11 @@ def test_rouge_l_uses_rouge_score():
 
 
 def test_json_validity_and_schema():
-    schema = {"type": "object", "required": ["name", "age"],
-              "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}
+    schema = {
+        "type": "object",
+        "required": ["name", "age"],
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    }
     assert M.json_valid(' {"a": 1} ') == 1.0
     assert M.json_valid("{'a': 1}") == 0.0
     assert M.json_schema_valid('{"name": "Ann", "age": 3}', schema) == 1.0

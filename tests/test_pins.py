@@ -30,8 +30,15 @@ environment:
 """
 
 
-def check(packages: dict[str, str], *, method="lora", dora="false", targets="all-linear", strategy="ddp",
-          installed=False):
+def check(
+    packages: dict[str, str],
+    *,
+    method="lora",
+    dora="false",
+    targets="all-linear",
+    strategy="ddp",
+    installed=False,
+):
     lines = "\n".join(f'    {k}: "{v}"' for k, v in packages.items()) or "    {}"
     text = SPEC.format(method=method, dora=dora, targets=targets, strategy=strategy, packages=lines)
     if not packages:
@@ -49,10 +56,18 @@ def line_of(spec, key: str) -> int:
     return next(i for i, line in enumerate(spec.text.splitlines(), 1) if line.strip().startswith(key + ":"))
 
 
-@pytest.mark.parametrize("spec_text, ok", [
-    (">=0.18,<0.22", True), ("==0.8.2", True), (">=3,<2", False), (">1.0,<1.0.1", True),
-    ("==1.2.*,!=1.2.*", False), ("~=1.4.2,<1.4.2", False), (">=2.0,!=2.0,<2.0.1", True),
-])
+@pytest.mark.parametrize(
+    "spec_text, ok",
+    [
+        (">=0.18,<0.22", True),
+        ("==0.8.2", True),
+        (">=3,<2", False),
+        (">1.0,<1.0.1", True),
+        ("==1.2.*,!=1.2.*", False),
+        ("~=1.4.2,<1.4.2", False),
+        (">=2.0,!=2.0,<2.0.1", True),
+    ],
+)
 def test_satisfiable(spec_text, ok):
     assert satisfiable(spec_text) is ok
 
@@ -163,17 +178,23 @@ def test_bare_version_pin_says_which_operator_to_add():
     """`peft: "0.18.1"` is the most common pin mistake: the hint names the fix, and the message does
     not repeat packaging's half-quoted "Invalid specifier: '0.18.1" text."""
     spec, report = check({"peft": "0.18.1", "trl": "latest"})
-    bare, word = (next(d for d in report.diagnostics if d.code == "FT0401" and d.line == line_of(spec, k))
-                  for k in ("peft", "trl"))
+    bare, word = (
+        next(d for d in report.diagnostics if d.code == "FT0401" and d.line == line_of(spec, k))
+        for k in ("peft", "trl")
+    )
     assert '"==0.18.1"' in bare.hint and '">=0.18.1"' in bare.hint
     assert "'0.18.1'" in bare.message and "Invalid specifier" not in bare.message
     assert word.hint == 'write e.g. ">=0.18,<0.22" or "==0.18.1"'  # not a version: the catalog hint
 
 
-@pytest.mark.parametrize("pin", ["~=0.18", "==0.18.*", "===0.18.1", ">=0.18.0rc1", "==0.18.1+local", ">=0.18,!=0.19.*"])
+@pytest.mark.parametrize(
+    "pin", ["~=0.18", "==0.18.*", "===0.18.1", ">=0.18.0rc1", "==0.18.1+local", ">=0.18,!=0.19.*"]
+)
 def test_odd_but_valid_pep440_forms_pass(pin):
     _spec, report = check({"peft": pin, "transformers": ">=5.0,<6"})
-    assert not [d for d in report.diagnostics if d.severity == "error"], [d.message for d in report.diagnostics]
+    assert not [d for d in report.diagnostics if d.severity == "error"], [
+        d.message for d in report.diagnostics
+    ]
 
 
 def test_one_package_pinned_under_two_spellings_is_checked_as_one():
@@ -192,5 +213,8 @@ def test_two_spellings_are_reported_even_when_one_pin_is_broken():
     assert "peft" not in {d.message.split()[0] for d in report.diagnostics if d.code in ("FT0403", "FT0404")}
     _spec, report = check({"peft": ">=0.18", "PEFT": "bad!"})
     assert {"FT0401", "FT0412"} <= set(codes(report))
-    assert report.packages["peft"] == {"pin": ">=0.18,bad!", "needs": report.packages["peft"]["needs"],
-                                       "valid": False}
+    assert report.packages["peft"] == {
+        "pin": ">=0.18,bad!",
+        "needs": report.packages["peft"]["needs"],
+        "valid": False,
+    }

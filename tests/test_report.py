@@ -32,28 +32,74 @@ def metrics_doc() -> dict:
     return {
         "metadata": {"schema_version": 1, "kind": "ftspec-eval-metrics"},
         "models": {"base": "builtin:tiny-llama", "finetuned": "adapter"},
-        "measured": {"task": "exact_match", "regression": "exact_match", "format": "json",
-                     "eval_loss": "nats/token", "perplexity": "exp(eval_loss)"},
+        "measured": {
+            "task": "exact_match",
+            "regression": "exact_match",
+            "format": "json",
+            "eval_loss": "nats/token",
+            "perplexity": "exp(eval_loss)",
+        },
         "counts": {"task": 3, "regression": 2},
         "values": {
             "base": {"task": 0.0, "regression": 1.0, "format": 0.0, "eval_loss": 3.2, "perplexity": 24.5},
-            "finetuned": {"task": 2 / 3, "regression": 0.5, "format": 1.0, "eval_loss": 0.4, "perplexity": 1.49},
+            "finetuned": {
+                "task": 2 / 3,
+                "regression": 0.5,
+                "format": 1.0,
+                "eval_loss": 0.4,
+                "perplexity": 1.49,
+            },
         },
         "contamination": {"ngram": 13, "eval_examples": 3, "contaminated": 0, "examples": []},
         "examples": {
             "task": [
-                {"index": 0, "prompt": "[user] Convert: name: Ann, age: 3", "reference": '{"name": "Ann", "age": 3}',
-                 "base": "Ann 3", "finetuned": '{"name": "Ann", "age": 3}', "base_score": 0.0, "finetuned_score": 1.0},
-                {"index": 1, "prompt": "[user] Convert: name: Bo, age: 5", "reference": '{"name": "Bo", "age": 5}',
-                 "base": EVIL, "finetuned": '{"name": "Bo", "age": 5}', "base_score": 0.0, "finetuned_score": 1.0},
-                {"index": 2, "prompt": "[user] Convert: name: Cy, age: 7", "reference": '{"name": "Cy", "age": 7}',
-                 "base": "?", "finetuned": '{"name": "Cy"}', "base_score": 0.0, "finetuned_score": 0.0},
+                {
+                    "index": 0,
+                    "prompt": "[user] Convert: name: Ann, age: 3",
+                    "reference": '{"name": "Ann", "age": 3}',
+                    "base": "Ann 3",
+                    "finetuned": '{"name": "Ann", "age": 3}',
+                    "base_score": 0.0,
+                    "finetuned_score": 1.0,
+                },
+                {
+                    "index": 1,
+                    "prompt": "[user] Convert: name: Bo, age: 5",
+                    "reference": '{"name": "Bo", "age": 5}',
+                    "base": EVIL,
+                    "finetuned": '{"name": "Bo", "age": 5}',
+                    "base_score": 0.0,
+                    "finetuned_score": 1.0,
+                },
+                {
+                    "index": 2,
+                    "prompt": "[user] Convert: name: Cy, age: 7",
+                    "reference": '{"name": "Cy", "age": 7}',
+                    "base": "?",
+                    "finetuned": '{"name": "Cy"}',
+                    "base_score": 0.0,
+                    "finetuned_score": 0.0,
+                },
             ],
             "regression": [
-                {"index": 0, "prompt": "[user] What is 2+3?", "reference": "5", "base": "5", "finetuned": "5",
-                 "base_score": 1.0, "finetuned_score": 1.0},
-                {"index": 1, "prompt": "[user] What is 1+1?", "reference": "2", "base": "2", "finetuned": "11",
-                 "base_score": 1.0, "finetuned_score": 0.0},
+                {
+                    "index": 0,
+                    "prompt": "[user] What is 2+3?",
+                    "reference": "5",
+                    "base": "5",
+                    "finetuned": "5",
+                    "base_score": 1.0,
+                    "finetuned_score": 1.0,
+                },
+                {
+                    "index": 1,
+                    "prompt": "[user] What is 1+1?",
+                    "reference": "2",
+                    "base": "2",
+                    "finetuned": "11",
+                    "base_score": 1.0,
+                    "finetuned_score": 0.0,
+                },
             ],
         },
         "notes": ["lm-eval-harness tasks hellaswag skipped: the lm_eval package is not installed"],
@@ -61,7 +107,8 @@ def metrics_doc() -> dict:
 
 
 SPEC = {
-    "name": "tiny-cpu", "model": {"id": "builtin:tiny-llama"},
+    "name": "tiny-cpu",
+    "model": {"id": "builtin:tiny-llama"},
     "acceptance": [
         {"metric": "task", "min_gain_over_base": 0.3},
         {"metric": "regression", "max_drop_from_base": 0.1},
@@ -73,11 +120,23 @@ CURVES = {"train_loss": [[1, 3.0], [2, 2.0], [3, 1.2], [4, 0.9]], "eval_loss": [
 
 def make_report(spec=SPEC, metrics=None):
     metrics = metrics or metrics_doc()
-    gate = judge(spec["acceptance"], metrics["values"], measured=metrics["measured"],
-                 contamination=metrics["contamination"])
-    return build_report(gate=gate, metrics=metrics, spec=spec, spec_sha256="ab" * 32, spec_file="specs/tiny-cpu.yaml",
-                        run_dir="runs/tiny-cpu", finetuned="adapter", curves=CURVES,
-                        run_info={"final_step": 4, "world_size": 2})
+    gate = judge(
+        spec["acceptance"],
+        metrics["values"],
+        measured=metrics["measured"],
+        contamination=metrics["contamination"],
+    )
+    return build_report(
+        gate=gate,
+        metrics=metrics,
+        spec=spec,
+        spec_sha256="ab" * 32,
+        spec_file="specs/tiny-cpu.yaml",
+        run_dir="runs/tiny-cpu",
+        finetuned="adapter",
+        curves=CURVES,
+        run_info={"final_step": 4, "world_size": 2},
+    )
 
 
 def test_report_json_is_schema_valid_and_names_the_failed_rule():
@@ -172,8 +231,10 @@ def test_passing_report_and_written_files(tmp_path):
 
 def test_read_curves_skips_bad_lines(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 1, "loss": 2.0}\nnot json\n{"step": 2, "loss": NaN, "eval_loss": 1.5}\n'
-                    '{"step": "3", "loss": 1}\n{"step": 4, "loss": 1.0, "eval_loss": 1.2}\n{"step": 5, "lo')
+    path.write_text(
+        '{"step": 1, "loss": 2.0}\nnot json\n{"step": 2, "loss": NaN, "eval_loss": 1.5}\n'
+        '{"step": "3", "loss": 1}\n{"step": 4, "loss": 1.0, "eval_loss": 1.2}\n{"step": 5, "lo'
+    )
     assert read_curves(path) == {"train_loss": [[1, 2.0], [4, 1.0]], "eval_loss": [[2, 1.5], [4, 1.2]]}
     assert read_curves(tmp_path / "missing.jsonl") == {"train_loss": [], "eval_loss": []}
 
@@ -200,7 +261,9 @@ def test_markdown_headline(status):
 def _browser() -> str | None:
     import shutil
 
-    return next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    return next(
+        (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None
+    )
 
 
 @pytest.mark.skipif(_browser() is None, reason="no headless Chromium on this machine")
@@ -211,7 +274,14 @@ def test_html_report_renders_in_a_headless_browser(tmp_path):
 
     paths = write_reports(make_report(), tmp_path)
     url = paths["report.html"].resolve().as_uri()
-    base = [_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1100,1600"]
+    base = [
+        _browser(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        "--window-size=1100,1600",
+    ]
     dom = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
     assert "Acceptance rules" in dom and "<polyline" in dom and "max_drop_from_base" in dom
     assert "<script>" not in dom  # the escaped answer did not become an element

@@ -22,23 +22,36 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "specs" / "tiny-cpu.yaml"
 READY = all(p.is_file() for p in (DEMO, ROOT / "runtime/train.py", ROOT / "compiler/verbs/launch.py"))
-needs_runtime = pytest.mark.skipif(not READY, reason="needs specs/tiny-cpu.yaml, runtime/train.py and `ftspec launch`")
+needs_runtime = pytest.mark.skipif(
+    not READY, reason="needs specs/tiny-cpu.yaml, runtime/train.py and `ftspec launch`"
+)
 
 
 def ftspec(*args: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ftspec.compiler.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ftspec.compiler.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_run_stops_at_lint_with_its_exit_code(tmp_path):
     spec = tmp_path / "bad.yaml"
-    spec.write_text("version: 1\nname: bad\nmodel: {id: builtin:tiny-llama}\nlearning_rte: 3\n"
-                    "dataset: {train: train.jsonl, eval: eval.jsonl}\nhardware: {gpu: cpu}\n")
+    spec.write_text(
+        "version: 1\nname: bad\nmodel: {id: builtin:tiny-llama}\nlearning_rte: 3\n"
+        "dataset: {train: train.jsonl, eval: eval.jsonl}\nhardware: {gpu: cpu}\n"
+    )
     proc = ftspec("run", str(spec), "-o", str(tmp_path / "build"), cwd=tmp_path)
     assert proc.returncode == 1
     lines = proc.stdout.splitlines()
     stage_lines = [line for line in lines if re.match(r"\[\d/5\] ", line)]
-    assert len(stage_lines) == 1 and stage_lines[0].startswith("[1/5] lint") and "FAILED (exit 1)" in stage_lines[0]
+    assert (
+        len(stage_lines) == 1
+        and stage_lines[0].startswith("[1/5] lint")
+        and "FAILED (exit 1)" in stage_lines[0]
+    )
     assert any("FT0103" in line or "learning_rte" in line for line in lines)  # the findings are shown
     assert lines[-1].startswith("ftspec run: stopped at lint (exit 1)")
     assert not (tmp_path / "build").exists()
@@ -54,8 +67,11 @@ def _copy_demo(tmp_path: Path, name: str, edit) -> Path:
     from ruamel.yaml import YAML
 
     folder = tmp_path / name
-    shutil.copytree(ROOT / "specs" / "data", folder / "data",
-                    ignore=shutil.ignore_patterns("*.py", "support-*", "general-*", "ticket*"))
+    shutil.copytree(
+        ROOT / "specs" / "data",
+        folder / "data",
+        ignore=shutil.ignore_patterns("*.py", "support-*", "general-*", "ticket*"),
+    )
     yaml = YAML()
     data = yaml.load(DEMO.read_text())
     data["name"] = name

@@ -47,8 +47,12 @@ def test_regression_prompts_are_fresh_instances_of_the_general_skill():
 def test_concurrent_builds_build_once_and_reproduce_the_weights(tmp_path):
     code = "from ftspec.runtime.builtin import ensure_builtin; print(ensure_builtin())"
     env = {**os.environ, "FTSPEC_CACHE": str(tmp_path)}
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     paths = [out.strip().splitlines()[-1] for out, _ in outs]  # libraries may log to stdout first
@@ -72,7 +76,9 @@ def test_base_model_answers_the_regression_prompts_and_not_the_task():
     folder = builtin.ensure_builtin()
     model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
     tok = AutoTokenizer.from_pretrained(str(folder))
-    regression = [json.loads(x) for x in (ROOT / "specs/data/tiny-cpu-regression.jsonl").read_text().splitlines()]
+    regression = [
+        json.loads(x) for x in (ROOT / "specs/data/tiny-cpu-regression.jsonl").read_text().splitlines()
+    ]
     assert builtin.skill_accuracy(model, tok, regression, 10) >= 0.9
     task = []
     for line in (ROOT / "specs/data/tiny-cpu-eval.jsonl").read_text().splitlines()[:50]:
@@ -87,11 +93,20 @@ def test_qlora_keeps_16bit_weights_in_the_precision_the_spec_names(tmp_path):
     import torch
     from ftspec.runtime.model import load_model, resolve_source
 
-    spec = {"model": {"id": "builtin:tiny-llama"},
-            "adapter": {"method": "qlora", "r": 4, "alpha": 4, "target_modules": "all-linear",
-                        "quantization": {"bits": 4, "quant_type": "nf4", "compute_dtype": "bf16"}},
-            "training": {"precision": "bf16", "gradient_checkpointing": True}}
-    model = load_model(resolve_source(spec["model"], tmp_path), spec, device="cpu", local_rank=0, ds_config=None)
+    spec = {
+        "model": {"id": "builtin:tiny-llama"},
+        "adapter": {
+            "method": "qlora",
+            "r": 4,
+            "alpha": 4,
+            "target_modules": "all-linear",
+            "quantization": {"bits": 4, "quant_type": "nf4", "compute_dtype": "bf16"},
+        },
+        "training": {"precision": "bf16", "gradient_checkpointing": True},
+    }
+    model = load_model(
+        resolve_source(spec["model"], tmp_path), spec, device="cpu", local_rank=0, ds_config=None
+    )
     base = model.get_base_model()
     assert base.get_input_embeddings().weight.dtype == torch.bfloat16
     assert base.lm_head.weight.dtype == torch.bfloat16

@@ -85,11 +85,23 @@ def test_write_json_atomic_leaves_no_temp_files(tmp_path):
 
 
 def _plan(**training) -> dict:
-    return {"spec": {"name": "a", "training": {"learning_rate": 1e-3, "logging_steps": 10, "micro_batch_size": 4,
-                                               "gradient_accumulation_steps": 2, **training},
-                     "output": {"report_to": ["none"]}, "evaluation": {"batch_size": 8}},
-            "derived": {"effective_batch": 8, "world_size": 1, "micro_batch_size": 4, "main_process_port": 29500},
-            "estimate": {"time": {"hours": 1}}, "metadata": {"spec_sha256": "x"}}
+    return {
+        "spec": {
+            "name": "a",
+            "training": {
+                "learning_rate": 1e-3,
+                "logging_steps": 10,
+                "micro_batch_size": 4,
+                "gradient_accumulation_steps": 2,
+                **training,
+            },
+            "output": {"report_to": ["none"]},
+            "evaluation": {"batch_size": 8},
+        },
+        "derived": {"effective_batch": 8, "world_size": 1, "micro_batch_size": 4, "main_process_port": 29500},
+        "estimate": {"time": {"hours": 1}},
+        "metadata": {"spec_sha256": "x"},
+    }
 
 
 def test_training_identity_separates_harmless_from_harmful_changes():

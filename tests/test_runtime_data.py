@@ -13,19 +13,23 @@ from ftspec.compiler.dataset.formats import to_messages
 from ftspec.runtime import data as rdata
 
 RECORDS = {
-    "chatml": {"messages": [
-        {"role": "system", "content": "You convert records."},
-        {"role": "user", "content": "name: Alice, age: 34"},
-        {"role": "assistant", "content": '{"name": "Alice", "age": 34}'},
-        {"role": "user", "content": "and name: Bob, age: 5"},
-        {"role": "assistant", "content": '{"name": "Bob", "age": 5}'},
-    ]},
-    "sharegpt": {"conversations": [
-        {"from": "human", "value": "What is 3+4?"},
-        {"from": "gpt", "value": "7"},
-        {"from": "human", "value": "What is the opposite of hot?"},
-        {"from": "gpt", "value": "cold"},
-    ]},
+    "chatml": {
+        "messages": [
+            {"role": "system", "content": "You convert records."},
+            {"role": "user", "content": "name: Alice, age: 34"},
+            {"role": "assistant", "content": '{"name": "Alice", "age": 34}'},
+            {"role": "user", "content": "and name: Bob, age: 5"},
+            {"role": "assistant", "content": '{"name": "Bob", "age": 5}'},
+        ]
+    },
+    "sharegpt": {
+        "conversations": [
+            {"from": "human", "value": "What is 3+4?"},
+            {"from": "gpt", "value": "7"},
+            {"from": "human", "value": "What is the opposite of hot?"},
+            {"from": "gpt", "value": "cold"},
+        ]
+    },
     "alpaca": {"instruction": "Repeat the record.", "input": "name: Carol", "output": "name: Carol"},
 }
 
@@ -48,7 +52,9 @@ def tokenizer_with(template: str):
 def test_labels_train_exactly_the_answers_and_their_terminators(fmt, template):
     tok = tokenizer_with(template)
     messages = to_messages(RECORDS[fmt], fmt)
-    example, status = rdata.tokenize(messages, tok, loss_on="assistant", sequence_len=512, truncation="truncate")
+    example, status = rdata.tokenize(
+        messages, tok, loss_on="assistant", sequence_len=512, truncation="truncate"
+    )
     assert status == "ok"
     info = builtin_template(template)
     terminator = info.terminator_text({"eos_token": tok.eos_token})
@@ -76,8 +82,9 @@ def test_labels_train_exactly_the_answers_and_their_terminators(fmt, template):
 
 def test_loss_on_all_trains_every_token():
     tok = tokenizer_with("chatml")
-    example, _ = rdata.tokenize(to_messages(RECORDS["chatml"], "chatml"), tok, loss_on="all", sequence_len=512,
-                                truncation="truncate")
+    example, _ = rdata.tokenize(
+        to_messages(RECORDS["chatml"], "chatml"), tok, loss_on="all", sequence_len=512, truncation="truncate"
+    )
     assert example.labels == example.input_ids
 
 
@@ -95,7 +102,9 @@ def test_truncation_policy():
     messages = to_messages(RECORDS["chatml"], "chatml")
     full, _ = rdata.tokenize(messages, tok, loss_on="assistant", sequence_len=512, truncation="truncate")
     cut = len(full.input_ids) - 3
-    truncated, status = rdata.tokenize(messages, tok, loss_on="assistant", sequence_len=cut, truncation="truncate")
+    truncated, status = rdata.tokenize(
+        messages, tok, loss_on="assistant", sequence_len=cut, truncation="truncate"
+    )
     assert status == "truncated" and len(truncated.input_ids) == cut and truncated.labels == full.labels[:cut]
     dropped, status = rdata.tokenize(messages, tok, loss_on="assistant", sequence_len=cut, truncation="drop")
     assert dropped is None and status == "too_long"
@@ -105,8 +114,11 @@ def test_truncation_policy():
 
 
 def test_packing_restarts_positions_and_masks_boundaries():
-    examples = [rdata.Example([1, 2, 3], [-100, 2, 3], [0, 1, 2]), rdata.Example([4, 5], [4, 5], [0, 1]),
-                rdata.Example([6, 7, 8, 9], [-100, -100, 8, 9], [0, 1, 2, 3])]
+    examples = [
+        rdata.Example([1, 2, 3], [-100, 2, 3], [0, 1, 2]),
+        rdata.Example([4, 5], [4, 5], [0, 1]),
+        rdata.Example([6, 7, 8, 9], [-100, -100, 8, 9], [0, 1, 2, 3]),
+    ]
     rows = rdata.pack(examples, sequence_len=6, seed=0)
     assert sum(len(r.input_ids) for r in rows) == 9 and all(len(r.input_ids) <= 6 for r in rows)
     for row in rows:
@@ -151,15 +163,25 @@ def test_packed_examples_do_not_attend_to_each_other():
 
     torch.manual_seed(0)
     for impl in ("sdpa", "eager"):
-        config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, attn_implementation=impl)
+        config = LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            attn_implementation=impl,
+        )
         model = LlamaForCausalLM(config).eval()
         a, b = [5, 6, 7, 8, 9], [10, 11, 12]
-        packed = rdata.collate([rdata.Example(a + b, [-100] * 8, list(range(5)) + list(range(3)))], 0, packed=True)
+        packed = rdata.collate(
+            [rdata.Example(a + b, [-100] * 8, list(range(5)) + list(range(3)))], 0, packed=True
+        )
         with torch.no_grad():
             # no KV cache: transformers only reads packed boundaries from position_ids in training-style calls
-            together = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
-                             use_cache=False).logits[0, 5:]
+            together = model(
+                input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False
+            ).logits[0, 5:]
             alone = model(input_ids=torch.tensor([b])).logits[0]
         assert torch.allclose(together, alone, atol=1e-5), impl
 
@@ -189,7 +211,9 @@ def test_eval_shards_give_every_rank_the_same_number_of_batches():
 
 def test_mix_fraction_and_eval_split(tmp_path):
     task = [[{"role": "user", "content": f"t{i}"}, {"role": "assistant", "content": "x"}] for i in range(80)]
-    general = [[{"role": "user", "content": f"g{i}"}, {"role": "assistant", "content": "y"}] for i in range(10)]
+    general = [
+        [{"role": "user", "content": f"g{i}"}, {"role": "assistant", "content": "y"}] for i in range(10)
+    ]
     mixed = rdata.mix_sources([(task, None), (general, 0.2)], seed=3)
     assert len(mixed) == 100 and sum(1 for m in mixed if m[0]["content"].startswith("g")) == 20
     with pytest.raises(rdata.DataError):
@@ -203,7 +227,10 @@ def test_load_conversations_reads_sources_relative_to_the_spec(tmp_path):
     (tmp_path / "d").mkdir()
     rows = [{"instruction": f"q{i}", "output": f"a{i}"} for i in range(20)]
     (tmp_path / "d" / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    spec = {"dataset": {"format": "alpaca", "train": ["d/t.jsonl"], "eval_split": 0.2}, "training": {"seed": 1}}
+    spec = {
+        "dataset": {"format": "alpaca", "train": ["d/t.jsonl"], "eval_split": 0.2},
+        "training": {"seed": 1},
+    }
     train, evals = rdata.load_conversations(spec, tmp_path)
     assert len(evals) == 4 and len(train) == 16
     assert {m[0]["content"] for m in train}.isdisjoint({m[0]["content"] for m in evals})
@@ -220,6 +247,12 @@ def test_a_data_file_that_vanished_after_compile_is_a_finding_not_a_traceback(tm
 
     spec = {"dataset": {"format": "chatml", "train": "data/gone.jsonl"}, "training": {"sequence_len": 64}}
     with pytest.raises(rdata.DataError) as info:
-        train.cached_prepare(spec, {"sequence_len": 64}, tmp_path, SimpleNamespace(chat_template="t"), tmp_path,
-                             SimpleNamespace(path_or_id="m"))
+        train.cached_prepare(
+            spec,
+            {"sequence_len": 64},
+            tmp_path,
+            SimpleNamespace(chat_template="t"),
+            tmp_path,
+            SimpleNamespace(path_or_id="m"),
+        )
     assert info.value.code == "FT0711" and "gone.jsonl" in info.value.fields["file"]

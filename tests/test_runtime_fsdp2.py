@@ -24,8 +24,16 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.slow
 def test_fsdp2_sharded_lora_matches_unsharded_training(tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29561",
-           str(ROOT / "tests" / "fsdp2_worker.py"), str(tmp_path), str(ROOT / "specs/data/tiny-cpu-train.jsonl")]
+    cmd = [
+        str(torchrun),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29561",
+        str(ROOT / "tests" / "fsdp2_worker.py"),
+        str(tmp_path),
+        str(ROOT / "specs/data/tiny-cpu-train.jsonl"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -46,7 +46,13 @@ def test_ddp_two_ranks_end_identical_and_leave_a_run_folder(reference):
     info = run_json(run)
     assert info["exit_status"] == "completed" and info["world_size"] == 2 and info["final_step"] == 16
     assert info["plan_sha256"] and info["started"] and info["ended"]
-    for name in ("plan.json", "lock.json", "metrics.jsonl", "adapter/adapter_config.json", "tokenizer/tokenizer.json"):
+    for name in (
+        "plan.json",
+        "lock.json",
+        "metrics.jsonl",
+        "adapter/adapter_config.json",
+        "tokenizer/tokenizer.json",
+    ):
         assert (run / name).is_file(), name
     losses = train_losses(run)
     assert losses[16] < losses[2]
@@ -55,7 +61,11 @@ def test_ddp_two_ranks_end_identical_and_leave_a_run_folder(reference):
     assert all(m["world_size"] == 2 for m in events)
     assert {"learning_rate", "grad_norm", "tokens_per_second", "memory"} <= set(events[0])
     # save_total_limit 3 of checkpoints 4, 8, 12, 16
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-16", "checkpoint-8"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "checkpoint-12",
+        "checkpoint-16",
+        "checkpoint-8",
+    ]
 
 
 def test_adapter_loads_with_peft(reference):
@@ -76,7 +86,9 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted(reference, tmp_path):
     log = tmp_path / "launch.log"
     cmd = [sys.executable, "-m", "ftspec.compiler.cli", "launch", str(spec), "-o", str(tmp_path / "build")]
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_with(FTSPEC_STEP_DELAY_S="0.8"), stdout=fh, stderr=fh)
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env_with(FTSPEC_STEP_DELAY_S="0.8"), stdout=fh, stderr=fh
+        )
     run = tmp_path / "runs" / "t"
     deadline = time.monotonic() + 180
     while not (run / "checkpoints" / "checkpoint-8" / "complete").is_file():
@@ -85,8 +97,11 @@ def test_kill_9_mid_run_then_resume_matches_uninterrupted(reference, tmp_path):
         time.sleep(0.2)
 
     def rank_pids() -> list[int]:
-        return [int(line.split(" pid ")[1].split()[0]) for line in log.read_text().splitlines()
-                if line.startswith("ftspec: rank ") and " pid " in line]
+        return [
+            int(line.split(" pid ")[1].split()[0])
+            for line in log.read_text().splitlines()
+            if line.startswith("ftspec: rank ") and " pid " in line
+        ]
 
     # Each rank's start-up line reaches the log through the launcher's stream: wait for both.
     while len(pids := rank_pids()) < 2 and time.monotonic() < deadline:
@@ -157,8 +172,12 @@ def test_oom_halves_micro_batch_doubles_accumulation_and_resumes(tmp_path):
     assert "FT0707" in result.stderr
     info = run_json(tmp_path / "runs" / "t")
     assert info["exit_status"] == "completed" and info["resumed_from"] == "checkpoint-4"
-    assert info["batch"] == {"micro_batch_size": 2, "gradient_accumulation_steps": 4, "world_size": 2,
-                             "effective_batch": 16}
+    assert info["batch"] == {
+        "micro_batch_size": 2,
+        "gradient_accumulation_steps": 4,
+        "world_size": 2,
+        "effective_batch": 16,
+    }
     (change,) = info["batch_changes"]
     assert change["step"] == 6 and change["from"]["micro_batch_size"] == 4
     after = [m for m in metrics(tmp_path / "runs" / "t") if "loss" in m and m["step"] > 4]
@@ -168,8 +187,12 @@ def test_oom_halves_micro_batch_doubles_accumulation_and_resumes(tmp_path):
 def test_one_failing_rank_stops_the_other_promptly(tmp_path):
     spec = write_spec(tmp_path, training={"max_steps": 200})
     started = time.monotonic()
-    result = launch(spec, build=tmp_path / "build",
-                    env=env_with(FTSPEC_INJECT_CRASH_AT_STEP="3", FTSPEC_INJECT_CRASH_RANK="1"), timeout=120)
+    result = launch(
+        spec,
+        build=tmp_path / "build",
+        env=env_with(FTSPEC_INJECT_CRASH_AT_STEP="3", FTSPEC_INJECT_CRASH_RANK="1"),
+        timeout=120,
+    )
     elapsed = time.monotonic() - started
     assert result.returncode != 0
     assert elapsed < 90  # not the 30-minute collective timeout
@@ -184,8 +207,13 @@ def test_world_mismatch_is_refused(tmp_path):
     env = env_with()
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         env.pop(key, None)
-    result = subprocess.run([sys.executable, "-m", "ftspec.runtime.train", "--plan", str(tmp_path / "build" / "plan.json")],
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "ftspec.runtime.train", "--plan", str(tmp_path / "build" / "plan.json")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert "FT0701" in result.stderr and "plan asks for 2 processes" in result.stderr
 
@@ -199,8 +227,11 @@ def test_accelerate_fsdp_on_cpu_is_refused(tmp_path):
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_on_cpu_processes(tmp_path, stage):
-    spec = write_spec(tmp_path, hardware={"strategy": "deepspeed", "zero_stage": stage},
-                      training={"max_steps": 8, "save_steps": 4})
+    spec = write_spec(
+        tmp_path,
+        hardware={"strategy": "deepspeed", "zero_stage": stage},
+        training={"max_steps": 8, "save_steps": 4},
+    )
     result = launch(spec, build=tmp_path / "build", env=env_with(FTSPEC_PARAM_DIGEST="1"))
     _ok(result)
     assert "distributed type DEEPSPEED" in result.stderr
@@ -236,9 +267,14 @@ def test_deepspeed_zero_on_cpu_processes(tmp_path, stage):
 
 
 def test_qlora_on_cpu_processes(tmp_path):
-    spec = write_spec(tmp_path, adapter={"method": "qlora", "quantization": {"bits": 4, "quant_type": "nf4",
-                                                                             "compute_dtype": "fp32"}},
-                      training={"max_steps": 8})
+    spec = write_spec(
+        tmp_path,
+        adapter={
+            "method": "qlora",
+            "quantization": {"bits": 4, "quant_type": "nf4", "compute_dtype": "fp32"},
+        },
+        training={"max_steps": 8},
+    )
     result = launch(spec, build=tmp_path / "build", env=env_with(FTSPEC_PARAM_DIGEST="1"))
     _ok(result)
     run = tmp_path / "runs" / "t"
@@ -252,10 +288,15 @@ def test_qlora_on_cpu_processes(tmp_path):
 def test_qlora_under_zero3_saves_checkpoints_after_evaluating(tmp_path):
     """Regression: bitsandbytes repacked the 4-bit weights for its CPU kernels during evaluation and
     then failed to unpack the float-stored (ZeRO-3) weights in state_dict: the first save crashed."""
-    spec = write_spec(tmp_path, adapter={"method": "qlora", "quantization": {"bits": 4, "quant_type": "nf4",
-                                                                             "compute_dtype": "fp32"}},
-                      hardware={"gpu": "cpu", "gpus_per_node": 2, "strategy": "deepspeed", "zero_stage": 3},
-                      training={"max_steps": 4, "save_steps": 2, "eval_steps": 2, "precision": "fp32"})
+    spec = write_spec(
+        tmp_path,
+        adapter={
+            "method": "qlora",
+            "quantization": {"bits": 4, "quant_type": "nf4", "compute_dtype": "fp32"},
+        },
+        hardware={"gpu": "cpu", "gpus_per_node": 2, "strategy": "deepspeed", "zero_stage": 3},
+        training={"max_steps": 4, "save_steps": 2, "eval_steps": 2, "precision": "fp32"},
+    )
     _ok(launch(spec, build=tmp_path / "build"))
     run = tmp_path / "runs" / "t"
     assert (run / "checkpoints" / "checkpoint-2" / "complete").is_file()
@@ -264,8 +305,12 @@ def test_qlora_under_zero3_saves_checkpoints_after_evaluating(tmp_path):
 
 
 def test_dora_full_and_merged_outputs(tmp_path):
-    spec = write_spec(tmp_path, adapter={"dora": True}, training={"max_steps": 4, "optimizer": "adamw_8bit"},
-                      output={"save": "both", "report_to": ["tensorboard"]})
+    spec = write_spec(
+        tmp_path,
+        adapter={"dora": True},
+        training={"max_steps": 4, "optimizer": "adamw_8bit"},
+        output={"save": "both", "report_to": ["tensorboard"]},
+    )
     _ok(launch(spec, build=tmp_path / "build"))
     run = tmp_path / "runs" / "t"
     assert (run / "adapter" / "adapter_config.json").is_file()
@@ -280,9 +325,11 @@ def test_dora_full_and_merged_outputs(tmp_path):
 def test_fsdp_through_accelerate_on_cuda(tmp_path):
     import torch
 
-    spec = write_spec(tmp_path, hardware={"gpu": "H100-80GB", "gpus_per_node": torch.cuda.device_count(),
-                                          "strategy": "fsdp"},
-                      training={"precision": "bf16", "max_steps": 8})
+    spec = write_spec(
+        tmp_path,
+        hardware={"gpu": "H100-80GB", "gpus_per_node": torch.cuda.device_count(), "strategy": "fsdp"},
+        training={"precision": "bf16", "max_steps": 8},
+    )
     result = launch(spec, build=tmp_path / "build")
     _ok(result)
     assert "distributed type FSDP" in result.stderr
@@ -290,9 +337,12 @@ def test_fsdp_through_accelerate_on_cuda(tmp_path):
 
 @pytest.mark.gpu
 def test_qlora_on_cuda_reports_peak_memory(tmp_path):
-    spec = write_spec(tmp_path, adapter={"method": "qlora"}, hardware={"gpu": "H100-80GB", "gpus_per_node": 1,
-                                                                       "strategy": "single"},
-                      training={"precision": "bf16", "max_steps": 8, "gradient_checkpointing": True})
+    spec = write_spec(
+        tmp_path,
+        adapter={"method": "qlora"},
+        hardware={"gpu": "H100-80GB", "gpus_per_node": 1, "strategy": "single"},
+        training={"precision": "bf16", "max_steps": 8, "gradient_checkpointing": True},
+    )
     _ok(launch(spec, build=tmp_path / "build"))
     events = [m for m in metrics(tmp_path / "runs" / "t") if "memory" in m]
     assert events and events[-1]["memory"] > 0
@@ -314,8 +364,11 @@ def test_runtime_refuses_to_start_over_an_earlier_run(reference, tmp_path):
     result = subprocess.run(argv, env=env_with(**env), capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "FT0723" in result.stderr
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == before
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-16",
-                                                                         "checkpoint-8"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "checkpoint-12",
+        "checkpoint-16",
+        "checkpoint-8",
+    ]
     assert run_json(run)["exit_status"] == "completed"
 
 
@@ -340,19 +393,29 @@ def test_resume_refuses_a_changed_plan_and_allows_harmless_changes(tmp_path):
     _ok(launch(spec, build=tmp_path / "build"))
     run = tmp_path / "runs" / "t"
     assert run_json(run)["training_sha256"]
-    before = {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*"))
-              if p.is_file() and ".ftspec" not in p.parts}
+    before = {
+        p.relative_to(run).as_posix(): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and ".ftspec" not in p.parts
+    }
 
     write_spec(tmp_path, train_rows=64, hardware=single, training={**train, "learning_rate": 1.0e-3})
     result = launch(spec, "--resume", build=tmp_path / "build")
     assert result.returncode != 0
     assert "FT0724" in result.stderr and "/spec/training/learning_rate: 0.003 -> 0.001" in result.stderr
-    after = {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*"))
-             if p.is_file() and ".ftspec" not in p.parts}
+    after = {
+        p.relative_to(run).as_posix(): p.read_bytes()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and ".ftspec" not in p.parts
+    }
     assert after == before  # nothing in the run folder changed
 
-    write_spec(tmp_path, train_rows=64, hardware=single,
-               training={**train, "logging_steps": 1, "micro_batch_size": 2, "gradient_accumulation_steps": 4})
+    write_spec(
+        tmp_path,
+        train_rows=64,
+        hardware=single,
+        training={**train, "logging_steps": 1, "micro_batch_size": 2, "gradient_accumulation_steps": 4},
+    )
     result = launch(spec, "--resume", build=tmp_path / "build")
     _ok(result)
     assert run_json(run)["resumed_from"] == "checkpoint-4"

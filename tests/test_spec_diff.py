@@ -27,7 +27,9 @@ def _variant(tmp_path: Path, name: str, *replacements: tuple[str, str]) -> Path:
 
 
 def test_writing_a_default_is_no_change(tmp_path):
-    same = _variant(tmp_path, "same.yaml", ("  epochs: 1\n", "  epochs: 1\n  scheduler: cosine\n  seed: 42\n"))
+    same = _variant(
+        tmp_path, "same.yaml", ("  epochs: 1\n", "  epochs: 1\n  scheduler: cosine\n  seed: 42\n")
+    )
     diff = diff_specs(str(BASE), str(same), estimate=False)
     assert diff.identical and not diff.diagnostics
     assert "no semantic changes" in to_text(diff)
@@ -35,8 +37,13 @@ def test_writing_a_default_is_no_change(tmp_path):
 
 def test_changes_with_consequences(tmp_path):
     old = _variant(tmp_path, "old.yaml")
-    new = _variant(tmp_path, "new.yaml", ("learning_rate: 1.0e-4", "learning_rate: 1.0e-3"),
-                   ("micro_batch_size: 2", "micro_batch_size: 4"), ("nodes: 2", "nodes: 1"))
+    new = _variant(
+        tmp_path,
+        "new.yaml",
+        ("learning_rate: 1.0e-4", "learning_rate: 1.0e-3"),
+        ("micro_batch_size: 2", "micro_batch_size: 4"),
+        ("nodes: 2", "nodes: 1"),
+    )
     diff = diff_specs(str(old), str(new))
     pointers = [p for p, _, _ in diff.changes]
     assert pointers == ["/hardware/nodes", "/training/learning_rate", "/training/micro_batch_size"]
@@ -54,8 +61,12 @@ def test_changes_with_consequences(tmp_path):
 
 def test_effective_batch_and_cost(tmp_path):
     old = _variant(tmp_path, "old.yaml")
-    new = _variant(tmp_path, "new.yaml", ("gradient_accumulation_steps: 4", "gradient_accumulation_steps: 8"),
-                   ("epochs: 1", "epochs: 200"))
+    new = _variant(
+        tmp_path,
+        "new.yaml",
+        ("gradient_accumulation_steps: 4", "gradient_accumulation_steps: 8"),
+        ("epochs: 1", "epochs: 200"),
+    )
     diff = diff_specs(str(old), str(new))
     text = "\n".join(diff.consequences)
     assert "effective batch 64 -> 128" in text
@@ -71,19 +82,39 @@ def test_git_revision_side(tmp_path):
     subprocess.run(git + ["add", "spec.yaml"], cwd=repo, check=True)
     subprocess.run(git + ["commit", "-q", "-m", "spec"], cwd=repo, check=True)
     spec.write_text(spec.read_text().replace("r: 16", "r: 32"))
-    run = subprocess.run([sys.executable, "-m", "ftspec.compiler.cli", "diff", "git:HEAD:spec.yaml", "spec.yaml",
-                          "--no-estimate"], cwd=repo, capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ftspec.compiler.cli",
+            "diff",
+            "git:HEAD:spec.yaml",
+            "spec.yaml",
+            "--no-estimate",
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr + run.stdout
     assert "/adapter/r" in run.stdout and "16 -> 32" in run.stdout
-    bad = subprocess.run([sys.executable, "-m", "ftspec.compiler.cli", "diff", "git:nope:spec.yaml", "spec.yaml"],
-                         cwd=repo, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "ftspec.compiler.cli", "diff", "git:nope:spec.yaml", "spec.yaml"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "FT0618" in bad.stdout
 
 
 def test_invalid_side_is_reported_not_raised(tmp_path):
     bad = _variant(tmp_path, "bad.yaml", ("micro_batch_size: 2", "micro_batch_size: zero"))
-    run = subprocess.run([sys.executable, "-m", "ftspec.compiler.cli", "diff", str(BASE), str(bad)],
-                         cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "ftspec.compiler.cli", "diff", str(BASE), str(bad)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 1 and "micro_batch_size" in run.stdout
 
 
@@ -93,8 +124,12 @@ def test_cli_formats(fmt):
     other = "specs/llama3.1-8b-dora-a100.yaml"
     if not (ROOT / spec).exists() or not (ROOT / other).exists():
         pytest.skip("example specs not present")
-    run = subprocess.run([sys.executable, "-m", "ftspec.compiler.cli", "diff", spec, other, "--format", fmt],
-                         cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "ftspec.compiler.cli", "diff", spec, other, "--format", fmt],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert "/adapter/method" in run.stdout and "qlora" in run.stdout
 
@@ -123,8 +158,13 @@ def test_gpu_swap_reports_the_fit_verdict_and_new_lint_errors(tmp_path):
 
 def test_steps_scaling_precision_and_small_costs(tmp_path):
     old = _variant(tmp_path, "old.yaml")
-    new = _variant(tmp_path, "new.yaml", ("gradient_accumulation_steps: 4", "gradient_accumulation_steps: 2"),
-                   ("r: 16", "r: 64"), ("sequence_len: 1024", "sequence_len: 1024\n  precision: bf16-mixed"))
+    new = _variant(
+        tmp_path,
+        "new.yaml",
+        ("gradient_accumulation_steps: 4", "gradient_accumulation_steps: 2"),
+        ("r: 16", "r: 64"),
+        ("sequence_len: 1024", "sequence_len: 1024\n  precision: bf16-mixed"),
+    )
     text = "\n".join(diff_specs(str(old), str(new)).consequences)
     # 48 examples: effective batch 64 -> 32, one step per epoch either way (ceil), so no steps line
     assert "effective batch 64 -> 32" in text

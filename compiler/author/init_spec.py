@@ -90,17 +90,32 @@ def inspect_data(path: Path, shown: str) -> tuple[DataSummary | None, list[Diagn
     except DataFileError as exc:
         return None, [make("FT0920", loc, path=shown, detail=str(exc))]
     if not counts:
-        detail = f"no chatml, sharegpt or alpaca records found ({bad} unusable)" if bad else "the file is empty"
+        detail = (
+            f"no chatml, sharegpt or alpaca records found ({bad} unusable)" if bad else "the file is empty"
+        )
         return None, [make("FT0920", loc, path=shown, detail=detail)]
     fmt = max(counts, key=lambda k: counts[k])
-    summary = DataSummary(path=path, format=fmt, examples=counts[fmt], p50_tokens=_percentile(lengths, 0.5),
-                          p95_tokens=_percentile(lengths, 0.95), max_tokens=max(lengths), bad_records=bad)
+    summary = DataSummary(
+        path=path,
+        format=fmt,
+        examples=counts[fmt],
+        p50_tokens=_percentile(lengths, 0.5),
+        p95_tokens=_percentile(lengths, 0.95),
+        max_tokens=max(lengths),
+        bad_records=bad,
+    )
     out = []
     if len(counts) > 1 or bad:
-        out.append(make("FT0924", loc, severity="warning",
-                        detail=f"{shown}: {counts[fmt]} {fmt} records, {sum(counts.values()) - counts[fmt] + bad} "
-                               "others that `ftspec check` will report",
-                        hint="one format per file"))
+        out.append(
+            make(
+                "FT0924",
+                loc,
+                severity="warning",
+                detail=f"{shown}: {counts[fmt]} {fmt} records, {sum(counts.values()) - counts[fmt] + bad} "
+                "others that `ftspec check` will report",
+                hint="one format per file",
+            )
+        )
     return summary, out
 
 
@@ -118,8 +133,15 @@ def _epochs(examples: int) -> int:
 
 def _ladder(gpus: int, bf16: bool) -> list[dict]:
     """Setups from the guides' defaults down to the most memory-frugal, in the order they are tried."""
-    base = {"method": "lora", "ckpt": False, "micro": 4, "strategy": "auto", "optimizer": "adamw_torch",
-            "offload": "none", "why": "the guides' defaults fit"}
+    base = {
+        "method": "lora",
+        "ckpt": False,
+        "micro": 4,
+        "strategy": "auto",
+        "optimizer": "adamw_torch",
+        "offload": "none",
+        "why": "the guides' defaults fit",
+    }
     steps = [
         dict(base),
         dict(base, ckpt=True, why="gradient checkpointing was needed to fit"),
@@ -128,22 +150,63 @@ def _ladder(gpus: int, bf16: bool) -> list[dict]:
     ]
     if gpus > 1:
         steps += [
-            dict(base, ckpt=True, micro=2, strategy="fsdp",
-                 why="the 16-bit model does not fit one GPU: FSDP shards it across the GPUs"),
-            dict(base, ckpt=True, micro=1, strategy="fsdp",
-                 why="FSDP sharding with micro batch 1 was needed to fit"),
+            dict(
+                base,
+                ckpt=True,
+                micro=2,
+                strategy="fsdp",
+                why="the 16-bit model does not fit one GPU: FSDP shards it across the GPUs",
+            ),
+            dict(
+                base,
+                ckpt=True,
+                micro=1,
+                strategy="fsdp",
+                why="FSDP sharding with micro batch 1 was needed to fit",
+            ),
         ]
     steps += [
-        dict(base, method="qlora", ckpt=True, micro=2, optimizer="paged_adamw_8bit",
-             why="LoRA on the 16-bit model does not fit: QLoRA keeps the base in 4 bits"),
-        dict(base, method="qlora", ckpt=True, micro=1, optimizer="paged_adamw_8bit",
-             why="QLoRA with micro batch 1 was needed to fit"),
+        dict(
+            base,
+            method="qlora",
+            ckpt=True,
+            micro=2,
+            optimizer="paged_adamw_8bit",
+            why="LoRA on the 16-bit model does not fit: QLoRA keeps the base in 4 bits",
+        ),
+        dict(
+            base,
+            method="qlora",
+            ckpt=True,
+            micro=1,
+            optimizer="paged_adamw_8bit",
+            why="QLoRA with micro batch 1 was needed to fit",
+        ),
     ]
     if gpus > 1:
-        steps += [dict(base, method="qlora", ckpt=True, micro=1, strategy="fsdp", optimizer="paged_adamw_8bit",
-                       why="QLoRA sharded with FSDP was needed to fit")]
-    steps += [dict(base, method="qlora", ckpt=True, micro=1, strategy="deepspeed", optimizer="adamw_torch",
-                   offload="optimizer", why="QLoRA with the optimizer offloaded to CPU was needed to fit")]
+        steps += [
+            dict(
+                base,
+                method="qlora",
+                ckpt=True,
+                micro=1,
+                strategy="fsdp",
+                optimizer="paged_adamw_8bit",
+                why="QLoRA sharded with FSDP was needed to fit",
+            )
+        ]
+    steps += [
+        dict(
+            base,
+            method="qlora",
+            ckpt=True,
+            micro=1,
+            strategy="deepspeed",
+            optimizer="adamw_torch",
+            offload="optimizer",
+            why="QLoRA with the optimizer offloaded to CPU was needed to fit",
+        )
+    ]
     return steps
 
 
@@ -172,8 +235,9 @@ def _architecture(model: str, base_dir: Path) -> dict | None:
     return dict(entry) if entry else None
 
 
-def _spec_values(answers: InitAnswers, summary: DataSummary | None, step: dict, bf16: bool,
-                 train_rel: str, name: str) -> dict[str, tuple[object, str]]:
+def _spec_values(
+    answers: InitAnswers, summary: DataSummary | None, step: dict, bf16: bool, train_rel: str, name: str
+) -> dict[str, tuple[object, str]]:
     examples = summary.examples if summary else 0
     seq = _sequence_len(summary.p95_tokens) if summary else 2048
     world = max(1, answers.gpus)
@@ -181,13 +245,21 @@ def _spec_values(answers: InitAnswers, summary: DataSummary | None, step: dict, 
     v: dict[str, tuple[object, str]] = {
         "/version": (1, ""),
         "/name": (name, ""),
-        "/description": (f"Fine-tune {answers.model} on {Path(answers.data).name}; written by `ftspec init`.", ""),
+        "/description": (
+            f"Fine-tune {answers.model} on {Path(answers.data).name}; written by `ftspec init`.",
+            "",
+        ),
         "/model/id": (answers.model, "pin model.revision to the commit you benchmark"),
-        "/model/chat_template": ("model", "the tokenizer's own template; chatml/llama3/alpaca for base models"),
+        "/model/chat_template": (
+            "model",
+            "the tokenizer's own template; chatml/llama3/alpaca for base models",
+        ),
         "/dataset/format": (summary.format if summary else "chatml", "detected from the records' keys"),
         "/dataset/train": (train_rel, f"{examples} examples" if summary else "not inspected"),
-        "/dataset/eval_split": (0.1 if examples < 10_000 else 0.05,
-                                "held out to measure the fine-tuned model against the base"),
+        "/dataset/eval_split": (
+            0.1 if examples < 10_000 else 0.05,
+            "held out to measure the fine-tuned model against the base",
+        ),
         "/adapter/method": (step["method"], step["why"]),
         "/adapter/r": (16, "the guides' starting rank"),
         "/adapter/alpha": (16, "alpha = r: the update scale stays 1 when r changes"),
@@ -198,20 +270,30 @@ def _spec_values(answers: InitAnswers, summary: DataSummary | None, step: dict, 
         "/training/learning_rate": (2.0e-4, "the guides' LoRA learning rate"),
         "/training/scheduler": ("cosine", ""),
         "/training/warmup_ratio": (0.03, ""),
-        "/training/optimizer": (step["optimizer"], "paged 8-bit states, as in the QLoRA paper"
-                                if step["optimizer"] == "paged_adamw_8bit" else ""),
+        "/training/optimizer": (
+            step["optimizer"],
+            "paged 8-bit states, as in the QLoRA paper" if step["optimizer"] == "paged_adamw_8bit" else "",
+        ),
         "/training/micro_batch_size": (step["micro"], "largest that fits the memory estimate"),
         "/training/gradient_accumulation_steps": (accum, f"effective batch {step['micro'] * world * accum}"),
-        "/training/sequence_len": (seq, f"estimated p95 of the examples is {summary.p95_tokens} tokens"
-                                   if summary else "ftspec's default"),
+        "/training/sequence_len": (
+            seq,
+            f"estimated p95 of the examples is {summary.p95_tokens} tokens"
+            if summary
+            else "ftspec's default",
+        ),
         "/training/precision": ("bf16" if bf16 else "fp16", "" if bf16 else "the GPU has no bf16"),
-        "/training/gradient_checkpointing": (step["ckpt"], "needed to fit" if step["ckpt"]
-                                             else "off: the setup fits without it and trains ~30% faster"),
+        "/training/gradient_checkpointing": (
+            step["ckpt"],
+            "needed to fit" if step["ckpt"] else "off: the setup fits without it and trains ~30% faster",
+        ),
         "/hardware/gpu": (answers.gpu, ""),
         "/hardware/gpus_per_node": (world, ""),
         "/evaluation/task/metric": (answers.metric, "the goal metric"),
-        "/acceptance": ([{"metric": "task", "min_gain_over_base": 0.05}],
-                        "the base model is benchmarked first; the adapter must beat it by 5 points"),
+        "/acceptance": (
+            [{"metric": "task", "min_gain_over_base": 0.05}],
+            "the base model is benchmarked first; the adapter must beat it by 5 points",
+        ),
     }
     if step["strategy"] != "auto":
         v["/hardware/strategy"] = (step["strategy"], "sharding was needed to fit")
@@ -235,12 +317,24 @@ def build(answers: InitAnswers) -> InitResult:
     shown = str(answers.output)
     gpu = lookup_gpu(answers.gpu)
     if gpu is None:
-        out.diagnostics.append(make("FT0921", Location(shown, None, None, "/hardware/gpu"), gpu=answers.gpu,
-                                    hint="known GPUs: " + ", ".join(catalog_names()) + ", or cpu"))
+        out.diagnostics.append(
+            make(
+                "FT0921",
+                Location(shown, None, None, "/hardware/gpu"),
+                gpu=answers.gpu,
+                hint="known GPUs: " + ", ".join(catalog_names()) + ", or cpu",
+            )
+        )
         return out
     if answers.metric not in METRICS:
-        out.diagnostics.append(make("FT0925", Location(shown, None, None, "/evaluation/task/metric"),
-                                    detail=f"unknown metric '{answers.metric}'", hint="one of " + ", ".join(METRICS)))
+        out.diagnostics.append(
+            make(
+                "FT0925",
+                Location(shown, None, None, "/evaluation/task/metric"),
+                detail=f"unknown metric '{answers.metric}'",
+                hint="one of " + ", ".join(METRICS),
+            )
+        )
         return out
     data_path = Path(answers.data)
     summary, diags = inspect_data(data_path, answers.data)
@@ -258,10 +352,19 @@ def build(answers: InitAnswers) -> InitResult:
     if gpu.is_cpu:
         chosen = dict(ladder[0], ckpt=True, micro=2, why="CPU processes: no device memory to fit")
     elif arch is None:
-        out.diagnostics.append(make("FT0923", Location(shown, None, None, "/model/id"), model=answers.model,
-                                    detail="it is not in the model catalog and is not a local folder with config.json"))
-        chosen = dict(ladder[1], why="no memory estimate for this model: LoRA with gradient checkpointing, "
-                                     "unchecked against the GPU")
+        out.diagnostics.append(
+            make(
+                "FT0923",
+                Location(shown, None, None, "/model/id"),
+                model=answers.model,
+                detail="it is not in the model catalog and is not a local folder with config.json",
+            )
+        )
+        chosen = dict(
+            ladder[1],
+            why="no memory estimate for this model: LoRA with gradient checkpointing, "
+            "unchecked against the GPU",
+        )
     else:
         from ftspec.compiler.check.memory import estimate_memory
 
@@ -270,7 +373,10 @@ def build(answers: InitAnswers) -> InitResult:
             values = _spec_values(answers, summary, step, bf16, train_rel, name)
             resolved = resolve(_plain(values))
             # as `ftspec check` does: unpacked batches are padded only to their longest example
-            rows = min(resolved["training"]["sequence_len"], summary.max_tokens or resolved["training"]["sequence_len"])
+            rows = min(
+                resolved["training"]["sequence_len"],
+                summary.max_tokens or resolved["training"]["sequence_len"],
+            )
             est = estimate_memory(resolved, arch, gpu_memory_gib=gpu.memory_gib, seq_len=rows)
             if smallest is None or est.device_gib < smallest[1].device_gib:
                 smallest = (step, est)
@@ -281,32 +387,57 @@ def build(answers: InitAnswers) -> InitResult:
             step, estimate = smallest
             # say what the spec holds: the smallest setup tried, which still does not fit
             chosen = dict(step, why=f"nothing fits; the smallest setup tried is {_describe(step)}")
-            out.diagnostics.append(make("FT0922", Location(shown, None, None, "/adapter/method"),
-                                        model=answers.model, gpus=answers.gpus, gpu=gpu.name,
-                                        need_gib=f"{estimate.device_gib:.1f}",
-                                        have_gib=f"{estimate.usable_gib:.1f}"))
+            out.diagnostics.append(
+                make(
+                    "FT0922",
+                    Location(shown, None, None, "/adapter/method"),
+                    model=answers.model,
+                    gpus=answers.gpus,
+                    gpu=gpu.name,
+                    need_gib=f"{estimate.device_gib:.1f}",
+                    have_gib=f"{estimate.usable_gib:.1f}",
+                )
+            )
         out.estimate = estimate.to_json()
     out.values = _spec_values(answers, summary, chosen, bf16, train_rel, name)
     if estimate is not None:
         method, value = out.values["/adapter/method"]
-        out.values["/adapter/method"] = (method, f"{value}: ~{estimate.device_gib:.1f} of "
-                                         f"{estimate.usable_gib:.1f} GiB usable per GPU")
+        out.values["/adapter/method"] = (
+            method,
+            f"{value}: ~{estimate.device_gib:.1f} of {estimate.usable_gib:.1f} GiB usable per GPU",
+        )
         if not estimate.fits:
             for pointer in ("/training/micro_batch_size", "/training/gradient_checkpointing"):
                 value, _why = out.values[pointer]
                 out.values[pointer] = (value, "the smallest setup tried; it still does not fit")
-    out.diagnostics.append(make("FT0924", Location(shown, None, None, "/adapter/method"),
-                                detail=f"{summary.examples} {summary.format} examples, p95 ~{summary.p95_tokens} "
-                                       f"tokens; chose {chosen['method']} ({chosen['why']})", hint=""))
+    out.diagnostics.append(
+        make(
+            "FT0924",
+            Location(shown, None, None, "/adapter/method"),
+            detail=f"{summary.examples} {summary.format} examples, p95 ~{summary.p95_tokens} "
+            f"tokens; chose {chosen['method']} ({chosen['why']})",
+            hint="",
+        )
+    )
     if summary.examples < 500:
-        out.diagnostics.append(make("FT0924", Location(shown, None, None, "/dataset/train"), severity="warning",
-                                    detail=f"{summary.examples} examples is below dataset.min_examples (500): "
-                                           "`ftspec check` will stop there", hint="the guides ask for 500-10,000"))
+        out.diagnostics.append(
+            make(
+                "FT0924",
+                Location(shown, None, None, "/dataset/train"),
+                severity="warning",
+                detail=f"{summary.examples} examples is below dataset.min_examples (500): "
+                "`ftspec check` will stop there",
+                hint="the guides ask for 500-10,000",
+            )
+        )
     out.data, root = build_yaml(out.values)
-    out.text = dump(root, [
-        "Written by `ftspec init`. Each comment says why a value was chosen;",
-        "run `ftspec check` (data, memory, cost) and `ftspec compile` next.",
-    ])
+    out.text = dump(
+        root,
+        [
+            "Written by `ftspec init`. Each comment says why a value was chosen;",
+            "run `ftspec check` (data, memory, cost) and `ftspec compile` next.",
+        ],
+    )
     return out
 
 

@@ -82,9 +82,18 @@ def _data_key(spec: LoadedSpec, resolved: dict) -> str:
     import json
 
     training = resolved.get("training", {})
-    return json.dumps([str(spec.base_dir), resolved.get("dataset"), resolved.get("model"),
-                       training.get("sequence_len"), training.get("packing"), training.get("loss_on")],
-                      sort_keys=True, default=str)
+    return json.dumps(
+        [
+            str(spec.base_dir),
+            resolved.get("dataset"),
+            resolved.get("model"),
+            training.get("sequence_len"),
+            training.get("packing"),
+            training.get("loss_on"),
+        ],
+        sort_keys=True,
+        default=str,
+    )
 
 
 def _data_summary(spec: LoadedSpec, resolved: dict, cache: dict) -> dict | None:
@@ -210,8 +219,10 @@ def consequences(old: Side, new: Side) -> list[str]:
         if sa["train_examples"] != sb["train_examples"]:
             out.append(f"training examples {sa['train_examples']} -> {sb['train_examples']}")
         if sa["total_steps"] != sb["total_steps"]:
-            out.append(f"optimizer steps {sa['total_steps']} -> {sb['total_steps']} "
-                       f"({sa['steps_per_epoch']} -> {sb['steps_per_epoch']} per epoch)")
+            out.append(
+                f"optimizer steps {sa['total_steps']} -> {sb['total_steps']} "
+                f"({sa['steps_per_epoch']} -> {sb['steps_per_epoch']} per epoch)"
+            )
     memory = _memory_line(old, new)
     if memory:
         out.append(memory)
@@ -228,8 +239,10 @@ def consequences(old: Side, new: Side) -> list[str]:
     if "full" not in (aa.get("method"), ab.get("method")) and aa.get("r") and ab.get("r"):
         scale_a, scale_b = aa.get("alpha", 0) / aa["r"], ab.get("alpha", 0) / ab["r"]
         if round(scale_a, 4) != round(scale_b, 4):
-            out.append(f"LoRA scaling alpha/r {scale_a:.3g} -> {scale_b:.3g}: the adapter's update is "
-                       f"scaled by {scale_b / scale_a:.3g}x at the same learning rate")
+            out.append(
+                f"LoRA scaling alpha/r {scale_a:.3g} -> {scale_b:.3g}: the adapter's update is "
+                f"scaled by {scale_b / scale_a:.3g}x at the same learning rate"
+            )
     lra, lrb = a["training"].get("learning_rate"), b["training"].get("learning_rate")
     method = b.get("adapter", {}).get("method", "lora")
     if lra and lrb and lra != lrb:
@@ -245,10 +258,14 @@ def consequences(old: Side, new: Side) -> list[str]:
         out.append(f"learning rate {factor} ({lra:g} -> {lrb:g}){note}")
     ma_method = a.get("adapter", {}).get("method")
     if ma_method != method:
-        out.append(f"adapter method {ma_method} -> {method}: different memory profile and learning-rate range")
+        out.append(
+            f"adapter method {ma_method} -> {method}: different memory profile and learning-rate range"
+        )
     pa, pb = a["training"].get("precision"), b["training"].get("precision")
     if pa != pb:
-        out.append(f"precision {pa} -> {pb}: {PRECISION_MEANING.get(pb, pb)} (was {PRECISION_MEANING.get(pa, pa)})")
+        out.append(
+            f"precision {pa} -> {pb}: {PRECISION_MEANING.get(pb, pb)} (was {PRECISION_MEANING.get(pa, pa)})"
+        )
     # findings the change introduces: what `ftspec lint` will say on the pull request
     before = {(d.code, d.pointer) for d in old.findings}
     for d in new.findings:
@@ -269,8 +286,9 @@ PRECISION_MEANING = {
 }
 
 
-def diff_specs(old_ref: str, new_ref: str, *, lint_options: LintOptions | None = None,
-               estimate: bool = True) -> SpecDiff:
+def diff_specs(
+    old_ref: str, new_ref: str, *, lint_options: LintOptions | None = None, estimate: bool = True
+) -> SpecDiff:
     from ftspec.compiler.core.resolve import resolve
 
     sides: list[Side] = []
@@ -284,7 +302,9 @@ def diff_specs(old_ref: str, new_ref: str, *, lint_options: LintOptions | None =
             continue
         options = lint_options or LintOptions(check_files=False)
         lint = lint_loaded(spec, options)
-        schema_errors = [d for d in lint.diagnostics if d.severity == "error" and d.code[:4] in ("FT00", "FT01")]
+        schema_errors = [
+            d for d in lint.diagnostics if d.severity == "error" and d.code[:4] in ("FT00", "FT01")
+        ]
         side = Side(ref, spec, findings=[d for d in lint.diagnostics if d.severity in ("error", "warning")])
         if schema_errors:
             diags.extend(schema_errors)  # defaults cannot be filled into an invalid spec

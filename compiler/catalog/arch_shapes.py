@@ -9,18 +9,48 @@ from dataclasses import dataclass
 
 # LoRA target names as the common implementations spell them, mapped to the canonical projection.
 MODULE_ALIASES: dict[str, str] = {
-    "q_proj": "q", "query": "q", "q": "q", "wq": "q",
-    "k_proj": "k", "key": "k", "k": "k", "wk": "k",
-    "v_proj": "v", "value": "v", "v": "v", "wv": "v",
-    "o_proj": "o", "out_proj": "o", "output_proj": "o", "dense": "o", "o": "o", "wo": "o",
-    "gate_proj": "gate", "w1": "gate", "gate": "gate",
-    "up_proj": "up", "w3": "up", "up": "up",
-    "down_proj": "down", "w2": "down", "down": "down",
-    "qkv_proj": "qkv", "query_key_value": "qkv", "wqkv": "qkv", "c_attn": "qkv",
+    "q_proj": "q",
+    "query": "q",
+    "q": "q",
+    "wq": "q",
+    "k_proj": "k",
+    "key": "k",
+    "k": "k",
+    "wk": "k",
+    "v_proj": "v",
+    "value": "v",
+    "v": "v",
+    "wv": "v",
+    "o_proj": "o",
+    "out_proj": "o",
+    "output_proj": "o",
+    "dense": "o",
+    "o": "o",
+    "wo": "o",
+    "gate_proj": "gate",
+    "w1": "gate",
+    "gate": "gate",
+    "up_proj": "up",
+    "w3": "up",
+    "up": "up",
+    "down_proj": "down",
+    "w2": "down",
+    "down": "down",
+    "qkv_proj": "qkv",
+    "query_key_value": "qkv",
+    "wqkv": "qkv",
+    "c_attn": "qkv",
     "gate_up_proj": "gate_up",
-    "fc1": "fc1", "fc_in": "fc1", "c_fc": "fc1", "dense_h_to_4h": "fc1",
-    "fc2": "fc2", "fc_out": "fc2", "c_proj": "fc2", "dense_4h_to_h": "fc2",
-    "lm_head": "lm_head", "output": "lm_head",
+    "fc1": "fc1",
+    "fc_in": "fc1",
+    "c_fc": "fc1",
+    "dense_h_to_4h": "fc1",
+    "fc2": "fc2",
+    "fc_out": "fc2",
+    "c_proj": "fc2",
+    "dense_4h_to_h": "fc2",
+    "lm_head": "lm_head",
+    "output": "lm_head",
 }
 ALL_LINEAR = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -134,7 +164,12 @@ class Shapes:
         """Parameters one token passes through: all of them for a dense model, k of E experts for MoE."""
         if self.experts <= 1:
             return self.total_params
-        inactive = (self.experts - self.experts_per_token) * (3 if self.gated_mlp else 2) * self.hidden * self.intermediate
+        inactive = (
+            (self.experts - self.experts_per_token)
+            * (3 if self.gated_mlp else 2)
+            * self.hidden
+            * self.intermediate
+        )
         return self.total_params - self.layers * inactive
 
     @property

@@ -17,8 +17,20 @@ from ftspec.compiler.core.diagnostics import Diagnostic, make
 from ftspec.compiler.core.loader import LoadedSpec
 
 REQUIRED = ("layers", "hidden", "intermediate", "heads", "vocab")
-FIELDS = ("params_b", "layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab", "experts",
-          "experts_per_token", "tie_embeddings", "decoder_layer_class")
+FIELDS = (
+    "params_b",
+    "layers",
+    "hidden",
+    "intermediate",
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "vocab",
+    "experts",
+    "experts_per_token",
+    "tie_embeddings",
+    "decoder_layer_class",
+)
 BUILTIN_PREFIX = "builtin:"
 
 # config.json keys by family -> our field names (first present wins).
@@ -35,12 +47,25 @@ CONFIG_KEYS: dict[str, tuple[str, ...]] = {
 }
 # model_type -> decoder layer class (FSDP auto-wrap), where the name does not follow <Type>DecoderLayer.
 LAYER_CLASSES = {
-    "llama": "LlamaDecoderLayer", "mistral": "MistralDecoderLayer", "mixtral": "MixtralDecoderLayer",
-    "qwen2": "Qwen2DecoderLayer", "qwen3": "Qwen3DecoderLayer", "qwen3_moe": "Qwen3MoeDecoderLayer",
-    "qwen2_moe": "Qwen2MoeDecoderLayer", "gemma": "GemmaDecoderLayer", "gemma2": "Gemma2DecoderLayer",
-    "gemma3": "Gemma3DecoderLayer", "gemma3_text": "Gemma3DecoderLayer", "phi3": "Phi3DecoderLayer",
-    "phi": "PhiDecoderLayer", "gpt2": "GPT2Block", "gpt_neox": "GPTNeoXLayer", "falcon": "FalconDecoderLayer",
-    "olmo2": "Olmo2DecoderLayer", "granite": "GraniteDecoderLayer", "starcoder2": "Starcoder2DecoderLayer",
+    "llama": "LlamaDecoderLayer",
+    "mistral": "MistralDecoderLayer",
+    "mixtral": "MixtralDecoderLayer",
+    "qwen2": "Qwen2DecoderLayer",
+    "qwen3": "Qwen3DecoderLayer",
+    "qwen3_moe": "Qwen3MoeDecoderLayer",
+    "qwen2_moe": "Qwen2MoeDecoderLayer",
+    "gemma": "GemmaDecoderLayer",
+    "gemma2": "Gemma2DecoderLayer",
+    "gemma3": "Gemma3DecoderLayer",
+    "gemma3_text": "Gemma3DecoderLayer",
+    "phi3": "Phi3DecoderLayer",
+    "phi": "PhiDecoderLayer",
+    "gpt2": "GPT2Block",
+    "gpt_neox": "GPTNeoXLayer",
+    "falcon": "FalconDecoderLayer",
+    "olmo2": "Olmo2DecoderLayer",
+    "granite": "GraniteDecoderLayer",
+    "starcoder2": "Starcoder2DecoderLayer",
 }
 
 
@@ -75,7 +100,12 @@ def from_config(config: dict) -> dict:
         out["intermediate"] = cfg["moe_intermediate_size"]  # per-expert size is what the estimate needs
     if "kv_heads" not in out and "heads" in out:
         out["kv_heads"] = out["heads"]
-    if out.get("head_dim") and out.get("hidden") and out.get("heads") and out["head_dim"] * out["heads"] == out["hidden"]:
+    if (
+        out.get("head_dim")
+        and out.get("hidden")
+        and out.get("heads")
+        and out["head_dim"] * out["heads"] == out["hidden"]
+    ):
         out.pop("head_dim")  # only kept where it differs
     out["experts"] = experts
     tie = config.get("tie_word_embeddings", cfg.get("tie_word_embeddings"))
@@ -127,7 +157,9 @@ def resolve_architecture(spec: LoadedSpec, resolved: dict) -> tuple[dict | None,
             base = from_config(config)
             origin = f"{folder / 'config.json'}"
         except (OSError, ValueError) as exc:
-            diags.append(make("FT0303", spec.locate("/model/id"), path=str(folder / "config.json"), detail=str(exc)))
+            diags.append(
+                make("FT0303", spec.locate("/model/id"), path=str(folder / "config.json"), detail=str(exc))
+            )
     else:
         entry = catalog_entry(model_id)
         if entry is not None:
@@ -141,12 +173,26 @@ def resolve_architecture(spec: LoadedSpec, resolved: dict) -> tuple[dict | None,
         if not base and not given:
             close = difflib.get_close_matches(model_id.lower(), list(catalog()), n=1, cutoff=0.75)
             extra = f" (did you mean '{catalog()[close[0]]['id']}'?)" if close else ""
-            diags.append(make("FT0301", spec.locate("/model/id"), model=model_id, suggestion=extra,
-                              hint=yaml_hint(model_id)))
+            diags.append(
+                make(
+                    "FT0301",
+                    spec.locate("/model/id"),
+                    model=model_id,
+                    suggestion=extra,
+                    hint=yaml_hint(model_id),
+                )
+            )
         else:
             pointer = "/model/architecture" if given else "/model/id"
-            diags.append(make("FT0302", spec.locate(pointer, key=True), model=model_id, missing=", ".join(missing),
-                              hint=yaml_hint(model_id)))
+            diags.append(
+                make(
+                    "FT0302",
+                    spec.locate(pointer, key=True),
+                    model=model_id,
+                    missing=", ".join(missing),
+                    hint=yaml_hint(model_id),
+                )
+            )
         return None, diags
     arch.setdefault("kv_heads", arch["heads"])
     arch.setdefault("experts", 1)

@@ -56,5 +56,11 @@ def lookup_gpu(value: object) -> Gpu | None:
     if entry is None:
         return None
     price_note = f"{entry['price_note']}, {entry['price_source']} ({entry['price_date']})"
-    return Gpu(entry["name"], float(entry["memory_gib"]), bool(entry["bf16"]), float(entry["tflops_bf16"]),
-               float(entry["price_per_hour"]), price_note)
+    return Gpu(
+        entry["name"],
+        float(entry["memory_gib"]),
+        bool(entry["bf16"]),
+        float(entry["tflops_bf16"]),
+        float(entry["price_per_hour"]),
+        price_note,
+    )

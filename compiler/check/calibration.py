@@ -28,21 +28,47 @@ from ftspec.compiler.check.memory import GIB, MemoryEstimate, TrainSetup, estima
 
 GB = 1e9
 
-LLAMA2_7B = dict(params_b=6.74, layers=32, hidden=4096, intermediate=11008, heads=32, kv_heads=32, vocab=32000)
-LLAMA2_70B = dict(params_b=68.98, layers=80, hidden=8192, intermediate=28672, heads=64, kv_heads=8, vocab=32000)
-LLAMA31_8B = dict(params_b=8.03, layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=128256)
-LLAMA31_70B = dict(params_b=70.55, layers=80, hidden=8192, intermediate=28672, heads=64, kv_heads=8, vocab=128256)
-LLAMA31_405B = dict(params_b=405.85, layers=126, hidden=16384, intermediate=53248, heads=128, kv_heads=8, vocab=128256)
-LLAMA32_3B = dict(params_b=3.21, layers=28, hidden=3072, intermediate=8192, heads=24, kv_heads=8, vocab=128256,
-                  tie_embeddings=True)
-OPEN_LLAMA_3B = dict(params_b=3.43, layers=26, hidden=3200, intermediate=8640, heads=32, kv_heads=32, vocab=32000)
+LLAMA2_7B = dict(
+    params_b=6.74, layers=32, hidden=4096, intermediate=11008, heads=32, kv_heads=32, vocab=32000
+)
+LLAMA2_70B = dict(
+    params_b=68.98, layers=80, hidden=8192, intermediate=28672, heads=64, kv_heads=8, vocab=32000
+)
+LLAMA31_8B = dict(
+    params_b=8.03, layers=32, hidden=4096, intermediate=14336, heads=32, kv_heads=8, vocab=128256
+)
+LLAMA31_70B = dict(
+    params_b=70.55, layers=80, hidden=8192, intermediate=28672, heads=64, kv_heads=8, vocab=128256
+)
+LLAMA31_405B = dict(
+    params_b=405.85, layers=126, hidden=16384, intermediate=53248, heads=128, kv_heads=8, vocab=128256
+)
+LLAMA32_3B = dict(
+    params_b=3.21,
+    layers=28,
+    hidden=3072,
+    intermediate=8192,
+    heads=24,
+    kv_heads=8,
+    vocab=128256,
+    tie_embeddings=True,
+)
+OPEN_LLAMA_3B = dict(
+    params_b=3.43, layers=26, hidden=3200, intermediate=8640, heads=32, kv_heads=32, vocab=32000
+)
 GLM4_9B = dict(params_b=9.40, layers=40, hidden=4096, intermediate=13696, heads=32, kv_heads=2, vocab=151552)
 
 # torchtune recipes: bf16 everywhere (adapters too), no input casts, SDPA with expanded KV heads,
 # no gradient accumulation in the quoted runs. Llama 2 era builders default lora_dropout 0.05,
 # Llama 3.x configs 0.0.
-TT = dict(adapter_bytes=2, cast_adapter_input=False, lora_dropout=0.0, grad_accum=1, precision="bf16",
-          fused_optimizer=True)  # torchtune configs set AdamW fused: True
+TT = dict(
+    adapter_bytes=2,
+    cast_adapter_input=False,
+    lora_dropout=0.0,
+    grad_accum=1,
+    precision="bf16",
+    fused_optimizer=True,
+)  # torchtune configs set AdamW fused: True
 TT_2024_09 = dict(TT, compiled=True, loss="chunked_compiled")  # README table: "torch compile enabled"
 # 70B/405B configs shard tok_embeddings and output as their own FSDP units (custom_sharded_layers).
 TT_BIG = dict(TT_2024_09, fsdp_root_gathered=False)
@@ -66,180 +92,765 @@ TT_FLAGS = dict(TT, micro_batch=2, seq_len=4096, method="full", optimizer="adamw
 
 READINGS: dict[str, dict] = {
     # torchtune README (2024-09): batch 2, packed 2048, compile on; numbers are torchtune's GiB.
-    "c001": dict(arch=LLAMA31_8B, metric="reserved", unit="GiB", setup=dict(
-        TT_2024_09, method="full", optimizer="paged_adamw_8bit", optimizer_in_backward=True,
-        micro_batch=2, seq_len=2048, grad_ckpt=True)),
-    "c002": dict(arch=LLAMA31_8B, metric="reserved", unit="GiB", setup=dict(
-        TT_2024_09, method="full", optimizer="paged_adamw_8bit", optimizer_in_backward=True,
-        micro_batch=2, seq_len=2048, grad_ckpt=False),
-        reading="A6000 run: activation checkpointing assumed off (the 48 GB card needs no memory saver)"),
-    "c003": dict(arch=LLAMA31_8B, metric="reserved", unit="GiB", setup=dict(
-        TT_2024_09, method="lora", r=8, target_modules=TT_QVO_MLP, micro_batch=2, seq_len=2048, grad_ckpt=True)),
-    "c004": dict(arch=LLAMA31_8B, metric="reserved", unit="GiB", setup=dict(
-        TT_2024_09, method="lora", r=8, target_modules=TT_QVO_MLP, micro_batch=2, seq_len=2048, grad_ckpt=False),
-        reading="A6000 run: activation checkpointing off, as the row's note says is likely"),
-    "c005": dict(arch=LLAMA31_8B, metric="reserved", unit="GiB", setup=dict(
-        TT_2024_09, method="qlora", r=8, target_modules=TT_QVO_MLP, micro_batch=2, seq_len=2048, grad_ckpt=True)),
-    "c006": dict(arch=LLAMA31_70B, metric="reserved", unit="GiB", setup=dict(
-        TT_BIG, method="full", optimizer="adamw_torch", micro_batch=2,
-        seq_len=2048, grad_ckpt=True, world=8, strategy="fsdp", offload="optimizer_and_params"),
+    "c001": dict(
+        arch=LLAMA31_8B,
+        metric="reserved",
+        unit="GiB",
+        setup=dict(
+            TT_2024_09,
+            method="full",
+            optimizer="paged_adamw_8bit",
+            optimizer_in_backward=True,
+            micro_batch=2,
+            seq_len=2048,
+            grad_ckpt=True,
+        ),
+    ),
+    "c002": dict(
+        arch=LLAMA31_8B,
+        metric="reserved",
+        unit="GiB",
+        setup=dict(
+            TT_2024_09,
+            method="full",
+            optimizer="paged_adamw_8bit",
+            optimizer_in_backward=True,
+            micro_batch=2,
+            seq_len=2048,
+            grad_ckpt=False,
+        ),
+        reading="A6000 run: activation checkpointing assumed off (the 48 GB card needs no memory saver)",
+    ),
+    "c003": dict(
+        arch=LLAMA31_8B,
+        metric="reserved",
+        unit="GiB",
+        setup=dict(
+            TT_2024_09,
+            method="lora",
+            r=8,
+            target_modules=TT_QVO_MLP,
+            micro_batch=2,
+            seq_len=2048,
+            grad_ckpt=True,
+        ),
+    ),
+    "c004": dict(
+        arch=LLAMA31_8B,
+        metric="reserved",
+        unit="GiB",
+        setup=dict(
+            TT_2024_09,
+            method="lora",
+            r=8,
+            target_modules=TT_QVO_MLP,
+            micro_batch=2,
+            seq_len=2048,
+            grad_ckpt=False,
+        ),
+        reading="A6000 run: activation checkpointing off, as the row's note says is likely",
+    ),
+    "c005": dict(
+        arch=LLAMA31_8B,
+        metric="reserved",
+        unit="GiB",
+        setup=dict(
+            TT_2024_09,
+            method="qlora",
+            r=8,
+            target_modules=TT_QVO_MLP,
+            micro_batch=2,
+            seq_len=2048,
+            grad_ckpt=True,
+        ),
+    ),
+    "c006": dict(
+        arch=LLAMA31_70B,
+        metric="reserved",
+        unit="GiB",
+        setup=dict(
+            TT_BIG,
+            method="full",
+            optimizer="adamw_torch",
+            micro_batch=2,
+            seq_len=2048,
+            grad_ckpt=True,
+            world=8,
+            strategy="fsdp",
+            offload="optimizer_and_params",
+        ),
         reading="footnote '** = Uses CPU offload with fused optimizer': llama3_1/70B_full.yaml sets "
-                "fsdp_cpu_offload: True and AdamW fused: True ('highly recommended ... with CPU offload'), "
-                "not optimizer_in_bwd; the step runs on the CPU"),
-    "c007": dict(arch=LLAMA31_70B, metric="reserved", unit="GiB", setup=dict(
-        TT_BIG, method="lora", r=16, target_modules=TT_QVO_MLP, micro_batch=2, seq_len=2048,
-        grad_ckpt=True, world=8, strategy="fsdp")),
-    "c008": dict(arch=LLAMA31_405B, metric="reserved", unit="GiB", setup=dict(
-        TT_BIG, method="qlora", r=16, target_modules=TT_QVO_MLP, micro_batch=2, seq_len=2048,
-        grad_ckpt=True, world=8, strategy="fsdp")),
+        "fsdp_cpu_offload: True and AdamW fused: True ('highly recommended ... with CPU offload'), "
+        "not optimizer_in_bwd; the step runs on the CPU",
+    ),
+    "c007": dict(
+        arch=LLAMA31_70B,
+        metric="reserved",
+        unit="GiB",
+        setup=dict(
+            TT_BIG,
+            method="lora",
+            r=16,
+            target_modules=TT_QVO_MLP,
+            micro_batch=2,
+            seq_len=2048,
+            grad_ckpt=True,
+            world=8,
+            strategy="fsdp",
+        ),
+    ),
+    "c008": dict(
+        arch=LLAMA31_405B,
+        metric="reserved",
+        unit="GiB",
+        setup=dict(
+            TT_BIG,
+            method="qlora",
+            r=16,
+            target_modules=TT_QVO_MLP,
+            micro_batch=2,
+            seq_len=2048,
+            grad_ckpt=True,
+            world=8,
+            strategy="fsdp",
+        ),
+    ),
     # torchtune "optimization flags" table: "Peak Memory Active (GiB)" = allocated. Compile is on from
     # c011, so the chunked loss added in c012 is compiled with it (torchtune compiles the loss too).
-    "c009": dict(kind="upper_bound", arch=LLAMA32_3B, metric="allocated", unit="GiB", setup=dict(TT_FLAGS),
-        reading="baseline on unpacked Alpaca: 4096 is the truncation length, batches were shorter"),
+    "c009": dict(
+        kind="upper_bound",
+        arch=LLAMA32_3B,
+        metric="allocated",
+        unit="GiB",
+        setup=dict(TT_FLAGS),
+        reading="baseline on unpacked Alpaca: 4096 is the truncation length, batches were shorter",
+    ),
     "c010": dict(arch=LLAMA32_3B, metric="allocated", unit="GiB", setup=dict(TT_FLAGS)),
     "c011": dict(arch=LLAMA32_3B, metric="allocated", unit="GiB", setup=dict(TT_FLAGS, compiled=True)),
-    "c012": dict(arch=LLAMA32_3B, metric="allocated", unit="GiB", setup=dict(TT_FLAGS, compiled=True, loss="chunked_compiled")),
-    "c013": dict(arch=LLAMA32_3B, metric="allocated", unit="GiB", setup=dict(
-        TT_FLAGS, compiled=True, loss="chunked_compiled", grad_ckpt=True)),
-    "c014": dict(arch=LLAMA32_3B, metric="allocated", unit="GiB", setup=dict(
-        TT_FLAGS, compiled=True, loss="chunked_compiled", grad_ckpt=True, optimizer_in_backward=True)),
-    "c015": dict(arch=LLAMA32_3B, metric="allocated", unit="GiB", setup=dict(
-        TT_FLAGS, compiled=True, loss="chunked_compiled", grad_ckpt=True, optimizer_in_backward=True, activation_offload=True)),
-    "c016": dict(arch=LLAMA32_3B, metric="allocated", unit="GiB", setup=dict(
-        TT_FLAGS, compiled=True, loss="chunked_compiled", grad_ckpt=True, optimizer_in_backward=True, activation_offload=True,
-        optimizer="adamw_8bit")),
-    "c017": dict(arch=LLAMA32_3B, metric="allocated", unit="GiB", setup=dict(
-        TT_FLAGS, compiled=True, loss="chunked_compiled", grad_ckpt=True, activation_offload=True, method="lora", r=64,
-        target_modules=TT_QVO_MLP),
-        reading="cumulative table: LoRA keeps packing, compile, chunked loss, checkpointing and activation offload"),
-    "c018": dict(arch=LLAMA32_3B, metric="allocated", unit="GiB", setup=dict(
-        TT_FLAGS, compiled=True, loss="chunked_compiled", grad_ckpt=True, activation_offload=True, method="qlora", r=64,
-        target_modules=TT_QVO_MLP)),
+    "c012": dict(
+        arch=LLAMA32_3B,
+        metric="allocated",
+        unit="GiB",
+        setup=dict(TT_FLAGS, compiled=True, loss="chunked_compiled"),
+    ),
+    "c013": dict(
+        arch=LLAMA32_3B,
+        metric="allocated",
+        unit="GiB",
+        setup=dict(TT_FLAGS, compiled=True, loss="chunked_compiled", grad_ckpt=True),
+    ),
+    "c014": dict(
+        arch=LLAMA32_3B,
+        metric="allocated",
+        unit="GiB",
+        setup=dict(
+            TT_FLAGS, compiled=True, loss="chunked_compiled", grad_ckpt=True, optimizer_in_backward=True
+        ),
+    ),
+    "c015": dict(
+        arch=LLAMA32_3B,
+        metric="allocated",
+        unit="GiB",
+        setup=dict(
+            TT_FLAGS,
+            compiled=True,
+            loss="chunked_compiled",
+            grad_ckpt=True,
+            optimizer_in_backward=True,
+            activation_offload=True,
+        ),
+    ),
+    "c016": dict(
+        arch=LLAMA32_3B,
+        metric="allocated",
+        unit="GiB",
+        setup=dict(
+            TT_FLAGS,
+            compiled=True,
+            loss="chunked_compiled",
+            grad_ckpt=True,
+            optimizer_in_backward=True,
+            activation_offload=True,
+            optimizer="adamw_8bit",
+        ),
+    ),
+    "c017": dict(
+        arch=LLAMA32_3B,
+        metric="allocated",
+        unit="GiB",
+        setup=dict(
+            TT_FLAGS,
+            compiled=True,
+            loss="chunked_compiled",
+            grad_ckpt=True,
+            activation_offload=True,
+            method="lora",
+            r=64,
+            target_modules=TT_QVO_MLP,
+        ),
+        reading="cumulative table: LoRA keeps packing, compile, chunked loss, checkpointing and activation offload",
+    ),
+    "c018": dict(
+        arch=LLAMA32_3B,
+        metric="allocated",
+        unit="GiB",
+        setup=dict(
+            TT_FLAGS,
+            compiled=True,
+            loss="chunked_compiled",
+            grad_ckpt=True,
+            activation_offload=True,
+            method="qlora",
+            r=64,
+            target_modules=TT_QVO_MLP,
+        ),
+    ),
     # torchtune README (2024-05): "Batch Size = 4, Seq Length = 2048", GB (1e9), reserved. Alpaca was
     # not packed then: 2048/4096 is the truncation length, the real batches were shorter (c021's and
     # c024's full-length activations alone exceed their measurements). Read as upper bounds.
-    "c019": dict(kind="upper_bound", arch=LLAMA2_7B, metric="reserved", unit="GB", setup=dict(
-        TT_L2, compiled=True, method="qlora", r=8, target_modules=TT_ALL, micro_batch=4, seq_len=2048, grad_ckpt=True)),
-    "c020": dict(kind="upper_bound", arch=LLAMA2_7B, metric="reserved", unit="GB", setup=dict(
-        TT_L2, method="lora", r=8, target_modules=TT_QV, micro_batch=4, seq_len=2048, grad_ckpt=True)),
-    "c021": dict(kind="upper_bound", arch=LLAMA2_7B, metric="reserved", unit="GB", setup=dict(
-        TT_L2, method="lora", r=8, target_modules=TT_QV, micro_batch=4, seq_len=2048, grad_ckpt=False,
-        world=2, strategy="fsdp")),
-    "c022": dict(kind="upper_bound", arch=LLAMA2_7B, metric="reserved", unit="GB", setup=dict(
-        TT_L2, method="full", optimizer="paged_adamw_32bit", optimizer_in_backward=True, micro_batch=4,
-        seq_len=2048, grad_ckpt=True)),
-    "c023": dict(kind="upper_bound", arch=LLAMA2_7B, metric="reserved", unit="GB", setup=dict(
-        TT_L2, method="full", optimizer="adamw_torch", micro_batch=4, seq_len=2048, grad_ckpt=True,
-        world=4, strategy="fsdp")),
-    "c024": dict(kind="upper_bound", arch=LLAMA2_70B, metric="reserved", unit="GB", setup=dict(
-        TT_L2, method="lora", r=16, target_modules=("q_proj", "k_proj", "v_proj"), micro_batch=4, seq_len=4096,
-        grad_ckpt=True, world=8, strategy="fsdp")),
-    "c025": dict(kind="upper_bound", arch=LLAMA2_70B, metric="reserved", unit="GB", setup=dict(
-        TT_L2, method="full", optimizer="paged_adamw_32bit", micro_batch=4, seq_len=4096, grad_ckpt=True,
-        world=8, strategy="fsdp")),
+    "c019": dict(
+        kind="upper_bound",
+        arch=LLAMA2_7B,
+        metric="reserved",
+        unit="GB",
+        setup=dict(
+            TT_L2,
+            compiled=True,
+            method="qlora",
+            r=8,
+            target_modules=TT_ALL,
+            micro_batch=4,
+            seq_len=2048,
+            grad_ckpt=True,
+        ),
+    ),
+    "c020": dict(
+        kind="upper_bound",
+        arch=LLAMA2_7B,
+        metric="reserved",
+        unit="GB",
+        setup=dict(
+            TT_L2, method="lora", r=8, target_modules=TT_QV, micro_batch=4, seq_len=2048, grad_ckpt=True
+        ),
+    ),
+    "c021": dict(
+        kind="upper_bound",
+        arch=LLAMA2_7B,
+        metric="reserved",
+        unit="GB",
+        setup=dict(
+            TT_L2,
+            method="lora",
+            r=8,
+            target_modules=TT_QV,
+            micro_batch=4,
+            seq_len=2048,
+            grad_ckpt=False,
+            world=2,
+            strategy="fsdp",
+        ),
+    ),
+    "c022": dict(
+        kind="upper_bound",
+        arch=LLAMA2_7B,
+        metric="reserved",
+        unit="GB",
+        setup=dict(
+            TT_L2,
+            method="full",
+            optimizer="paged_adamw_32bit",
+            optimizer_in_backward=True,
+            micro_batch=4,
+            seq_len=2048,
+            grad_ckpt=True,
+        ),
+    ),
+    "c023": dict(
+        kind="upper_bound",
+        arch=LLAMA2_7B,
+        metric="reserved",
+        unit="GB",
+        setup=dict(
+            TT_L2,
+            method="full",
+            optimizer="adamw_torch",
+            micro_batch=4,
+            seq_len=2048,
+            grad_ckpt=True,
+            world=4,
+            strategy="fsdp",
+        ),
+    ),
+    "c024": dict(
+        kind="upper_bound",
+        arch=LLAMA2_70B,
+        metric="reserved",
+        unit="GB",
+        setup=dict(
+            TT_L2,
+            method="lora",
+            r=16,
+            target_modules=("q_proj", "k_proj", "v_proj"),
+            micro_batch=4,
+            seq_len=4096,
+            grad_ckpt=True,
+            world=8,
+            strategy="fsdp",
+        ),
+    ),
+    "c025": dict(
+        kind="upper_bound",
+        arch=LLAMA2_70B,
+        metric="reserved",
+        unit="GB",
+        setup=dict(
+            TT_L2,
+            method="full",
+            optimizer="paged_adamw_32bit",
+            micro_batch=4,
+            seq_len=4096,
+            grad_ckpt=True,
+            world=8,
+            strategy="fsdp",
+        ),
+    ),
     # torchtune README @fef3ed10d (2024-04-16) "minimum memory requirements" and the LoRA / Llama 3
     # tutorials: default configs on unpacked Alpaca, batch 2, GB (1e9), peak reserved (the QLoRA
     # tutorial names the same 9.29 GB "Peak memory reserved, training"). The token count of the peak
     # batch is unknown: c028-c035 are checked as upper bounds at the 512-token truncation and, with
     # `floor`, as lower bounds at 128 tokens; c026 and c027 only as lower bounds (reasons below).
-    "c026": dict(kind="lower_bound", arch=LLAMA2_7B, metric="reserved", unit="GB", floor=ALPACA_FLOOR, setup=dict(
-        TT_L2, method="qlora", r=8, target_modules=TT_ALL, micro_batch=2, seq_len=ALPACA_TRUNCATION, grad_ckpt=True),
+    "c026": dict(
+        kind="lower_bound",
+        arch=LLAMA2_7B,
+        metric="reserved",
+        unit="GB",
+        floor=ALPACA_FLOOR,
+        setup=dict(
+            TT_L2,
+            method="qlora",
+            r=8,
+            target_modules=TT_ALL,
+            micro_batch=2,
+            seq_len=ALPACA_TRUNCATION,
+            grad_ckpt=True,
+        ),
         reading="not an upper bound: reserved memory never shrinks during a run, and qlora_finetune.rst shows "
-                "this recipe already reserving 9.13 GB at model initialisation (NF4 quantisation of the bf16 "
-                "checkpoint on the GPU) against 9.29 GB in training; the estimator models the training step "
-                "only, so the row checks that the estimate stays below it"),
-    "c027": dict(kind="lower_bound", arch=LLAMA2_7B, metric="reserved", unit="GB", floor=ALPACA_FLOOR, setup=dict(
-        TT_L2, method="lora", r=8, target_modules=TT_QV, micro_batch=2, seq_len=ALPACA_TRUNCATION, grad_ckpt=False,
-        world=2, strategy="fsdp"),
+        "this recipe already reserving 9.13 GB at model initialisation (NF4 quantisation of the bf16 "
+        "checkpoint on the GPU) against 9.29 GB in training; the estimator models the training step "
+        "only, so the row checks that the estimate stays below it",
+    ),
+    "c027": dict(
+        kind="lower_bound",
+        arch=LLAMA2_7B,
+        metric="reserved",
+        unit="GB",
+        floor=ALPACA_FLOOR,
+        setup=dict(
+            TT_L2,
+            method="lora",
+            r=8,
+            target_modules=TT_QV,
+            micro_batch=2,
+            seq_len=ALPACA_TRUNCATION,
+            grad_ckpt=False,
+            world=2,
+            strategy="fsdp",
+        ),
         reading="not an upper bound: the same recipe (7B_lora, 2 x RTX 4090) measured 16.2 GB a month later "
-                "with twice the batch (c021), so at least 4.75 GB of this 20.95 GB is not training-step "
-                "memory (reserved at initialisation and never released)"),
-    "c028": dict(kind="upper_bound", arch=LLAMA2_7B, metric="reserved", unit="GB", floor=ALPACA_FLOOR, setup=dict(
-        TT_L2, method="lora", r=8, target_modules=TT_QV, micro_batch=2, seq_len=ALPACA_TRUNCATION, grad_ckpt=True)),
-    "c029": dict(kind="upper_bound", arch=LLAMA2_7B, metric="reserved", unit="GB", floor=ALPACA_FLOOR, setup=dict(
-        TT_L2, method="full", optimizer="paged_adamw_32bit", optimizer_in_backward=True, micro_batch=2,
-        seq_len=ALPACA_TRUNCATION, grad_ckpt=True),
-        reading="paged optimizer states live in CUDA unified memory, outside torch's reserved count"),
-    "c030": dict(kind="upper_bound", arch=LLAMA2_7B, metric="reserved", unit="GB", floor=ALPACA_FLOOR, setup=dict(
-        TT_L2, method="full", optimizer="adamw_torch", micro_batch=2, seq_len=ALPACA_TRUNCATION, grad_ckpt=True,
-        world=4, strategy="fsdp")),
-    "c031": dict(kind="upper_bound", arch=LLAMA2_7B, metric="reserved", unit="GB", floor=ALPACA_FLOOR, setup=dict(
-        TT_L2, method="lora", r=8, target_modules=TT_QV, micro_batch=2, seq_len=ALPACA_TRUNCATION, grad_ckpt=True)),
-    "c032": dict(kind="upper_bound", arch=LLAMA2_7B, metric="reserved", unit="GB", floor=ALPACA_FLOOR, setup=dict(
-        TT_L2, method="lora", r=8, target_modules=TT_ALL + ("output",), micro_batch=2, seq_len=ALPACA_TRUNCATION,
-        grad_ckpt=True)),
-    "c033": dict(kind="upper_bound", arch=LLAMA2_7B, metric="reserved", unit="GB", floor=ALPACA_FLOOR, setup=dict(
-        TT_L2, method="lora", r=64, target_modules=TT_QV, micro_batch=2, seq_len=ALPACA_TRUNCATION, grad_ckpt=True)),
-    "c034": dict(kind="upper_bound", arch=LLAMA2_7B, metric="reserved", unit="GB", floor=ALPACA_FLOOR, setup=dict(
-        TT_L2, method="lora", r=64, target_modules=TT_ALL + ("output",), micro_batch=2, seq_len=ALPACA_TRUNCATION,
-        grad_ckpt=True)),
-    "c035": dict(kind="upper_bound", arch=LLAMA31_8B, metric="reserved", unit="GB", floor=ALPACA_FLOOR, setup=dict(
-        TT, fused_optimizer=False, method="lora", r=8, target_modules=TT_QVO_MLP, micro_batch=2,
-        seq_len=ALPACA_TRUNCATION, grad_ckpt=True),
+        "with twice the batch (c021), so at least 4.75 GB of this 20.95 GB is not training-step "
+        "memory (reserved at initialisation and never released)",
+    ),
+    "c028": dict(
+        kind="upper_bound",
+        arch=LLAMA2_7B,
+        metric="reserved",
+        unit="GB",
+        floor=ALPACA_FLOOR,
+        setup=dict(
+            TT_L2,
+            method="lora",
+            r=8,
+            target_modules=TT_QV,
+            micro_batch=2,
+            seq_len=ALPACA_TRUNCATION,
+            grad_ckpt=True,
+        ),
+    ),
+    "c029": dict(
+        kind="upper_bound",
+        arch=LLAMA2_7B,
+        metric="reserved",
+        unit="GB",
+        floor=ALPACA_FLOOR,
+        setup=dict(
+            TT_L2,
+            method="full",
+            optimizer="paged_adamw_32bit",
+            optimizer_in_backward=True,
+            micro_batch=2,
+            seq_len=ALPACA_TRUNCATION,
+            grad_ckpt=True,
+        ),
+        reading="paged optimizer states live in CUDA unified memory, outside torch's reserved count",
+    ),
+    "c030": dict(
+        kind="upper_bound",
+        arch=LLAMA2_7B,
+        metric="reserved",
+        unit="GB",
+        floor=ALPACA_FLOOR,
+        setup=dict(
+            TT_L2,
+            method="full",
+            optimizer="adamw_torch",
+            micro_batch=2,
+            seq_len=ALPACA_TRUNCATION,
+            grad_ckpt=True,
+            world=4,
+            strategy="fsdp",
+        ),
+    ),
+    "c031": dict(
+        kind="upper_bound",
+        arch=LLAMA2_7B,
+        metric="reserved",
+        unit="GB",
+        floor=ALPACA_FLOOR,
+        setup=dict(
+            TT_L2,
+            method="lora",
+            r=8,
+            target_modules=TT_QV,
+            micro_batch=2,
+            seq_len=ALPACA_TRUNCATION,
+            grad_ckpt=True,
+        ),
+    ),
+    "c032": dict(
+        kind="upper_bound",
+        arch=LLAMA2_7B,
+        metric="reserved",
+        unit="GB",
+        floor=ALPACA_FLOOR,
+        setup=dict(
+            TT_L2,
+            method="lora",
+            r=8,
+            target_modules=TT_ALL + ("output",),
+            micro_batch=2,
+            seq_len=ALPACA_TRUNCATION,
+            grad_ckpt=True,
+        ),
+    ),
+    "c033": dict(
+        kind="upper_bound",
+        arch=LLAMA2_7B,
+        metric="reserved",
+        unit="GB",
+        floor=ALPACA_FLOOR,
+        setup=dict(
+            TT_L2,
+            method="lora",
+            r=64,
+            target_modules=TT_QV,
+            micro_batch=2,
+            seq_len=ALPACA_TRUNCATION,
+            grad_ckpt=True,
+        ),
+    ),
+    "c034": dict(
+        kind="upper_bound",
+        arch=LLAMA2_7B,
+        metric="reserved",
+        unit="GB",
+        floor=ALPACA_FLOOR,
+        setup=dict(
+            TT_L2,
+            method="lora",
+            r=64,
+            target_modules=TT_ALL + ("output",),
+            micro_batch=2,
+            seq_len=ALPACA_TRUNCATION,
+            grad_ckpt=True,
+        ),
+    ),
+    "c035": dict(
+        kind="upper_bound",
+        arch=LLAMA31_8B,
+        metric="reserved",
+        unit="GB",
+        floor=ALPACA_FLOOR,
+        setup=dict(
+            TT,
+            fused_optimizer=False,
+            method="lora",
+            r=8,
+            target_modules=TT_QVO_MLP,
+            micro_batch=2,
+            seq_len=ALPACA_TRUNCATION,
+            grad_ckpt=True,
+        ),
         reading="Llama 3 8B has Llama 3.1 8B's shapes; adapters as the config at HEAD (the larger of the "
-                "candidate configurations, so the bound is not tightened by a guess)"),
+        "candidate configurations, so the bound is not tightened by a guess)",
+    ),
     # Axolotl PR #602 (open_llama 3B, sample packing to 1024, flash attention): "vram usage" = device GB.
-    "c088": dict(arch=OPEN_LLAMA_3B, metric="device", unit="GB", setup=dict(
-        method="qlora", quant_bits=8, r=8, target_modules=TT_QV, precision="fp16", optimizer="adamw_8bit",
-        micro_batch=2, seq_len=1024, grad_ckpt=True, attention="flash", lora_dropout=0.05, grad_accum=1),
-        reading="8-bit base weights (load_in_8bit) read as quantized frozen weights"),
-    "c089": dict(arch=OPEN_LLAMA_3B, metric="device", unit="GB", setup=dict(
-        method="qlora", r=8, target_modules="all-linear", precision="fp16", optimizer="paged_adamw_32bit",
-        micro_batch=2, seq_len=1024, grad_ckpt=True, attention="flash", lora_dropout=0.05, grad_accum=1)),
-    "c090": dict(arch=OPEN_LLAMA_3B, metric="device", unit="GB", setup=dict(
-        method="full", precision="bf16", optimizer="adamw_8bit", micro_batch=1, seq_len=1024, grad_ckpt=True,
-        attention="flash", grad_accum=1),
+    "c088": dict(
+        arch=OPEN_LLAMA_3B,
+        metric="device",
+        unit="GB",
+        setup=dict(
+            method="qlora",
+            quant_bits=8,
+            r=8,
+            target_modules=TT_QV,
+            precision="fp16",
+            optimizer="adamw_8bit",
+            micro_batch=2,
+            seq_len=1024,
+            grad_ckpt=True,
+            attention="flash",
+            lora_dropout=0.05,
+            grad_accum=1,
+        ),
+        reading="8-bit base weights (load_in_8bit) read as quantized frozen weights",
+    ),
+    "c089": dict(
+        arch=OPEN_LLAMA_3B,
+        metric="device",
+        unit="GB",
+        setup=dict(
+            method="qlora",
+            r=8,
+            target_modules="all-linear",
+            precision="fp16",
+            optimizer="paged_adamw_32bit",
+            micro_batch=2,
+            seq_len=1024,
+            grad_ckpt=True,
+            attention="flash",
+            lora_dropout=0.05,
+            grad_accum=1,
+        ),
+    ),
+    "c090": dict(
+        arch=OPEN_LLAMA_3B,
+        metric="device",
+        unit="GB",
+        setup=dict(
+            method="full",
+            precision="bf16",
+            optimizer="adamw_8bit",
+            micro_batch=1,
+            seq_len=1024,
+            grad_ckpt=True,
+            attention="flash",
+            grad_accum=1,
+        ),
         reading="16-bit weights: the row's 'fp32?' cannot hold, fp32 weights + gradients alone are 25.6 GiB "
-                "against 19.6 GiB measured"),
+        "against 19.6 GiB measured",
+    ),
     # LLaMA-Factory issue #4772: nvidia-smi, 10240 tokens, batch 1, accumulation 16.
-    "c091": dict(arch=GLM4_9B, metric="device", unit="GB", setup=dict(
-        method="qlora", r=8, target_modules="all-linear", precision="bf16", optimizer="adamw_torch",
-        micro_batch=1, seq_len=10240, grad_ckpt=True, lora_dropout=0.0, grad_accum=16, attention="eager"),
+    "c091": dict(
+        arch=GLM4_9B,
+        metric="device",
+        unit="GB",
+        setup=dict(
+            method="qlora",
+            r=8,
+            target_modules="all-linear",
+            precision="bf16",
+            optimizer="adamw_torch",
+            micro_batch=1,
+            seq_len=10240,
+            grad_ckpt=True,
+            lora_dropout=0.0,
+            grad_accum=16,
+            attention="eager",
+        ),
         reading="GLM-4 runs its own modeling code (trust_remote_code); read as eager attention, which "
-                "the 10k-token measurement needs (an SDPA estimate is half of it)",
+        "the 10k-token measurement needs (an SDPA estimate is half of it)",
         exception="estimated more than 25% below the measurement: the same run without quantisation measured "
-                  "66 GB (c092, estimated within 25%), so loading the weights in 4 bits added ~6 GB where the "
-                  "modelled components shrink by ~13 GB (16-bit to 4-bit weights); the ~19 GB difference is "
-                  "in LLaMA-Factory's k-bit preparation / GLM-4's remote code, which the issue does not show "
-                  "and the estimator does not model (a user report from an nvidia-smi screenshot)"),
-    "c092": dict(arch=GLM4_9B, metric="device", unit="GB", setup=dict(
-        method="lora", r=8, target_modules="all-linear", precision="bf16", optimizer="adamw_torch",
-        micro_batch=1, seq_len=10240, grad_ckpt=True, lora_dropout=0.0, grad_accum=16, attention="eager"),
-        reading="as c091"),
+        "66 GB (c092, estimated within 25%), so loading the weights in 4 bits added ~6 GB where the "
+        "modelled components shrink by ~13 GB (16-bit to 4-bit weights); the ~19 GB difference is "
+        "in LLaMA-Factory's k-bit preparation / GLM-4's remote code, which the issue does not show "
+        "and the estimator does not model (a user report from an nvidia-smi screenshot)",
+    ),
+    "c092": dict(
+        arch=GLM4_9B,
+        metric="device",
+        unit="GB",
+        setup=dict(
+            method="lora",
+            r=8,
+            target_modules="all-linear",
+            precision="bf16",
+            optimizer="adamw_torch",
+            micro_batch=1,
+            seq_len=10240,
+            grad_ckpt=True,
+            lora_dropout=0.0,
+            grad_accum=16,
+            attention="eager",
+        ),
+        reading="as c091",
+    ),
     # PEFT DeepSpeed guide (added by ftspec): nvidia-smi screenshot / quoted per-GPU memory.
-    "n001": dict(arch=LLAMA2_70B, metric="device", unit="GiB", setup=dict(
-        method="lora", r=8, target_modules="all-linear", precision="bf16", optimizer="adamw_torch", micro_batch=8,
-        seq_len=2048, grad_ckpt=True, attention="flash", lora_dropout=0.1, grad_accum=4, world=8,
-        strategy="deepspeed", zero_stage=3)),
-    "n002": dict(arch=LLAMA2_70B, metric="device", unit="GB", setup=dict(
-        method="qlora", r=8, target_modules="all-linear", precision="bf16", optimizer="adamw_torch", micro_batch=2,
-        seq_len=2048, grad_ckpt=True, attention="flash", lora_dropout=0.1, grad_accum=2, world=2,
-        strategy="deepspeed", zero_stage=3)),
+    "n001": dict(
+        arch=LLAMA2_70B,
+        metric="device",
+        unit="GiB",
+        setup=dict(
+            method="lora",
+            r=8,
+            target_modules="all-linear",
+            precision="bf16",
+            optimizer="adamw_torch",
+            micro_batch=8,
+            seq_len=2048,
+            grad_ckpt=True,
+            attention="flash",
+            lora_dropout=0.1,
+            grad_accum=4,
+            world=8,
+            strategy="deepspeed",
+            zero_stage=3,
+        ),
+    ),
+    "n002": dict(
+        arch=LLAMA2_70B,
+        metric="device",
+        unit="GB",
+        setup=dict(
+            method="qlora",
+            r=8,
+            target_modules="all-linear",
+            precision="bf16",
+            optimizer="adamw_torch",
+            micro_batch=2,
+            seq_len=2048,
+            grad_ckpt=True,
+            attention="flash",
+            lora_dropout=0.1,
+            grad_accum=2,
+            world=2,
+            strategy="deepspeed",
+            zero_stage=3,
+        ),
+    ),
 }
 
 # Published fit boundaries (largest sequence that fits) and OOM reports: verdict checks.
 HF_FA2 = dict(attention="flash", lora_dropout=0.0, optimizer="adamw_8bit", grad_accum=1, precision="bf16")
 VERDICTS: dict[str, dict] = {
-    "c085": dict(arch=LLAMA31_8B, capacity_gib=24 * GB / GIB, expect="fits", setup=dict(
-        HF_FA2, method="qlora", r=32, target_modules="all-linear", micro_batch=1, seq_len=5789, grad_ckpt=True)),
-    "c086": dict(arch=LLAMA31_8B, capacity_gib=80.0, expect="fits", setup=dict(
-        HF_FA2, method="qlora", r=32, target_modules="all-linear", micro_batch=1, seq_len=28454, grad_ckpt=True)),
-    "c087": dict(arch=LLAMA31_70B, capacity_gib=80.0, expect="fits", setup=dict(
-        HF_FA2, method="qlora", r=32, target_modules="all-linear", micro_batch=1, seq_len=6916, grad_ckpt=True)),
-    "c087-48GB": dict(arch=LLAMA31_70B, capacity_gib=48 * GB / GIB, expect="oom", setup=dict(
-        HF_FA2, method="qlora", r=32, target_modules="all-linear", micro_batch=1, seq_len=12106, grad_ckpt=True),
-        reading="same row's note: on 48 GB, Hugging Face + FA2 runs out of memory at 12,106 tokens"),
-    "c054": dict(arch=dict(params_b=12.9, layers=48, hidden=4096, intermediate=10240, heads=64, kv_heads=64,
-                           vocab=250112, gated_mlp=True), capacity_gib=80.0, expect="oom", setup=dict(
-        method="full", precision="fp32", optimizer="adamw_torch", micro_batch=8, seq_len=64, grad_ckpt=False,
-        attention="eager", grad_accum=1),
-        reading="mT5-XXL (encoder + decoder, 24 + 24 layers) read as a 48-layer stack; short inputs"),
-    "c057-full": dict(arch=dict(params_b=7.07, layers=30, hidden=4096, intermediate=16384, heads=32, kv_heads=32,
-                                vocab=250880, gated_mlp=False, tie_embeddings=True), capacity_gib=80.0, expect="oom",
-                      setup=dict(method="full", precision="fp32", optimizer="adamw_torch", micro_batch=8, seq_len=64,
-                                 grad_ckpt=False, attention="eager", grad_accum=1),
-                      reading="same PEFT table, bloomz-7b1 'Full Finetuning' cell 'OOM GPU' (row c057's notes): "
-                              "fp32 weights as the example scripts load them, batch 8 of short tweets"),
+    "c085": dict(
+        arch=LLAMA31_8B,
+        capacity_gib=24 * GB / GIB,
+        expect="fits",
+        setup=dict(
+            HF_FA2,
+            method="qlora",
+            r=32,
+            target_modules="all-linear",
+            micro_batch=1,
+            seq_len=5789,
+            grad_ckpt=True,
+        ),
+    ),
+    "c086": dict(
+        arch=LLAMA31_8B,
+        capacity_gib=80.0,
+        expect="fits",
+        setup=dict(
+            HF_FA2,
+            method="qlora",
+            r=32,
+            target_modules="all-linear",
+            micro_batch=1,
+            seq_len=28454,
+            grad_ckpt=True,
+        ),
+    ),
+    "c087": dict(
+        arch=LLAMA31_70B,
+        capacity_gib=80.0,
+        expect="fits",
+        setup=dict(
+            HF_FA2,
+            method="qlora",
+            r=32,
+            target_modules="all-linear",
+            micro_batch=1,
+            seq_len=6916,
+            grad_ckpt=True,
+        ),
+    ),
+    "c087-48GB": dict(
+        arch=LLAMA31_70B,
+        capacity_gib=48 * GB / GIB,
+        expect="oom",
+        setup=dict(
+            HF_FA2,
+            method="qlora",
+            r=32,
+            target_modules="all-linear",
+            micro_batch=1,
+            seq_len=12106,
+            grad_ckpt=True,
+        ),
+        reading="same row's note: on 48 GB, Hugging Face + FA2 runs out of memory at 12,106 tokens",
+    ),
+    "c054": dict(
+        arch=dict(
+            params_b=12.9,
+            layers=48,
+            hidden=4096,
+            intermediate=10240,
+            heads=64,
+            kv_heads=64,
+            vocab=250112,
+            gated_mlp=True,
+        ),
+        capacity_gib=80.0,
+        expect="oom",
+        setup=dict(
+            method="full",
+            precision="fp32",
+            optimizer="adamw_torch",
+            micro_batch=8,
+            seq_len=64,
+            grad_ckpt=False,
+            attention="eager",
+            grad_accum=1,
+        ),
+        reading="mT5-XXL (encoder + decoder, 24 + 24 layers) read as a 48-layer stack; short inputs",
+    ),
+    "c057-full": dict(
+        arch=dict(
+            params_b=7.07,
+            layers=30,
+            hidden=4096,
+            intermediate=16384,
+            heads=32,
+            kv_heads=32,
+            vocab=250880,
+            gated_mlp=False,
+            tie_embeddings=True,
+        ),
+        capacity_gib=80.0,
+        expect="oom",
+        setup=dict(
+            method="full",
+            precision="fp32",
+            optimizer="adamw_torch",
+            micro_batch=8,
+            seq_len=64,
+            grad_ckpt=False,
+            attention="eager",
+            grad_accum=1,
+        ),
+        reading="same PEFT table, bloomz-7b1 'Full Finetuning' cell 'OOM GPU' (row c057's notes): "
+        "fp32 weights as the example scripts load them, batch 8 of short tweets",
+    ),
 }
 
 
@@ -263,10 +874,14 @@ def exception(row: Row) -> str | None:
 
 
 def load_rows() -> list[Row]:
-    text = resources.files("ftspec.compiler.data").joinpath("memory-calibration.csv").read_text(encoding="utf-8")
+    text = (
+        resources.files("ftspec.compiler.data").joinpath("memory-calibration.csv").read_text(encoding="utf-8")
+    )
     rows = []
     for data in csv.DictReader(text.splitlines()):
-        row = Row(id=data["id"], data=data, reading=READINGS.get(data["id"]), verdict=VERDICTS.get(data["id"]))
+        row = Row(
+            id=data["id"], data=data, reading=READINGS.get(data["id"]), verdict=VERDICTS.get(data["id"])
+        )
         if row.reading:
             value = float(data["peak_mem_gb_per_gpu"])
             row.measured_gib = value if row.reading["unit"] == "GiB" else value * GB / GIB
@@ -295,8 +910,11 @@ def lower_bound_rows() -> list[Row]:
 def published_ooms() -> list[Row]:
     """Rows that publish an out-of-memory result, in the value or in the notes (a cell of the same
     table): each must have a verdict check whose id starts with the row's id and expects "oom"."""
-    return [r for r in load_rows()
-            if "OOM" in r.data.get("peak_mem_gb_per_gpu", "") or "OOM" in r.data.get("notes", "")]
+    return [
+        r
+        for r in load_rows()
+        if "OOM" in r.data.get("peak_mem_gb_per_gpu", "") or "OOM" in r.data.get("notes", "")
+    ]
 
 
 def predict(reading: dict, capacity_gib: float | None = None, **overrides: object) -> MemoryEstimate:

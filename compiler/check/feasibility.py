@@ -32,6 +32,7 @@ __all__ = ["Assessment", "assess", "estimate_memory", "MemoryEstimate"]
 TIGHT_FRACTION = 0.05  # less than this share of the GPU left over the usable limit: warn
 DEFAULT_P95_SEQ = 2048
 
+
 def _label(key: str, method: str | None) -> str:
     if key == "weights" and method == "full":
         return "weights (trained)"
@@ -93,21 +94,29 @@ class Assessment:
         gpu = self.gpu.name if self.gpu else "?"
         world = self.setup.world if self.setup else 1
         unit = "process" if not m.applicable else "GPU"
-        lines.append(f"memory per {unit} ({world} x {gpu}, {self.setup.method}, micro batch {self.setup.micro_batch} x "
-                     f"{self.setup.seq_len} tokens, peak in {m.peak_phase.replace('_', '/')})")
+        lines.append(
+            f"memory per {unit} ({world} x {gpu}, {self.setup.method}, micro batch {self.setup.micro_batch} x "
+            f"{self.setup.seq_len} tokens, peak in {m.peak_phase.replace('_', '/')})"
+        )
         parts = [(k, v / GIB) for k, v in m.components.items() if v / GIB >= 0.005]
         biggest = max((v for _k, v in parts), default=1.0) or 1.0
         for key, gib in parts:
             bar = _bar(gib / biggest, width, fancy)
-            lines.append(f"  {_label(key, self.setup.method if self.setup else None):30} {gib:8.2f} GiB  {bar}")
-        lines.append(f"  {'allocated / reserved / device':30} {m.allocated_gib:.2f} / {m.reserved_gib:.2f} / "
-                     f"{m.device_gib:.2f} GiB")
+            lines.append(
+                f"  {_label(key, self.setup.method if self.setup else None):30} {gib:8.2f} GiB  {bar}"
+            )
+        lines.append(
+            f"  {'allocated / reserved / device':30} {m.allocated_gib:.2f} / {m.reserved_gib:.2f} / "
+            f"{m.device_gib:.2f} GiB"
+        )
         if m.fits is None:
             verdict = "no GPU memory check (cpu)" if not m.applicable else "no verdict (GPU memory unknown)"
         else:
             state = "FITS" if m.fits else "DOES NOT FIT"
-            verdict = (f"{state}: {m.device_gib:.1f} GiB of {m.usable_gib:.1f} GiB usable "
-                       f"({m.gpu_memory_gib:.1f} GiB, headroom {m.headroom:.0%})")
+            verdict = (
+                f"{state}: {m.device_gib:.1f} GiB of {m.usable_gib:.1f} GiB usable "
+                f"({m.gpu_memory_gib:.1f} GiB, headroom {m.headroom:.0%})"
+            )
         lines.append(f"  verdict: {verdict}")
         for note in m.notes:
             lines.append(f"  note: {note}")
@@ -117,8 +126,10 @@ class Assessment:
             lines.append("  changes that help (estimated again with each change):")
             for s in self.suggestions:
                 mark = "fits" if s.fits else "still too big"
-                lines.append(f"    - {s.change}: saves {s.saves_gib:.1f} GiB -> {s.device_gib:.1f} GiB ({mark}); "
-                             f"{s.speed}")
+                lines.append(
+                    f"    - {s.change}: saves {s.saves_gib:.1f} GiB -> {s.device_gib:.1f} GiB ({mark}); "
+                    f"{s.speed}"
+                )
         if self.time is not None:
             t = self.time
             lines.append("time and cost")
@@ -172,8 +183,10 @@ def _seq_len(resolved: dict, data_summary: dict | None) -> tuple[int | None, str
             return DEFAULT_P95_SEQ, None
     longest = lengths.get("max")
     if not training.get("packing") and isinstance(longest, int) and 0 < longest < seq:
-        note = (f"{'' if note is None else note + '; '}rows are not packed and the longest example has {longest} "
-                f"tokens, so batches are padded to at most {longest}, not {seq}")
+        note = (
+            f"{'' if note is None else note + '; '}rows are not packed and the longest example has {longest} "
+            f"tokens, so batches are padded to at most {longest}, not {seq}"
+        )
         seq = longest
     return seq, note
 
@@ -188,7 +201,9 @@ def assess(spec: LoadedSpec, resolved: dict, data_summary: dict | None = None) -
     gpu = lookup_gpu(hardware.get("gpu"))
     if gpu is None:
         names = ", ".join(catalog_names()[:6]) + ", ..."
-        out.diagnostics.append(make("FT0304", spec.locate("/hardware/gpu"), gpu=hardware.get("gpu"), names=names))
+        out.diagnostics.append(
+            make("FT0304", spec.locate("/hardware/gpu"), gpu=hardware.get("gpu"), names=names)
+        )
     out.gpu = gpu
     if arch is None:
         return out
@@ -210,15 +225,24 @@ def assess(spec: LoadedSpec, resolved: dict, data_summary: dict | None = None) -
     if price is None and gpu is not None and gpu.price_per_hour is not None:
         price, price_source = gpu.price_per_hour, f"list price: {gpu.price_note}"
     tflops = gpu.tflops_bf16 if gpu else None
-    out.time = estimate_time(setup, shapes, resolved, base_dir=spec.base_dir, gpu_tflops=tflops, price=price,
-                             price_source=price_source, data_summary=data_summary,
-                             adapter_params=0 if setup.method == "full" else est.trainable_params)
+    out.time = estimate_time(
+        setup,
+        shapes,
+        resolved,
+        base_dir=spec.base_dir,
+        gpu_tflops=tflops,
+        price=price,
+        price_source=price_source,
+        data_summary=data_summary,
+        adapter_params=0 if setup.method == "full" else est.trainable_params,
+    )
     _time_findings(out, spec, gpu)
     return out
 
 
-def _memory_findings(out: Assessment, spec: LoadedSpec, est: MemoryEstimate, shapes: Shapes, setup: TrainSetup,
-                     headroom: float) -> None:
+def _memory_findings(
+    out: Assessment, spec: LoadedSpec, est: MemoryEstimate, shapes: Shapes, setup: TrainSetup, headroom: float
+) -> None:
     gpu = out.gpu
     for note in est.notes:
         if note.startswith("target modules"):
@@ -228,8 +252,11 @@ def _memory_findings(out: Assessment, spec: LoadedSpec, est: MemoryEstimate, sha
         elif note.startswith("CPU offload"):
             out.diagnostics.append(make("FT0317", spec.locate("/hardware/offload"), detail=note))
     if gpu is not None and gpu.is_cpu:
-        out.diagnostics.append(make("FT0313", spec.locate("/hardware/gpu"), world=setup.world,
-                                    host_gib=f"{est.allocated_gib:.2f}"))
+        out.diagnostics.append(
+            make(
+                "FT0313", spec.locate("/hardware/gpu"), world=setup.world, host_gib=f"{est.allocated_gib:.2f}"
+            )
+        )
         return
     if est.fits is None:
         return
@@ -238,9 +265,13 @@ def _memory_findings(out: Assessment, spec: LoadedSpec, est: MemoryEstimate, sha
     if not est.fits or tight:
         out.suggestions = suggest(setup, shapes, est, gpu_memory_gib=est.gpu_memory_gib, headroom=headroom)
     fields = dict(
-        device_gib=f"{est.device_gib:.1f}", allocated_gib=f"{est.allocated_gib:.1f}",
-        reserved_gib=f"{est.reserved_gib:.1f}", usable_gib=f"{est.usable_gib:.1f}",
-        memory_gib=f"{est.gpu_memory_gib:.1f}", headroom=f"{headroom:.0%}", gpu=gpu.name,
+        device_gib=f"{est.device_gib:.1f}",
+        allocated_gib=f"{est.allocated_gib:.1f}",
+        reserved_gib=f"{est.reserved_gib:.1f}",
+        usable_gib=f"{est.usable_gib:.1f}",
+        memory_gib=f"{est.gpu_memory_gib:.1f}",
+        headroom=f"{headroom:.0%}",
+        gpu=gpu.name,
         phase=est.peak_phase.replace("_", "/"),
     )
     largest = sorted(((v, k) for k, v in est.components.items()), reverse=True)[:3]
@@ -250,7 +281,9 @@ def _memory_findings(out: Assessment, spec: LoadedSpec, est: MemoryEstimate, sha
         best = fixing[0]
         fields["fix"] = f"{best.change} brings it to {best.device_gib:.1f} GiB ({best.speed})"
     elif out.suggestions:
-        fields["fix"] = f"no single change fits; {out.suggestions[0].change} saves the most ({out.suggestions[0].saves_gib:.1f} GiB)"
+        fields["fix"] = (
+            f"no single change fits; {out.suggestions[0].change} saves the most ({out.suggestions[0].saves_gib:.1f} GiB)"
+        )
     else:
         fields["fix"] = "use a GPU with more memory"
     loc = spec.locate("/hardware/gpu")
@@ -267,20 +300,47 @@ def _time_findings(out: Assessment, spec: LoadedSpec, gpu: Gpu | None) -> None:
     if t is None:
         return
     if gpu is not None and gpu.is_cpu:
-        out.diagnostics.append(make("FT0321", spec.locate("/hardware/gpu"),
-                                    detail="hardware.gpu is cpu: no dense rate to estimate training time from"))
+        out.diagnostics.append(
+            make(
+                "FT0321",
+                spec.locate("/hardware/gpu"),
+                detail="hardware.gpu is cpu: no dense rate to estimate training time from",
+            )
+        )
         return
     if t.tokens is None:
-        out.diagnostics.append(make("FT0322", spec.locate("/dataset/train"), detail=t.tokens_source or
-                                    "the train file could not be read"))
+        out.diagnostics.append(
+            make(
+                "FT0322",
+                spec.locate("/dataset/train"),
+                detail=t.tokens_source or "the train file could not be read",
+            )
+        )
         return
     if t.hours is None:
         if gpu is None:
             return  # FT0304 already says the GPU is unknown and time and cost are skipped
-        out.diagnostics.append(make("FT0321", spec.locate("/hardware/gpu"),
-                                    detail="the GPU's dense bf16 rate is unknown: give tflops_bf16"))
+        out.diagnostics.append(
+            make(
+                "FT0321",
+                spec.locate("/hardware/gpu"),
+                detail="the GPU's dense bf16 rate is unknown: give tflops_bf16",
+            )
+        )
         return
-    cost = f", ~${t.cost:,.2f} at ${t.price_per_gpu_hour}/GPU-hour" if t.cost is not None else ", no price known"
-    out.diagnostics.append(make("FT0320", spec.locate("/hardware/gpu"), hours=f"{t.hours:.3g}", world=t.world,
-                                gpu=gpu.name if gpu else "?", tokens=f"{t.tokens:,.0f}", tflops=t.tflops,
-                                util=f"{t.utilisation:.0%}", cost=cost))
+    cost = (
+        f", ~${t.cost:,.2f} at ${t.price_per_gpu_hour}/GPU-hour" if t.cost is not None else ", no price known"
+    )
+    out.diagnostics.append(
+        make(
+            "FT0320",
+            spec.locate("/hardware/gpu"),
+            hours=f"{t.hours:.3g}",
+            world=t.world,
+            gpu=gpu.name if gpu else "?",
+            tokens=f"{t.tokens:,.0f}",
+            tflops=t.tflops,
+            util=f"{t.utilisation:.0%}",
+            cost=cost,
+        )
+    )

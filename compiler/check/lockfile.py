@@ -110,9 +110,11 @@ def build_lock(spec: LoadedSpec, resolved: dict, plan: dict) -> dict:
             "spec_sha256": plan["metadata"]["spec_sha256"],
             "spec_file": plan["metadata"]["spec_file"],
             # spec_sha256 hashes the file; values given with --set are not in it, so they are kept here.
-            "overrides": {pointer.removeprefix("/spec"): get_pointer(resolved, pointer.removeprefix("/spec"))
-                          for pointer, source in sorted((plan.get("sources") or {}).items())
-                          if source == "cli" and pointer.startswith("/spec/")},
+            "overrides": {
+                pointer.removeprefix("/spec"): get_pointer(resolved, pointer.removeprefix("/spec"))
+                for pointer, source in sorted((plan.get("sources") or {}).items())
+                if source == "cli" and pointer.startswith("/spec/")
+            },
         },
         "spec_sha256": plan["metadata"]["spec_sha256"],
         "data": files,
@@ -136,8 +138,10 @@ def read_lock(path: Path) -> dict:
     if not isinstance(meta, dict) or meta.get("kind") != LOCK_KIND:
         raise ValueError("not an ftspec lock file")
     if meta.get("schema_version") != LOCK_SCHEMA_VERSION:
-        raise ValueError(f"lock schema_version {meta.get('schema_version')!r} is not one this ftspec reads "
-                         f"({LOCK_SCHEMA_VERSION})")
+        raise ValueError(
+            f"lock schema_version {meta.get('schema_version')!r} is not one this ftspec reads "
+            f"({LOCK_SCHEMA_VERSION})"
+        )
     return data
 
 
@@ -156,15 +160,23 @@ def check_lock(lock_path: Path, spec: LoadedSpec, resolved: dict) -> list[Diagno
     diags: list[Diagnostic] = []
     current = spec_sha256(spec)
     if lock.get("spec_sha256") != current:
-        diags.append(make("FT0611", spec.locate(""), locked=_short(lock.get("spec_sha256")), current=_short(current)))
+        diags.append(
+            make("FT0611", spec.locate(""), locked=_short(lock.get("spec_sha256")), current=_short(current))
+        )
     locked_files = {(f.get("role"), f.get("path")): f.get("sha256") for f in lock.get("data", [])}
     for role, pointer, written in data_files(resolved):
         now = _sha256_file(spec.base_dir / written)
         before = locked_files.get((role, written))
         if (role, written) not in locked_files or before != now:
-            diags.append(make("FT0612", spec.locate(pointer), path=written,
-                              locked=_short(before) if (role, written) in locked_files else "not locked",
-                              current=_short(now)))
+            diags.append(
+                make(
+                    "FT0612",
+                    spec.locate(pointer),
+                    path=written,
+                    locked=_short(before) if (role, written) in locked_files else "not locked",
+                    current=_short(now),
+                )
+            )
     model = resolved.get("model", {})
     locked_model = lock.get("model", {})
     was = f"{locked_model.get('id')}@{locked_model.get('revision') or 'unpinned'}"
@@ -180,22 +192,50 @@ def check_lock(lock_path: Path, spec: LoadedSpec, resolved: dict) -> list[Diagno
     for name, entry in sorted((lock.get("packages") or {}).items()):
         pin_then, pin_now = entry.get("pin"), pins_now.get(name)
         if pin_then != pin_now:
-            diags.append(make("FT0617", spec.locate(f"/environment/packages/{name}" if pin_now else "/environment"),
-                              package=name, locked=pin_then or "none", current=pin_now or "none"))
+            diags.append(
+                make(
+                    "FT0617",
+                    spec.locate(f"/environment/packages/{name}" if pin_now else "/environment"),
+                    package=name,
+                    locked=pin_then or "none",
+                    current=pin_now or "none",
+                )
+            )
         installed = installed_version(name)
         locked_version = entry.get("installed")
         if installed != locked_version and locked_version is not None:
-            diags.append(make("FT0614", Location(str(lock_path), None, None, f"/packages/{name}"),
-                              package=name, current=installed or "not installed", locked=locked_version))
+            diags.append(
+                make(
+                    "FT0614",
+                    Location(str(lock_path), None, None, f"/packages/{name}"),
+                    package=name,
+                    current=installed or "not installed",
+                    locked=locked_version,
+                )
+            )
         if pin_now and installed:
             try:
                 ok = Version(installed) in SpecifierSet(pin_now)
             except (InvalidSpecifier, InvalidVersion):
                 ok = True  # the pins stage reports malformed pins
             if not ok:
-                diags.append(make("FT0615", spec.locate(f"/environment/packages/{name}"), package=name,
-                                  current=installed, pin=pin_now))
+                diags.append(
+                    make(
+                        "FT0615",
+                        spec.locate(f"/environment/packages/{name}"),
+                        package=name,
+                        current=installed,
+                        pin=pin_now,
+                    )
+                )
     for name in sorted(set(pins_now) - set(lock.get("packages") or {})):
-        diags.append(make("FT0617", spec.locate(f"/environment/packages/{name}"), package=name,
-                          locked="none", current=pins_now[name]))
+        diags.append(
+            make(
+                "FT0617",
+                spec.locate(f"/environment/packages/{name}"),
+                package=name,
+                locked="none",
+                current=pins_now[name],
+            )
+        )
     return diags

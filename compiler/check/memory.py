@@ -200,8 +200,10 @@ def estimate_setup(
     w_shard, g_shard, o_shard = _world_shards(setup)
     deepspeed = setup.strategy == "deepspeed"
     offload_opt = setup.offload != "none" and setup.strategy in ("deepspeed", "fsdp")
-    offload_params = setup.strategy == "fsdp" and setup.offload != "none" or (
-        deepspeed and setup.offload == "optimizer_and_params" and (setup.zero_stage or 0) >= 3
+    offload_params = (
+        setup.strategy == "fsdp"
+        and setup.offload != "none"
+        or (deepspeed and setup.offload == "optimizer_and_params" and (setup.zero_stage or 0) >= 3)
     )
     mixed = setup.precision in ("bf16-mixed", "fp16")
 
@@ -212,7 +214,9 @@ def estimate_setup(
         base = shapes.body_params * bits / 8 + embed_head * 2
         layer_unit = shapes.layer_params * bits / 8
     else:
-        wbytes = 4 if (setup.precision == "fp32" or (setup.method == "full" and mixed and not deepspeed)) else 2
+        wbytes = (
+            4 if (setup.precision == "fp32" or (setup.method == "full" and mixed and not deepspeed)) else 2
+        )
         base = shapes.total_params * wbytes
         layer_unit = shapes.layer_params * wbytes
     root_unit = embed_head * 2
@@ -224,7 +228,9 @@ def estimate_setup(
         # output layer) stays gathered from forward into backward.
         # With embeddings and output layer sharded as their own units, one of them is gathered at a
         # time next to a layer (the output layer while the loss is computed).
-        root_piece = root_unit if setup.fsdp_root_gathered else root_unit / (1 if shapes.tie_embeddings else 2)
+        root_piece = (
+            root_unit if setup.fsdp_root_gathered else root_unit / (1 if shapes.tie_embeddings else 2)
+        )
         gathered = layer_unit + max(layer_unit, root_piece)
     if offload_params:
         host += weights
@@ -241,7 +247,9 @@ def estimate_setup(
     else:
         adapted, unknown = lora_targets(setup, shapes)
         if unknown:
-            notes.append("target modules not in this architecture, counted as hidden x hidden: " + ", ".join(unknown))
+            notes.append(
+                "target modules not in this architecture, counted as hidden x hidden: " + ", ".join(unknown)
+            )
         for _name, fin, fout, copies in adapted:
             per = setup.r * (fin + fout) + (fout if setup.dora else 0)
             adapter_params += per * (copies * L if copies else 1)
@@ -293,7 +301,9 @@ def estimate_setup(
     unit_grad = unit_trainable * grad_bytes if fsdp_sharded else 0.0
     # The sharded gradients are the reduce-scatter outputs, allocated in the reduce-scatter stream
     # (torch FSDP1 _reduce_grad, FSDP2 foreach_reduce); with CPU offload they are copied out per unit.
-    rs_pool = ((grads_step if setup.optimizer_in_backward else grads_full) + unit_grad) if fsdp_sharded else 0.0
+    rs_pool = (
+        ((grads_step if setup.optimizer_in_backward else grads_full) + unit_grad) if fsdp_sharded else 0.0
+    )
     # DDP keeps a bucket copy of every gradient (gradient_as_bucket_view is off by default).
     comm = 0.0
     if setup.strategy == "ddp" and setup.world > 1:
@@ -370,8 +380,12 @@ def estimate_setup(
     if setup.method == "full" and mixed and not deepspeed:
         temps += trainable * 2 / w_shard  # autocast keeps 16-bit copies of fp32 weights until backward
     opt_temps = 0.0
-    if (setup.optimizer == "adamw_torch" and not setup.fused_optimizer and not offload_opt
-            and not setup.optimizer_in_backward):
+    if (
+        setup.optimizer == "adamw_torch"
+        and not setup.fused_optimizer
+        and not offload_opt
+        and not setup.optimizer_in_backward
+    ):
         # foreach AdamW materialises sqrt(v) for every parameter at once
         opt_temps = trainable * (4 if pbytes == 4 or master else 2) / o_shard
 

@@ -71,7 +71,9 @@ def _candidates(setup: TrainSetup, shapes: Shapes) -> list[tuple[str, dict, Trai
     """(change, settings, new setup, speed note) for every change that applies to this setup."""
     out: list[tuple[str, dict, TrainSetup, str]] = []
 
-    def add(change: str, settings: dict, new: TrainSetup, note: str = "", *, slower: str | None = None) -> None:
+    def add(
+        change: str, settings: dict, new: TrainSetup, note: str = "", *, slower: str | None = None
+    ) -> None:
         # `slower`: a slowdown the FLOP model cannot see (host-side optimizer step, small matmuls);
         # it replaces "about the same speed", which would contradict the note.
         ratio = _time_ratio(setup, new, shapes)
@@ -81,18 +83,29 @@ def _candidates(setup: TrainSetup, shapes: Shapes) -> list[tuple[str, dict, Trai
         out.append((change, settings, new, text))
 
     if not setup.grad_ckpt:
-        add("training.gradient_checkpointing: true", {"/training/gradient_checkpointing": True},
-            replace(setup, grad_ckpt=True), "recomputes each layer's forward in the backward pass")
+        add(
+            "training.gradient_checkpointing: true",
+            {"/training/gradient_checkpointing": True},
+            replace(setup, grad_ckpt=True),
+            "recomputes each layer's forward in the backward pass",
+        )
     if setup.micro_batch > 1:
         mb = setup.micro_batch // 2
-        add(f"training.micro_batch_size: {mb} with gradient_accumulation_steps: {setup.grad_accum * 2}"
+        add(
+            f"training.micro_batch_size: {mb} with gradient_accumulation_steps: {setup.grad_accum * 2}"
             " (same effective batch)",
             {"/training/micro_batch_size": mb, "/training/gradient_accumulation_steps": setup.grad_accum * 2},
             replace(setup, micro_batch=mb, grad_accum=setup.grad_accum * 2),
-            "smaller matmuls use the GPU less efficiently", slower="somewhat slower")
+            "smaller matmuls use the GPU less efficiently",
+            slower="somewhat slower",
+        )
     if setup.optimizer in ("adamw_torch", "paged_adamw_32bit"):
-        add("training.optimizer: adamw_8bit", {"/training/optimizer": "adamw_8bit"},
-            replace(setup, optimizer="adamw_8bit"), "bitsandbytes 8-bit states; needs bitsandbytes")
+        add(
+            "training.optimizer: adamw_8bit",
+            {"/training/optimizer": "adamw_8bit"},
+            replace(setup, optimizer="adamw_8bit"),
+            "bitsandbytes 8-bit states; needs bitsandbytes",
+        )
     if setup.method == "lora":
         settings = {"/adapter/method": "qlora"}
         words = "adapter.method: qlora (4-bit NF4 base weights)"
@@ -102,20 +115,34 @@ def _candidates(setup: TrainSetup, shapes: Shapes) -> list[tuple[str, dict, Trai
             words += " with quantization.compute_dtype: fp16"
         add(words, settings, replace(setup, method="qlora"), "needs bitsandbytes; slightly lower quality")
     if setup.method == "full":
-        add("adapter.method: lora (train an adapter, freeze the base)", {"/adapter/method": "lora"},
-            replace(setup, method="lora"), "trains far fewer parameters")
+        add(
+            "adapter.method: lora (train an adapter, freeze the base)",
+            {"/adapter/method": "lora"},
+            replace(setup, method="lora"),
+            "trains far fewer parameters",
+        )
     sharded = setup.strategy == "fsdp" or (setup.strategy == "deepspeed" and (setup.zero_stage or 0) >= 3)
     if setup.world > 1 and not sharded:
         fsdp_settings, fsdp_setup = _to_fsdp(setup)
-        add("hardware.strategy: fsdp (shard weights, gradients and optimizer states)", fsdp_settings, fsdp_setup,
-            "all-gathers every layer: more communication")
-        add("hardware.strategy: deepspeed with zero_stage: 3", {"/hardware/strategy": "deepspeed",
-                                                                "/hardware/zero_stage": 3},
-            replace(setup, strategy="deepspeed", zero_stage=3), "all-gathers every layer: more communication")
+        add(
+            "hardware.strategy: fsdp (shard weights, gradients and optimizer states)",
+            fsdp_settings,
+            fsdp_setup,
+            "all-gathers every layer: more communication",
+        )
+        add(
+            "hardware.strategy: deepspeed with zero_stage: 3",
+            {"/hardware/strategy": "deepspeed", "/hardware/zero_stage": 3},
+            replace(setup, strategy="deepspeed", zero_stage=3),
+            "all-gathers every layer: more communication",
+        )
         if setup.strategy != "deepspeed" or (setup.zero_stage or 0) < 2:
-            add("hardware.strategy: deepspeed with zero_stage: 2", {"/hardware/strategy": "deepspeed",
-                                                                    "/hardware/zero_stage": 2},
-                replace(setup, strategy="deepspeed", zero_stage=2), "shards gradients and optimizer states")
+            add(
+                "hardware.strategy: deepspeed with zero_stage: 2",
+                {"/hardware/strategy": "deepspeed", "/hardware/zero_stage": 2},
+                replace(setup, strategy="deepspeed", zero_stage=2),
+                "shards gradients and optimizer states",
+            )
     if setup.offload == "none" and setup.optimizer not in ("sgd",):
         if setup.strategy == "fsdp":
             # FSDP offloads parameters and optimizer states together (FT0215: never the optimizer alone)
@@ -128,16 +155,22 @@ def _candidates(setup: TrainSetup, shapes: Shapes) -> list[tuple[str, dict, Trai
             settings["/hardware/strategy"] = strategy
         if strategy == "deepspeed" and stage != setup.zero_stage:
             settings["/hardware/zero_stage"] = stage
-        add(f"hardware.offload: {offload} ({strategy}{f' ZeRO-{stage}' if stage is not None else ''})", settings,
+        add(
+            f"hardware.offload: {offload} ({strategy}{f' ZeRO-{stage}' if stage is not None else ''})",
+            settings,
             replace(setup, offload=offload, strategy=strategy, zero_stage=stage),
-            "the optimizer step runs on the CPU and needs host RAM", slower="much slower steps")
+            "the optimizer step runs on the CPU and needs host RAM",
+            slower="much slower steps",
+        )
     per_node = max(setup.world // max(setup.nodes, 1), 1)
     if per_node < MAX_GPUS_PER_NODE:
         for n in (2, 4, 8):
             if n > per_node:
                 # Keep the effective batch (micro x accumulation x GPUs) where the accumulation divides.
                 grow = n // per_node if n % per_node == 0 else 0
-                accum = setup.grad_accum // grow if grow and setup.grad_accum % grow == 0 else setup.grad_accum
+                accum = (
+                    setup.grad_accum // grow if grow and setup.grad_accum % grow == 0 else setup.grad_accum
+                )
                 settings, new = ({}, setup) if sharded else _to_fsdp(setup)
                 new = replace(new, world=n * setup.nodes, grad_accum=accum)
                 settings = {"/hardware/gpus_per_node": n, **settings}
@@ -147,13 +180,19 @@ def _candidates(setup: TrainSetup, shapes: Shapes) -> list[tuple[str, dict, Trai
                     words += f" and gradient_accumulation_steps: {accum} (same effective batch)"
                     note = f"{n // per_node}x the GPUs: about the same GPU-hours"
                 else:
-                    note = (f"{n // per_node}x the GPUs: about the same GPU-hours; the effective batch grows "
-                            f"{n / per_node:g}x (adjust learning_rate)")
+                    note = (
+                        f"{n // per_node}x the GPUs: about the same GPU-hours; the effective batch grows "
+                        f"{n / per_node:g}x (adjust learning_rate)"
+                    )
                 add(words, settings, new, note)
     if setup.seq_len > 512:
         seq = setup.seq_len // 2
-        add(f"training.sequence_len: {seq}", {"/training/sequence_len": seq}, replace(setup, seq_len=seq),
-            f"examples longer than {seq} tokens get truncated (see the data report)")
+        add(
+            f"training.sequence_len: {seq}",
+            {"/training/sequence_len": seq},
+            replace(setup, seq_len=seq),
+            f"examples longer than {seq} tokens get truncated (see the data report)",
+        )
     return out
 
 
@@ -190,8 +229,9 @@ def suggest(
     return found[:limit]
 
 
-def _combine(setup: TrainSetup, shapes: Shapes, base: MemoryEstimate, *, gpu_memory_gib: float,
-             headroom: float) -> Suggestion | None:
+def _combine(
+    setup: TrainSetup, shapes: Shapes, base: MemoryEstimate, *, gpu_memory_gib: float, headroom: float
+) -> Suggestion | None:
     """Greedy: apply the change that saves most, re-derive the candidates, up to MAX_COMBINED changes."""
     current, settings = setup, {}
     changes: dict[frozenset, str] = {}  # a later change to the same fields replaces the earlier one's text
@@ -211,6 +251,12 @@ def _combine(setup: TrainSetup, shapes: Shapes, base: MemoryEstimate, *, gpu_mem
         current = best[3]
         if best[2].fits:
             ratio = _time_ratio(setup, current, shapes)
-            return Suggestion(" + ".join(changes.values()), settings, (base.device - best[2].device) / GIB,
-                              best[2].device_gib, True, _speed_text(ratio, "combined changes"))
+            return Suggestion(
+                " + ".join(changes.values()),
+                settings,
+                (base.device - best[2].device) / GIB,
+                best[2].device_gib,
+                True,
+                _speed_text(ratio, "combined changes"),
+            )
     return None

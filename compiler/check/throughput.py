@@ -58,7 +58,9 @@ class TimeEstimate:
             "training_tokens": None if self.tokens is None else int(self.tokens),
             "tokens_source": self.tokens_source,
             "flops_per_token": round(self.flops_per_token),
-            "total_flops": None if self.tokens is None else float(f"{self.tokens * self.flops_per_token:.4g}"),
+            "total_flops": None
+            if self.tokens is None
+            else float(f"{self.tokens * self.flops_per_token:.4g}"),
             "gpus": self.world,
             "tflops_per_gpu": self.tflops,
             "utilisation": self.utilisation,
@@ -123,11 +125,18 @@ def estimate_time(
     fpt = flops_per_token(setup, shapes, adapter_params)
     assumptions.append(
         f"FLOPs/token {fpt / 1e9:.1f} GFLOP: "
-        + ("6N (forward 2N, backward 4N)" if setup.method == "full" else "4N (forward 2N, activation gradients 2N; frozen weights get no weight gradients)")
+        + (
+            "6N (forward 2N, backward 4N)"
+            if setup.method == "full"
+            else "4N (forward 2N, activation gradients 2N; frozen weights get no weight gradients)"
+        )
         + (" + 2N recomputation (gradient checkpointing)" if setup.grad_ckpt else "")
         + f" + attention, N = {shapes.active_params / 1e9:.2f}B active parameters"
     )
-    assumptions.append(f"utilisation {util:.0%} of the dense bf16 rate" + (" (4-bit weights are dequantized on every matmul)" if setup.method == "qlora" else ""))
+    assumptions.append(
+        f"utilisation {util:.0%} of the dense bf16 rate"
+        + (" (4-bit weights are dequantized on every matmul)" if setup.method == "qlora" else "")
+    )
     examples, source = None, ""
     per_example = float(setup.seq_len)
     if data_summary and data_summary.get("train_examples") is not None:
@@ -137,11 +146,17 @@ def estimate_time(
         if mean:
             # packed: real tokens; padded batches: about the longest in each batch (~p95)
             per_example = min(mean if setup_packing(resolved) else max(p95, mean), setup.seq_len)
-        source = "data check (tokenized lengths)" if lengths.get("method") == "tokenizer" else "data check (estimated lengths)"
+        source = (
+            "data check (tokenized lengths)"
+            if lengths.get("method") == "tokenizer"
+            else "data check (estimated lengths)"
+        )
     else:
         examples, source = count_examples(resolved, base_dir)
         if examples is not None:
-            assumptions.append(f"every example counted at sequence_len ({setup.seq_len} tokens): an upper bound")
+            assumptions.append(
+                f"every example counted at sequence_len ({setup.seq_len} tokens): an upper bound"
+            )
     tokens: float | None = None
     effective = setup.micro_batch * setup.grad_accum * setup.world
     if training.get("max_steps"):
@@ -153,7 +168,9 @@ def estimate_time(
     hours = None
     if tokens is not None and gpu_tflops:
         hours = tokens * fpt / (setup.world * gpu_tflops * 1e12 * util) / 3600
-    return TimeEstimate(tokens, source, fpt, util, gpu_tflops, setup.world, hours, price, price_source, assumptions)
+    return TimeEstimate(
+        tokens, source, fpt, util, gpu_tflops, setup.world, hours, price, price_source, assumptions
+    )
 
 
 def setup_packing(resolved: dict) -> bool:

@@ -123,17 +123,19 @@ def accelerate_env(plan: dict, build_dir: str) -> dict[str, str]:
         env.pop("ACCELERATE_MIXED_PRECISION")  # the JSON decides (see accelerate_config)
     elif derived["strategy"] == "fsdp" and derived["device"] != "cpu":
         fsdp = fsdp_config(plan)
-        env.update({
-            "ACCELERATE_USE_FSDP": "true",
-            "FSDP_VERSION": str(fsdp["fsdp_version"]),
-            "FSDP_RESHARD_AFTER_FORWARD": str(fsdp["fsdp_reshard_after_forward"]).lower(),
-            "FSDP_OFFLOAD_PARAMS": str(fsdp["fsdp_offload_params"]).lower(),
-            "FSDP_STATE_DICT_TYPE": fsdp["fsdp_state_dict_type"],
-            "FSDP_CPU_RAM_EFFICIENT_LOADING": str(fsdp["fsdp_cpu_ram_efficient_loading"]).lower(),
-            "FSDP_SYNC_MODULE_STATES": str(fsdp["fsdp_sync_module_states"]).lower(),
-            "FSDP_ACTIVATION_CHECKPOINTING": str(fsdp["fsdp_activation_checkpointing"]).lower(),
-            "FSDP_AUTO_WRAP_POLICY": fsdp["fsdp_auto_wrap_policy"],
-        })
+        env.update(
+            {
+                "ACCELERATE_USE_FSDP": "true",
+                "FSDP_VERSION": str(fsdp["fsdp_version"]),
+                "FSDP_RESHARD_AFTER_FORWARD": str(fsdp["fsdp_reshard_after_forward"]).lower(),
+                "FSDP_OFFLOAD_PARAMS": str(fsdp["fsdp_offload_params"]).lower(),
+                "FSDP_STATE_DICT_TYPE": fsdp["fsdp_state_dict_type"],
+                "FSDP_CPU_RAM_EFFICIENT_LOADING": str(fsdp["fsdp_cpu_ram_efficient_loading"]).lower(),
+                "FSDP_SYNC_MODULE_STATES": str(fsdp["fsdp_sync_module_states"]).lower(),
+                "FSDP_ACTIVATION_CHECKPOINTING": str(fsdp["fsdp_activation_checkpointing"]).lower(),
+                "FSDP_AUTO_WRAP_POLICY": fsdp["fsdp_auto_wrap_policy"],
+            }
+        )
         if "fsdp_transformer_layer_cls_to_wrap" in fsdp:
             env["FSDP_TRANSFORMER_CLS_TO_WRAP"] = fsdp["fsdp_transformer_layer_cls_to_wrap"]
         else:

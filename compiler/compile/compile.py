@@ -67,15 +67,18 @@ def _with_overrides(spec: LoadedSpec, overrides: dict) -> tuple[LoadedSpec, list
     try:
         data = apply_overrides(spec.data, overrides)
     except (KeyError, IndexError, ValueError, TypeError) as exc:
-        return spec, [make("FT0606", Location(spec.path, None, None, ""), key=", ".join(overrides), detail=str(exc))]
+        return spec, [
+            make("FT0606", Location(spec.path, None, None, ""), key=", ".join(overrides), detail=str(exc))
+        ]
     out = copy.copy(spec)
     out.data = data
     out.diagnostics = list(spec.diagnostics)
     return out, []
 
 
-def _estimate(spec: LoadedSpec, resolved: dict,
-              data_summary: dict | None) -> tuple[dict | None, bool | None, list[Diagnostic]]:
+def _estimate(
+    spec: LoadedSpec, resolved: dict, data_summary: dict | None
+) -> tuple[dict | None, bool | None, list[Diagnostic]]:
     try:
         from ftspec.compiler.check.feasibility import assess
     except ImportError:
@@ -85,20 +88,30 @@ def _estimate(spec: LoadedSpec, resolved: dict,
     return assessment.to_json(), assessment.fits, list(assessment.diagnostics)
 
 
-def compile_spec(path: str | Path, options: CompileOptions | None = None, *, build_dir: Path) -> CompileResult:
+def compile_spec(
+    path: str | Path, options: CompileOptions | None = None, *, build_dir: Path
+) -> CompileResult:
     options = options or CompileOptions()
     spec, diags = _with_overrides(load_spec(path), options.overrides)
     if diags:
         return CompileResult(spec, diags, refused=True)
     lint = lint_loaded(spec, options.lint)
     diags = _mark_overrides(list(lint.diagnostics), options.overrides)
-    if not isinstance(spec.data, dict) or any(d.code.startswith("FT00") and d.severity == "error" for d in diags):
+    if not isinstance(spec.data, dict) or any(
+        d.code.startswith("FT00") and d.severity == "error" for d in diags
+    ):
         return CompileResult(spec, diags, refused=True)  # nothing to compile
     if any(d.code.startswith("FT01") and d.severity == "error" for d in diags):
         # schema errors: defaults and derived values would be computed from invalid data
-        diags.append(make("FT0604", spec.locate(""), detail="the spec does not match the schema",
-                          hint="fix the schema errors above: --force cannot compile a spec that does not match the "
-                               "schema (its defaults and derived values would be computed from invalid data)"))
+        diags.append(
+            make(
+                "FT0604",
+                spec.locate(""),
+                detail="the spec does not match the schema",
+                hint="fix the schema errors above: --force cannot compile a spec that does not match the "
+                "schema (its defaults and derived values would be computed from invalid data)",
+            )
+        )
         return CompileResult(spec, sort_diagnostics(diags), refused=True)
     from ftspec.compiler.core.resolve import resolve
 
@@ -125,33 +138,54 @@ def compile_spec(path: str | Path, options: CompileOptions | None = None, *, bui
         reasons.append("the estimate does not fit the declared GPUs")
     if any(d.code == "FT0231" for d in diags):
         # running a repository's own Python is a separate consent: --force does not grant it
-        diags.append(make("FT0604", spec.locate("/model/trust_remote_code"),
-                          detail="model.trust_remote_code: true needs --allow-remote-code",
-                          hint="review the model repository's code, then pass --allow-remote-code (--force does "
-                               "not allow remote code)"))
+        diags.append(
+            make(
+                "FT0604",
+                spec.locate("/model/trust_remote_code"),
+                detail="model.trust_remote_code: true needs --allow-remote-code",
+                hint="review the model repository's code, then pass --allow-remote-code (--force does "
+                "not allow remote code)",
+            )
+        )
         return CompileResult(spec, sort_diagnostics(_dedupe(diags)), refused=True)
     if reasons and not options.force:
         diags.append(make("FT0604", spec.locate(""), detail=" and ".join(reasons)))
         return CompileResult(spec, sort_diagnostics(_dedupe(diags)), refused=True)
     if reasons:
-        diags.append(make("FT0605", spec.locate(""), count=errors + (1 if fits is False and not errors else 0)))
+        diags.append(
+            make("FT0605", spec.locate(""), count=errors + (1 if fits is False and not errors else 0))
+        )
     launch_options = {"image": options.image, "container_build_dir": options.container_build_dir}
     plan, plan_diags = plan_with_diagnostics(
-        spec, resolved, build_dir=build_dir, overrides=options.overrides, forced=bool(reasons),
-        estimate=estimate, data_summary=data_summary, launch_options=launch_options,
+        spec,
+        resolved,
+        build_dir=build_dir,
+        overrides=options.overrides,
+        forced=bool(reasons),
+        estimate=estimate,
+        data_summary=data_summary,
+        launch_options=launch_options,
     )
     diags.extend(plan_diags)
     diags = sort_diagnostics(_dedupe(diags))
     if plan is None:
         return CompileResult(spec, diags, refused=True)
-    if plan["derived"]["strategy"] == "fsdp" and not (plan["derived"].get("architecture") or {}).get("decoder_layer_class"):
+    if plan["derived"]["strategy"] == "fsdp" and not (plan["derived"].get("architecture") or {}).get(
+        "decoder_layer_class"
+    ):
         diags.append(make("FT0608", spec.locate("/hardware/strategy"), model=plan["derived"]["model"]["id"]))
     if plan["derived"]["launcher"] == "kubernetes":
         from ftspec.compiler.compile.render import k8s_name
 
         if k8s_name(plan["spec"]["name"]) != plan["spec"]["name"]:
-            diags.append(make("FT0609", spec.locate("/name"), name=plan["spec"]["name"],
-                              k8s_name=k8s_name(plan["spec"]["name"])))
+            diags.append(
+                make(
+                    "FT0609",
+                    spec.locate("/name"),
+                    name=plan["spec"]["name"],
+                    k8s_name=k8s_name(plan["spec"]["name"]),
+                )
+            )
     from ftspec.compiler.check.lockfile import build_lock
     from ftspec.compiler.compile.render import artifact_violations, render_build
     from ftspec.compiler.compile.review import render_review
@@ -177,13 +211,25 @@ def _mark_overrides(diags: list[Diagnostic], overrides: dict) -> list[Diagnostic
     from dataclasses import replace
 
     # shown as typed on the command line (the verb hands over JSON pointers)
-    pointers = {override_pointer(k): ".".join(t.replace("~1", "/").replace("~0", "~")
-                                              for t in override_pointer(k).split("/")[1:]) for k in overrides}
+    pointers = {
+        override_pointer(k): ".".join(
+            t.replace("~1", "/").replace("~0", "~") for t in override_pointer(k).split("/")[1:]
+        )
+        for k in overrides
+    }
     out = []
     for d in diags:
-        given = next((key for ptr, key in pointers.items()
-                      if d.pointer == ptr or d.pointer.startswith(ptr + "/") or ptr.startswith(d.pointer + "/")
-                      and d.code in ("FT0103", "FT0101", "FT0107")), None)
+        given = next(
+            (
+                key
+                for ptr, key in pointers.items()
+                if d.pointer == ptr
+                or d.pointer.startswith(ptr + "/")
+                or ptr.startswith(d.pointer + "/")
+                and d.code in ("FT0103", "FT0101", "FT0107")
+            ),
+            None,
+        )
         out.append(replace(d, message=f"{d.message} (value from --set {given})") if given else d)
     return out
 
@@ -225,8 +271,10 @@ def _refusal(target: Path) -> str | None:
     if not foreign:
         return None
     shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-    return (f"{target} holds an earlier build and also {shown}, which compile did not write; "
-            "replacing the folder would delete them")
+    return (
+        f"{target} holds an earlier build and also {shown}, which compile did not write; "
+        "replacing the folder would delete them"
+    )
 
 
 def write_build(files: dict[str, str], target: Path, *, executable: set[str] = frozenset()) -> None:

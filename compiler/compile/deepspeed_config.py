@@ -31,28 +31,36 @@ def deepspeed_config(plan: dict) -> dict:
 
     zero: dict = {"stage": stage}
     if stage in (1, 2):
-        zero.update({
-            "allgather_partitions": True,
-            "allgather_bucket_size": DEFAULT_ALLGATHER_BUCKET,
-            "overlap_comm": True,
-            "reduce_scatter": True,
-            "reduce_bucket_size": DEFAULT_REDUCE_BUCKET,
-            "contiguous_gradients": True,
-        })
+        zero.update(
+            {
+                "allgather_partitions": True,
+                "allgather_bucket_size": DEFAULT_ALLGATHER_BUCKET,
+                "overlap_comm": True,
+                "reduce_scatter": True,
+                "reduce_bucket_size": DEFAULT_REDUCE_BUCKET,
+                "contiguous_gradients": True,
+            }
+        )
     elif stage == 3:
         # HF's recipe for the "auto" values, made concrete: buckets sized from the hidden size.
-        zero.update({
-            "overlap_comm": True,
-            "contiguous_gradients": True,
-            "reduce_bucket_size": hidden * hidden if hidden else DEFAULT_REDUCE_BUCKET,
-            "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden) if hidden else DEFAULT_PREFETCH_BUCKET,
-            "stage3_param_persistence_threshold": 10 * hidden if hidden else DEFAULT_PERSISTENCE_THRESHOLD,
-            "stage3_max_live_parameters": 1_000_000_000,
-            "stage3_max_reuse_distance": 1_000_000_000,
-            "sub_group_size": 1_000_000_000,
-            # the runtime saves the final model through this (sharded weights otherwise)
-            "stage3_gather_16bit_weights_on_model_save": True,
-        })
+        zero.update(
+            {
+                "overlap_comm": True,
+                "contiguous_gradients": True,
+                "reduce_bucket_size": hidden * hidden if hidden else DEFAULT_REDUCE_BUCKET,
+                "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden)
+                if hidden
+                else DEFAULT_PREFETCH_BUCKET,
+                "stage3_param_persistence_threshold": 10 * hidden
+                if hidden
+                else DEFAULT_PERSISTENCE_THRESHOLD,
+                "stage3_max_live_parameters": 1_000_000_000,
+                "stage3_max_reuse_distance": 1_000_000_000,
+                "sub_group_size": 1_000_000_000,
+                # the runtime saves the final model through this (sharded weights otherwise)
+                "stage3_gather_16bit_weights_on_model_save": True,
+            }
+        )
     if stage >= 1 and offload in ("optimizer", "optimizer_and_params"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if stage == 3 and offload == "optimizer_and_params":

@@ -39,7 +39,12 @@ Word = str | Var
 
 def _accelerate_words(plan: dict, *, multi_node: bool) -> list[Word]:
     derived = plan["derived"]
-    words: list[Word] = ["accelerate", "launch", "--config_file", Var("BUILD_DIR", suffix=f"/{ACCELERATE_CONFIG}")]
+    words: list[Word] = [
+        "accelerate",
+        "launch",
+        "--config_file",
+        Var("BUILD_DIR", suffix=f"/{ACCELERATE_CONFIG}"),
+    ]
     world = int(derived["world_size"])
     if derived["device"] == "cpu":
         if world > 1:
@@ -51,23 +56,36 @@ def _accelerate_words(plan: dict, *, multi_node: bool) -> list[Word]:
         words += ["--deepspeed_config_file", Var("BUILD_DIR", suffix=f"/{DEEPSPEED_CONFIG}")]
     if multi_node:
         words += [
-            "--num_machines", str(derived["nodes"]),
-            "--machine_rank", Var("MACHINE_RANK"),
-            "--main_process_ip", Var("MAIN_PROCESS_IP"),
-            "--main_process_port", str(derived["main_process_port"]),
+            "--num_machines",
+            str(derived["nodes"]),
+            "--machine_rank",
+            Var("MACHINE_RANK"),
+            "--main_process_ip",
+            Var("MAIN_PROCESS_IP"),
+            "--main_process_port",
+            str(derived["main_process_port"]),
         ]
     return words
 
 
 def _torchrun_words(plan: dict, *, multi_node: bool) -> list[Word]:
     derived = plan["derived"]
-    words: list[Word] = ["torchrun", "--nnodes", str(derived["nodes"]), "--nproc_per_node", str(derived["gpus_per_node"])]
+    words: list[Word] = [
+        "torchrun",
+        "--nnodes",
+        str(derived["nodes"]),
+        "--nproc_per_node",
+        str(derived["gpus_per_node"]),
+    ]
     if multi_node:
         # static rendezvous: each node states its rank, rank 0 hosts the store
         words += [
-            "--node_rank", Var("MACHINE_RANK"),
-            "--master_addr", Var("MAIN_PROCESS_IP"),
-            "--master_port", str(derived["main_process_port"]),
+            "--node_rank",
+            Var("MACHINE_RANK"),
+            "--master_addr",
+            Var("MAIN_PROCESS_IP"),
+            "--master_port",
+            str(derived["main_process_port"]),
         ]
     else:
         words += ["--master_port", str(derived["main_process_port"])]
@@ -102,8 +120,13 @@ def static_env(plan: dict, build_dir: str) -> dict[str, str]:
         if derived["strategy"] == "deepspeed":
             # the multi-GPU launcher does not pass the DeepSpeed config; say it as accelerate's
             # DeepSpeed launcher would (trap 3: the runtime sets up gloo itself on CPU)
-            env.update({k: v for k, v in accelerate_env(plan, build_dir).items()
-                        if k.startswith("ACCELERATE_DEEPSPEED") or k == "ACCELERATE_USE_DEEPSPEED"})
+            env.update(
+                {
+                    k: v
+                    for k, v in accelerate_env(plan, build_dir).items()
+                    if k.startswith("ACCELERATE_DEEPSPEED") or k == "ACCELERATE_USE_DEEPSPEED"
+                }
+            )
     return env
 
 
@@ -131,11 +154,16 @@ def previous_run(run_dir: Path) -> list[str]:
     found = []
     checkpoints = run_dir / CHECKPOINTS
     if checkpoints.is_dir():
-        names = sorted((p.name for p in checkpoints.iterdir() if p.is_dir() and p.name.startswith("checkpoint-")),
-                       key=lambda name: (len(name), name))  # checkpoint-8 before checkpoint-100
+        names = sorted(
+            (p.name for p in checkpoints.iterdir() if p.is_dir() and p.name.startswith("checkpoint-")),
+            key=lambda name: (len(name), name),
+        )  # checkpoint-8 before checkpoint-100
         if names:
-            found.append(f"{len(names)} checkpoint(s) under {CHECKPOINTS}/, the last {names[-1]}"
-                         if len(names) > 1 else f"{CHECKPOINTS}/{names[0]}")
+            found.append(
+                f"{len(names)} checkpoint(s) under {CHECKPOINTS}/, the last {names[-1]}"
+                if len(names) > 1
+                else f"{CHECKPOINTS}/{names[0]}"
+            )
     found += [f"{name}/" for name in PRECIOUS_OUTPUTS if (run_dir / name).is_dir()]
     return found
 
@@ -161,7 +189,11 @@ def launch_command(
             f"the plan spans {plan['derived']['nodes']} nodes: give this node's machine_rank and the "
             "rank-0 node's main_process_ip (launch.sh reads them from SLURM or Kubernetes)"
         )
-    values = {"BUILD_DIR": build, "MACHINE_RANK": str(machine_rank or 0), "MAIN_PROCESS_IP": main_process_ip or ""}
+    values = {
+        "BUILD_DIR": build,
+        "MACHINE_RANK": str(machine_rank or 0),
+        "MAIN_PROCESS_IP": main_process_ip or "",
+    }
     argv = []
     for word in launch_words(plan, resume=resume):
         argv.append(f"{word.prefix}{values[word.name]}{word.suffix}" if isinstance(word, Var) else word)

@@ -47,6 +47,7 @@ class PlanError(Exception):
 
 # ---------------------------------------------------------------------------------------- overrides
 
+
 def override_pointer(key: str) -> str:
     """`training.learning_rate` or `/training/learning_rate` -> `/training/learning_rate`."""
     if key.startswith("/"):
@@ -89,6 +90,7 @@ def apply_overrides(data: dict, overrides: dict | None) -> dict:
 
 # ------------------------------------------------------------------------------------------- counts
 
+
 def count_records(path: Path) -> int:
     """Records in a JSON Lines file (non-blank lines) or a JSON array (its length), cheaply.
 
@@ -118,8 +120,13 @@ def _train_entries(dataset: dict) -> list[tuple[str, str, float | None]]:
             out.append((item, f"/dataset/train/{i}", None))
         elif isinstance(item, dict):
             fraction = item.get("fraction")
-            out.append((item["path"], f"/dataset/train/{i}/path",
-                        float(fraction) if isinstance(fraction, (int, float)) else None))
+            out.append(
+                (
+                    item["path"],
+                    f"/dataset/train/{i}/path",
+                    float(fraction) if isinstance(fraction, (int, float)) else None,
+                )
+            )
     return out
 
 
@@ -163,8 +170,14 @@ def example_counts(spec: LoadedSpec, resolved: dict) -> tuple[dict, list[Diagnos
         try:
             eval_examples = count_records(base / dataset["eval"])
         except OSError as exc:
-            diags.append(make("FT0602", spec.locate("/dataset/eval"), path=dataset["eval"],
-                              detail=exc.strerror or str(exc)))
+            diags.append(
+                make(
+                    "FT0602",
+                    spec.locate("/dataset/eval"),
+                    path=dataset["eval"],
+                    detail=exc.strerror or str(exc),
+                )
+            )
     elif dataset.get("eval_split"):
         eval_examples = math.ceil(train * float(dataset["eval_split"])) if train else 0
         train -= eval_examples
@@ -172,6 +185,7 @@ def example_counts(spec: LoadedSpec, resolved: dict) -> tuple[dict, list[Diagnos
 
 
 # ------------------------------------------------------------------------------------------ sources
+
 
 def value_sources(resolved: dict, given: dict, overrides: set[str], prefix: str = "/spec") -> dict[str, str]:
     """JSON pointer (inside the plan) -> spec | default | cli, for every leaf of the resolved spec."""
@@ -200,6 +214,7 @@ def value_sources(resolved: dict, given: dict, overrides: set[str], prefix: str 
 
 # --------------------------------------------------------------------------------------------- plan
 
+
 def resolve_strategy(hardware: dict) -> str:
     """auto: single for one device, ddp for several; anything else as declared."""
     strategy = hardware.get("strategy", "auto")
@@ -217,8 +232,9 @@ def spec_sha256(spec: LoadedSpec) -> str:
         return hashlib.sha256(spec.text.encode("utf-8")).hexdigest()
 
 
-def _sequence_len(spec: LoadedSpec, training: dict, data_summary: dict | None,
-                  resolved: dict) -> tuple[int | None, list[Diagnostic], dict | None]:
+def _sequence_len(
+    spec: LoadedSpec, training: dict, data_summary: dict | None, resolved: dict
+) -> tuple[int | None, list[Diagnostic], dict | None]:
     value = training.get("sequence_len", 2048)
     if value != "p95":
         return int(value), [], data_summary
@@ -243,7 +259,9 @@ def _catalog_architecture(model_id: str) -> dict | None:
     """The built-in model catalog's entry for `model_id` (by id or alias, case-insensitive)."""
     from importlib import resources
 
-    raw = json.loads(resources.files("ftspec.compiler.data").joinpath("models.json").read_text(encoding="utf-8"))
+    raw = json.loads(
+        resources.files("ftspec.compiler.data").joinpath("models.json").read_text(encoding="utf-8")
+    )
     wanted = model_id.lower()
     for entry in raw.get("models", []):
         names = [entry.get("id", "")] + list(entry.get("aliases") or [])
@@ -433,8 +451,14 @@ def build_plan(
 ) -> dict:
     """The plan.json content (docs/contracts.md). Raises PlanError when a value cannot be resolved."""
     plan, diags = plan_with_diagnostics(
-        spec, resolved, build_dir=build_dir, overrides=overrides, forced=forced, estimate=estimate,
-        data_summary=data_summary, launch_options=launch_options,
+        spec,
+        resolved,
+        build_dir=build_dir,
+        overrides=overrides,
+        forced=forced,
+        estimate=estimate,
+        data_summary=data_summary,
+        launch_options=launch_options,
     )
     if plan is None:
         raise PlanError(diags)

@@ -83,10 +83,14 @@ def render_template(name: str, context: dict, *, shell: bool) -> str:
 
 # ------------------------------------------------------------------------------------------- shell
 
+
 def shell_word(word: str | Var) -> str:
     if isinstance(word, Var):
-        return (shlex.quote(word.prefix) if word.prefix else "") + f'"${{{word.name}}}"' + (
-            shlex.quote(word.suffix) if word.suffix else "")
+        return (
+            (shlex.quote(word.prefix) if word.prefix else "")
+            + f'"${{{word.name}}}"'
+            + (shlex.quote(word.suffix) if word.suffix else "")
+        )
     return shlex.quote(word)
 
 
@@ -153,6 +157,7 @@ def render_slurm(plan: dict) -> str:
 
 # -------------------------------------------------------------------------------------- kubernetes
 
+
 def k8s_name(name: str) -> str:
     """A DNS-1123 label from the run name: lower case, [a-z0-9-], at most 63 characters
     (the operator appends -master-0 / -worker-N to pod names, so keep room: 50)."""
@@ -214,8 +219,9 @@ def render_pytorchjob(plan: dict) -> str:
         def ignore_aliases(self, data: object) -> bool:
             return True
 
-    return yaml.dump(pytorchjob(plan), Dumper=_NoAliases, sort_keys=True, default_flow_style=False,
-                     allow_unicode=True)
+    return yaml.dump(
+        pytorchjob(plan), Dumper=_NoAliases, sort_keys=True, default_flow_style=False, allow_unicode=True
+    )
 
 
 # ------------------------------------------------------------------------------------------- build
@@ -263,8 +269,18 @@ def render_build(plan: dict, lock: dict, review: str) -> dict[str, str]:
 
 EXECUTABLE = {LAUNCH_FILE, SLURM_FILE}
 # every file a build folder can hold: compile replaces an old build only when it holds nothing else
-ARTIFACT_FILES = frozenset({PLAN_FILE, ACCELERATE_CONFIG, DEEPSPEED_CONFIG, LAUNCH_FILE, SLURM_FILE, K8S_FILE,
-                            LOCK_FILE, REVIEW_FILE})
+ARTIFACT_FILES = frozenset(
+    {
+        PLAN_FILE,
+        ACCELERATE_CONFIG,
+        DEEPSPEED_CONFIG,
+        LAUNCH_FILE,
+        SLURM_FILE,
+        K8S_FILE,
+        LOCK_FILE,
+        REVIEW_FILE,
+    }
+)
 
 
 # ------------------------------------------------------------------------------ artifact schemas
@@ -314,20 +330,30 @@ def _cross_checks(data: dict[str, object]) -> list[ArtifactViolation]:
 
     nodes, world, rank = acc["num_machines"], acc["num_processes"], acc["machine_rank"]
     if world % nodes:
-        violation(ACCELERATE_CONFIG, f"/num_processes: {world} processes do not divide among {nodes} machines")
+        violation(
+            ACCELERATE_CONFIG, f"/num_processes: {world} processes do not divide among {nodes} machines"
+        )
     if rank >= nodes:
         violation(ACCELERATE_CONFIG, f"/machine_rank: {rank} is not below num_machines {nodes}")
     if isinstance(ds, dict):
-        micro, accum, total = (ds[k] for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                                               "train_batch_size"))
+        micro, accum, total = (
+            ds[k]
+            for k in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
+        )
         if total != micro * accum * world:
-            violation(DEEPSPEED_CONFIG, f"/train_batch_size: {total} is not {micro} x {accum} x {world} "
-                                        f"({ACCELERATE_CONFIG} num_processes)")
+            violation(
+                DEEPSPEED_CONFIG,
+                f"/train_batch_size: {total} is not {micro} x {accum} x {world} "
+                f"({ACCELERATE_CONFIG} num_processes)",
+            )
         stage = ds["zero_optimization"]["stage"]
         init = acc.get("deepspeed_config", {}).get("zero3_init_flag")
         if init is not None and init != (stage == 3):
-            violation(ACCELERATE_CONFIG, f"/deepspeed_config/zero3_init_flag: {str(init).lower()} with ZeRO "
-                                         f"stage {stage} in {DEEPSPEED_CONFIG}")
+            violation(
+                ACCELERATE_CONFIG,
+                f"/deepspeed_config/zero3_init_flag: {str(init).lower()} with ZeRO "
+                f"stage {stage} in {DEEPSPEED_CONFIG}",
+            )
     return out
 
 
@@ -346,8 +372,10 @@ def artifact_violations(files: dict[str, str]) -> list[ArtifactViolation]:
         except (yaml.YAMLError, ValueError) as exc:
             out.append(ArtifactViolation(name, schema, f"cannot be read back: {' '.join(str(exc).split())}"))
             continue
-        errors = sorted(validator(schema).iter_errors(data[name]),
-                        key=lambda e: ([str(p) for p in e.absolute_path], e.message))
+        errors = sorted(
+            validator(schema).iter_errors(data[name]),
+            key=lambda e: ([str(p) for p in e.absolute_path], e.message),
+        )
         for error in errors[:_MAX_ERRORS_PER_FILE]:
             out.append(ArtifactViolation(name, schema, _error_text(error)))
         if len(errors) > _MAX_ERRORS_PER_FILE:

@@ -48,13 +48,17 @@ def _adapter(spec: dict) -> str:
         return "full fine-tuning (every weight trained)"
     targets = a.get("target_modules", "all-linear")
     targets = targets if isinstance(targets, str) else ", ".join(targets)
-    text = (f"{'QLoRA' if method == 'qlora' else 'LoRA'} r={a.get('r')} alpha={_num(a.get('alpha', 0))} "
-            f"(alpha/r {_num(round(a.get('alpha', 0) / a.get('r', 1), 2))}), dropout {_num(a.get('dropout', 0))}, "
-            f"targets {md(targets)}{', DoRA' if a.get('dora') else ''}")
+    text = (
+        f"{'QLoRA' if method == 'qlora' else 'LoRA'} r={a.get('r')} alpha={_num(a.get('alpha', 0))} "
+        f"(alpha/r {_num(round(a.get('alpha', 0) / a.get('r', 1), 2))}), dropout {_num(a.get('dropout', 0))}, "
+        f"targets {md(targets)}{', DoRA' if a.get('dora') else ''}"
+    )
     if method == "qlora":
         q = a.get("quantization") or {}
-        text += (f"; base in {q.get('bits', 4)}-bit {q.get('quant_type', 'nf4')}"
-                 f"{' + double quant' if q.get('double_quant') else ''}, compute {q.get('compute_dtype', 'bf16')}")
+        text += (
+            f"; base in {q.get('bits', 4)}-bit {q.get('quant_type', 'nf4')}"
+            f"{' + double quant' if q.get('double_quant') else ''}, compute {q.get('compute_dtype', 'bf16')}"
+        )
     return text
 
 
@@ -89,25 +93,34 @@ def _lengths(plan: dict, summary: dict | None) -> str:
     how = "tokenizer" if ln.get("method") == "tokenizer" else "estimated"
     lost = ln.get("dropped") if ln.get("truncation") == "drop" else ln.get("truncated")
     verb = "dropped" if ln.get("truncation") == "drop" else "truncated"
-    return (f"{seq}; tokens ({how}) p50 {ln.get('p50')}, p95 {ln.get('p95')}, max {ln.get('max')}; "
-            f"{lost or 0} {verb}")
+    return (
+        f"{seq}; tokens ({how}) p50 {ln.get('p50')}, p95 {ln.get('p95')}, max {ln.get('max')}; "
+        f"{lost or 0} {verb}"
+    )
 
 
 def _schedule(plan: dict) -> str:
     d = plan["derived"]
     t = plan["spec"]["training"]
-    length = (f"max_steps {d['total_steps']}" if "max_steps" in t
-              else f"{_num(t.get('epochs', 0))} epochs x {d['steps_per_epoch']} steps = {d['total_steps']} steps")
-    return (f"{length}, warmup {d['warmup_steps']}; lr {t.get('learning_rate'):g} {t.get('scheduler')}, "
-            f"{t.get('optimizer')}, weight decay {_num(t.get('weight_decay', 0))}, clip {_num(t.get('max_grad_norm', 0))}; "
-            f"eval every {t.get('eval_steps')}, save every {t.get('save_steps')}")
+    length = (
+        f"max_steps {d['total_steps']}"
+        if "max_steps" in t
+        else f"{_num(t.get('epochs', 0))} epochs x {d['steps_per_epoch']} steps = {d['total_steps']} steps"
+    )
+    return (
+        f"{length}, warmup {d['warmup_steps']}; lr {t.get('learning_rate'):g} {t.get('scheduler')}, "
+        f"{t.get('optimizer')}, weight decay {_num(t.get('weight_decay', 0))}, clip {_num(t.get('max_grad_norm', 0))}; "
+        f"eval every {t.get('eval_steps')}, save every {t.get('save_steps')}"
+    )
 
 
 def _batch(plan: dict) -> str:
     d = plan["derived"]
-    return (f"effective {d['effective_batch']} = {d['micro_batch_size']} micro x "
-            f"{d['gradient_accumulation_steps']} accumulation x {d['world_size']} processes"
-            f"{'; packing' if plan['spec']['training'].get('packing') else ''}")
+    return (
+        f"effective {d['effective_batch']} = {d['micro_batch_size']} micro x "
+        f"{d['gradient_accumulation_steps']} accumulation x {d['world_size']} processes"
+        f"{'; packing' if plan['spec']['training'].get('packing') else ''}"
+    )
 
 
 def _precision(plan: dict) -> str:
@@ -120,11 +133,17 @@ def _hardware(plan: dict) -> str:
     d = plan["derived"]
     gpu = plan["spec"]["hardware"].get("gpu")
     gpu_name = gpu.get("name") if isinstance(gpu, dict) else gpu
-    strategy = {"single": "single device", "ddp": "DDP", "fsdp": "FSDP2",
-                "deepspeed": f"DeepSpeed ZeRO-{d.get('zero_stage')}"}[d["strategy"]]
+    strategy = {
+        "single": "single device",
+        "ddp": "DDP",
+        "fsdp": "FSDP2",
+        "deepspeed": f"DeepSpeed ZeRO-{d.get('zero_stage')}",
+    }[d["strategy"]]
     offload = f", offload {d['offload']}" if d.get("offload", "none") != "none" else ""
-    return (f"{d['nodes']} node(s) x {d['gpus_per_node']} x {md(gpu_name)} ({d['device']}); {strategy}{offload}; "
-            f"launcher {d['launcher']}")
+    return (
+        f"{d['nodes']} node(s) x {d['gpus_per_node']} x {md(gpu_name)} ({d['device']}); {strategy}{offload}; "
+        f"launcher {d['launcher']}"
+    )
 
 
 def _memory(estimate: dict | None) -> str:
@@ -138,8 +157,10 @@ def _memory(estimate: dict | None) -> str:
     if cap is None:
         return f"{per:.1f} GiB (no device memory to compare: CPU processes)"
     verdict = {True: "fits", False: "DOES NOT FIT", None: "unknown"}[mem.get("fits")]
-    return (f"{per:.1f} GiB of {cap:.1f} GiB ({100 * per / cap:.0f}%; usable {usable:.1f} GiB after "
-            f"headroom): {verdict}")
+    return (
+        f"{per:.1f} GiB of {cap:.1f} GiB ({100 * per / cap:.0f}%; usable {usable:.1f} GiB after "
+        f"headroom): {verdict}"
+    )
 
 
 def _time(estimate: dict | None) -> str:
@@ -155,16 +176,20 @@ def _cost(estimate: dict | None) -> str:
     cost = (estimate or {}).get("cost") or {}
     if cost.get("total") is None:
         return "no estimate"
-    return (f"~${cost['total']:,.2f} ({_num(cost.get('gpu_hours') or 0)} GPU-hours at "
-            f"${_num(cost.get('price_per_gpu_hour') or 0)}/GPU-hour)")
+    return (
+        f"~${cost['total']:,.2f} ({_num(cost.get('gpu_hours') or 0)} GPU-hours at "
+        f"${_num(cost.get('price_per_gpu_hour') or 0)}/GPU-hour)"
+    )
 
 
 def render_review(plan: dict, *, data_summary: dict | None, diagnostics: list[Diagnostic]) -> str:
     spec = plan["spec"]
     estimate = plan.get("estimate")
     shown = [d for d in diagnostics if d.severity in ("error", "warning")]
-    warnings = [f"{d.code} {d.severity}: {md(d.message)}" + (f" ({code(d.pointer)})" if d.pointer else "")
-                for d in sorted(shown, key=lambda d: (d.severity != "error", d.code, d.pointer, d.message))]
+    warnings = [
+        f"{d.code} {d.severity}: {md(d.message)}" + (f" ({code(d.pointer)})" if d.pointer else "")
+        for d in sorted(shown, key=lambda d: (d.severity != "error", d.code, d.pointer, d.message))
+    ]
     description = md(spec.get("description", ""))
     if len(description) > MAX_DESCRIPTION:
         description = description[: MAX_DESCRIPTION - 1] + "…"

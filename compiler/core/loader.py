@@ -115,9 +115,7 @@ def _decode(raw: bytes, path: str) -> tuple[str | None, Diagnostic | None]:
 
 def load_text(text: str, path: str) -> LoadedSpec:
     spec = LoadedSpec(path=path, text=text)
-    if not text.strip() or all(
-        not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()
-    ):
+    if not text.strip() or all(not ln.strip() or ln.lstrip().startswith("#") for ln in text.splitlines()):
         spec.diagnostics.append(make("FT0005", Location(path, 1, 1, "")))
         return spec
     too_complex = _too_complex(text, path)
@@ -164,9 +162,7 @@ def load_spec(path: str | os.PathLike) -> LoadedSpec:
         size = os.stat(path).st_size
         if size > MAX_BYTES:
             spec = LoadedSpec(path=shown, text="")
-            spec.diagnostics.append(
-                make("FT0007", Location(shown, 1, 1, ""), size=size, limit=MAX_BYTES)
-            )
+            spec.diagnostics.append(make("FT0007", Location(shown, 1, 1, ""), size=size, limit=MAX_BYTES))
             return spec
         with open(path, "rb") as fh:
             raw = fh.read(MAX_BYTES + 1)
@@ -195,7 +191,9 @@ def load_spec(path: str | os.PathLike) -> LoadedSpec:
 def _too_complex(text: str, path: str) -> Diagnostic | None:
     lines = text.count("\n") + 1
     if lines > MAX_LINES:
-        return make("FT0012", Location(path, MAX_LINES + 1, 1, ""), count=lines, what="lines", limit=MAX_LINES)
+        return make(
+            "FT0012", Location(path, MAX_LINES + 1, 1, ""), count=lines, what="lines", limit=MAX_LINES
+        )
     commas = text.count(",")
     if commas > MAX_SEPARATORS:
         # point at the line where the limit is crossed: that is where the runaway list is
@@ -203,12 +201,18 @@ def _too_complex(text: str, path: str) -> Diagnostic | None:
         for _ in range(MAX_SEPARATORS + 1):
             offset = text.find(",", offset + 1)
         line = text.count("\n", 0, offset) + 1
-        return make("FT0012", Location(path, line, 1, ""), count=commas, what="commas (flow items)",
-                    limit=MAX_SEPARATORS)
+        return make(
+            "FT0012",
+            Location(path, line, 1, ""),
+            count=commas,
+            what="commas (flow items)",
+            limit=MAX_SEPARATORS,
+        )
     brackets = text.count("[") + text.count("{")
     if brackets > MAX_SEPARATORS:
-        return make("FT0012", Location(path, 1, 1, ""), count=brackets, what="opening brackets",
-                    limit=MAX_SEPARATORS)
+        return make(
+            "FT0012", Location(path, 1, 1, ""), count=brackets, what="opening brackets", limit=MAX_SEPARATORS
+        )
     if brackets > MAX_DEPTH:
         # ruamel.yaml slows down sharply with flow nesting (5,000 levels: 5 s before a RecursionError):
         # measure the depth first. Brackets inside quoted strings count too, an over-estimate that
@@ -222,8 +226,11 @@ def _too_complex(text: str, path: str) -> Diagnostic | None:
             elif char in "]}" and depth:
                 depth -= 1
         if deepest > MAX_DEPTH:
-            return make("FT0008", Location(path, 1, 1, ""), detail=f"flow collections nested {deepest} deep "
-                        f"(at most {MAX_DEPTH})")
+            return make(
+                "FT0008",
+                Location(path, 1, 1, ""),
+                detail=f"flow collections nested {deepest} deep (at most {MAX_DEPTH})",
+            )
     return None
 
 

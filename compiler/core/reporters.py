@@ -51,7 +51,7 @@ def _source_window(line: str, column: int) -> tuple[str, int]:
     if len(text) <= SOURCE_WIDTH:
         return text, min(offset, len(text))
     start = max(0, min(offset - SOURCE_WIDTH // 2, len(text) - SOURCE_WIDTH))
-    window = text[start:start + SOURCE_WIDTH]
+    window = text[start : start + SOURCE_WIDTH]
     prefix = "..." if start > 0 else ""
     suffix = "..." if start + SOURCE_WIDTH < len(text) else ""
     return prefix + window + suffix, len(prefix) + offset - start
@@ -190,9 +190,13 @@ def to_sarif(diagnostics: list[Diagnostic]) -> str:
             if related:
                 # the second place a finding is about (a feature's line beside the pin's)
                 result["relatedLocations"] = [
-                    {"id": i, **_sarif_location(d.file, r["line"], r.get("column"), r.get("pointer", "")),
-                     "message": {"text": r.get("message", "")}}
-                    for i, r in enumerate(related)]
+                    {
+                        "id": i,
+                        **_sarif_location(d.file, r["line"], r.get("column"), r.get("pointer", "")),
+                        "message": {"text": r.get("message", "")},
+                    }
+                    for i, r in enumerate(related)
+                ]
         results.append(result)
     log = {
         "$schema": SARIF_SCHEMA,

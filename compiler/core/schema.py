@@ -140,7 +140,13 @@ def _to_diagnostics(error, spec: LoadedSpec) -> list[Diagnostic]:
                 elif allowed:
                     hint = "allowed here: " + ", ".join(sorted(allowed))
             found.append(
-                make("FT0103", spec.locate(child, key=True), key=key, section=_section_name(pointer), hint=hint or "")
+                make(
+                    "FT0103",
+                    spec.locate(child, key=True),
+                    key=key,
+                    section=_section_name(pointer),
+                    hint=hint or "",
+                )
             )
         return found
     loc = spec.locate(pointer)
@@ -153,16 +159,31 @@ def _to_diagnostics(error, spec: LoadedSpec) -> list[Diagnostic]:
         wanted = expected if isinstance(expected, list) else [expected]
         expected = " or ".join(expected) if isinstance(expected, list) else expected
         hint = None
-        if "string" in wanted and isinstance(error.instance, (int, float)) and not isinstance(error.instance, bool):
+        if (
+            "string" in wanted
+            and isinstance(error.instance, (int, float))
+            and not isinstance(error.instance, bool)
+        ):
             # `python: 3.10` or `torch: 2.8`: YAML reads an unquoted version as a number (3.10 -> 3.1)
             raw = _scalar_text(spec, loc) or str(error.instance)
             if pointer.startswith("/environment/"):
-                hint = (f"write a quoted version specifier such as \">={raw}\" or \"=={raw}.*\" "
-                        f"(YAML reads an unquoted {raw} as a number)")
+                hint = (
+                    f'write a quoted version specifier such as ">={raw}" or "=={raw}.*" '
+                    f"(YAML reads an unquoted {raw} as a number)"
+                )
             else:
-                hint = f"quote it: \"{raw}\" (YAML reads an unquoted {raw} as a number)"
-        return [make("FT0101", loc, field=field, expected=expected, actual=_type_name(error.instance),
-                     value=_describe(error.instance), hint=hint)]
+                hint = f'quote it: "{raw}" (YAML reads an unquoted {raw} as a number)'
+        return [
+            make(
+                "FT0101",
+                loc,
+                field=field,
+                expected=expected,
+                actual=_type_name(error.instance),
+                value=_describe(error.instance),
+                hint=hint,
+            )
+        ]
     if kw in ("enum", "const"):
         allowed = error.validator_value if kw == "enum" else [error.validator_value]
         hint = None
@@ -170,12 +191,27 @@ def _to_diagnostics(error, spec: LoadedSpec) -> list[Diagnostic]:
             guess = suggest(error.instance, [a for a in allowed if isinstance(a, str)])
             if guess:
                 hint = f"did you mean '{guess}'?"
-        return [make("FT0104", loc, field=field, value=_describe(error.instance),
-                     allowed=", ".join(_describe(a) for a in allowed), hint=hint or "")]
+        return [
+            make(
+                "FT0104",
+                loc,
+                field=field,
+                value=_describe(error.instance),
+                allowed=", ".join(_describe(a) for a in allowed),
+                hint=hint or "",
+            )
+        ]
     if kw in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         words = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
-        return [make("FT0105", loc, field=field, value=_describe(error.instance),
-                     bound=f"{words[kw]} {error.validator_value}")]
+        return [
+            make(
+                "FT0105",
+                loc,
+                field=field,
+                value=_describe(error.instance),
+                bound=f"{words[kw]} {error.validator_value}",
+            )
+        ]
     if kw in ("pattern", "minLength", "maxLength"):
         return [make("FT0106", loc, field=field, value=_describe(error.instance), detail=error.message)]
     if kw in ("oneOf", "anyOf"):
@@ -189,8 +225,12 @@ def _to_diagnostics(error, spec: LoadedSpec) -> list[Diagnostic]:
         others = max(len(branches) - 1, 0)
         note = f" ({others} other form{'s' if others != 1 else ''} did not match either)" if others else ""
         # A nested oneOf (a mix entry inside the train list) has said how many forms it tried already.
-        return [d if d.code == "FT0107" else make("FT0107", d.location, detail=d.message + note, hint=d.hint or "")
-                for d in inner]
+        return [
+            d
+            if d.code == "FT0107"
+            else make("FT0107", d.location, detail=d.message + note, hint=d.hint or "")
+            for d in inner
+        ]
     if kw in ("minProperties", "maxProperties") and error.schema.get("description"):
         return [make("FT0110", loc, field=field, detail=error.schema["description"])]
     if kw in ("minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties", "propertyNames"):
@@ -198,13 +238,12 @@ def _to_diagnostics(error, spec: LoadedSpec) -> list[Diagnostic]:
     return [make("FT0109", loc, field=field, detail=error.message)]
 
 
-
 def _scalar_text(spec: LoadedSpec, loc) -> str | None:
     """The plain scalar as written at `loc` (`3.10`, not the float 3.1), or None."""
     line = spec.source_line(loc.line)
     if line is None or not loc.column:
         return None
-    text = line[loc.column - 1:].split(" #", 1)[0].strip().rstrip(",}]").strip()
+    text = line[loc.column - 1 :].split(" #", 1)[0].strip().rstrip(",}]").strip()
     return text or None
 
 

@@ -83,7 +83,9 @@ def all_markers() -> tuple[str, ...]:
     """Template markup of the built-in templates and of other common chat formats: text that must never
     sit inside message content (it is how template text leaked into a dataset shows)."""
     out: list[str] = []
-    raw = json.loads(resources.files("ftspec.compiler.data").joinpath("chat_templates.json").read_text("utf-8"))
+    raw = json.loads(
+        resources.files("ftspec.compiler.data").joinpath("chat_templates.json").read_text("utf-8")
+    )
     others = raw.get("$other_markers", {}).get("markers", [])
     for name in BUILTIN:
         out.extend(m for m in builtin_template(name).markers if m not in out)
@@ -112,7 +114,9 @@ def _generation_extension():
         def parse(self, parser):
             lineno = next(parser.stream).lineno
             body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return jinja2.nodes.CallBlock(self.call_method("_generation", []), [], [], body).set_lineno(lineno)
+            return jinja2.nodes.CallBlock(self.call_method("_generation", []), [], [], body).set_lineno(
+                lineno
+            )
 
         def _generation(self, caller) -> str:
             text = caller()
@@ -137,7 +141,9 @@ def _environment():
 
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False) -> str:
         # like transformers: no HTML escaping
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+        return json.dumps(
+            x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+        )
 
     def strftime_now(fmt: str) -> str:
         return datetime.now().strftime(fmt)
@@ -215,7 +221,9 @@ def render(
     chunks: list[str] = []
     spans: list[tuple[int, int]] = []
     context: dict[str, Any] = dict(special_tokens or {})
-    context.update(messages=list(messages), add_generation_prompt=add_generation_prompt, tools=None, documents=None)
+    context.update(
+        messages=list(messages), add_generation_prompt=add_generation_prompt, tools=None, documents=None
+    )
     try:
         with _tracking(chunks, spans):
             for chunk in template.generate(**context):
@@ -224,7 +232,15 @@ def render(
         raise TemplateError(f"template tried an unsafe operation: {exc}", _template_line(exc)) from None
     except jinja2.TemplateError as exc:  # raise_exception(), undefined values, syntax found late
         raise TemplateError(f"template error: {exc}", _template_line(exc)) from None
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, RecursionError) as exc:
+    except (
+        TypeError,
+        ValueError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        OverflowError,
+        RecursionError,
+    ) as exc:
         raise TemplateError(f"template failed: {type(exc).__name__}: {exc}", _template_line(exc)) from None
     return Rendered("".join(chunks), spans)
 
@@ -254,7 +270,9 @@ def has_generation_blocks(source: str) -> bool:
 def _token_text(value: object) -> str | None:
     if isinstance(value, str):
         return value
-    if isinstance(value, dict) and isinstance(value.get("content"), str):  # AddedToken as saved by transformers
+    if isinstance(value, dict) and isinstance(
+        value.get("content"), str
+    ):  # AddedToken as saved by transformers
         return value["content"]
     return None
 
@@ -355,7 +373,9 @@ def mask_from_encoding(encoding, spans: Sequence[tuple[int, int]]) -> TokenMask:
     ordered = sorted(spans)
     j = 0
     for i, (start, end) in enumerate(offsets):
-        end = max(end, start + 1)  # a zero-width token (an added special token at a boundary) still has a place
+        end = max(
+            end, start + 1
+        )  # a zero-width token (an added special token at a boundary) still has a place
         while j < len(ordered) and ordered[j][1] <= start:
             j += 1
         if j < len(ordered) and ordered[j][0] < end:

@@ -88,16 +88,31 @@ class LeakScanner:
                 return
         hit = self._label_start.match(content)
         if hit is not None:
-            out.append(("FT0514", {"index": index, "role": role, "label": hit.group(1) + ":",
-                                   "where": "starts with"}))
+            out.append(
+                (
+                    "FT0514",
+                    {"index": index, "role": role, "label": hit.group(1) + ":", "where": "starts with"},
+                )
+            )
         elif role == "assistant":
             hit = self._next_turn.search(content)
             if hit is not None:
-                out.append(("FT0514", {"index": index, "role": role, "label": hit.group(1) + ":",
-                                       "where": "continues into a new turn with"}))
+                out.append(
+                    (
+                        "FT0514",
+                        {
+                            "index": index,
+                            "role": role,
+                            "label": hit.group(1) + ":",
+                            "where": "continues into a new turn with",
+                        },
+                    )
+                )
 
 
-def check_record(record: object, declared: str, leaks: LeakScanner | None, out: list[Problem]) -> Messages | None:
+def check_record(
+    record: object, declared: str, leaks: LeakScanner | None, out: list[Problem]
+) -> Messages | None:
     """Check one parsed record against the declared format; append problems to `out`.
 
     Returns the conversation as (role, content) pairs when its structure is usable (so that later
@@ -239,10 +254,17 @@ def _check_order(messages: Messages, out: list[Problem], offset: int) -> None:
             seen_assistant = True
         if previous is None:
             if role != "user":
-                out.append(("FT0508", {"index": index, "detail": "the conversation starts with an assistant turn"}))
+                out.append(
+                    ("FT0508", {"index": index, "detail": "the conversation starts with an assistant turn"})
+                )
                 return
         elif role == previous:
-            out.append(("FT0508", {"index": index, "detail": f"two {role} turns in a row (turns {index - 1} and {index})"}))
+            out.append(
+                (
+                    "FT0508",
+                    {"index": index, "detail": f"two {role} turns in a row (turns {index - 1} and {index})"},
+                )
+            )
             return
         previous = role
     if not seen_assistant:

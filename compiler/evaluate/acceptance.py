@@ -27,11 +27,11 @@ EPS = 1e-9
 
 _HINTS = {
     "task": "the model did not learn the task well enough: train longer or at a higher learning rate, check the "
-            "data and the chat template; the report shows example answers of both models",
+    "data and the chat template; the report shows example answers of both models",
     "regression": "the model lost general ability (catastrophic forgetting): lower the learning rate, prefer LoRA to "
-                  "full fine-tuning, train fewer steps, or mix general data into dataset.train with a fraction",
+    "full fine-tuning, train fewer steps, or mix general data into dataset.train with a fraction",
     "format": "answers break the required format: add more examples of the exact format, or check that the chat "
-              "template and max_new_tokens leave room for a complete answer",
+    "template and max_new_tokens leave room for a complete answer",
     "eval_loss": "the eval loss is too high: train longer, or check for a mismatch between train and eval data",
     "perplexity": "the eval perplexity is too high: train longer, or check for a mismatch between train and eval data",
 }
@@ -84,8 +84,11 @@ class IntegrityCheck:
     detail: str
 
     def to_json(self) -> dict:
-        return {"name": self.name, "status": {True: "pass", False: "fail", None: "unchecked"}[self.passed],
-                "detail": self.detail}
+        return {
+            "name": self.name,
+            "status": {True: "pass", False: "fail", None: "unchecked"}[self.passed],
+            "detail": self.detail,
+        }
 
 
 @dataclass
@@ -96,8 +99,11 @@ class GateResult:
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks) and not any(i.passed is False for i in self.integrity) \
+        return (
+            all(c.passed for c in self.checks)
+            and not any(i.passed is False for i in self.integrity)
             and not any(d.severity == "error" for d in self.diagnostics)
+        )
 
     @property
     def failed_rules(self) -> list[int]:
@@ -153,26 +159,43 @@ def judge_rule(index: int, rule: dict, base: dict, finetuned: dict, measured: di
             if kind == "min_gain_over_base":
                 passed = gain >= t - EPS
                 need = "at least" if passed else "below the required"
-                detail = (f"{label}: fine-tuned {_fmt(f)} vs base {_fmt(b)}, gain {_signed(gain)} "
-                          f"({need} {_signed(t)})")
+                detail = (
+                    f"{label}: fine-tuned {_fmt(f)} vs base {_fmt(b)}, gain {_signed(gain)} "
+                    f"({need} {_signed(t)})"
+                )
             elif kind == "max_drop_from_base":
                 drop = -gain
                 passed = drop <= t + EPS
-                detail = (f"{label}: fine-tuned {_fmt(f)} vs base {_fmt(b)}, drop {_fmt(max(drop, 0.0) + 0.0)} "
-                          f"({'within' if passed else 'beyond'} the allowed {_fmt(t)})")
+                detail = (
+                    f"{label}: fine-tuned {_fmt(f)} vs base {_fmt(b)}, drop {_fmt(max(drop, 0.0) + 0.0)} "
+                    f"({'within' if passed else 'beyond'} the allowed {_fmt(t)})"
+                )
             elif kind == "min":
                 passed = f >= t - EPS
                 detail = f"{label}: fine-tuned {_fmt(f)} ({'>=' if passed else '<'} min {_fmt(t)})"
             else:
                 passed = f <= t + EPS
                 detail = f"{label}: fine-tuned {_fmt(f)} ({'<=' if passed else '>'} max {_fmt(t)})"
-        rows.append(Check(index=index, metric=metric, kind=kind, threshold=t, base=b, finetuned=f,
-                          difference=diff, passed=passed, measured=measured.get(metric) or "", detail=detail))
+        rows.append(
+            Check(
+                index=index,
+                metric=metric,
+                kind=kind,
+                threshold=t,
+                base=b,
+                finetuned=f,
+                difference=diff,
+                passed=passed,
+                measured=measured.get(metric) or "",
+                detail=detail,
+            )
+        )
     return rows
 
 
-def contamination_check(contamination: dict | None, max_contaminated: int, *, name: str = "contamination",
-                        what: str = "eval") -> IntegrityCheck:
+def contamination_check(
+    contamination: dict | None, max_contaminated: int, *, name: str = "contamination", what: str = "eval"
+) -> IntegrityCheck:
     """`contamination`: {"ngram", "contaminated", "eval_examples", "examples": [...]} as measured for
     the `what` set (eval, or its "regression" entry)."""
     if not contamination:
@@ -182,7 +205,8 @@ def contamination_check(contamination: dict | None, max_contaminated: int, *, na
     n = contamination.get("ngram")
     passed = count <= max_contaminated
     return IntegrityCheck(
-        name, passed,
+        name,
+        passed,
         f"{count} of {total} {what} examples share a {n}-word sequence with train (allowed: {max_contaminated})",
     )
 
@@ -219,14 +243,31 @@ def judge(
             pointer = f"/acceptance/{index}/{row.kind}"
             if row.finetuned is None or (row.kind in RELATIVE and row.base is None):
                 which = "fine-tuned" if row.finetuned is None else "base"
-                diags.append(make("FT0802", locate(f"/acceptance/{index}/metric"), index=index, metric=metric,
-                                  detail=f" for the {which} model"))
+                diags.append(
+                    make(
+                        "FT0802",
+                        locate(f"/acceptance/{index}/metric"),
+                        index=index,
+                        metric=metric,
+                        detail=f" for the {which} model",
+                    )
+                )
             elif math.isnan(row.finetuned) or (row.kind in RELATIVE and math.isnan(row.base)):
                 which = "fine-tuned" if math.isnan(row.finetuned) else "base"
-                diags.append(make("FT0811", locate(pointer), index=index, model=which, metric=metric, value="NaN"))
+                diags.append(
+                    make("FT0811", locate(pointer), index=index, model=which, metric=metric, value="NaN")
+                )
             else:
-                diags.append(make("FT0801", locate(pointer), index=index, detail=row.detail,
-                                  hint=_HINTS.get(metric, ""), extra={"check": row.to_json()}))
+                diags.append(
+                    make(
+                        "FT0801",
+                        locate(pointer),
+                        index=index,
+                        detail=row.detail,
+                        hint=_HINTS.get(metric, ""),
+                        extra={"check": row.to_json()},
+                    )
+                )
     if rules:
         check = contamination_check(contamination, max_contaminated)
         result.integrity.append(check)
@@ -236,27 +277,47 @@ def judge(
             if shown:
                 where = ", ".join(_where(e) for e in shown[:3])
                 examples = f" (e.g. {where}{', ...' if len(shown) > 3 else ''})"
-            diags.append(make("FT0803", locate("/dataset/checks/max_contaminated"),
-                              count=contamination.get("contaminated"), total=contamination.get("eval_examples"),
-                              ngram=contamination.get("ngram"), allowed=max_contaminated, examples=examples))
+            diags.append(
+                make(
+                    "FT0803",
+                    locate("/dataset/checks/max_contaminated"),
+                    count=contamination.get("contaminated"),
+                    total=contamination.get("eval_examples"),
+                    ngram=contamination.get("ngram"),
+                    allowed=max_contaminated,
+                    examples=examples,
+                )
+            )
         elif check.passed is None:
             diags.append(make("FT0814", locate("/dataset/checks"), detail=check.detail))
         regression = (contamination or {}).get("regression")
         if regression:
-            check = contamination_check(regression, max_contaminated, name="regression_contamination",
-                                        what="regression")
+            check = contamination_check(
+                regression, max_contaminated, name="regression_contamination", what="regression"
+            )
             result.integrity.append(check)
             if not check.passed:
                 shown = ", ".join(_where(e, "regression") for e in regression["examples"][:3])
-                diags.append(make("FT0815", locate("/evaluation/regression/prompts"),
-                                  count=regression.get("contaminated"), total=regression.get("eval_examples"),
-                                  ngram=regression.get("ngram"), allowed=max_contaminated, examples=shown))
+                diags.append(
+                    make(
+                        "FT0815",
+                        locate("/evaluation/regression/prompts"),
+                        count=regression.get("contaminated"),
+                        total=regression.get("eval_examples"),
+                        ngram=regression.get("ngram"),
+                        allowed=max_contaminated,
+                        examples=shown,
+                    )
+                )
         findings = list(data_findings or [])
         errors = [d for d in findings if d.severity == "error"]
-        result.integrity.append(IntegrityCheck(
-            "eval_data", False if errors else (None if findings else True),
-            "; ".join(d.message for d in findings) or "eval and train files match the lock",
-        ))
+        result.integrity.append(
+            IntegrityCheck(
+                "eval_data",
+                False if errors else (None if findings else True),
+                "; ".join(d.message for d in findings) or "eval and train files match the lock",
+            )
+        )
         diags.extend(findings)
     return result
 

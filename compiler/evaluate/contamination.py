@@ -49,13 +49,17 @@ def measure(
 
     def summary(name: str) -> dict:
         labels = overlap.eval_lines  # the (set, index) each added example was given
-        hits = sorted((labels[key][1], where) for key, where in overlap.hits.items() if labels[key][0] == name)
+        hits = sorted(
+            (labels[key][1], where) for key, where in overlap.hits.items() if labels[key][0] == name
+        )
         return {
             "ngram": ngram,
             "eval_examples": sum(1 for set_name, _i in overlap.eval_lines if set_name == name),
             "contaminated": len(hits),
-            "examples": [{"eval": index, "train": named.get(where[0], str(where[0]))}
-                         for index, where in hits[:max_examples]],
+            "examples": [
+                {"eval": index, "train": named.get(where[0], str(where[0]))}
+                for index, where in hits[:max_examples]
+            ],
         }
 
     out = summary("eval")

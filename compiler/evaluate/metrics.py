@@ -151,7 +151,9 @@ def _compiled(pattern: str) -> re.Pattern:
     return re.compile(pattern)
 
 
-def scorer(metric: str, *, json_schema: dict | None = None, regex: str | None = None) -> Callable[[str, str], float]:
+def scorer(
+    metric: str, *, json_schema: dict | None = None, regex: str | None = None
+) -> Callable[[str, str], float]:
     """(prediction, reference) -> score for a task or regression metric of the spec."""
     if metric == "exact_match":
         return exact_match
@@ -172,14 +174,20 @@ def scorer(metric: str, *, json_schema: dict | None = None, regex: str | None = 
     raise ValueError(f"unknown metric {metric!r}")
 
 
-def format_checker(*, want_json: bool, json_schema: dict | None, regex: str | None) -> Callable[[str], float] | None:
+def format_checker(
+    *, want_json: bool, json_schema: dict | None, regex: str | None
+) -> Callable[[str], float] | None:
     """The `evaluation.format` check of one answer, or None when the spec asks for no format check."""
     if not want_json and not regex:
         return None
 
     def check(prediction: str) -> float:
         if want_json:
-            ok = json_schema_valid(prediction, json_schema) if json_schema is not None else json_valid(prediction)
+            ok = (
+                json_schema_valid(prediction, json_schema)
+                if json_schema is not None
+                else json_valid(prediction)
+            )
             if not ok:
                 return 0.0
         if regex and not regex_full_match(prediction, regex):

@@ -102,16 +102,18 @@ def pick_examples(examples: dict, per_set: dict[str, int] | None = None) -> list
                 chosen.append(r)
                 taken.add(id(r))
         for r in sorted(chosen, key=lambda r: r.get("index", 0)):
-            out.append({
-                "set": name,
-                "index": int(r.get("index", 0)),
-                "prompt": str(r.get("prompt", "")),
-                "reference": str(r.get("reference", "")),
-                "base": str(r.get("base", "")),
-                "finetuned": str(r.get("finetuned", "")),
-                "base_score": _clean(r.get("base_score")),
-                "finetuned_score": _clean(r.get("finetuned_score")),
-            })
+            out.append(
+                {
+                    "set": name,
+                    "index": int(r.get("index", 0)),
+                    "prompt": str(r.get("prompt", "")),
+                    "reference": str(r.get("reference", "")),
+                    "base": str(r.get("base", "")),
+                    "finetuned": str(r.get("finetuned", "")),
+                    "base_score": _clean(r.get("base_score")),
+                    "finetuned_score": _clean(r.get("finetuned_score")),
+                }
+            )
     return out
 
 
@@ -136,7 +138,11 @@ def build_report(
     status = "pass" if gate.passed and not any(d.severity == "error" for d in diags) else "fail"
     failed = gate.failed_rules
     if status == "pass":
-        summary = f"PASS: {len(gate.checks)} acceptance check(s) held" if gate.checks else "PASS: no acceptance rules"
+        summary = (
+            f"PASS: {len(gate.checks)} acceptance check(s) held"
+            if gate.checks
+            else "PASS: no acceptance rules"
+        )
     else:
         reasons = [f"rule {i} ({spec.get('acceptance', [{}])[i].get('metric', '?')})" for i in failed]
         reasons += [f"{i.name}" for i in gate.integrity if i.passed is False]
@@ -178,12 +184,17 @@ def validate_report(report: dict) -> list[str]:
     """Schema violations of a report.json document (empty when valid)."""
     from jsonschema import Draft202012Validator
 
-    schema = json.loads(resources.files("ftspec.schemas").joinpath("report.v1.schema.json").read_text("utf-8"))
-    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in Draft202012Validator(schema).iter_errors(report)]
+    schema = json.loads(
+        resources.files("ftspec.schemas").joinpath("report.v1.schema.json").read_text("utf-8")
+    )
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in Draft202012Validator(schema).iter_errors(report)
+    ]
 
 
 # --- SVG loss chart ---------------------------------------------------------------------------
+
 
 def _nice_ticks(lo: float, hi: float, count: int = 5, *, integer: bool = False) -> list[float]:
     if hi <= lo:
@@ -228,7 +239,11 @@ def loss_chart(curves: dict, width: int = 640, height: int = 260) -> dict | None
         return " ".join(f"{x(s)},{y(v)}" for s, v in series)
 
     return {
-        "width": width, "height": height, "left": left, "right": width - right, "top": top,
+        "width": width,
+        "height": height,
+        "left": left,
+        "right": width - right,
+        "top": top,
         "bottom": height - bottom,
         "x_ticks": [{"pos": x(t), "label": f"{t:g}"} for t in x_ticks],
         "y_ticks": [{"pos": y(t), "label": f"{t:.3g}"} for t in y_ticks],
@@ -241,6 +256,7 @@ def loss_chart(curves: dict, width: int = 640, height: int = 260) -> dict | None
 
 
 # --- rendering ----------------------------------------------------------------------------------
+
 
 def fmt_value(value: object, digits: int = 4) -> str:
     """n/a: not measured; NaN/inf: measured, not finite (report.json writes those as strings)."""
@@ -301,8 +317,13 @@ def md_code(text: object) -> str:
 def _environment(autoescape: bool):
     from jinja2 import Environment, StrictUndefined
 
-    env = Environment(autoescape=autoescape, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                      keep_trailing_newline=True)
+    env = Environment(
+        autoescape=autoescape,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters["num"] = fmt_value
     env.filters["signed"] = fmt_signed
     env.filters["md_cell"] = md_cell
@@ -312,25 +333,43 @@ def _environment(autoescape: bool):
 
 
 def _template(name: str, autoescape: bool):
-    source = resources.files("ftspec.compiler.evaluate").joinpath("templates", name).read_text(encoding="utf-8")
+    source = (
+        resources.files("ftspec.compiler.evaluate").joinpath("templates", name).read_text(encoding="utf-8")
+    )
     return _environment(autoescape).from_string(source)
 
 
 def _context(report: dict) -> dict:
-    labels = {"task": "task", "regression": "regression", "format": "format", "eval_loss": "eval loss",
-              "perplexity": "perplexity"}
+    labels = {
+        "task": "task",
+        "regression": "regression",
+        "format": "format",
+        "eval_loss": "eval loss",
+        "perplexity": "perplexity",
+    }
     measured = report["metrics"]["measured"]
     rows = []
     for metric in ACCEPTANCE_METRICS:
-        b, f = _as_float(report["metrics"]["base"].get(metric)), _as_float(report["metrics"]["finetuned"].get(metric))
+        b, f = (
+            _as_float(report["metrics"]["base"].get(metric)),
+            _as_float(report["metrics"]["finetuned"].get(metric)),
+        )
         if b is None and f is None:
             continue
         diff = None if b is None or f is None else f - b
         better = None
         if diff is not None and diff != 0 and not math.isnan(diff):
             better = (diff > 0) == (metric not in ("eval_loss", "perplexity"))
-        rows.append({"metric": labels[metric], "measured": measured.get(metric, ""), "base": b, "finetuned": f,
-                     "difference": diff, "better": better})
+        rows.append(
+            {
+                "metric": labels[metric],
+                "measured": measured.get(metric, ""),
+                "base": b,
+                "finetuned": f,
+                "difference": diff,
+                "better": better,
+            }
+        )
     return {"r": report, "metric_rows": rows, "chart": loss_chart(report["training"]["curves"])}
 
 

@@ -75,14 +75,16 @@ def locate_spec_dir(run_dir: Path, plan: dict) -> Path:
     """
     run_dir = run_dir.resolve()
     written = (plan.get("paths") or {}).get("spec_dir")
-    output_dir = (plan.get("derived") or {}).get("output_dir") or (plan.get("spec", {}).get("output") or {}).get("dir")
+    output_dir = (plan.get("derived") or {}).get("output_dir") or (
+        plan.get("spec", {}).get("output") or {}
+    ).get("dir")
     if written is not None and output_dir:
         candidate = (run_dir / written).resolve()
         if (candidate / output_dir).resolve() == run_dir:
             return candidate
     if output_dir and not Path(output_dir).is_absolute():
         parts = Path(os.path.normpath(output_dir)).parts
-        if parts and run_dir.parts[-len(parts):] == parts:
+        if parts and run_dir.parts[-len(parts) :] == parts:
             return Path(*run_dir.parts[: -len(parts)]) if len(run_dir.parts) > len(parts) else Path("/")
     if written is not None:
         return (run_dir / written).resolve()
@@ -97,15 +99,21 @@ def open_run(run_dir: str | os.PathLike) -> RunFolder:
     plan = _read_json(path / "plan.json", "the plan the run trained")
     meta = plan.get("metadata") or {}
     if meta.get("kind") != "ftspec-plan" or meta.get("schema_version") != 1:
-        raise RunFolderError("FT0805", f"{path / 'plan.json'} is not a plan this ftspec reads "
-                                       f"(kind {meta.get('kind')!r}, schema_version {meta.get('schema_version')!r})")
+        raise RunFolderError(
+            "FT0805",
+            f"{path / 'plan.json'} is not a plan this ftspec reads "
+            f"(kind {meta.get('kind')!r}, schema_version {meta.get('schema_version')!r})",
+        )
     if not isinstance(plan.get("spec"), dict):
         raise RunFolderError("FT0805", f"{path / 'plan.json'} holds no resolved spec")
     run = _read_json(path / "run.json", "written when training ends")
     status = run.get("exit_status", run.get("status"))
     if status == "running":
-        raise RunFolderError("FT0806", "run.json says it is still running: wait for `ftspec launch` to end, "
-                                       "or, if it was killed, resume it")
+        raise RunFolderError(
+            "FT0806",
+            "run.json says it is still running: wait for `ftspec launch` to end, "
+            "or, if it was killed, resume it",
+        )
     if status not in OK_STATUSES:
         raise RunFolderError("FT0806", f"run.json says exit status {status!r}")
     if not (path / "adapter").is_dir() and not (path / "merged").is_dir():
@@ -201,6 +209,14 @@ def check_eval_data(folder: RunFolder, locate=None) -> list[Diagnostic]:
         except OSError as exc:
             actual = f"unreadable ({exc.strerror or exc})"
         if actual != expected:
-            out.append(make("FT0804", locate(pointer), role=role, path=written, actual=actual[:12] + "...",
-                            expected=expected[:12] + "..."))
+            out.append(
+                make(
+                    "FT0804",
+                    locate(pointer),
+                    role=role,
+                    path=written,
+                    actual=actual[:12] + "...",
+                    expected=expected[:12] + "...",
+                )
+            )
     return out

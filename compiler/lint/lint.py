@@ -63,7 +63,8 @@ def suppressed(spec: LoadedSpec, diags: list[Diagnostic]) -> list[Diagnostic]:
             ignored[number] = set(re.findall(r"FT\d{4}", match.group(1)))
     own_file = spec.path
     return [
-        d for d in diags
+        d
+        for d in diags
         if d.severity == "error" or d.file != own_file or d.code not in ignored.get(d.line or 0, ())
     ]
 
@@ -94,8 +95,10 @@ def expand_paths(paths: list[str]) -> list[str]:
         p = Path(raw)
         if p.is_dir():
             found = sorted(
-                f for f in p.rglob("*")
-                if f.suffix in (".yaml", ".yml") and f.is_file()
+                f
+                for f in p.rglob("*")
+                if f.suffix in (".yaml", ".yml")
+                and f.is_file()
                 and not any(part.startswith(".") for part in f.relative_to(p).parts)
                 and not _in_build_folder(f, p)
             )

@@ -21,10 +21,13 @@ from packaging.version import InvalidVersion, Version
 
 @lru_cache(maxsize=1)
 def rules() -> dict:
-    return json.loads(resources.files("ftspec.compiler.data").joinpath("version_rules.json").read_text("utf-8"))
+    return json.loads(
+        resources.files("ftspec.compiler.data").joinpath("version_rules.json").read_text("utf-8")
+    )
 
 
 # --- version-set arithmetic -----------------------------------------------------------------------
+
 
 def _neighbours(spec_text: str) -> set[Version]:
     """Versions on and around every boundary of a specifier set: if the set allows any version, it
@@ -73,6 +76,7 @@ def allows_outside(pin: str, need: str) -> bool:
 
 # --- conditions on the spec -----------------------------------------------------------------------
 
+
 def _value(resolved: dict, dotted: str) -> object:
     if dotted == "hardware.strategy":
         hw = resolved.get("hardware") or {}
@@ -98,6 +102,7 @@ def condition_holds(when: dict, resolved: dict) -> bool:
 
 
 # --- the check -------------------------------------------------------------------------------------
+
 
 @dataclass
 class PinReport:
@@ -164,20 +169,42 @@ def _parse_pins(spec: LoadedSpec, resolved: dict, report: PinReport) -> tuple[di
                 SpecifierSet(text)
             except InvalidSpecifier as exc:
                 valid = False
-                report.diagnostics.append(make("FT0401", spec.locate(_pin_pointer(raw_name)), package=raw_name,
-                                               spec=text, detail=_invalid_detail(exc), hint=_bare_version_hint(text)))
+                report.diagnostics.append(
+                    make(
+                        "FT0401",
+                        spec.locate(_pin_pointer(raw_name)),
+                        package=raw_name,
+                        spec=text,
+                        detail=_invalid_detail(exc),
+                        hint=_bare_version_hint(text),
+                    )
+                )
         combined = ",".join(t for t in texts if t)
         report.packages[name] = {"pin": combined, "needs": []}
         for later in names[1:]:
-            report.diagnostics.append(make("FT0412", spec.locate(_pin_pointer(later)), package=name, first=names[0],
-                                           second=later, combined=combined))
+            report.diagnostics.append(
+                make(
+                    "FT0412",
+                    spec.locate(_pin_pointer(later)),
+                    package=name,
+                    first=names[0],
+                    second=later,
+                    combined=combined,
+                )
+            )
         if not valid:
             report.packages[name]["valid"] = False
             continue
         if not satisfiable(combined):
-            report.diagnostics.append(make("FT0402", spec.locate(_pin_pointer(names[-1])),
-                                           what=f"packages.{names[-1]}", spec=combined,
-                                           detail="its clauses exclude every version"))
+            report.diagnostics.append(
+                make(
+                    "FT0402",
+                    spec.locate(_pin_pointer(names[-1])),
+                    what=f"packages.{names[-1]}",
+                    spec=combined,
+                    detail="its clauses exclude every version",
+                )
+            )
             report.packages[name]["satisfiable"] = False
             continue
         pins[name] = combined
@@ -190,19 +217,36 @@ def _python(spec: LoadedSpec, env: dict, report: PinReport, installed: bool) -> 
     try:
         SpecifierSet(text)
     except InvalidSpecifier as exc:
-        report.diagnostics.append(make("FT0401", spec.locate("/environment/python"), package="python", spec=text,
-                                       message=f"environment.python: '{text}' is not a valid PEP 440 version "
-                                       f"specifier ({_invalid_detail(exc)})", hint=_bare_version_hint(text)))
+        report.diagnostics.append(
+            make(
+                "FT0401",
+                spec.locate("/environment/python"),
+                package="python",
+                spec=text,
+                message=f"environment.python: '{text}' is not a valid PEP 440 version "
+                f"specifier ({_invalid_detail(exc)})",
+                hint=_bare_version_hint(text),
+            )
+        )
         return
     if not satisfiable(text):
-        report.diagnostics.append(make("FT0402", spec.locate("/environment/python"), what="python", spec=text,
-                                       detail="its clauses exclude every version"))
+        report.diagnostics.append(
+            make(
+                "FT0402",
+                spec.locate("/environment/python"),
+                what="python",
+                spec=text,
+                detail="its clauses exclude every version",
+            )
+        )
         return
     if installed:
         running = platform.python_version()
         report.python["installed"] = running
         if not SpecifierSet(text).contains(running, prereleases=True):
-            report.diagnostics.append(make("FT0410", spec.locate("/environment/python"), installed=running, spec=text))
+            report.diagnostics.append(
+                make("FT0410", spec.locate("/environment/python"), installed=running, spec=text)
+            )
 
 
 def _invalid_detail(exc: InvalidSpecifier) -> str:
@@ -223,8 +267,9 @@ def _bare_version_hint(text: str) -> str | None:
     return f'a bare version is not a specifier: write "=={text}" (exactly that version) or ">={text}"'
 
 
-def _features(spec: LoadedSpec, resolved: dict, pins: dict[str, str], pointers: dict[str, str],
-              report: PinReport) -> dict[str, list[dict]]:
+def _features(
+    spec: LoadedSpec, resolved: dict, pins: dict[str, str], pointers: dict[str, str], report: PinReport
+) -> dict[str, list[dict]]:
     """Feature needs that apply, by package; findings for pinned packages."""
     needs: dict[str, list[dict]] = {}
     for rule in rules()["features"]:
@@ -234,28 +279,69 @@ def _features(spec: LoadedSpec, resolved: dict, pins: dict[str, str], pointers: 
         given = get_pointer(spec.data, rule["pointer"], None) is not None
         loc = spec.locate(rule["pointer"])
         line = f"line {loc.line or '?'}" if given else "by default"
-        related = [{"line": loc.line, "column": loc.column, "pointer": rule["pointer"],
-                    "message": f"{rule['feature']} is set here"}] if given else []
+        related = (
+            [
+                {
+                    "line": loc.line,
+                    "column": loc.column,
+                    "pointer": rule["pointer"],
+                    "message": f"{rule['feature']} is set here",
+                }
+            ]
+            if given
+            else []
+        )
         for package, need in rule["needs"].items():
             name = canonicalize_name(package)
-            entry = {"feature": rule["feature"], "needs": need, "source": rule["source"], "line": line,
-                     "pointer": rule["pointer"], "related": related}
+            entry = {
+                "feature": rule["feature"],
+                "needs": need,
+                "source": rule["source"],
+                "line": line,
+                "pointer": rule["pointer"],
+                "related": related,
+            }
             needs.setdefault(name, []).append(entry)
             report.packages.setdefault(name, {"pin": None, "needs": []})["needs"].append(
-                {"feature": rule["feature"], "needs": need, "source": rule["source"]})
+                {"feature": rule["feature"], "needs": need, "source": rule["source"]}
+            )
             pin = pins.get(name)
             if pin is None:
                 continue
-            fields = dict(feature=rule["feature"], feature_line=line, package=package, needs=need, spec=pin,
-                          suggest=_combined_suggestion(pin, need))
+            fields = dict(
+                feature=rule["feature"],
+                feature_line=line,
+                package=package,
+                needs=need,
+                spec=pin,
+                suggest=_combined_suggestion(pin, need),
+            )
             if not satisfiable(pin, need):
-                report.diagnostics.append(make("FT0403", spec.locate(pointers[name]), **fields,
-                                               extra={"source": rule["source"], "feature_pointer": rule["pointer"],
-                                                      "related": related}))
+                report.diagnostics.append(
+                    make(
+                        "FT0403",
+                        spec.locate(pointers[name]),
+                        **fields,
+                        extra={
+                            "source": rule["source"],
+                            "feature_pointer": rule["pointer"],
+                            "related": related,
+                        },
+                    )
+                )
             elif allows_outside(pin, need):
-                report.diagnostics.append(make("FT0404", spec.locate(pointers[name]), **fields,
-                                               extra={"source": rule["source"], "feature_pointer": rule["pointer"],
-                                                      "related": related}))
+                report.diagnostics.append(
+                    make(
+                        "FT0404",
+                        spec.locate(pointers[name]),
+                        **fields,
+                        extra={
+                            "source": rule["source"],
+                            "feature_pointer": rule["pointer"],
+                            "related": related,
+                        },
+                    )
+                )
     return needs
 
 
@@ -324,8 +410,9 @@ def _train_extra() -> dict[str, str]:
     return out
 
 
-def _needed(spec: LoadedSpec, resolved: dict, pins: dict[str, str], needs: dict[str, list[dict]],
-            report: PinReport) -> None:
+def _needed(
+    spec: LoadedSpec, resolved: dict, pins: dict[str, str], needs: dict[str, list[dict]], report: PinReport
+) -> None:
     raw_pins = {canonicalize_name(k) for k in ((resolved.get("environment") or {}).get("packages") or {})}
     extra = _train_extra()
     reasons: dict[str, list[str]] = {}
@@ -337,8 +424,14 @@ def _needed(spec: LoadedSpec, resolved: dict, pins: dict[str, str], needs: dict[
             for key in rule["when"]:  # the settings that make the package needed
                 pointer = "/" + key.replace(".", "/")
                 loc = spec.locate(pointer)
-                related.setdefault(name, []).append({"line": loc.line, "column": loc.column, "pointer": pointer,
-                                                     "message": f"{rule['why']}: set here"})
+                related.setdefault(name, []).append(
+                    {
+                        "line": loc.line,
+                        "column": loc.column,
+                        "pointer": pointer,
+                        "message": f"{rule['why']}: set here",
+                    }
+                )
     for name, feature_needs in needs.items():
         reasons.setdefault(name, []).extend(n["feature"] for n in feature_needs)
     where = spec.locate("/environment/packages", key=True)
@@ -349,20 +442,41 @@ def _needed(spec: LoadedSpec, resolved: dict, pins: dict[str, str], needs: dict[
         if name in extra and extra[name]:
             # ftspec's tested range, plus whatever feature need it does not already imply
             parts = [p for p in parts if allows_outside(extra[name], p)] + [extra[name]]
-        suggestion = ",".join(parts) if parts and satisfiable(",".join(parts)) else (",".join(
-            n["needs"] for n in needs.get(name, [])) or "")
+        suggestion = (
+            ",".join(parts)
+            if parts and satisfiable(",".join(parts))
+            else (",".join(n["needs"] for n in needs.get(name, [])) or "")
+        )
         report.packages.setdefault(name, {"pin": None, "needs": []})["needed_for"] = sorted(set(why))
-        places = [r for r in related.get(name, []) + [r for n in needs.get(name, []) for r in n["related"]]
-                  if r["line"]]
-        report.diagnostics.append(make("FT0407", where, package=name, why="; ".join(sorted(set(why))),
-                                       suggest=suggestion or ">=0", extra={"related": places} if places else None))
+        places = [
+            r
+            for r in related.get(name, []) + [r for n in needs.get(name, []) for r in n["related"]]
+            if r["line"]
+        ]
+        report.diagnostics.append(
+            make(
+                "FT0407",
+                where,
+                package=name,
+                why="; ".join(sorted(set(why))),
+                suggest=suggestion or ">=0",
+                extra={"related": places} if places else None,
+            )
+        )
 
 
-def _installed(spec: LoadedSpec, pins: dict[str, str], pointers: dict[str, str], needs: dict[str, list[dict]],
-               report: PinReport) -> None:
+def _installed(
+    spec: LoadedSpec,
+    pins: dict[str, str],
+    pointers: dict[str, str],
+    needs: dict[str, list[dict]],
+    report: PinReport,
+) -> None:
     from importlib import metadata
 
-    names = sorted(set(pins) | set(needs) | {n for n, info in report.packages.items() if info.get("needed_for")})
+    names = sorted(
+        set(pins) | set(needs) | {n for n, info in report.packages.items() if info.get("needed_for")}
+    )
     for name in names:
         try:
             version = metadata.version(name)
@@ -371,16 +485,31 @@ def _installed(spec: LoadedSpec, pins: dict[str, str], pointers: dict[str, str],
         info = report.packages.setdefault(name, {"pin": None, "needs": []})
         info["installed"] = version
         pin = pins.get(name)
-        loc = spec.locate(pointers[name]) if name in pointers else spec.locate("/environment/packages", key=True)
+        loc = (
+            spec.locate(pointers[name])
+            if name in pointers
+            else spec.locate("/environment/packages", key=True)
+        )
         if version is None:
             why = "pinned in environment.packages" if pin else "needed by the spec"
-            report.diagnostics.append(make("FT0409", loc, package=name, why=why, spec=pin or "",
-                                           severity=None if pin else "warning"))
+            report.diagnostics.append(
+                make(
+                    "FT0409", loc, package=name, why=why, spec=pin or "", severity=None if pin else "warning"
+                )
+            )
             continue
         if pin and not SpecifierSet(pin).contains(version, prereleases=True):
             report.diagnostics.append(make("FT0408", loc, package=name, installed=version, spec=pin))
         for need in needs.get(name, []):
             if not SpecifierSet(need["needs"]).contains(version, prereleases=True):
-                report.diagnostics.append(make("FT0411", spec.locate(need["pointer"]), feature=need["feature"],
-                                               feature_line=need["line"], package=name, needs=need["needs"],
-                                               installed=version))
+                report.diagnostics.append(
+                    make(
+                        "FT0411",
+                        spec.locate(need["pointer"]),
+                        feature=need["feature"],
+                        feature_line=need["line"],
+                        package=name,
+                        needs=need["needs"],
+                        installed=version,
+                    )
+                )

@@ -19,18 +19,30 @@ def _sections(value: str) -> list[str]:
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown or not chosen:
         raise argparse.ArgumentTypeError(
-            f"unknown section(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SECTIONS)}")
+            f"unknown section(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SECTIONS)}"
+        )
     return chosen
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", metavar="SPEC", nargs="?",
-                        help="the spec file (optional with --lock: the spec the build was compiled from)")
-    parser.add_argument("--only", type=_sections, default=list(SECTIONS), metavar="SECTIONS",
-                        help="comma-separated sections to run: memory (incl. time and cost), pins, data "
-                             "(default: all)")
-    parser.add_argument("--installed", action="store_true",
-                        help="also compare the pins with the running environment (importlib.metadata)")
+    parser.add_argument(
+        "spec",
+        metavar="SPEC",
+        nargs="?",
+        help="the spec file (optional with --lock: the spec the build was compiled from)",
+    )
+    parser.add_argument(
+        "--only",
+        type=_sections,
+        default=list(SECTIONS),
+        metavar="SECTIONS",
+        help="comma-separated sections to run: memory (incl. time and cost), pins, data (default: all)",
+    )
+    parser.add_argument(
+        "--installed",
+        action="store_true",
+        help="also compare the pins with the running environment (importlib.metadata)",
+    )
     parser.add_argument("--lock", metavar="LOCK", help="also report drift from a build's lock.json")
     add_format(parser)
     add_lint_options(parser)
@@ -47,8 +59,10 @@ def run(args: argparse.Namespace) -> int:
             return fail("give a SPEC (or --lock BUILD/lock.json to check the spec a build was compiled from)")
         args.spec = _spec_of_build(args.lock)
         if args.spec is None:
-            return fail(f"cannot tell which spec {args.lock} was compiled from (no readable plan.json beside it)",
-                        f"name the spec: ftspec check SPEC --lock {args.lock}")
+            return fail(
+                f"cannot tell which spec {args.lock} was compiled from (no readable plan.json beside it)",
+                f"name the spec: ftspec check SPEC --lock {args.lock}",
+            )
     sources = SourceCache()
     result = lint_file(args.spec, lint_options(args))
     sources.add(args.spec, result.spec.text)
@@ -56,8 +70,12 @@ def run(args: argparse.Namespace) -> int:
         emit(result.diagnostics, args.format, sources)
         return 2
     if not result.ok:
-        emit(result.diagnostics, args.format, sources,
-             text_extra="lint found errors: fix them before check runs" if args.format == "text" else None)
+        emit(
+            result.diagnostics,
+            args.format,
+            sources,
+            text_extra="lint found errors: fix them before check runs" if args.format == "text" else None,
+        )
         return 1
     spec = result.spec
     resolved = resolve(spec.data)

@@ -14,8 +14,12 @@ FORMATS = ("text", "markdown", "json")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
     parser.add_argument("--prefix", default="", help="only codes starting with this (e.g. FT02)")
-    parser.add_argument("--update-readme", metavar="FILE", default=None,
-                        help="rewrite the markdown table between the codes markers in FILE (README.md)")
+    parser.add_argument(
+        "--update-readme",
+        metavar="FILE",
+        default=None,
+        help="rewrite the markdown table between the codes markers in FILE (README.md)",
+    )
 
 
 def _cell(text: str) -> str:
@@ -29,15 +33,27 @@ def render(fmt: str, prefix: str = "") -> str:
     rules = [r for code, r in sorted(catalog().items()) if code.startswith(prefix)]
     if fmt == "json":
         return json.dumps(
-            [{"code": r.code, "name": r.name, "severity": r.severity, "summary": r.summary,
-              "hint": generic_hint(r.hint), "source": r.source} for r in rules],
-            indent=2, ensure_ascii=False,
+            [
+                {
+                    "code": r.code,
+                    "name": r.name,
+                    "severity": r.severity,
+                    "summary": r.summary,
+                    "hint": generic_hint(r.hint),
+                    "source": r.source,
+                }
+                for r in rules
+            ],
+            indent=2,
+            ensure_ascii=False,
         )
     if fmt == "markdown":
         rows = ["| code | name | severity | what it means | fix |", "|---|---|---|---|---|"]
         for r in rules:
-            rows.append(f"| {r.code} | {r.name} | {r.severity} | {_cell(r.summary)} | "
-                        f"{_cell(generic_hint(r.hint) or '')} |")
+            rows.append(
+                f"| {r.code} | {r.name} | {r.severity} | {_cell(r.summary)} | "
+                f"{_cell(generic_hint(r.hint) or '')} |"
+            )
         return "\n".join(rows)
     width = max((len(r.name) for r in rules), default=0)
     return "\n".join(f"{r.code}  {r.severity:<7}  {r.name:<{width}}  {r.summary}" for r in rules)

@@ -14,11 +14,13 @@ def add_format(parser: argparse.ArgumentParser) -> None:
 
 def add_lint_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--allow-remote-code", action="store_true",
+        "--allow-remote-code",
+        action="store_true",
         help="accept model.trust_remote_code: true (runs the model repository's Python code)",
     )
     parser.add_argument(
-        "--repo-root", default=None,
+        "--repo-root",
+        default=None,
         help="folder that dataset paths must stay inside (default: the git repository of the spec)",
     )
 

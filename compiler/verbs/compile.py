@@ -10,16 +10,34 @@ from ftspec.compiler.verbs.common import SourceCache, add_format, add_lint_optio
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC", help="the spec file")
-    parser.add_argument("-o", "--output", required=True, metavar="BUILD_DIR",
-                        help="build folder to write (replaced atomically when it holds an earlier build)")
-    parser.add_argument("--force", action="store_true",
-                        help="compile despite errors or an estimate that does not fit (recorded in the plan)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a spec value, e.g. --set training.learning_rate=1e-4 (recorded as cli)")
-    parser.add_argument("--image", default=None,
-                        help="container image for launcher kubernetes (default ftspec:<version>)")
-    parser.add_argument("--container-build-dir", default=None,
-                        help="where the build folder is inside the container (kubernetes; default /workspace/build)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="BUILD_DIR",
+        help="build folder to write (replaced atomically when it holds an earlier build)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="compile despite errors or an estimate that does not fit (recorded in the plan)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec value, e.g. --set training.learning_rate=1e-4 (recorded as cli)",
+    )
+    parser.add_argument(
+        "--image", default=None, help="container image for launcher kubernetes (default ftspec:<version>)"
+    )
+    parser.add_argument(
+        "--container-build-dir",
+        default=None,
+        help="where the build folder is inside the container (kubernetes; default /workspace/build)",
+    )
     add_format(parser)
     add_lint_options(parser)
 
@@ -45,15 +63,26 @@ def run(args: argparse.Namespace) -> int:
             pointer, value = parse_override(text)
             overrides[pointer] = value
         except ValueError as exc:
-            bad.append(make("FT0606", Location(args.spec, None, None, ""), key=text.partition("=")[0] or text,
-                            detail=str(exc)))
+            bad.append(
+                make(
+                    "FT0606",
+                    Location(args.spec, None, None, ""),
+                    key=text.partition("=")[0] or text,
+                    detail=str(exc),
+                )
+            )
     sources = SourceCache()
     if bad:
         emit(bad, args.format, sources)
         return 2
     target = Path(args.output)
-    options = CompileOptions(lint=lint_options(args), overrides=overrides, force=args.force,
-                             image=args.image, container_build_dir=args.container_build_dir)
+    options = CompileOptions(
+        lint=lint_options(args),
+        overrides=overrides,
+        force=args.force,
+        image=args.image,
+        container_build_dir=args.container_build_dir,
+    )
     result = compile_spec(args.spec, options, build_dir=target)
     sources.add(args.spec, result.spec.text)
     if any(d.code in ("FT0001", "FT0619") for d in result.diagnostics):  # unreadable spec; ftspec's own bug
@@ -65,13 +94,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         write_build(result.files, target, executable=EXECUTABLE)
     except BuildDirError as exc:
-        emit([*result.diagnostics, make("FT0607", Location(str(target), None, None, ""), path=str(target),
-                                        detail=str(exc))], args.format, sources)
+        emit(
+            [
+                *result.diagnostics,
+                make("FT0607", Location(str(target), None, None, ""), path=str(target), detail=str(exc)),
+            ],
+            args.format,
+            sources,
+        )
         return 2
     emit(result.diagnostics, args.format, sources)
     d = result.plan["derived"]
-    print(f"ftspec: compiled {args.spec} -> {target}/ ({len(result.files)} files: "
-          f"{', '.join(sorted(result.files))}); {d['strategy']} on {d['world_size']} process(es), "
-          f"{d['total_steps']} steps, effective batch {d['effective_batch']}"
-          f"{'; FORCED' if result.plan['forced'] else ''}", file=sys.stderr)
+    print(
+        f"ftspec: compiled {args.spec} -> {target}/ ({len(result.files)} files: "
+        f"{', '.join(sorted(result.files))}); {d['strategy']} on {d['world_size']} process(es), "
+        f"{d['total_steps']} steps, effective batch {d['effective_batch']}"
+        f"{'; FORCED' if result.plan['forced'] else ''}",
+        file=sys.stderr,
+    )
     return 0

@@ -8,10 +8,15 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("old", metavar="OLD", help="spec file, or git:REV:path")
     parser.add_argument("new", metavar="NEW", help="spec file, or git:REV:path")
-    parser.add_argument("--format", choices=("text", "markdown", "json"), default="text",
-                        help="text (default), markdown (for a pull-request comment) or json")
-    parser.add_argument("--no-estimate", action="store_true",
-                        help="skip the memory/time/cost estimate of each side")
+    parser.add_argument(
+        "--format",
+        choices=("text", "markdown", "json"),
+        default="text",
+        help="text (default), markdown (for a pull-request comment) or json",
+    )
+    parser.add_argument(
+        "--no-estimate", action="store_true", help="skip the memory/time/cost estimate of each side"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,11 +37,17 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "markdown":
         print(to_markdown(diff), end="")
     elif args.format == "json":
-        print(json.dumps({
-            "old": diff.old.label, "new": diff.new.label,
-            "changes": [{"pointer": p, "old": _fmt(a), "new": _fmt(b)} for p, a, b in diff.changes],
-            "consequences": diff.consequences,
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "old": diff.old.label,
+                    "new": diff.new.label,
+                    "changes": [{"pointer": p, "old": _fmt(a), "new": _fmt(b)} for p, a, b in diff.changes],
+                    "consequences": diff.consequences,
+                },
+                indent=2,
+            )
+        )
     else:
         print(to_text(diff), end="")
     return 0

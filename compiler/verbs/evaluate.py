@@ -19,14 +19,25 @@ from ftspec.compiler.verbs.common import SourceCache, add_format
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the output folder of `ftspec launch`")
     add_format(parser)
-    parser.add_argument("-o", "--output", metavar="REPORT_DIR", default=None,
-                        help="folder for metrics.json, predictions.jsonl and report.{json,md,html} "
-                             "(default: RUN_DIR/eval)")
-    parser.add_argument("--reuse-metrics", action="store_true",
-                        help="apply the gate to the metrics.json already in REPORT_DIR instead of measuring again")
-    parser.add_argument("--lm-eval", default="", metavar="TASKS",
-                        help="comma-separated lm-eval-harness tasks to run as well (needs the lm_eval package "
-                             "and its data cached offline; skipped with a note otherwise)")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="REPORT_DIR",
+        default=None,
+        help="folder for metrics.json, predictions.jsonl and report.{json,md,html} (default: RUN_DIR/eval)",
+    )
+    parser.add_argument(
+        "--reuse-metrics",
+        action="store_true",
+        help="apply the gate to the metrics.json already in REPORT_DIR instead of measuring again",
+    )
+    parser.add_argument(
+        "--lm-eval",
+        default="",
+        metavar="TASKS",
+        help="comma-separated lm-eval-harness tasks to run as well (needs the lm_eval package "
+        "and its data cached offline; skipped with a note otherwise)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,20 +59,36 @@ def run(args: argparse.Namespace) -> int:
 
     kept = keep_previous(out_dir)
     if kept is not None:
-        print(f"ftspec: the previous evaluation ({kept}) was copied to {out_dir / PREVIOUS}/", file=sys.stderr)
+        print(
+            f"ftspec: the previous evaluation ({kept}) was copied to {out_dir / PREVIOUS}/", file=sys.stderr
+        )
     if not args.reuse_metrics:
         code = measure(folder.path, metrics_path, lm_eval=args.lm_eval)
         if code != 0:
-            emit([make("FT0807", Location(file=str(folder.path)),
-                       detail=f"python -m ftspec.runtime.evaluate exited with {code}")], args.format, sources)
+            emit(
+                [
+                    make(
+                        "FT0807",
+                        Location(file=str(folder.path)),
+                        detail=f"python -m ftspec.runtime.evaluate exited with {code}",
+                    )
+                ],
+                args.format,
+                sources,
+            )
             return 2
     try:
         metrics = read_metrics(metrics_path)
     except ValueError as exc:
-        emit([make("FT0808", Location(file=str(metrics_path)), path=str(metrics_path), detail=str(exc))],
-             args.format, sources)
+        emit(
+            [make("FT0808", Location(file=str(metrics_path)), path=str(metrics_path), detail=str(exc))],
+            args.format,
+            sources,
+        )
         return 2
-    report, diagnostics = gate_and_report(folder, metrics, locate, run_dir_label=args.run_dir, out_dir=out_dir)
+    report, diagnostics = gate_and_report(
+        folder, metrics, locate, run_dir_label=args.run_dir, out_dir=out_dir
+    )
     text = render_text(report, out_dir) if args.format == "text" else None
     emit(diagnostics, args.format, sources, text_extra=text, report=report)
     return 0 if report["status"] == "pass" else 1
@@ -121,7 +148,11 @@ def read_metrics(path: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise ValueError(str(exc)) from None
     meta = data.get("metadata") if isinstance(data, dict) else None
-    if not isinstance(meta, dict) or meta.get("kind") != "ftspec-eval-metrics" or meta.get("schema_version") != 1:
+    if (
+        not isinstance(meta, dict)
+        or meta.get("kind") != "ftspec-eval-metrics"
+        or meta.get("schema_version") != 1
+    ):
         raise ValueError("not an ftspec-eval-metrics document of schema_version 1")
     for model in ("base", "finetuned"):
         values = (data.get("values") or {}).get(model) or {}
@@ -182,7 +213,9 @@ def gate_and_report(folder, metrics: dict, locate, *, run_dir_label: str, out_di
         metrics=metrics,
         spec=spec,
         spec_sha256=(folder.plan.get("metadata") or {}).get("spec_sha256"),
-        spec_file=str(folder.spec_file) if folder.spec_file else (folder.plan.get("metadata") or {}).get("spec_file"),
+        spec_file=str(folder.spec_file)
+        if folder.spec_file
+        else (folder.plan.get("metadata") or {}).get("spec_file"),
         run_dir=run_dir_label,
         finetuned=str((metrics.get("models") or {}).get("finetuned", "")),
         curves=read_curves(folder.path / "metrics.jsonl"),
@@ -208,9 +241,23 @@ def render_text(report: dict, out_dir: Path) -> str:
     rows = [("#", "metric", "rule", "threshold", "base", "fine-tuned", "difference", "result")]
     for c in report["rules"]:
         label = c["metric"] + (f" ({c['measured']})" if c["measured"] else "")
-        diff = "n/a" if c["difference"] is None else ("+" if c["difference"] >= 0 else "") + _cell(c["difference"])
-        rows.append((str(c["index"]), label, c["kind"], _cell(c["threshold"]), _cell(c["base"]),
-                     _cell(c["finetuned"]), diff, c["status"].upper()))
+        diff = (
+            "n/a"
+            if c["difference"] is None
+            else ("+" if c["difference"] >= 0 else "") + _cell(c["difference"])
+        )
+        rows.append(
+            (
+                str(c["index"]),
+                label,
+                c["kind"],
+                _cell(c["threshold"]),
+                _cell(c["base"]),
+                _cell(c["finetuned"]),
+                diff,
+                c["status"].upper(),
+            )
+        )
     if len(rows) > 1:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:

@@ -19,8 +19,13 @@ TOOLS = ("axolotl", "llamafactory", "torchtune")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tool", choices=TOOLS, help="which tool wrote CONFIG")
     parser.add_argument("config", metavar="CONFIG", help="the tool's YAML config")
-    parser.add_argument("-o", "--output", metavar="SPEC", default=None,
-                        help="spec to write (default: CONFIG's name with .ftspec.yaml, beside it); - for stdout")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="SPEC",
+        default=None,
+        help="spec to write (default: CONFIG's name with .ftspec.yaml, beside it); - for stdout",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite SPEC if it exists")
     parser.add_argument("--gpu", default=None, help="hardware.gpu to write (the configs do not name one)")
     parser.add_argument("--gpus", type=int, default=None, help="hardware.gpus_per_node to write")
@@ -72,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
         emit(source.diagnostics, args.format, sources)
         return 2 if any(d.code == "FT0001" for d in source.diagnostics) else 1
 
-    result = translate(args.tool, source, ImportOptions(output=output, gpu=args.gpu, gpus=args.gpus,
-                                                        name=args.name))
+    result = translate(
+        args.tool, source, ImportOptions(output=output, gpu=args.gpu, gpus=args.gpus, name=args.name)
+    )
     for extra in result.extra_sources:
         sources.add(extra.path, extra.text)
     written = load_text(result.text, str(output))

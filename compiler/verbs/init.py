@@ -19,14 +19,20 @@ QUESTIONS = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", metavar="SPEC", default="ftspec.yaml", help="spec to write (default: ftspec.yaml)")
+    parser.add_argument(
+        "-o", "--output", metavar="SPEC", default="ftspec.yaml", help="spec to write (default: ftspec.yaml)"
+    )
     parser.add_argument("--model", help="base model: hub id or local folder holding config.json")
     parser.add_argument("--data", help="training data: a JSON Lines file")
     parser.add_argument("--gpu", help="GPU catalog name (RTX-4090, A100-80GB, H100-80GB, ...) or cpu")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs per node (default 1)")
     parser.add_argument("--metric", default=None, help="goal metric (default exact_match)")
-    parser.add_argument("--name", default=None, help="spec name (default: from SPEC's or the data's file name)")
-    parser.add_argument("--non-interactive", action="store_true", help="never prompt; missing answers are an error")
+    parser.add_argument(
+        "--name", default=None, help="spec name (default: from SPEC's or the data's file name)"
+    )
+    parser.add_argument(
+        "--non-interactive", action="store_true", help="never prompt; missing answers are an error"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite SPEC if it exists")
     add_format(parser)
 
@@ -51,8 +57,13 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.exists() and not args.force:
         return fail(f"{output} exists", hint="pass --force to overwrite it, or -o another path")
-    given = {"model": args.model, "data": args.data, "gpu": args.gpu,
-             "gpus": None if args.gpus is None else str(args.gpus), "metric": args.metric}
+    given = {
+        "model": args.model,
+        "data": args.data,
+        "gpu": args.gpu,
+        "gpus": None if args.gpus is None else str(args.gpus),
+        "metric": args.metric,
+    }
     interactive = not args.non_interactive and sys.stdin.isatty()
     for key, label, default in QUESTIONS:
         if given[key] is None:
@@ -72,8 +83,15 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--gpus must be a whole number, not {given['gpus']!r}")
     if gpus < 1:
         return fail("--gpus must be at least 1")
-    answers = InitAnswers(model=given["model"], data=given["data"], gpu=given["gpu"], gpus=gpus,
-                          metric=given["metric"], output=output, name=args.name)
+    answers = InitAnswers(
+        model=given["model"],
+        data=given["data"],
+        gpu=given["gpu"],
+        gpus=gpus,
+        metric=given["metric"],
+        output=output,
+        name=args.name,
+    )
     result = build(answers)
     sources = SourceCache()
     if not result.text:

@@ -33,15 +33,28 @@ MAX_OOM_RETRIES = 6
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", metavar="BUILD_DIR|SPEC",
-                        help="a build folder written by `ftspec compile`, or a spec file to compile first")
+    parser.add_argument(
+        "target",
+        metavar="BUILD_DIR|SPEC",
+        help="a build folder written by `ftspec compile`, or a spec file to compile first",
+    )
     parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
-    parser.add_argument("--dry-run", action="store_true", help="print the command and its environment; run nothing")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start over although the run folder holds an earlier run (which is moved aside, "
-                             "to <run folder>.previous-<time>, never deleted)")
-    parser.add_argument("-o", "--output", default=None, metavar="BUILD_DIR",
-                        help="where a SPEC is compiled to (default: build/<spec name>)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the command and its environment; run nothing"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over although the run folder holds an earlier run (which is moved aside, "
+        "to <run folder>.previous-<time>, never deleted)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="BUILD_DIR",
+        help="where a SPEC is compiled to (default: build/<spec name>)",
+    )
 
 
 def _compile(spec: Path, build_dir: Path) -> int:
@@ -102,14 +115,21 @@ def _execute(argv: list[str], env: dict[str, str]) -> int:
         from ftspec.compiler.core.diagnostics import make
         from ftspec.compiler.core.reporters import to_text
 
-        print(to_text([make("FT0720", detail=f"cannot start {argv[0]}: {exc.strerror or exc}")], lambda *_: None),
-              file=sys.stderr)
+        print(
+            to_text(
+                [make("FT0720", detail=f"cannot start {argv[0]}: {exc.strerror or exc}")], lambda *_: None
+            ),
+            file=sys.stderr,
+        )
         return 2
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        print("ftspec: interrupted: stopping the training processes (resume with --resume)", file=sys.stderr,
-              flush=True)
+        print(
+            "ftspec: interrupted: stopping the training processes (resume with --resume)",
+            file=sys.stderr,
+            flush=True,
+        )
         # The launcher forwards SIGINT to its workers; give them a moment, then end the group.
         for sig, wait_s in ((signal.SIGINT, 15), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
             try:
@@ -133,12 +153,17 @@ def _report_failures(run_dir: Path, since: float) -> None:
     for path in files:
         if path.stat().st_mtime < since:
             continue
-        lines = [x for x in path.read_text(encoding="utf-8", errors="replace").strip().splitlines() if x.strip()]
+        lines = [
+            x for x in path.read_text(encoding="utf-8", errors="replace").strip().splitlines() if x.strip()
+        ]
         # the runtime's own finding (an FT07xx line) when it wrote one, else a traceback's last line
         finding = next((x for x in lines if " FT07" in x or x.startswith("FT07")), None)
         detail = (finding or (lines[-1] if lines else "no message")).strip()
         rank = path.stem.removeprefix("error-rank")
-        print(to_text([make("FT0717", rank=rank, detail=detail, file=str(path))], lambda *_: None), file=sys.stderr)
+        print(
+            to_text([make("FT0717", rank=rank, detail=detail, file=str(path))], lambda *_: None),
+            file=sys.stderr,
+        )
 
 
 def _mark_failed(run_dir: Path, code: int) -> None:
@@ -192,16 +217,24 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         return _error("FT0716", plan_path, path=plan_path, detail=f"{build_dir} holds no plan.json")
     except (OSError, ValueError) as exc:
-        return _error("FT0716", plan_path, path=plan_path, detail=f"{exc} (compile the spec again with this ftspec)")
+        return _error(
+            "FT0716", plan_path, path=plan_path, detail=f"{exc} (compile the spec again with this ftspec)"
+        )
     if args.resume and args.overwrite:
-        return _error("FT0720", detail="--resume continues the run in the run folder, --overwrite starts a new "
-                                       "one: give one of them",
-                      hint="--resume keeps the run's checkpoints; --overwrite moves the earlier run aside")
+        return _error(
+            "FT0720",
+            detail="--resume continues the run in the run folder, --overwrite starts a new "
+            "one: give one of them",
+            hint="--resume keeps the run's checkpoints; --overwrite moves the earlier run aside",
+        )
     try:
         argv, env = launch_command(plan, build_dir, resume=args.resume)
     except ValueError as exc:  # a multi-node plan: this machine's rank and the rendezvous are needed
-        return _error("FT0720", detail=str(exc),
-                      hint="multi-node plans start through the build folder's launch.sh (Slurm / Kubernetes)")
+        return _error(
+            "FT0720",
+            detail=str(exc),
+            hint="multi-node plans start through the build folder's launch.sh (Slurm / Kubernetes)",
+        )
     if args.dry_run:
         _show_command(argv, env)
         return 0
@@ -221,9 +254,13 @@ def run(args: argparse.Namespace) -> int:
             old.unlink(missing_ok=True)
         if not resume:
             (run_dir / BATCH_FILE).unlink(missing_ok=True)  # a fresh run starts at the plan's batch
-        print(f"ftspec: launching {plan['derived']['world_size']} process(es) "
-              f"({plan['derived']['strategy']} on {plan['derived']['device']}){' --resume' if resume else ''}: "
-              f"{shlex.join(argv)}", file=sys.stderr, flush=True)
+        print(
+            f"ftspec: launching {plan['derived']['world_size']} process(es) "
+            f"({plan['derived']['strategy']} on {plan['derived']['device']}){' --resume' if resume else ''}: "
+            f"{shlex.join(argv)}",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             code = _execute(argv, env)
         except KeyboardInterrupt:
@@ -236,9 +273,12 @@ def run(args: argparse.Namespace) -> int:
             _report_failures(run_dir, started - 1)
             _mark_failed(run_dir, code)
             return code if code > 0 else 128 - code
-        print(f"ftspec: out of memory: relaunching from the last checkpoint with micro_batch_size "
-              f"{retry['micro_batch_size']} and gradient_accumulation_steps {retry['gradient_accumulation_steps']}",
-              file=sys.stderr, flush=True)
+        print(
+            f"ftspec: out of memory: relaunching from the last checkpoint with micro_batch_size "
+            f"{retry['micro_batch_size']} and gradient_accumulation_steps {retry['gradient_accumulation_steps']}",
+            file=sys.stderr,
+            flush=True,
+        )
         resume = True
         argv, env = launch_command(plan, build_dir, resume=True)
     return 1

@@ -28,21 +28,33 @@ _HINTS = {
     "check": "the job does not fit the hardware or the data has errors: see the findings above",
     "compile": "see the findings above; `ftspec compile --force` writes a build despite them",
     "launch": "training failed: see its output above; `ftspec launch BUILD_DIR --resume` continues from a checkpoint; "
-              "`ftspec run SPEC --overwrite` starts over beside an earlier run",
+    "`ftspec run SPEC --overwrite` starts over beside an earlier run",
     "evaluate": "see the rule table and report above",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", metavar="SPEC", help="the spec file")
-    parser.add_argument("-o", "--output", metavar="BUILD_DIR", default=None,
-                        help="build folder for compile (default: build/<spec name>); the run itself goes to "
-                             "the spec's output.dir")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="the spec's output.dir holds an earlier run: move it aside to a .previous-<time> "
-                             "folder and train again (without this, launch refuses to replace it)")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="only the stage lines: keep launch and evaluate output in BUILD_DIR-logs/")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="BUILD_DIR",
+        default=None,
+        help="build folder for compile (default: build/<spec name>); the run itself goes to "
+        "the spec's output.dir",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="the spec's output.dir holds an earlier run: move it aside to a .previous-<time> "
+        "folder and train again (without this, launch refuses to replace it)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only the stage lines: keep launch and evaluate output in BUILD_DIR-logs/",
+    )
     add_lint_options(parser)
 
 
@@ -82,8 +94,9 @@ def _execute(name: str, cmd: list[str], *, capture: bool, log_dir: Path | None) 
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if capture:
-            proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  check=False)
+            proc = subprocess.run(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False
+            )
             if log_dir is not None:
                 log_dir.mkdir(parents=True, exist_ok=True)
                 (log_dir / f"{name}.log").write_text(proc.stdout, encoding="utf-8")
@@ -133,11 +146,16 @@ def run(args: argparse.Namespace) -> int:
         elif stage_name == "compile":
             cmd, capture = _cli("compile", str(spec_path), "-o", str(build_dir), *lint_args), True
         elif stage_name == "launch":
-            cmd, capture = _cli("launch", str(build_dir), *(["--overwrite"] if args.overwrite else [])), args.quiet
+            cmd, capture = (
+                _cli("launch", str(build_dir), *(["--overwrite"] if args.overwrite else [])),
+                args.quiet,
+            )
         else:
             run_dir = _run_dir(build_dir)
             if run_dir is None:
-                stages.append(Stage(stage_name, 2, 0.0, f"cannot find the run folder from {build_dir}/plan.json"))
+                stages.append(
+                    Stage(stage_name, 2, 0.0, f"cannot find the run folder from {build_dir}/plan.json")
+                )
                 print(_line(stages[-1], index), flush=True)
                 break
             cmd, capture = _cli("evaluate", str(run_dir)), False

@@ -6,13 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 
-NAMES = {"spec": "spec.v1.schema.json", "plan": "plan.v1.schema.json", "report": "report.v1.schema.json",
-         "accelerate-config": "accelerate-config.v1.schema.json",
-         "deepspeed-config": "deepspeed-config.v1.schema.json"}
+NAMES = {
+    "spec": "spec.v1.schema.json",
+    "plan": "plan.v1.schema.json",
+    "report": "report.v1.schema.json",
+    "accelerate-config": "accelerate-config.v1.schema.json",
+    "deepspeed-config": "deepspeed-config.v1.schema.json",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("which", nargs="?", default="spec", choices=sorted(NAMES), help="which schema (default: spec)")
+    parser.add_argument(
+        "which", nargs="?", default="spec", choices=sorted(NAMES), help="which schema (default: spec)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,23 +24,36 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SYSTEM = "You triage Acme support tickets. Reply with JSON only."
 INTENTS = {
-    "refund": ["Refund order {n}, it broke.", "Order {n} arrived damaged, refund please.",
-               "I want my money back for {n}."],
+    "refund": [
+        "Refund order {n}, it broke.",
+        "Order {n} arrived damaged, refund please.",
+        "I want my money back for {n}.",
+    ],
     "shipping": ["Where is order {n}?", "Order {n} has not shipped yet.", "Tracking for {n} is stuck."],
     "cancel": ["Cancel order {n} now.", "Please stop order {n}.", "I changed my mind about {n}."],
     "address": ["Change the address on {n}.", "Order {n} needs a new address.", "Wrong street on order {n}."],
 }
 TOPICS = [
-    ("Name a primary color.", "Red."), ("What do bees make?", "Honey."), ("Opposite of cold?", "Hot."),
-    ("How many legs has a spider?", "Eight."), ("What is frozen water?", "Ice."),
-    ("Which planet is red?", "Mars."), ("What do cows drink?", "Water."), ("Capital of Italy?", "Rome."),
+    ("Name a primary color.", "Red."),
+    ("What do bees make?", "Honey."),
+    ("Opposite of cold?", "Hot."),
+    ("How many legs has a spider?", "Eight."),
+    ("What is frozen water?", "Ice."),
+    ("Which planet is red?", "Mars."),
+    ("What do cows drink?", "Water."),
+    ("Capital of Italy?", "Rome."),
 ]
 
 
 def triage(text: str, intent: str, order: int) -> dict:
     answer = json.dumps({"intent": intent, "order": order})
-    return {"messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text},
-                         {"role": "assistant", "content": answer}]}
+    return {
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": answer},
+        ]
+    }
 
 
 def write(path: Path, rows: list[dict]) -> None:
@@ -60,13 +73,25 @@ def main() -> None:
     for i in range(200):
         a, b = rng.randint(2, 999), rng.randint(2, 999)
         if i % 2:
-            general.append({"messages": [{"role": "system", "content": SYSTEM},
-                                         {"role": "user", "content": f"Add {a} and {b}."},
-                                         {"role": "assistant", "content": str(a + b)}]})
+            general.append(
+                {
+                    "messages": [
+                        {"role": "system", "content": SYSTEM},
+                        {"role": "user", "content": f"Add {a} and {b}."},
+                        {"role": "assistant", "content": str(a + b)},
+                    ]
+                }
+            )
         else:
-            general.append({"messages": [{"role": "system", "content": SYSTEM},
-                                         {"role": "user", "content": f"Is {a} larger than {b}?"},
-                                         {"role": "assistant", "content": "Yes." if a > b else "No."}]})
+            general.append(
+                {
+                    "messages": [
+                        {"role": "system", "content": SYSTEM},
+                        {"role": "user", "content": f"Is {a} larger than {b}?"},
+                        {"role": "assistant", "content": "Yes." if a > b else "No."},
+                    ]
+                }
+            )
     write(HERE / "general-chat.jsonl", general)
     regression = [{"prompt": q, "answer": a} for q, a in TOPICS]
     for _ in range(32):

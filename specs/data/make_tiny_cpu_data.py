@@ -44,10 +44,18 @@ def main() -> None:
     write(HERE / "tiny-cpu-train.jsonl", [record(*p) for p in train])
     write(HERE / "tiny-cpu-eval.jsonl", [record(*p) for p in held_out])
     skill = general_skill()
-    write(HERE / "tiny-cpu-general.jsonl", [
-        {"messages": [{"role": "user", "content": s["prompt"]}, {"role": "assistant", "content": s["answer"]}]}
-        for s in skill
-    ])
+    write(
+        HERE / "tiny-cpu-general.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": s["prompt"]},
+                    {"role": "assistant", "content": s["answer"]},
+                ]
+            }
+            for s in skill
+        ],
+    )
     seen = {s["prompt"] for s in skill}
     regression: list[dict] = []
     while len(regression) < 60:

@@ -15,7 +15,13 @@ from ftspec.compiler.author.importers.common import (
 )
 from ftspec.compiler.core.loader import LoadedSpec
 
-LORA_POINTERS = ("/adapter/r", "/adapter/alpha", "/adapter/dropout", "/adapter/dora", "/adapter/target_modules")
+LORA_POINTERS = (
+    "/adapter/r",
+    "/adapter/alpha",
+    "/adapter/dropout",
+    "/adapter/dora",
+    "/adapter/target_modules",
+)
 
 
 def translate(source: LoadedSpec, options: ImportOptions) -> ImportResult:
@@ -27,9 +33,12 @@ def translate(source: LoadedSpec, options: ImportOptions) -> ImportResult:
 
     rl = t.take("rl")
     if rl:
-        t.unsupported("/rl", f"rl: {rl} is preference or reinforcement learning; ftspec runs supervised "
-                      "fine-tuning only, so this config cannot be translated faithfully",
-                      hint="import the SFT stage's config instead")
+        t.unsupported(
+            "/rl",
+            f"rl: {rl} is preference or reinforcement learning; ftspec runs supervised "
+            "fine-tuning only, so this config cannot be translated faithfully",
+            hint="import the SFT stage's config instead",
+        )
     _model(t)
     t.direct(table["direct"])
     method = _adapter(t)
@@ -41,12 +50,17 @@ def translate(source: LoadedSpec, options: ImportOptions) -> ImportResult:
     _eval(t)
     _output(t)
     _distributed(t)
-    t.defaults(table["defaults"], adapter=method != "full", max_steps=t.get("/training/max_steps") is not None)
+    t.defaults(
+        table["defaults"], adapter=method != "full", max_steps=t.get("/training/max_steps") is not None
+    )
     _required(t, table, method)
     if not t.has("warmup_steps") and not t.has("warmup_ratio"):
-        t.note("", "Axolotl's default warmup is 3% of the steps capped at 100 steps; ftspec's "
-               "warmup_ratio: 0.03 has no cap, which differs for runs longer than 3,333 steps",
-               hint="set training.warmup_steps to fix the warmup length")
+        t.note(
+            "",
+            "Axolotl's default warmup is 3% of the steps capped at 100 steps; ftspec's "
+            "warmup_ratio: 0.03 has no cap, which differs for runs longer than 3,333 steps",
+            hint="set training.warmup_steps to fix the warmup length",
+        )
     t.hardware()
     t.finish(table["ignored"], set(table["handled"]) | set(table["direct"]))
     return t.result()
@@ -62,10 +76,14 @@ def _required(t: Translation, table: dict, method: str) -> None:
             continue
         shown = entry["field"].strip("/").replace("/", ".")
         ours = schema_default(entry["field"])
-        t.report("FT0905", "", severity="warning",
-                 detail=f"{entry['key']} is not set and Axolotl has no default for it (the config does not run "
-                        f"without it); the spec uses ftspec's default {shown}: {describe(ours)}",
-                 hint=f"set {shown} to the value the original run used")
+        t.report(
+            "FT0905",
+            "",
+            severity="warning",
+            detail=f"{entry['key']} is not set and Axolotl has no default for it (the config does not run "
+            f"without it); the spec uses ftspec's default {shown}: {describe(ours)}",
+            hint=f"set {shown} to the value the original run used",
+        )
 
 
 def _model(t: Translation) -> None:
@@ -92,35 +110,52 @@ def _adapter(t: Translation) -> str:
     if adapter is None:
         method = "full"
         if in4 or in8:
-            t.unsupported("/load_in_4bit" if in4 else "/load_in_8bit",
-                          "a quantized base without an adapter cannot be trained (Axolotl refuses it too)",
-                          hint="set adapter: lora or qlora, or turn quantization off for full fine-tuning")
+            t.unsupported(
+                "/load_in_4bit" if in4 else "/load_in_8bit",
+                "a quantized base without an adapter cannot be trained (Axolotl refuses it too)",
+                hint="set adapter: lora or qlora, or turn quantization off for full fine-tuning",
+            )
         for pointer in LORA_POINTERS:
             if pointer in t.values:
                 t.unset(pointer)
         for key in ("lora_r", "lora_alpha", "lora_dropout", "peft_use_dora"):
             if t.has(key):
-                t.drop(f"/{key}", "there is no adapter (full fine-tuning), so LoRA settings do not apply",
-                       severity="info")
+                t.drop(
+                    f"/{key}",
+                    "there is no adapter (full fine-tuning), so LoRA settings do not apply",
+                    severity="info",
+                )
     elif adapter in ("lora", "qlora"):
         method = adapter
         if adapter == "lora" and (in4 or in8):
             bits = 4 if in4 else 8
             method = "qlora"
             t.set("/adapter/quantization/bits", bits, t.origin("/load_in_4bit" if in4 else "/load_in_8bit"))
-            t.note("/load_in_4bit" if in4 else "/load_in_8bit",
-                   f"adapter: lora over a base loaded in {bits} bits is written as method: qlora with quantization.bits: "
-                   f"{bits} (ftspec's name for LoRA on a bitsandbytes-quantized base)")
+            t.note(
+                "/load_in_4bit" if in4 else "/load_in_8bit",
+                f"adapter: lora over a base loaded in {bits} bits is written as method: qlora with quantization.bits: "
+                f"{bits} (ftspec's name for LoRA on a bitsandbytes-quantized base)",
+            )
         elif adapter == "qlora":
             t.set("/adapter/quantization/bits", 4, t.origin("/load_in_4bit" if in4 else "/adapter"))
             if not in4:
-                t.note("/adapter", "adapter: qlora without load_in_4bit: true is refused by Axolotl; "
-                       "the spec uses a 4-bit base as QLoRA means")
+                t.note(
+                    "/adapter",
+                    "adapter: qlora without load_in_4bit: true is refused by Axolotl; "
+                    "the spec uses a 4-bit base as QLoRA means",
+                )
     else:
         method = "lora"
-        t.unsupported("/adapter", f"adapter: {adapter} has no equivalent; ftspec trains lora, qlora or full",
-                      hint="the spec says method: lora; check that this is what you want")
-    t.set("/adapter/method", method, t.origin("/adapter") if adapter else "axolotl: no adapter = full fine-tuning")
+        t.unsupported(
+            "/adapter",
+            f"adapter: {adapter} has no equivalent; ftspec trains lora, qlora or full",
+            hint="the spec says method: lora; check that this is what you want",
+        )
+    t.set(
+        "/adapter/method",
+        method,
+        t.origin("/adapter") if adapter else "axolotl: no adapter = full fine-tuning",
+    )
     if method == "qlora":
         if quant_type:
             if str(quant_type) in ("nf4", "fp4"):
@@ -140,22 +175,34 @@ def _targets(t: Translation, method: str) -> None:
     if linear:
         t.put("/lora_target_linear", "/adapter/target_modules", "all-linear")
         if modules:
-            t.note("/lora_target_modules", "lora_target_linear: true already covers every linear layer; "
-                   "the listed modules are inside all-linear")
+            t.note(
+                "/lora_target_modules",
+                "lora_target_linear: true already covers every linear layer; "
+                "the listed modules are inside all-linear",
+            )
         return
     if modules:
         if isinstance(modules, str):
             if any(c in modules for c in "*[]()|\\^$+?"):
-                t.changed("/lora_target_modules", modules, "/adapter/target_modules", "all-linear",
-                          "a regular expression of module names has no equivalent; ftspec takes all-linear "
-                          "or a list of names", hint="list the module names the pattern matched")
+                t.changed(
+                    "/lora_target_modules",
+                    modules,
+                    "/adapter/target_modules",
+                    "all-linear",
+                    "a regular expression of module names has no equivalent; ftspec takes all-linear "
+                    "or a list of names",
+                    hint="list the module names the pattern matched",
+                )
                 return
             modules = [modules]
         t.put("/lora_target_modules", "/adapter/target_modules", [str(m) for m in dict.fromkeys(modules)])
         return
-    t.note("", "the config names no LoRA target modules, so PEFT would pick the model type's defaults "
-           "(q_proj and v_proj for Llama); the spec uses ftspec's default all-linear, which trains more",
-           hint="set adapter.target_modules: [q_proj, v_proj] to keep the original's modules")
+    t.note(
+        "",
+        "the config names no LoRA target modules, so PEFT would pick the model type's defaults "
+        "(q_proj and v_proj for Llama); the spec uses ftspec's default all-linear, which trains more",
+        hint="set adapter.target_modules: [q_proj, v_proj] to keep the original's modules",
+    )
 
 
 def _schedule(t: Translation, table: dict) -> None:
@@ -167,12 +214,18 @@ def _schedule(t: Translation, table: dict) -> None:
         t.scheduler("/lr_scheduler", scheduler)
     if t.get("/training/max_steps") is not None and t.get("/training/epochs") is not None:
         t.unset("/training/epochs")
-        t.note("/num_epochs", "max_steps and num_epochs are both set; transformers stops at max_steps, "
-               "so the spec keeps max_steps only")
+        t.note(
+            "/num_epochs",
+            "max_steps and num_epochs are both set; transformers stops at max_steps, "
+            "so the spec keeps max_steps only",
+        )
     if t.get("/training/warmup_steps") is not None and t.get("/training/warmup_ratio") is not None:
         t.unset("/training/warmup_ratio")
-        t.note("/warmup_ratio", "warmup_steps and warmup_ratio are both set; warmup_steps wins in "
-               "transformers, so the spec keeps warmup_steps only")
+        t.note(
+            "/warmup_ratio",
+            "warmup_steps and warmup_ratio are both set; warmup_steps wins in "
+            "transformers, so the spec keeps warmup_steps only",
+        )
     for key, target in (("eval_steps", "/training/eval_steps"), ("save_steps", "/training/save_steps")):
         value = t.take(key)
         if value is None:
@@ -180,9 +233,12 @@ def _schedule(t: Translation, table: dict) -> None:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
             t.put(f"/{key}", target, value)
         else:
-            t.drop(f"/{key}", f"{describe(value)} is a fraction of the total steps; ftspec counts "
-                   f"{key} in optimizer steps", severity="warning",
-                   hint=f"set training.{key} once `ftspec check` reports the total steps")
+            t.drop(
+                f"/{key}",
+                f"{describe(value)} is a fraction of the total steps; ftspec counts {key} in optimizer steps",
+                severity="warning",
+                hint=f"set training.{key} once `ftspec check` reports the total steps",
+            )
     if t.take("train_on_inputs") is True:
         t.put("/train_on_inputs", "/training/loss_on", "all")
     gc = t.take("gradient_checkpointing")
@@ -190,8 +246,13 @@ def _schedule(t: Translation, table: dict) -> None:
         if isinstance(gc, bool):
             t.put("/gradient_checkpointing", "/training/gradient_checkpointing", gc)
         else:
-            t.changed("/gradient_checkpointing", gc, "/training/gradient_checkpointing", True,
-                      "ftspec recomputes activations but does not offload them to CPU; GPU memory is higher")
+            t.changed(
+                "/gradient_checkpointing",
+                gc,
+                "/training/gradient_checkpointing",
+                True,
+                "ftspec recomputes activations but does not offload them to CPU; GPU memory is higher",
+            )
             t.set("/training/gradient_checkpointing", True, t.origin("/gradient_checkpointing"))
 
 
@@ -202,11 +263,17 @@ def _precision(t: Translation, method: str) -> None:
         t.drop("/tf32", "TF32 matmuls are a device setting, not a spec setting", severity="info")
     for key in ("bfloat16", "float16"):
         if t.take(key) is True:
-            t.note(f"/{key}", f"{key}: true loads the weights in 16-bit; training.precision decides that in ftspec")
+            t.note(
+                f"/{key}",
+                f"{key}: true loads the weights in 16-bit; training.precision decides that in ftspec",
+            )
     if bf16 == "auto":
         t.put("/bf16", "/training/precision", "bf16")
-        t.note("/bf16", "bf16: auto uses bf16 where the GPU supports it; the spec says bf16, which "
-               "`ftspec lint` rejects on GPUs without bf16 (T4, V100): use fp16 there")
+        t.note(
+            "/bf16",
+            "bf16: auto uses bf16 where the GPU supports it; the spec says bf16, which "
+            "`ftspec lint` rejects on GPUs without bf16 (T4, V100): use fp16 there",
+        )
     elif bf16 == "full":
         t.put("/bf16", "/training/precision", "bf16")
     elif bf16 is True:
@@ -231,21 +298,30 @@ def _dataset_entry(t: Translation, pointer: str, entry: object, table: dict) -> 
     handled = set(load_table("import_axolotl.json")["dataset_keys_handled"])
     for key, value in entry.items():
         if key not in handled and not (value is None or value == "" or value == []):
-            t.drop(f"{pointer}/{key}", "ftspec has no per-dataset setting for it",
-                   hint="check whether it changes how the examples are read")
+            t.drop(
+                f"{pointer}/{key}",
+                "ftspec has no per-dataset setting for it",
+                hint="check whether it changes how the examples are read",
+            )
     dtype = entry.get("type")
     fmt: str | None
     if isinstance(dtype, dict) or dtype is None:
-        t.unsupported(f"{pointer}/type", "a dataset without a type, or with a custom prompt format, has no "
-                      "equivalent; ftspec reads chatml, sharegpt or alpaca records",
-                      hint="convert the records to one of those formats")
+        t.unsupported(
+            f"{pointer}/type",
+            "a dataset without a type, or with a custom prompt format, has no "
+            "equivalent; ftspec reads chatml, sharegpt or alpaca records",
+            hint="convert the records to one of those formats",
+        )
         fmt = None
     else:
         known = table["dataset_types"].get(str(dtype))
         fmt = known.get("format") if known else None
         if fmt is None:
-            t.unsupported(f"{pointer}/type", f"dataset type {dtype} has no equivalent; ftspec reads chatml, "
-                          "sharegpt or alpaca records", hint="convert the records to one of those formats")
+            t.unsupported(
+                f"{pointer}/type",
+                f"dataset type {dtype} has no equivalent; ftspec reads chatml, sharegpt or alpaca records",
+                hint="convert the records to one of those formats",
+            )
         else:
             if known.get("chat_template") and "/model/chat_template" not in t.values:
                 t.set("/model/chat_template", known["chat_template"], t.origin(f"{pointer}/type"))
@@ -257,23 +333,36 @@ def _dataset_entry(t: Translation, pointer: str, entry: object, table: dict) -> 
         t.chat_template(f"{pointer}/chat_template", entry["chat_template"])
     roles = entry.get("roles_to_train")
     if roles and set(roles) - {"assistant", "gpt"}:
-        t.changed(f"{pointer}/roles_to_train", roles, "/training/loss_on", "all",
-                  "ftspec trains on the assistant turns or on every token")
+        t.changed(
+            f"{pointer}/roles_to_train",
+            roles,
+            "/training/loss_on",
+            "all",
+            "ftspec trains on the assistant turns or on every token",
+        )
         t.set("/training/loss_on", "all", t.origin(f"{pointer}/roles_to_train"))
     if entry.get("train_on_eos") not in (None, "turn", "last"):
-        t.drop(f"{pointer}/train_on_eos", "ftspec trains each assistant turn's terminator", severity="warning")
+        t.drop(
+            f"{pointer}/train_on_eos", "ftspec trains each assistant turn's terminator", severity="warning"
+        )
     path = str(entry.get("data_files") or entry["path"])
     if isinstance(entry.get("data_files"), list):
         path = str(entry["data_files"][0])
     local = Path(t.source.path).resolve().parent / path
     if local.is_file():
         if local.suffix not in (".jsonl", ".json"):
-            t.unsupported(f"{pointer}/path", f"{path} is not JSON Lines; ftspec reads .jsonl or .json files",
-                          hint="convert it to JSON Lines")
+            t.unsupported(
+                f"{pointer}/path",
+                f"{path} is not JSON Lines; ftspec reads .jsonl or .json files",
+                hint="convert it to JSON Lines",
+            )
         return t.spec_path(local), fmt
     if local.is_dir():
-        t.unsupported(f"{pointer}/path", f"{path} is a folder; ftspec reads one file per dataset entry",
-                      hint="list the folder's files as separate training sources")
+        t.unsupported(
+            f"{pointer}/path",
+            f"{path} is a folder; ftspec reads one file per dataset entry",
+            hint="list the folder's files as separate training sources",
+        )
         return None, fmt
     split = str(entry.get("split") or "train")
     return t.hub_dataset(f"{pointer}/path", str(entry["path"]), split, entry.get("name")), fmt
@@ -291,17 +380,21 @@ def _chat_fields(t: Translation, pointer: str, entry: dict) -> str:
         return "sharegpt"
     if field == "messages" and role == "role" and content == "content":
         return "chatml"
-    t.unsupported(f"{pointer}/field_messages" if entry.get("field_messages") else pointer,
-                  f"messages under '{field}' with fields {role}/{content} are neither chatml "
-                  "(messages: role/content) nor sharegpt (conversations: from/value)",
-                  hint="rename the fields in the data file")
+    t.unsupported(
+        f"{pointer}/field_messages" if entry.get("field_messages") else pointer,
+        f"messages under '{field}' with fields {role}/{content} are neither chatml "
+        "(messages: role/content) nor sharegpt (conversations: from/value)",
+        hint="rename the fields in the data file",
+    )
     return "chatml"
 
 
 def _datasets(t: Translation, table: dict) -> None:
     items = t.take("datasets")
     if not items:
-        t.report("FT0909", "", detail="the config has no datasets", hint="add a datasets list and import again")
+        t.report(
+            "FT0909", "", detail="the config has no datasets", hint="add a datasets list and import again"
+        )
         return
     if not isinstance(items, list):
         items = [items]
@@ -313,23 +406,37 @@ def _datasets(t: Translation, table: dict) -> None:
             continue
         if path in paths:
             if t.take("dataset_exact_deduplication") is True:
-                t.note(f"/datasets/{index}", f"{path} is listed twice; with dataset_exact_deduplication "
-                       "Axolotl keeps one copy of each example, so the spec lists it once")
+                t.note(
+                    f"/datasets/{index}",
+                    f"{path} is listed twice; with dataset_exact_deduplication "
+                    "Axolotl keeps one copy of each example, so the spec lists it once",
+                )
             else:
-                t.changed(f"/datasets/{index}", path, "/dataset/train", path,
-                          "listed twice, Axolotl trains on it twice; the spec lists it once",
-                          hint="duplicate the file's records if the double weight was intended")
+                t.changed(
+                    f"/datasets/{index}",
+                    path,
+                    "/dataset/train",
+                    path,
+                    "listed twice, Axolotl trains on it twice; the spec lists it once",
+                    hint="duplicate the file's records if the double weight was intended",
+                )
             continue
         paths.append(path)
         if fmt:
             formats.append(fmt)
     if t.take("dataset_exact_deduplication") is True:
-        t.note("/dataset_exact_deduplication", "Axolotl removes exact duplicates while loading; ftspec "
-               "reports them in `ftspec check` (dataset.checks.dedup: exact) so they can be removed from the file")
+        t.note(
+            "/dataset_exact_deduplication",
+            "Axolotl removes exact duplicates while loading; ftspec "
+            "reports them in `ftspec check` (dataset.checks.dedup: exact) so they can be removed from the file",
+        )
     distinct = list(dict.fromkeys(formats))
     if len(distinct) > 1:
-        t.unsupported("/datasets", "the datasets mix formats (" + ", ".join(distinct) + "); a spec reads "
-                      "one format", hint="convert every file to one format")
+        t.unsupported(
+            "/datasets",
+            "the datasets mix formats (" + ", ".join(distinct) + "); a spec reads one format",
+            hint="convert every file to one format",
+        )
     if distinct:
         t.set("/dataset/format", distinct[0], t.origin("/datasets/0/type"))
     if paths:
@@ -345,9 +452,15 @@ def _excess_length(t: Translation) -> None:
     if strategy in ("drop", "truncate"):
         t.put("/excess_length_strategy", "/dataset/truncation", strategy)
     else:
-        t.changed("/excess_length_strategy", strategy, "/dataset/truncation", "drop",
-                  "ftspec drops or truncates long rows; `ftspec check` reports every row longer than "
-                  "sequence_len before training, which is where raise would have stopped", severity="warning")
+        t.changed(
+            "/excess_length_strategy",
+            strategy,
+            "/dataset/truncation",
+            "drop",
+            "ftspec drops or truncates long rows; `ftspec check` reports every row longer than "
+            "sequence_len before training, which is where raise would have stopped",
+            severity="warning",
+        )
         t.set("/dataset/truncation", "drop", t.origin("/excess_length_strategy"))
 
 
@@ -359,13 +472,20 @@ def _eval(t: Translation) -> None:
         table = load_table("import_axolotl.json")
         path, _fmt = _dataset_entry(t, "/test_datasets/0", items[0], table)
         for index in range(1, len(items)):
-            t.drop(f"/test_datasets/{index}", "ftspec evaluates on one held-out file", severity="warning",
-                   hint="concatenate the evaluation files")
+            t.drop(
+                f"/test_datasets/{index}",
+                "ftspec evaluates on one held-out file",
+                severity="warning",
+                hint="concatenate the evaluation files",
+            )
         if path:
             t.set("/dataset/eval", path, t.origin("/test_datasets"))
         if val:
-            t.drop("/val_set_size", "test_datasets is the held-out set; a spec has eval or eval_split, "
-                   "not both", severity="warning")
+            t.drop(
+                "/val_set_size",
+                "test_datasets is the held-out set; a spec has eval or eval_split, not both",
+                severity="warning",
+            )
         return
     if val is not None:
         train = t.get("/dataset/train")
@@ -384,7 +504,11 @@ def _output(t: Translation) -> None:
     if t.take("use_mlflow") is True or t.take("mlflow_tracking_uri"):
         sinks.append("mlflow")
     if sinks:
-        t.set("/output/report_to", sinks, t.origin("/use_tensorboard" if "tensorboard" in sinks else "/use_mlflow"))
+        t.set(
+            "/output/report_to",
+            sinks,
+            t.origin("/use_tensorboard" if "tensorboard" in sinks else "/use_mlflow"),
+        )
 
 
 def _distributed(t: Translation) -> None:
@@ -411,11 +535,23 @@ def _distributed(t: Translation) -> None:
                     t.set("/hardware/offload", "optimizer_and_params", t.origin(ptr))
             elif short in ("sharding_strategy", "reshard_after_forward"):
                 if value not in ("FULL_SHARD", True, 1):  # FULL_SHARD is what ftspec's fsdp does
-                    t.changed(ptr, value, "/hardware/strategy", "fsdp",
-                              "ftspec's fsdp shards parameters, gradients and optimizer states (FULL_SHARD)")
+                    t.changed(
+                        ptr,
+                        value,
+                        "/hardware/strategy",
+                        "fsdp",
+                        "ftspec's fsdp shards parameters, gradients and optimizer states (FULL_SHARD)",
+                    )
             elif short == "transformer_layer_cls_to_wrap":
-                t.note(ptr, f"ftspec wraps each decoder layer ({value}) itself, from the model catalog or "
-                       "the model's config.json")
+                t.note(
+                    ptr,
+                    f"ftspec wraps each decoder layer ({value}) itself, from the model catalog or "
+                    "the model's config.json",
+                )
             else:
-                t.drop(ptr, "ftspec's compile writes the FSDP settings; this one changes loading, "
-                       "speed or checkpoint layout, not the result", severity="info")
+                t.drop(
+                    ptr,
+                    "ftspec's compile writes the FSDP settings; this one changes loading, "
+                    "speed or checkpoint layout, not the result",
+                    severity="info",
+                )

@@ -131,22 +131,47 @@ class Translation:
             fields.setdefault("hint", "")
         self.diagnostics.append(make(code, self.at(pointer, source), **fields))
 
-    def drop(self, pointer: str, reason: str, *, severity: str | None = None, hint: str = "",
-             source: LoadedSpec | None = None) -> None:
+    def drop(
+        self,
+        pointer: str,
+        reason: str,
+        *,
+        severity: str | None = None,
+        hint: str = "",
+        source: LoadedSpec | None = None,
+    ) -> None:
         """FT0901: the key at `pointer` is not carried into the spec."""
         key = pointer.strip("/").replace("/", ".")
-        self.diagnostics.append(make("FT0901", self.at(pointer, source), key=key, reason=reason,
-                                     hint=hint, severity=severity))
+        self.diagnostics.append(
+            make("FT0901", self.at(pointer, source), key=key, reason=reason, hint=hint, severity=severity)
+        )
 
-    def changed(self, pointer: str, value: object, target: str, new: object, reason: str,
-                *, hint: str = "", severity: str | None = None) -> None:
+    def changed(
+        self,
+        pointer: str,
+        value: object,
+        target: str,
+        new: object,
+        reason: str,
+        *,
+        hint: str = "",
+        severity: str | None = None,
+    ) -> None:
         """FT0902: the value at `pointer` is written as `target: new` because it cannot be kept."""
         key = pointer.strip("/").replace("/", ".")
-        self.diagnostics.append(make(
-            "FT0902", self.at(pointer), key=key, value=describe(value),
-            field=target.strip("/").replace("/", "."), new=describe(new), reason=reason, hint=hint,
-            severity=severity,
-        ))
+        self.diagnostics.append(
+            make(
+                "FT0902",
+                self.at(pointer),
+                key=key,
+                value=describe(value),
+                field=target.strip("/").replace("/", "."),
+                new=describe(new),
+                reason=reason,
+                hint=hint,
+                severity=severity,
+            )
+        )
 
     def note(self, pointer: str, detail: str, hint: str = "", *, once: bool = False) -> None:
         if once:
@@ -188,8 +213,12 @@ class Translation:
         """Set `field` from the peer's value at `pointer` as a `kind`, or drop it with an error."""
         converted = self.typed(pointer, value, kind)
         if converted is _MISSING:
-            self.drop(pointer, f"the value {describe(value)} is not {kind}-valued, as "
-                      f"{field.strip('/').replace('/', '.')} needs", severity="error")
+            self.drop(
+                pointer,
+                f"the value {describe(value)} is not {kind}-valued, as "
+                f"{field.strip('/').replace('/', '.')} needs",
+                severity="error",
+            )
         else:
             self.set(field, converted, self.origin(pointer))
 
@@ -202,8 +231,12 @@ class Translation:
             raw = self.take(key)
             value = self.typed(key, raw, entry["type"])
             if value is _MISSING:
-                self.drop(f"/{key}", f"the value {describe(raw)} is not {entry['type']}-valued, as "
-                          f"{entry['field'].strip('/').replace('/', '.')} needs", severity="error")
+                self.drop(
+                    f"/{key}",
+                    f"the value {describe(raw)} is not {entry['type']}-valued, as "
+                    f"{entry['field'].strip('/').replace('/', '.')} needs",
+                    severity="error",
+                )
                 continue
             self.put(f"/{key}", entry["field"], value)
 
@@ -238,23 +271,39 @@ class Translation:
         entry = table.get(str(name).lower())
         if entry is None or entry["to"] is None:
             fallback = "adamw_torch"
-            why = "ftspec has no such optimizer" if entry is None else "ftspec does not support this optimizer"
-            self.changed(pointer, name, "/training/optimizer", fallback, why,
-                         hint="choose one of adamw_torch, adamw_8bit, paged_adamw_8bit, paged_adamw_32bit, sgd",
-                         severity="warning")
+            why = (
+                "ftspec has no such optimizer" if entry is None else "ftspec does not support this optimizer"
+            )
+            self.changed(
+                pointer,
+                name,
+                "/training/optimizer",
+                fallback,
+                why,
+                hint="choose one of adamw_torch, adamw_8bit, paged_adamw_8bit, paged_adamw_32bit, sgd",
+                severity="warning",
+            )
             self.set("/training/optimizer", fallback, f"replaces {self.tool} {name} (not supported)")
             return
         self.set("/training/optimizer", entry["to"], self.origin(pointer))
         if entry["to"] != str(name).lower():
-            self.note(pointer, f"optimizer {name} is written as {entry['to']}: "
-                      + entry.get("note", "the same optimizer under ftspec's name"))
+            self.note(
+                pointer,
+                f"optimizer {name} is written as {entry['to']}: "
+                + entry.get("note", "the same optimizer under ftspec's name"),
+            )
 
     def scheduler(self, pointer: str, name: object) -> None:
         entry = load_table("import_common.json")["hf_schedulers"]["map"].get(str(name).lower())
         if entry is None or entry["to"] is None:
-            self.changed(pointer, name, "/training/scheduler", "cosine",
-                         "ftspec's schedules are cosine, linear, constant and constant_with_warmup",
-                         hint="pick the closest of those four and check the learning-rate curve")
+            self.changed(
+                pointer,
+                name,
+                "/training/scheduler",
+                "cosine",
+                "ftspec's schedules are cosine, linear, constant and constant_with_warmup",
+                hint="pick the closest of those four and check the learning-rate curve",
+            )
             self.set("/training/scheduler", "cosine", f"replaces {self.tool} {name} (not supported)")
             return
         self.set("/training/scheduler", entry["to"], self.origin(pointer))
@@ -263,9 +312,14 @@ class Translation:
         table = load_table("import_common.json")["chat_templates"]
         ours = table["map"].get(str(name))
         if ours is None:
-            self.changed(pointer, name, "/model/chat_template", "model",
-                         "ftspec's built-in templates are chatml, llama3 and alpaca",
-                         hint="`model` uses the tokenizer's own template; check that it renders your data as before")
+            self.changed(
+                pointer,
+                name,
+                "/model/chat_template",
+                "model",
+                "ftspec's built-in templates are chatml, llama3 and alpaca",
+                hint="`model` uses the tokenizer's own template; check that it renders your data as before",
+            )
             self.set("/model/chat_template", "model", f"replaces {self.tool} template {name}")
             return
         self.set("/model/chat_template", ours, self.origin(pointer))
@@ -284,43 +338,68 @@ class Translation:
         if number >= 1:  # an absolute number of examples: convert when the data is here to count
             total = sum(_count_records(p) for p in train_files) if train_files else 0
             if not total or any(not p.is_file() for p in train_files):
-                self.drop(pointer, f"{number} is a number of examples; ftspec's eval_split is a fraction "
-                          "and the training data is not here to convert it", severity="warning",
-                          hint="set dataset.eval_split (0 < x < 0.5) or dataset.eval (a held-out file)")
+                self.drop(
+                    pointer,
+                    f"{number} is a number of examples; ftspec's eval_split is a fraction "
+                    "and the training data is not here to convert it",
+                    severity="warning",
+                    hint="set dataset.eval_split (0 < x < 0.5) or dataset.eval (a held-out file)",
+                )
                 return
             fraction = round(number / total, 6)
             self.note(pointer, f"{number} examples of {total} is written as eval_split: {fraction}")
         if not 0 < fraction < 0.5:
-            self.drop(pointer, f"an evaluation split of {fraction:g} leaves too little training data; "
-                      "ftspec's eval_split must be below 0.5", severity="warning",
-                      hint="hold out a separate file as dataset.eval")
+            self.drop(
+                pointer,
+                f"an evaluation split of {fraction:g} leaves too little training data; "
+                "ftspec's eval_split must be below 0.5",
+                severity="warning",
+                hint="hold out a separate file as dataset.eval",
+            )
             return
         self.set("/dataset/eval_split", fraction, self.origin(pointer))
 
     def output_dir(self, pointer: str, value: object) -> None:
         text = str(value).replace("\\", "/")
         if text.startswith("/") or re.match(r"^[A-Za-z]:/", text) or "${" in text or ".." in Path(text).parts:
-            self.changed(pointer, value, "/output/dir", f"runs/{self.get('/name')}",
-                         "output.dir must be a relative path inside the repository")
+            self.changed(
+                pointer,
+                value,
+                "/output/dir",
+                f"runs/{self.get('/name')}",
+                "output.dir must be a relative path inside the repository",
+            )
             return
         rel = str(Path(text)).replace("\\", "/")
         self.set("/output/dir", rel, self.origin(pointer))
-        self.note(pointer, f"output_dir {value} is written as output.dir: {rel}, which is relative to the "
-                  "spec's folder rather than to the folder the training was launched from")
+        self.note(
+            pointer,
+            f"output_dir {value} is written as output.dir: {rel}, which is relative to the "
+            "spec's folder rather than to the folder the training was launched from",
+        )
 
     def hardware(self) -> None:
         table = load_table("import_common.json")["default_hardware"]
         gpu = self.options.gpu or table["gpu"]
         sharded = self.get("/hardware/strategy") in ("fsdp", "deepspeed")
-        gpus = (self.options.gpus or self.get("/hardware/gpus_per_node")
-                or table["gpus_per_node_sharded" if sharded else "gpus_per_node"])
+        gpus = (
+            self.options.gpus
+            or self.get("/hardware/gpus_per_node")
+            or table["gpus_per_node_sharded" if sharded else "gpus_per_node"]
+        )
         comment = "from --gpu" if self.options.gpu else "assumed: not in the config"
         self.set("/hardware/gpu", gpu, comment)
-        self.set("/hardware/gpus_per_node", gpus, "from --gpus" if self.options.gpus else
-                 self.values.get("/hardware/gpus_per_node", (None, comment))[1])
+        self.set(
+            "/hardware/gpus_per_node",
+            gpus,
+            "from --gpus"
+            if self.options.gpus
+            else self.values.get("/hardware/gpus_per_node", (None, comment))[1],
+        )
         if not self.options.gpu:
-            self.diagnostics.append(make("FT0908", Location(self.source.path, 1, 1, ""), tool=self.label,
-                                         gpu=gpu, gpus=gpus))
+            self.diagnostics.append(
+                make("FT0908", Location(self.source.path, 1, 1, ""), tool=self.label, gpu=gpu, gpus=gpus)
+            )
 
     def deepspeed(self, pointer: str, value: object) -> None:
         """Read the DeepSpeed JSON the config points at: ZeRO stage and offload."""
@@ -330,21 +409,34 @@ class Translation:
         found, looked = self.find_file(str(value))
         if found is None:
             stage = _stage_from_name(str(value))
-            consequence = ("the ZeRO stage " + (f"{stage} is taken from the file name" if stage is not None
-                           else "is unknown, so hardware.strategy is left to auto"))
-            self.report("FT0907", pointer, key=pointer.strip("/"), path=value, looked=looked,
-                        consequence=consequence)
+            consequence = "the ZeRO stage " + (
+                f"{stage} is taken from the file name"
+                if stage is not None
+                else "is unknown, so hardware.strategy is left to auto"
+            )
+            self.report(
+                "FT0907", pointer, key=pointer.strip("/"), path=value, looked=looked, consequence=consequence
+            )
             if stage is not None:
                 self.set("/hardware/strategy", "deepspeed", f"{self.tool} deepspeed (file not found)")
                 self.set("/hardware/zero_stage", stage, f"from the file name {Path(str(value)).name}")
                 if "offload" in Path(str(value)).name.lower():
-                    self.set("/hardware/offload", "optimizer_and_params",
-                             f"from the file name {Path(str(value)).name}")
+                    self.set(
+                        "/hardware/offload",
+                        "optimizer_and_params",
+                        f"from the file name {Path(str(value)).name}",
+                    )
             return
         loaded = load_spec(found)
         if not isinstance(loaded.data, dict):
-            self.report("FT0907", pointer, key=pointer.strip("/"), path=value, looked=f"{found} is not a JSON object",
-                        consequence="hardware.strategy is left to auto")
+            self.report(
+                "FT0907",
+                pointer,
+                key=pointer.strip("/"),
+                path=value,
+                looked=f"{found} is not a JSON object",
+                consequence="hardware.strategy is left to auto",
+            )
             return
         self.extra_sources.append(loaded)
         self._deepspeed_config(pointer, loaded.data, loaded)
@@ -354,8 +446,11 @@ class Translation:
         stage = zero.get("stage", 0)
         where = f"{Path(loaded.path).name}" if loaded else f"{self.tool} {pointer.strip('/')}"
         self.set("/hardware/strategy", "deepspeed", self.origin(pointer))
-        self.set("/hardware/zero_stage", int(stage) if str(stage).isdigit() else 0,
-                 f"{where} zero_optimization.stage")
+        self.set(
+            "/hardware/zero_stage",
+            int(stage) if str(stage).isdigit() else 0,
+            f"{where} zero_optimization.stage",
+        )
         opt_dev = (zero.get("offload_optimizer") or {}).get("device", "none")
         par_dev = (zero.get("offload_param") or {}).get("device", "none")
         offload = "none"
@@ -366,28 +461,70 @@ class Translation:
         if offload != "none":
             self.set("/hardware/offload", offload, f"{where} offload_*.device")
         if "nvme" in (opt_dev, par_dev):
-            self.report("FT0902", "/zero_optimization", loaded, key="offload device", value="nvme",
-                        field="hardware.offload", new=offload, reason="ftspec offloads to CPU memory only")
+            self.report(
+                "FT0902",
+                "/zero_optimization",
+                loaded,
+                key="offload device",
+                value="nvme",
+                field="hardware.offload",
+                new=offload,
+                reason="ftspec offloads to CPU memory only",
+            )
         tuning = [k for k in zero if k not in ("stage", "offload_optimizer", "offload_param")]
-        tuning += [k for k in ds if k not in ("zero_optimization", "bf16", "fp16", "train_batch_size",
-                                               "train_micro_batch_size_per_gpu",
-                                               "gradient_accumulation_steps", "gradient_clipping")]
+        tuning += [
+            k
+            for k in ds
+            if k
+            not in (
+                "zero_optimization",
+                "bf16",
+                "fp16",
+                "train_batch_size",
+                "train_micro_batch_size_per_gpu",
+                "gradient_accumulation_steps",
+                "gradient_clipping",
+            )
+        ]
         if loaded is not None and tuning:
-            first = min(tuning, key=lambda k: loaded.locate(
-                join_pointer("/zero_optimization", k) if k in zero else f"/{k}", key=True).line or 0)
+            first = min(
+                tuning,
+                key=lambda k: (
+                    loaded.locate(
+                        join_pointer("/zero_optimization", k) if k in zero else f"/{k}", key=True
+                    ).line
+                    or 0
+                ),
+            )
             ptr = join_pointer("/zero_optimization", first) if first in zero else f"/{first}"
-            self.diagnostics.append(make(
-                "FT0901", loaded.locate(ptr, key=True), key=", ".join(tuning),
-                reason="ftspec's compile writes its own DeepSpeed config from the spec; these tuning "
-                       "settings change speed and memory, not the result", severity="info"))
-        for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                    "gradient_clipping"):
+            self.diagnostics.append(
+                make(
+                    "FT0901",
+                    loaded.locate(ptr, key=True),
+                    key=", ".join(tuning),
+                    reason="ftspec's compile writes its own DeepSpeed config from the spec; these tuning "
+                    "settings change speed and memory, not the result",
+                    severity="info",
+                )
+            )
+        for key in (
+            "train_batch_size",
+            "train_micro_batch_size_per_gpu",
+            "gradient_accumulation_steps",
+            "gradient_clipping",
+        ):
             if key in ds and ds[key] != "auto" and loaded is not None:
-                self.diagnostics.append(make(
-                    "FT0901", loaded.locate(f"/{key}", key=True), key=key,
-                    reason="batch sizes and clipping come from the training section", severity="warning",
-                    hint="check that training.micro_batch_size, gradient_accumulation_steps and "
-                         "max_grad_norm say the same"))
+                self.diagnostics.append(
+                    make(
+                        "FT0901",
+                        loaded.locate(f"/{key}", key=True),
+                        key=key,
+                        reason="batch sizes and clipping come from the training section",
+                        severity="warning",
+                        hint="check that training.micro_batch_size, gradient_accumulation_steps and "
+                        "max_grad_norm say the same",
+                    )
+                )
 
     def find_file(self, name: str) -> tuple[Path | None, str]:
         """A file the config names: as given (relative to the config), else beside the config."""
@@ -416,7 +553,8 @@ class Translation:
         suffix += "" if split == "train" else "-" + re.sub(r"[^A-Za-z0-9]+", "_", split).strip("_")
         rel = f"data/{safe}{suffix}.jsonl"
         command = load_table("import_common.json")["hub_export"].format(
-            dataset=dataset, name=f", '{name}'" if name else "", split=split, path=rel)
+            dataset=dataset, name=f", '{name}'" if name else "", split=split, path=rel
+        )
         out_dir = Path(self.options.output).resolve().parent
         if not (out_dir / rel).is_file():
             self.report("FT0904", pointer, dataset=dataset, path=rel, command=command)
@@ -434,18 +572,32 @@ class Translation:
             elif key in handled:
                 continue
             else:
-                self.drop(f"/{key}", f"ftspec has no setting for this {self.label} key",
-                          hint="check whether it changes training; if it does, the imported spec trains differently")
+                self.drop(
+                    f"/{key}",
+                    f"ftspec has no setting for this {self.label} key",
+                    hint="check whether it changes training; if it does, the imported spec trains differently",
+                )
         if self.defaults_written:
-            self.diagnostics.append(make("FT0903", Location(self.source.path, 1, 1, ""), tool=self.label,
-                                         detail=", ".join(self.defaults_written)))
+            self.diagnostics.append(
+                make(
+                    "FT0903",
+                    Location(self.source.path, 1, 1, ""),
+                    tool=self.label,
+                    detail=", ".join(self.defaults_written),
+                )
+            )
 
     def result(self) -> ImportResult:
         from ftspec.compiler.author.importers.render import render
 
         data, text = render(self)
-        return ImportResult(text=text, data=data, diagnostics=self.diagnostics, source=self.source,
-                            extra_sources=self.extra_sources)
+        return ImportResult(
+            text=text,
+            data=data,
+            diagnostics=self.diagnostics,
+            source=self.source,
+            extra_sources=self.extra_sources,
+        )
 
 
 def _stage_from_name(name: str) -> int | None:

@@ -28,8 +28,11 @@ def translate(source: LoadedSpec, options: ImportOptions) -> ImportResult:
 
     stage = t.take("stage", "sft")
     if stage != "sft":
-        t.unsupported("/stage", f"stage: {stage} is not supervised fine-tuning; ftspec runs SFT only",
-                      hint="import the sft stage's config instead")
+        t.unsupported(
+            "/stage",
+            f"stage: {stage} is not supervised fine-tuning; ftspec runs SFT only",
+            hint="import the sft stage's config instead",
+        )
     _model(t)
     t.direct(table["direct"])
     method = _method(t, table)
@@ -43,7 +46,9 @@ def translate(source: LoadedSpec, options: ImportOptions) -> ImportResult:
     ds = t.take("deepspeed")
     if ds:
         t.deepspeed("/deepspeed", ds)
-    t.defaults(table["defaults"], adapter=method != "full", max_steps=t.get("/training/max_steps") is not None)
+    t.defaults(
+        table["defaults"], adapter=method != "full", max_steps=t.get("/training/max_steps") is not None
+    )
     if method != "full" and not t.has("lora_alpha"):
         rank = t.get("/adapter/r", 8)
         t.set("/adapter/alpha", rank * 2, "llamafactory default: lora_alpha = 2 x lora_rank")
@@ -63,9 +68,12 @@ def _model(t: Translation) -> None:
     remote = t.take("trust_remote_code")
     if remote is True:
         t.put("/trust_remote_code", "/model/trust_remote_code", True)
-        t.note("/trust_remote_code", "trust_remote_code: true is kept; `ftspec lint` rejects it unless the "
-               "command is given --allow-remote-code",
-               hint="set it to false if the model's architecture is built into transformers")
+        t.note(
+            "/trust_remote_code",
+            "trust_remote_code: true is kept; `ftspec lint` rejects it unless the "
+            "command is given --allow-remote-code",
+            hint="set it to false if the model's architecture is built into transformers",
+        )
     template = t.take("template")
     if template:
         t.chat_template("/template", template)
@@ -79,29 +87,43 @@ def _method(t: Translation, table: dict) -> str:
     double = t.take("double_quantization")
     target = t.take("lora_target")
     if kind not in ("lora", "full"):
-        t.unsupported("/finetuning_type", f"finetuning_type: {kind} has no equivalent; ftspec trains lora, "
-                      "qlora or full", hint="the spec says method: lora; check that this is what you want")
+        t.unsupported(
+            "/finetuning_type",
+            f"finetuning_type: {kind} has no equivalent; ftspec trains lora, qlora or full",
+            hint="the spec says method: lora; check that this is what you want",
+        )
         kind = "lora"
     if kind == "full":
         for pointer in ("/adapter/r", "/adapter/alpha", "/adapter/dropout", "/adapter/dora"):
             t.unset(pointer)
         t.put("/finetuning_type", "/adapter/method", "full")
         if bits:
-            t.unsupported("/quantization_bit", "a quantized base cannot be fully fine-tuned",
-                          hint="remove quantization_bit or use finetuning_type: lora")
+            t.unsupported(
+                "/quantization_bit",
+                "a quantized base cannot be fully fine-tuned",
+                hint="remove quantization_bit or use finetuning_type: lora",
+            )
         return "full"
     method = "lora"
     if bits:
         if quant_method != "bnb":
-            t.unsupported("/quantization_method", f"quantization_method: {quant_method} has no equivalent; "
-                          "ftspec quantizes with bitsandbytes", hint="use quantization_method: bnb")
+            t.unsupported(
+                "/quantization_method",
+                f"quantization_method: {quant_method} has no equivalent; ftspec quantizes with bitsandbytes",
+                hint="use quantization_method: bnb",
+            )
         if bits in (4, 8):
             method = "qlora"
             t.put("/quantization_bit", "/adapter/quantization/bits", int(bits))
-            t.note("/quantization_bit", f"LoRA over a {bits}-bit bitsandbytes base is method: qlora in ftspec")
+            t.note(
+                "/quantization_bit", f"LoRA over a {bits}-bit bitsandbytes base is method: qlora in ftspec"
+            )
         else:
-            t.unsupported("/quantization_bit", f"{bits}-bit quantization has no equivalent; ftspec "
-                          "quantizes to 4 or 8 bits", hint="use quantization_bit: 4")
+            t.unsupported(
+                "/quantization_bit",
+                f"{bits}-bit quantization has no equivalent; ftspec quantizes to 4 or 8 bits",
+                hint="use quantization_bit: 4",
+            )
         if quant_type in ("nf4", "fp4"):
             t.put("/quantization_type", "/adapter/quantization/quant_type", quant_type)
         if double is not None:
@@ -127,10 +149,16 @@ def _schedule(t: Translation) -> None:
         t.scheduler("/lr_scheduler_type", scheduler)
     if t.get("/training/max_steps") is not None and t.get("/training/epochs") is not None:
         t.unset("/training/epochs")
-        t.note("/num_train_epochs", "max_steps overrides num_train_epochs in transformers; the spec keeps max_steps")
+        t.note(
+            "/num_train_epochs",
+            "max_steps overrides num_train_epochs in transformers; the spec keeps max_steps",
+        )
     if t.get("/training/warmup_steps") and t.get("/training/warmup_ratio") is not None:
         t.unset("/training/warmup_ratio")
-        t.note("/warmup_ratio", "warmup_steps wins over warmup_ratio in transformers; the spec keeps warmup_steps")
+        t.note(
+            "/warmup_ratio",
+            "warmup_steps wins over warmup_ratio in transformers; the spec keeps warmup_steps",
+        )
     elif t.get("/training/warmup_steps") == 0 and t.get("/training/warmup_ratio") is not None:
         t.unset("/training/warmup_steps")
     bf16, fp16, pure = t.take("bf16"), t.take("fp16"), t.take("pure_bf16")
@@ -142,8 +170,11 @@ def _schedule(t: Translation) -> None:
         t.set("/training/precision", "fp32", "llamafactory default: neither bf16 nor fp16 set")
         t.defaults_written.append("training.precision: fp32")
     if t.get("/adapter/method") == "qlora" and t.get("/training/precision") in ("fp16", "fp32"):
-        t.set("/adapter/quantization/compute_dtype", t.get("/training/precision"),
-              "llamafactory computes in the training dtype")
+        t.set(
+            "/adapter/quantization/compute_dtype",
+            t.get("/training/precision"),
+            "llamafactory computes in the training dtype",
+        )
     no_gc = t.take("disable_gradient_checkpointing")
     if no_gc is True:
         t.put("/disable_gradient_checkpointing", "/training/gradient_checkpointing", False)
@@ -151,12 +182,18 @@ def _schedule(t: Translation) -> None:
         t.put("/train_on_prompt", "/training/loss_on", "all")
     if t.take("neat_packing") is True:
         t.put("/neat_packing", "/training/packing", True)
-        t.note("/neat_packing", "neat_packing keeps packed examples from attending to each other; "
-               "ftspec's packing is written as packing: true")
+        t.note(
+            "/neat_packing",
+            "neat_packing keeps packed examples from attending to each other; "
+            "ftspec's packing is written as packing: true",
+        )
     strategy = t.take("eval_strategy")
     if strategy not in (None, "steps", "no"):
-        t.drop("/eval_strategy", f"ftspec evaluates every training.eval_steps steps, not per {strategy}",
-               severity="warning")
+        t.drop(
+            "/eval_strategy",
+            f"ftspec evaluates every training.eval_steps steps, not per {strategy}",
+            severity="warning",
+        )
 
 
 def _cutoff(t: Translation) -> None:
@@ -168,29 +205,44 @@ def _cutoff(t: Translation) -> None:
     if given and "/training/sequence_len" not in t.values:
         return  # not an integer: reported by direct()
     if not given:
-        default = next(e["value"] for e in load_table("import_llamafactory.json")["defaults"]
-                       if e["key"] == "cutoff_len")
+        default = next(
+            e["value"] for e in load_table("import_llamafactory.json")["defaults"] if e["key"] == "cutoff_len"
+        )
         t.set("/training/sequence_len", default, f"llamafactory default cutoff_len: {default}")
     length = t.get("/training/sequence_len")
     where = "/cutoff_len" if given else ""
     said = f"cutoff_len: {length}" if given else f"cutoff_len (unset, LLaMA-Factory's default {length})"
     packed = t.get("/training/packing") is True
     policy = "drop" if packed else "truncate"
-    t.set("/dataset/truncation", policy, (t.origin("/cutoff_len") if given else "llamafactory cutoff_len")
-          + (": packing drops longer examples" if packed else ": cuts longer examples"))
-    detail = (f"{said} is the most tokens LLaMA-Factory keeps of an example, prompt and answer together; "
-              f"it is written as training.sequence_len: {length} with dataset.truncation: {policy}. ")
+    t.set(
+        "/dataset/truncation",
+        policy,
+        (t.origin("/cutoff_len") if given else "llamafactory cutoff_len")
+        + (": packing drops longer examples" if packed else ": cuts longer examples"),
+    )
+    detail = (
+        f"{said} is the most tokens LLaMA-Factory keeps of an example, prompt and answer together; "
+        f"it is written as training.sequence_len: {length} with dataset.truncation: {policy}. "
+    )
     if packed:
-        detail += ("With packing LLaMA-Factory drops every example longer than cutoff_len instead of cutting it, "
-                   "which is ftspec's truncation: drop")
+        detail += (
+            "With packing LLaMA-Factory drops every example longer than cutoff_len instead of cutting it, "
+            "which is ftspec's truncation: drop"
+        )
     else:
-        detail += ("Both cut an example that is too long, but not the same tokens: LLaMA-Factory shortens each "
-                   "turn's prompt or answer, whichever is longer (both in proportion when both are), keeping "
-                   "the beginning of each and dropping the turns that no longer fit, while ftspec cuts the end "
-                   "of the whole conversation, so an answer after a prompt longer than sequence_len is lost "
-                   "and its example dropped")
-    t.note(where, detail, hint="run `ftspec check` to count the examples longer than sequence_len; raise it "
-           "(or use p95) if there are many")
+        detail += (
+            "Both cut an example that is too long, but not the same tokens: LLaMA-Factory shortens each "
+            "turn's prompt or answer, whichever is longer (both in proportion when both are), keeping "
+            "the beginning of each and dropping the turns that no longer fit, while ftspec cuts the end "
+            "of the whole conversation, so an answer after a prompt longer than sequence_len is lost "
+            "and its example dropped"
+        )
+    t.note(
+        where,
+        detail,
+        hint="run `ftspec check` to count the examples longer than sequence_len; raise it "
+        "(or use p95) if there are many",
+    )
 
 
 def _dataset_info(t: Translation) -> tuple[dict | None, LoadedSpec | None, Path]:
@@ -205,13 +257,16 @@ def _dataset_info(t: Translation) -> tuple[dict | None, LoadedSpec | None, Path]
     return None, None, folder
 
 
-def _one_dataset(t: Translation, pointer: str, name: str, info: dict | None, info_src: LoadedSpec | None,
-                 folder: Path) -> tuple[str | None, str | None]:
+def _one_dataset(
+    t: Translation, pointer: str, name: str, info: dict | None, info_src: LoadedSpec | None, folder: Path
+) -> tuple[str | None, str | None]:
     if info is None:  # a name in LLaMA-Factory's own data/dataset_info.json; its default formatting is alpaca
         return f"data/{name}.jsonl", "alpaca"
     entry = info.get(name)
     if not isinstance(entry, dict):
-        t.unsupported(pointer, f"dataset '{name}' is not in {info_src.path}", hint="add it to dataset_info.json")
+        t.unsupported(
+            pointer, f"dataset '{name}' is not in {info_src.path}", hint="add it to dataset_info.json"
+        )
         return None, None
     entry_ptr = f"/{name}"
     formatting = entry.get("formatting", "alpaca")
@@ -219,9 +274,15 @@ def _one_dataset(t: Translation, pointer: str, name: str, info: dict | None, inf
     tags = entry.get("tags") or {}
     fmt = _format(formatting, columns, tags)
     if fmt is None:
-        t.diagnostics.append(_unsupported_at(info_src, entry_ptr, f"dataset '{name}' has formatting "
-                             f"{formatting} with columns {describe(columns)}; ftspec reads chatml, sharegpt "
-                             "or alpaca records with their usual field names"))
+        t.diagnostics.append(
+            _unsupported_at(
+                info_src,
+                entry_ptr,
+                f"dataset '{name}' has formatting "
+                f"{formatting} with columns {describe(columns)}; ftspec reads chatml, sharegpt "
+                "or alpaca records with their usual field names",
+            )
+        )
     if entry.get("file_name"):
         path = folder / str(entry["file_name"])
         if path.is_file():
@@ -229,8 +290,14 @@ def _one_dataset(t: Translation, pointer: str, name: str, info: dict | None, inf
         if path.is_dir():
             t.unsupported(pointer, f"dataset '{name}' is a folder ({path}); ftspec reads one file per entry")
             return None, fmt
-        t.report("FT0907", pointer, key=f"dataset {name}", path=entry["file_name"], looked=f"looked in {folder}",
-                 consequence="the spec names the path it should be at")
+        t.report(
+            "FT0907",
+            pointer,
+            key=f"dataset {name}",
+            path=entry["file_name"],
+            looked=f"looked in {folder}",
+            consequence="the spec names the path it should be at",
+        )
         return t.spec_path(path), fmt
     hub = entry.get("hf_hub_url") or entry.get("ms_hub_url")
     if hub:
@@ -242,14 +309,27 @@ def _one_dataset(t: Translation, pointer: str, name: str, info: dict | None, inf
 def _unsupported_at(source: LoadedSpec, pointer: str, detail: str):
     from ftspec.compiler.core.diagnostics import make
 
-    return make("FT0906", source.locate(pointer, key=True), detail=detail,
-                hint="convert the records to one of those formats")
+    return make(
+        "FT0906",
+        source.locate(pointer, key=True),
+        detail=detail,
+        hint="convert the records to one of those formats",
+    )
 
 
 def _format(formatting: str, columns: dict, tags: dict) -> str | None:
     if formatting == "alpaca":
-        renamed = {k: v for k, v in columns.items() if (k, v) not in (
-            ("prompt", "instruction"), ("query", "input"), ("response", "output"), ("system", "system"))}
+        renamed = {
+            k: v
+            for k, v in columns.items()
+            if (k, v)
+            not in (
+                ("prompt", "instruction"),
+                ("query", "input"),
+                ("response", "output"),
+                ("system", "system"),
+            )
+        }
         return "alpaca" if not renamed else None
     if formatting == "sharegpt":
         messages = columns.get("messages", "conversations")
@@ -271,10 +351,15 @@ def _datasets(t: Translation) -> None:
         return
     info, info_src, folder = _dataset_info(t)
     if info is None:
-        t.report("FT0907", "/dataset", key="dataset", path="dataset_info.json",
-                 looked=f"looked in {folder} and beside the config",
-                 consequence="each dataset name is written as data/<name>.jsonl in alpaca format "
-                             "(LLaMA-Factory's default formatting): export each dataset to that path")
+        t.report(
+            "FT0907",
+            "/dataset",
+            key="dataset",
+            path="dataset_info.json",
+            looked=f"looked in {folder} and beside the config",
+            consequence="each dataset name is written as data/<name>.jsonl in alpaca format "
+            "(LLaMA-Factory's default formatting): export each dataset to that path",
+        )
     names = [n.strip() for n in str(names_raw).split(",") if n.strip()]
     paths, formats = [], []
     for name in names:
@@ -285,22 +370,34 @@ def _datasets(t: Translation) -> None:
             formats.append(fmt)
     distinct = list(dict.fromkeys(formats))
     if len(distinct) > 1:
-        t.unsupported("/dataset", "the datasets mix formats (" + ", ".join(distinct) + "); a spec reads one format",
-                      hint="convert every file to one format")
+        t.unsupported(
+            "/dataset",
+            "the datasets mix formats (" + ", ".join(distinct) + "); a spec reads one format",
+            hint="convert every file to one format",
+        )
     if distinct:
-        t.set("/dataset/format", distinct[0], t.origin("/dataset") + (" via dataset_info.json" if info else ""))
+        t.set(
+            "/dataset/format", distinct[0], t.origin("/dataset") + (" via dataset_info.json" if info else "")
+        )
     if paths:
         t.set("/dataset/train", paths[0] if len(paths) == 1 else paths, t.origin("/dataset"))
     if eval_raw:
         eval_names = [n.strip() for n in str(eval_raw).split(",") if n.strip()]
         path, _ = _one_dataset(t, "/eval_dataset", eval_names[0], info, info_src, folder)
         if len(eval_names) > 1:
-            t.drop("/eval_dataset", "ftspec evaluates on one held-out file; only the first is kept",
-                   severity="warning")
+            t.drop(
+                "/eval_dataset",
+                "ftspec evaluates on one held-out file; only the first is kept",
+                severity="warning",
+            )
         if path:
             t.set("/dataset/eval", path, t.origin("/eval_dataset"))
         if val:
-            t.drop("/val_size", "eval_dataset is the held-out set; a spec has eval or eval_split", severity="warning")
+            t.drop(
+                "/val_size",
+                "eval_dataset is the held-out set; a spec has eval or eval_split",
+                severity="warning",
+            )
     elif val is not None:
         out_dir = Path(t.options.output).resolve().parent
         t.eval_split("/val_size", val, [out_dir / p for p in paths])
@@ -317,6 +414,8 @@ def _report_to(t: Translation) -> None:
     if kept:
         t.put("/report_to", "/output/report_to", kept)
     if lost or "all" in items:
-        t.drop("/report_to", f"{', '.join(lost or ['all'])} is not supported; ftspec reports to "
-               "tensorboard, mlflow or none", severity="warning")
-
+        t.drop(
+            "/report_to",
+            f"{', '.join(lost or ['all'])} is not supported; ftspec reports to tensorboard, mlflow or none",
+            severity="warning",
+        )

@@ -31,7 +31,9 @@ def translate(source: LoadedSpec, options: ImportOptions) -> ImportResult:
     _optimizer(t, table)
     _schedule(t)
     _output(t, method)
-    t.defaults(table["defaults"], adapter=method != "full", max_steps=t.get("/training/max_steps") is not None)
+    t.defaults(
+        table["defaults"], adapter=method != "full", max_steps=t.get("/training/max_steps") is not None
+    )
     t.hardware()
     t.finish(table["ignored"], set())
     return t.result()
@@ -47,8 +49,12 @@ def _model(t: Translation, table: dict) -> str:
     builder = _component(model)
     match = _BUILDER.match(builder)
     if not match:
-        t.report("FT0909", "/model", detail=f"model builder {builder or '(none)'} is not a torchtune model builder",
-                 hint="the config needs model._component_ such as torchtune.models.llama3_1.lora_llama3_1_8b")
+        t.report(
+            "FT0909",
+            "/model",
+            detail=f"model builder {builder or '(none)'} is not a torchtune model builder",
+            hint="the config needs model._component_ such as torchtune.models.llama3_1.lora_llama3_1_8b",
+        )
         return "lora"
     prefix, name = match.group("prefix") or "", match.group("name")
     method = {"lora_": "lora", "qlora_": "qlora", "": "full"}[prefix]
@@ -61,12 +67,19 @@ def _model(t: Translation, table: dict) -> str:
         chosen = _catalog_match(Path(str(folder)).name if folder else "", hub)
         t.set("/model/id", chosen, f"torchtune {builder.rsplit('.', 1)[-1]}, line {t.line('/model')}")
         if folder:
-            t.note("/checkpointer/checkpoint_dir", f"torchtune reads the weights from {folder}, which is not "
-                   f"here; the spec names the Hub model they were downloaded from ({chosen})",
-                   hint="set model.id to a local folder holding config.json to train from local weights")
+            t.note(
+                "/checkpointer/checkpoint_dir",
+                f"torchtune reads the weights from {folder}, which is not "
+                f"here; the spec names the Hub model they were downloaded from ({chosen})",
+                hint="set model.id to a local folder holding config.json to train from local weights",
+            )
     else:
-        t.report("FT0909", "/model/_component_", detail=f"model builder {builder} is not in ftspec's table of "
-                 "torchtune models", hint="set model.id in the written spec")
+        t.report(
+            "FT0909",
+            "/model/_component_",
+            detail=f"model builder {builder} is not in ftspec's table of torchtune models",
+            hint="set model.id in the written spec",
+        )
     t.set("/adapter/method", method, t.origin("/model/_component_"))
     if not isinstance(model, dict):
         return method
@@ -86,8 +99,11 @@ def _model(t: Translation, table: dict) -> str:
             method = "qlora"
             t.set("/adapter/method", "qlora", t.origin(ptr))
         elif value is not None:
-            t.drop(ptr, "ftspec has no setting for this builder argument",
-                   hint="check whether it changes the model or the adapter")
+            t.drop(
+                ptr,
+                "ftspec has no setting for this builder argument",
+                hint="check whether it changes the model or the adapter",
+            )
     if method == "qlora":
         t.set("/adapter/quantization/bits", 4, t.origin("/model/_component_"))
     if method != "full":
@@ -113,7 +129,11 @@ def _targets(t: Translation, model: dict, table: dict) -> None:
     for module in attn:
         mapped = names.get(str(module))
         if mapped is None:
-            t.drop("/model/lora_attn_modules", f"module {module} has no Hugging Face equivalent", severity="warning")
+            t.drop(
+                "/model/lora_attn_modules",
+                f"module {module} has no Hugging Face equivalent",
+                severity="warning",
+            )
         else:
             targets.append(mapped)
     if model.get("apply_lora_to_mlp"):
@@ -125,8 +145,12 @@ def _targets(t: Translation, model: dict, table: dict) -> None:
         t.set("/adapter/target_modules", "all-linear", t.origin("/model/lora_attn_modules"))
     elif targets:
         t.set("/adapter/target_modules", targets, t.origin("/model/lora_attn_modules"))
-        t.note("/model/lora_attn_modules", "torchtune module names are written as their Hugging Face names "
-               "(output_proj = o_proj, w1/w3/w2 = gate_proj/up_proj/down_proj)", once=True)
+        t.note(
+            "/model/lora_attn_modules",
+            "torchtune module names are written as their Hugging Face names "
+            "(output_proj = o_proj, w1/w3/w2 = gate_proj/up_proj/down_proj)",
+            once=True,
+        )
 
 
 def _split(value: object) -> tuple[str, float | None, float | None] | None:
@@ -146,12 +170,18 @@ def _dataset(t: Translation, table: dict) -> None:
     builder = _component(ds)
     entry = table["datasets"].get(builder)
     if not isinstance(ds, dict) or entry is None:
-        t.unsupported("/dataset", f"dataset builder {builder or describe(ds)} has no equivalent; ftspec reads "
-                      "chatml, sharegpt or alpaca JSON Lines files", hint="export the data to one of those formats")
+        t.unsupported(
+            "/dataset",
+            f"dataset builder {builder or describe(ds)} has no equivalent; ftspec reads "
+            "chatml, sharegpt or alpaca JSON Lines files",
+            hint="export the data to one of those formats",
+        )
         return
     split = _split(ds.get("split"))
     if split is None:
-        t.unsupported("/dataset/split", f"split {ds.get('split')} is not a percentage slice ftspec can rebuild")
+        t.unsupported(
+            "/dataset/split", f"split {ds.get('split')} is not a percentage slice ftspec can rebuild"
+        )
         split = ("train", None, None)
     fmt = entry["format"]
     if builder == "torchtune.datasets.chat_dataset":
@@ -181,17 +211,28 @@ def _dataset(t: Translation, table: dict) -> None:
     if held_out:
         if 0 < held_out < 0.5:
             t.set("/dataset/eval_split", held_out, t.origin("/dataset/split"))
-            t.note("/dataset/split", f"split {ds.get('split')} holds out the last {held_out:.0%} in file order; "
-                   f"ftspec's eval_split: {held_out} holds out a random {held_out:.0%} drawn with training.seed")
+            t.note(
+                "/dataset/split",
+                f"split {ds.get('split')} holds out the last {held_out:.0%} in file order; "
+                f"ftspec's eval_split: {held_out} holds out a random {held_out:.0%} drawn with training.seed",
+            )
         else:
-            t.drop("/dataset/split", f"holding out {held_out:.0%} is outside eval_split's range (0-50%)",
-                   severity="warning")
+            t.drop(
+                "/dataset/split",
+                f"holding out {held_out:.0%} is outside eval_split's range (0-50%)",
+                severity="warning",
+            )
     if isinstance(val, dict) and _component(val) == builder and held_out:
-        t.note("/dataset_val", f"dataset_val reads the held-out {held_out:.0%} of the same data: it is "
-               "dataset.eval_split")
+        t.note(
+            "/dataset_val",
+            f"dataset_val reads the held-out {held_out:.0%} of the same data: it is dataset.eval_split",
+        )
     elif isinstance(val, dict):
-        t.drop("/dataset_val", "ftspec's held-out set comes from the same data (eval_split) or a local file "
-               "(dataset.eval)", severity="warning")
+        t.drop(
+            "/dataset_val",
+            "ftspec's held-out set comes from the same data (eval_split) or a local file (dataset.eval)",
+            severity="warning",
+        )
     for key, value in ds.items():
         ptr = f"/dataset/{key}"
         if key in ("_component_", "split", "source", "data_files", "conversation_style"):
@@ -203,11 +244,16 @@ def _dataset(t: Translation, table: dict) -> None:
             if value is not None:
                 t.set("/training/loss_on", "all" if value is True else "assistant", t.origin(ptr))
         elif value is not None:
-            t.drop(ptr, "ftspec has no per-dataset setting for it", hint="check whether it changes the examples")
+            t.drop(
+                ptr, "ftspec has no per-dataset setting for it", hint="check whether it changes the examples"
+            )
     _dataset_defaults(t, builder, ds, entry)
     if fmt == "alpaca":
-        t.note("/dataset/_component_", "torchtune's alpaca prompt puts a non-empty input under its own "
-               "'### Input:' heading; ftspec's alpaca template folds the input into the instruction block")
+        t.note(
+            "/dataset/_component_",
+            "torchtune's alpaca prompt puts a non-empty input under its own "
+            "'### Input:' heading; ftspec's alpaca template folds the input into the instruction block",
+        )
 
 
 def _dataset_defaults(t: Translation, builder: str, ds: dict, entry: dict) -> None:
@@ -215,20 +261,29 @@ def _dataset_defaults(t: Translation, builder: str, ds: dict, entry: dict) -> No
     datasets.<builder>.defaults). alpaca_dataset and alpaca_cleaned_dataset train on the prompt too
     (train_on_input=True), which is ftspec's loss_on: all, not its default assistant-only loss."""
     name = builder.rsplit(".", 1)[-1]
-    fields = {"train_on_input": ("/training/loss_on", lambda v: "all" if v else "assistant"),
-              "packed": ("/training/packing", bool)}
+    fields = {
+        "train_on_input": ("/training/loss_on", lambda v: "all" if v else "assistant"),
+        "packed": ("/training/packing", bool),
+    }
     for key, default in entry.get("defaults", {}).items():
         if ds.get(key) is not None or key not in fields:
             continue
         field, convert = fields[key]
         value = convert(default)
-        written = t.peer_default(field, value, f"torchtune default for unset dataset.{key} ({name}: {default})",
-                                 f"torchtune's {name} defaults to {key}={default}")
+        written = t.peer_default(
+            field,
+            value,
+            f"torchtune default for unset dataset.{key} ({name}: {default})",
+            f"torchtune's {name} defaults to {key}={default}",
+        )
         if written and key == "train_on_input":
-            t.note("/dataset/_component_", f"torchtune's {name} trains on the prompt as well as the answer "
-                   f"(train_on_input defaults to True); the spec writes training.loss_on: all so the loss "
-                   "stays the same, where ftspec's default (assistant) would train on the answers only",
-                   hint="set training.loss_on: assistant to train on the answers only")
+            t.note(
+                "/dataset/_component_",
+                f"torchtune's {name} trains on the prompt as well as the answer "
+                f"(train_on_input defaults to True); the spec writes training.loss_on: all so the loss "
+                "stays the same, where ftspec's default (assistant) would train on the answers only",
+                hint="set training.loss_on: assistant to train on the answers only",
+            )
 
 
 def _optimizer(t: Translation, table: dict) -> None:
@@ -236,8 +291,13 @@ def _optimizer(t: Translation, table: dict) -> None:
     builder = _component(opt)
     entry = table["optimizers"].get(builder)
     if entry is None or entry["to"] is None:
-        t.changed("/optimizer/_component_" if builder else "/optimizer", builder or opt, "/training/optimizer",
-                  "adamw_torch", "ftspec's optimizers are AdamW (torch, 8-bit, paged) and SGD")
+        t.changed(
+            "/optimizer/_component_" if builder else "/optimizer",
+            builder or opt,
+            "/training/optimizer",
+            "adamw_torch",
+            "ftspec's optimizers are AdamW (torch, 8-bit, paged) and SGD",
+        )
         t.set("/training/optimizer", "adamw_torch", f"replaces torchtune {builder} (not supported)")
     else:
         t.set("/training/optimizer", entry["to"], t.origin("/optimizer/_component_"))
@@ -267,11 +327,19 @@ def _optimizer_defaults(t: Translation, builder: str, opt: dict, entry: dict | N
     for key, default in ((entry or {}).get("defaults") or {}).items():
         if opt.get(key) is not None or key not in fields:
             continue
-        t.peer_default(fields[key], default, f"torchtune default for unset optimizer.{key} ({builder}: {default})",
-                       f"{name}'s default {key}")
+        t.peer_default(
+            fields[key],
+            default,
+            f"torchtune default for unset optimizer.{key} ({builder}: {default})",
+            f"{name}'s default {key}",
+        )
     if opt.get("lr") is None and "/training/learning_rate" not in t.values:
-        t.note("/optimizer", f"the config sets no optimizer.lr and ftspec does not know {builder or 'its'} "
-               "default; the spec uses ftspec's learning_rate", hint="set training.learning_rate")
+        t.note(
+            "/optimizer",
+            f"the config sets no optimizer.lr and ftspec does not know {builder or 'its'} "
+            "default; the spec uses ftspec's learning_rate",
+            hint="set training.learning_rate",
+        )
 
 
 def _schedule(t: Translation) -> None:
@@ -288,25 +356,41 @@ def _schedule(t: Translation) -> None:
             if key == "num_warmup_steps":
                 t.set("/training/warmup_steps", int(value), t.origin(f"/lr_scheduler/{key}"))
             elif key != "_component_":
-                t.drop(f"/lr_scheduler/{key}", "ftspec's cosine schedule takes no other arguments", severity="warning")
+                t.drop(
+                    f"/lr_scheduler/{key}",
+                    "ftspec's cosine schedule takes no other arguments",
+                    severity="warning",
+                )
         if "num_warmup_steps" not in sched:
             t.set("/training/warmup_steps", 0, "torchtune scheduler without num_warmup_steps")
     else:
-        t.changed("/lr_scheduler/_component_", builder, "/training/scheduler", "cosine",
-                  "ftspec's schedules are cosine, linear, constant and constant_with_warmup")
+        t.changed(
+            "/lr_scheduler/_component_",
+            builder,
+            "/training/scheduler",
+            "cosine",
+            "ftspec's schedules are cosine, linear, constant and constant_with_warmup",
+        )
         t.set("/training/scheduler", "cosine", f"replaces torchtune {builder}")
     epochs, per_epoch = t.take("epochs"), t.take("max_steps_per_epoch")
     if epochs is not None:
         t.set("/training/epochs", epochs, t.origin("/epochs"))
     if per_epoch is not None:
         total = int(per_epoch) * int(epochs or 1)
-        t.changed("/max_steps_per_epoch", per_epoch, "/training/max_steps", total,
-                  "ftspec caps the whole run, not each epoch; equal when every epoch reaches the cap")
+        t.changed(
+            "/max_steps_per_epoch",
+            per_epoch,
+            "/training/max_steps",
+            total,
+            "ftspec caps the whole run, not each epoch; equal when every epoch reaches the cap",
+        )
         t.set("/training/max_steps", total, t.origin("/max_steps_per_epoch"))
         t.unset("/training/epochs")
-    for key, target in (("batch_size", "/training/micro_batch_size"),
-                        ("gradient_accumulation_steps", "/training/gradient_accumulation_steps"),
-                        ("log_every_n_steps", "/training/logging_steps")):
+    for key, target in (
+        ("batch_size", "/training/micro_batch_size"),
+        ("gradient_accumulation_steps", "/training/gradient_accumulation_steps"),
+        ("log_every_n_steps", "/training/logging_steps"),
+    ):
         value = t.take(key)
         if value is not None:
             t.set(target, int(value), t.origin(f"/{key}"))
@@ -315,8 +399,11 @@ def _schedule(t: Translation) -> None:
         t.set("/training/max_grad_norm", float(clip), t.origin("/clip_grad_norm"))
     seed = t.take("seed")
     if seed is None:
-        t.note("/seed" if "seed" in t.config else "", "torchtune picks a random seed when seed is null; "
-               "the spec keeps ftspec's fixed seed (training.seed: 42) so runs repeat")
+        t.note(
+            "/seed" if "seed" in t.config else "",
+            "torchtune picks a random seed when seed is null; "
+            "the spec keeps ftspec's fixed seed (training.seed: 42) so runs repeat",
+        )
     else:
         t.set("/training/seed", int(seed), t.origin("/seed"))
     dtype = t.take("dtype", "bf16")
@@ -324,7 +411,11 @@ def _schedule(t: Translation) -> None:
     if precision is None:
         t.changed("/dtype", dtype, "/training/precision", "bf16", "torchtune trains in bf16 or fp32")
         precision = "bf16"
-    t.set("/training/precision", precision, t.origin("/dtype") if "dtype" in t.config else "torchtune default dtype")
+    t.set(
+        "/training/precision",
+        precision,
+        t.origin("/dtype") if "dtype" in t.config else "torchtune default dtype",
+    )
     ac = t.take("enable_activation_checkpointing")
     if ac is not None:
         t.set("/training/gradient_checkpointing", bool(ac), t.origin("/enable_activation_checkpointing"))
@@ -336,10 +427,12 @@ def _schedule(t: Translation) -> None:
         if tokenizer.get("max_seq_len"):
             t.set("/training/sequence_len", int(tokenizer["max_seq_len"]), t.origin("/tokenizer/max_seq_len"))
         else:
-            t.note("/tokenizer/max_seq_len" if "max_seq_len" in tokenizer else "/tokenizer",
-                   "torchtune does not truncate when max_seq_len is null; ftspec truncates at "
-                   "training.sequence_len (2048 by default)",
-                   hint="run `ftspec check` for the longest example and raise sequence_len (or use p95)")
+            t.note(
+                "/tokenizer/max_seq_len" if "max_seq_len" in tokenizer else "/tokenizer",
+                "torchtune does not truncate when max_seq_len is null; ftspec truncates at "
+                "training.sequence_len (2048 by default)",
+                hint="run `ftspec check` for the longest example and raise sequence_len (or use p95)",
+            )
 
 
 def _output(t: Translation, method: str) -> None:
@@ -351,13 +444,22 @@ def _output(t: Translation, method: str) -> None:
         if only is True:
             t.set("/output/save", "adapter", t.origin("/save_adapter_weights_only"))
         else:
-            t.set("/output/save", "both", t.origin("/save_adapter_weights_only") if only is False
-                  else "torchtune default: adapter and merged weights")
+            t.set(
+                "/output/save",
+                "both",
+                t.origin("/save_adapter_weights_only")
+                if only is False
+                else "torchtune default: adapter and merged weights",
+            )
     logger = _component(t.config.get("metric_logger"))
     if logger.endswith("TensorBoardLogger"):
         t.set("/output/report_to", ["tensorboard"], t.origin("/metric_logger/_component_"))
     elif logger.endswith(("WandBLogger", "CometLogger")):
-        t.drop("/metric_logger/_component_", f"{logger.rsplit('.', 1)[-1]} is not supported; ftspec reports to "
-               "metrics.jsonl, tensorboard or mlflow", severity="warning")
+        t.drop(
+            "/metric_logger/_component_",
+            f"{logger.rsplit('.', 1)[-1]} is not supported; ftspec reports to "
+            "metrics.jsonl, tensorboard or mlflow",
+            severity="warning",
+        )
     elif logger.endswith("MLFlowLogger"):
         t.set("/output/report_to", ["mlflow"], t.origin("/metric_logger/_component_"))

@@ -54,8 +54,15 @@ class Source:
     readable: bool = True
 
     def to_json(self) -> dict:
-        out = {"split": self.split, "path": self.written, "file": self.display, "layout": self.layout,
-               "records": self.records, "usable": self.usable, "sha256": self.sha256}
+        out = {
+            "split": self.split,
+            "path": self.written,
+            "file": self.display,
+            "layout": self.layout,
+            "records": self.records,
+            "usable": self.usable,
+            "sha256": self.sha256,
+        }
         if self.fraction is not None:
             out["fraction"] = self.fraction
         return out
@@ -99,8 +106,13 @@ def _sources(spec: LoadedSpec, dataset: dict) -> list[Source]:
                 entries.append((item, f"/dataset/train/{i}", None))
             elif isinstance(item, dict) and isinstance(item.get("path"), str):
                 fraction = item.get("fraction")
-                entries.append((item["path"], f"/dataset/train/{i}/path",
-                                float(fraction) if isinstance(fraction, (int, float)) else None))
+                entries.append(
+                    (
+                        item["path"],
+                        f"/dataset/train/{i}/path",
+                        float(fraction) if isinstance(fraction, (int, float)) else None,
+                    )
+                )
     for written, pointer, fraction in entries:
         out.append(Source("train", written, pointer, base / written, _display(spec, written), fraction))
     if isinstance(dataset.get("eval"), str):
@@ -134,18 +146,28 @@ class _Check:
         self.dedup_mode = self.checks.get("dedup", "exact")
         # Near duplicates skip records that are exact ones, so they need each answer at once; else
         # duplicates are found in bulk after the pass (data_dedup.ExactDedup, deferred mode).
-        self.exact = (ExactDedup(deferred=self.dedup_mode == "exact" and data_fast.np is not None)
-                      if self.dedup_mode in ("exact", "near") else None)
-        self.near = (NearDedup(float(self.checks.get("near_dup_threshold", 0.9)))
-                     if self.dedup_mode == "near" else None)
+        self.exact = (
+            ExactDedup(deferred=self.dedup_mode == "exact" and data_fast.np is not None)
+            if self.dedup_mode in ("exact", "near")
+            else None
+        )
+        self.near = (
+            NearDedup(float(self.checks.get("near_dup_threshold", 0.9)))
+            if self.dedup_mode == "near"
+            else None
+        )
         self.dup_pairs: list[tuple[tuple[int, int], tuple[int, int], str]] = []
         has_eval = any(s.split == "eval" for s in self.sources)
-        self.contamination = Contamination(int(self.checks.get("contamination_ngram", 13))) if has_eval else None
+        self.contamination = (
+            Contamination(int(self.checks.get("contamination_ngram", 13))) if has_eval else None
+        )
         self.render_samples = int(self.checks.get("render_samples", 5))
         self.sample_msgs: list[tuple[tuple[int, int], Messages]] = []
         seq = self.training.get("sequence_len", 2048)
         self.seq_p95 = seq == "p95"
-        self.lengths = LengthStats(None if self.seq_p95 else int(seq), self.dataset.get("truncation", "truncate"))
+        self.lengths = LengthStats(
+            None if self.seq_p95 else int(seq), self.dataset.get("truncation", "truncate")
+        )
         self._pending: list[tuple[tuple[int, int], str, list[tuple[int, int]]]] = []
         self.parallel_workers = 0  # > 0: a large file was checked by worker processes
         self.pinned = self._pinned_sources()  # files whose SHA-256 a pin needs (no one else reads it)
@@ -153,7 +175,9 @@ class _Check:
 
     # --- findings -------------------------------------------------------------------------------
 
-    def _record(self, code: str, src_index: int, line: int, fields: dict, severity: str | None = None) -> None:
+    def _record(
+        self, code: str, src_index: int, line: int, fields: dict, severity: str | None = None
+    ) -> None:
         """A finding about one record; listed up to MAX_LISTED per code and file, always counted."""
         name = self._names[code]
         counts = self.errors if (severity or self._severity[code]) == "error" else self.warnings
@@ -193,24 +217,39 @@ class _Check:
         elif model_dir is not None:
             info = ct.model_template(model_dir)
             if info is None:
-                self._spec_finding("FT0551", "/model/chat_template", severity="error",
-                                   detail=f"{model_dir} has no chat_template.jinja and no chat_template in "
-                                          "tokenizer_config.json", fallback="chatml")
+                self._spec_finding(
+                    "FT0551",
+                    "/model/chat_template",
+                    severity="error",
+                    detail=f"{model_dir} has no chat_template.jinja and no chat_template in "
+                    "tokenizer_config.json",
+                    fallback="chatml",
+                )
             else:
-                extra_markers = [t for t in (model_special.get("bos_token"), model_special.get("eos_token")) if t]
+                extra_markers = [
+                    t for t in (model_special.get("bos_token"), model_special.get("eos_token")) if t
+                ]
         elif model_id.startswith("builtin:"):
             self.template_note = f"{model_id} uses the ChatML template"
         else:
-            self._spec_finding("FT0551", "/model/chat_template",
-                               detail=f"model.id {model_id!r} is not a local folder (no hub access during check)",
-                               fallback="chatml")
+            self._spec_finding(
+                "FT0551",
+                "/model/chat_template",
+                detail=f"model.id {model_id!r} is not a local folder (no hub access during check)",
+                fallback="chatml",
+            )
         if info is None:
             info = ct.builtin_template("chatml")
         self.info = info
         self.special = {**info.special_tokens, **model_special}
         terminator = info.terminator_text(self.special)
-        self.terminators = (terminator,) if terminator and info.name != "model" else tuple(
-            dict.fromkeys([t for t in (self.special.get("eos_token"),) if t] + list(KNOWN_TERMINATORS)))
+        self.terminators = (
+            (terminator,)
+            if terminator and info.name != "model"
+            else tuple(
+                dict.fromkeys([t for t in (self.special.get("eos_token"),) if t] + list(KNOWN_TERMINATORS))
+            )
+        )
         self.template_origin = info.name if info.name != "model" else info.origin
         self.leaks = LeakScanner(list(ct.all_markers()) + extra_markers)
         self.template_ok = True
@@ -218,8 +257,12 @@ class _Check:
             ct.compile_template(info.source)
         except ct.TemplateError as exc:
             self.template_ok = False
-            self._spec_finding("FT0550", "/model/chat_template", origin=self.template_origin,
-                               detail=exc.message + (f" (template line {exc.line})" if exc.line else ""))
+            self._spec_finding(
+                "FT0550",
+                "/model/chat_template",
+                origin=self.template_origin,
+                detail=exc.message + (f" (template line {exc.line})" if exc.line else ""),
+            )
         self.generation = ct.has_generation_blocks(info.source)
         self.check_labels = self.template_ok and self.loss_on == "assistant" and self.generation
         if self.template_ok and self.loss_on == "assistant" and not self.generation:
@@ -233,8 +276,9 @@ class _Check:
         if self.template_ok:
             probe = [("system", ""), ("user", ""), ("assistant", "")]
             try:
-                text = ct.render(info.source, [{"role": r, "content": c} for r, c in probe],
-                                 special_tokens=self.special).text
+                text = ct.render(
+                    info.source, [{"role": r, "content": c} for r, c in probe], special_tokens=self.special
+                ).text
                 self.estimator = Estimator(text, list(info.markers) + list(self.terminators), len(probe))
             except ct.TemplateError:
                 pass
@@ -362,14 +406,25 @@ class _Check:
     def _fast_config(self, src_index: int) -> data_fast.FastConfig | None:
         """The fast path covers what is checked on every record of a ChatML training file when no
         per-record text work is needed (near duplicates, contamination, rendering each record)."""
-        if (not data_fast.AVAILABLE or self.fmt != "chatml" or self.sources[src_index].split != "train"
-                or self.near is not None or self.contamination is not None or self.render_all
-                or os.environ.get("FTSPEC_DATA_FAST") == "0"):
+        if (
+            not data_fast.AVAILABLE
+            or self.fmt != "chatml"
+            or self.sources[src_index].split != "train"
+            or self.near is not None
+            or self.contamination is not None
+            or self.render_all
+            or os.environ.get("FTSPEC_DATA_FAST") == "0"
+        ):
             return None
-        return data_fast.FastConfig(markers=self.leaks.markers, estimator=self.estimator,
-                                    limit=self.lengths.limit, loss_all=self.loss_on == "all",
-                                    policy=self.policy, samples=self.render_samples,
-                                    dedup=self.exact is not None)
+        return data_fast.FastConfig(
+            markers=self.leaks.markers,
+            estimator=self.estimator,
+            limit=self.lengths.limit,
+            loss_all=self.loss_on == "all",
+            policy=self.policy,
+            samples=self.render_samples,
+            dedup=self.exact is not None,
+        )
 
     def _scan_fast(self, src_index: int, reader: RecordReader, cfg: data_fast.FastConfig, one) -> int:
         """Scan a JSON Lines file in blocks; lines the fast path is not sure of go through `one`, in
@@ -383,8 +438,11 @@ class _Check:
 
             digest: dict[str, str] = {}
             # The SHA-256 cannot be split across workers: hash the file on the side while they work.
-            hasher = (threading.Thread(target=lambda: digest.setdefault("sha256", file_sha256(reader.path)))
-                      if reader.digest else None)
+            hasher = (
+                threading.Thread(target=lambda: digest.setdefault("sha256", file_sha256(reader.path)))
+                if reader.digest
+                else None
+            )
             with data_fast.start_pool(workers) as pool:  # before the thread: fork copies only this one
                 if hasher is not None:
                     hasher.start()
@@ -398,8 +456,11 @@ class _Check:
             self.parallel_workers = max(self.parallel_workers, workers)
             return clean
         try:
-            blocks = (block for data, end in reader.line_blocks(data_fast.BLOCK_BYTES)
-                      for block in data_fast.scan_blocks(data, cfg, end))
+            blocks = (
+                block
+                for data, end in reader.line_blocks(data_fast.BLOCK_BYTES)
+                for block in data_fast.scan_blocks(data, cfg, end)
+            )
             return self._take_blocks(src_index, blocks, one)
         finally:
             data_fast.release_scratch()
@@ -435,8 +496,11 @@ class _Check:
         lines = block.lines
         if self.exact is not None:  # deferred mode (the fast path runs without near duplicates)
             part, np = lines[a:b], data_fast.np
-            places = (np.arange(base + part.start, base + part.stop) if isinstance(part, range)
-                      else np.asarray(part, np.int64) + base)
+            places = (
+                np.arange(base + part.start, base + part.stop)
+                if isinstance(part, range)
+                else np.asarray(part, np.int64) + base
+            )
             self.exact.add_block(block.hashes[a * DIGEST : b * DIGEST], src_index, places)
         if self.policy == "consistent":
             for flag in (True, False):
@@ -466,10 +530,15 @@ class _Check:
 
     def _render_record(self, where: tuple[int, int], messages: Messages) -> None:
         try:
-            rendered = ct.render(self.info.source, [{"role": r, "content": c} for r, c in messages],
-                                 special_tokens=self.special)
+            rendered = ct.render(
+                self.info.source,
+                [{"role": r, "content": c} for r, c in messages],
+                special_tokens=self.special,
+            )
         except ct.TemplateError as exc:
-            self._record("FT0550", where[0], where[1], {"origin": self.template_origin, "detail": exc.message})
+            self._record(
+                "FT0550", where[0], where[1], {"origin": self.template_origin, "detail": exc.message}
+            )
             return
         if self.check_labels:
             for code, fields in self.label_problems(messages, rendered):
@@ -488,7 +557,9 @@ class _Check:
     def _flush_tokens(self) -> None:
         if not self._pending:
             return
-        encodings = self.tokenizer.encode_batch([text for _, text, _ in self._pending], add_special_tokens=False)
+        encodings = self.tokenizer.encode_batch(
+            [text for _, text, _ in self._pending], add_special_tokens=False
+        )
         for (where, _text, spans), encoding in zip(self._pending, encodings, strict=True):
             self.lengths.add(where, len(encoding.ids), token_segments(encoding, spans))
         self._pending.clear()
@@ -541,10 +612,15 @@ class _Check:
             return samples
         for where, messages in self.sample_msgs:
             try:
-                rendered = ct.render(self.info.source, [{"role": r, "content": c} for r, c in messages],
-                                     special_tokens=self.special)
+                rendered = ct.render(
+                    self.info.source,
+                    [{"role": r, "content": c} for r, c in messages],
+                    special_tokens=self.special,
+                )
             except ct.TemplateError as exc:
-                self._record("FT0550", where[0], where[1], {"origin": self.template_origin, "detail": exc.message})
+                self._record(
+                    "FT0550", where[0], where[1], {"origin": self.template_origin, "detail": exc.message}
+                )
                 continue
             spans = rendered.spans if self.loss_on == "assistant" else [(0, len(rendered.text))]
             if self.check_labels and not self.render_all:
@@ -559,8 +635,16 @@ class _Check:
                 pieces = _pieces_from_spans(rendered.text, spans)
                 tokens, segments = self.estimator.measure(messages)
                 trained = sum(e - s for s, e in segments) if self.loss_on == "assistant" else tokens
-            samples.append(Sample(src.display, where[1], pieces, tokens, trained,
-                                  "tokenizer" if self.tokenizer is not None else "estimate"))
+            samples.append(
+                Sample(
+                    src.display,
+                    where[1],
+                    pieces,
+                    tokens,
+                    trained,
+                    "tokenizer" if self.tokenizer is not None else "estimate",
+                )
+            )
         return samples
 
     # --- summary ---------------------------------------------------------------------------------
@@ -576,14 +660,24 @@ class _Check:
             eval_examples = math.ceil(train_examples * float(split)) if train_examples else 0
             train_examples -= eval_examples
             if eval_examples < MIN_EVAL_EXAMPLES and train_examples + eval_examples > 0:
-                self._spec_finding("FT0531", "/dataset/eval_split", split=split,
-                                   records=train_examples + eval_examples, count=eval_examples,
-                                   minimum=MIN_EVAL_EXAMPLES)
+                self._spec_finding(
+                    "FT0531",
+                    "/dataset/eval_split",
+                    split=split,
+                    records=train_examples + eval_examples,
+                    count=eval_examples,
+                    minimum=MIN_EVAL_EXAMPLES,
+                )
         minimum = int(self.dataset.get("min_examples", 500))
         readable = all(s.readable for s in train_sources)
         if readable and train_examples < minimum:
-            self._spec_finding("FT0528", "/dataset/min_examples", count=train_examples,
-                               records=sum(s.records for s in train_sources), minimum=minimum)
+            self._spec_finding(
+                "FT0528",
+                "/dataset/min_examples",
+                count=train_examples,
+                records=sum(s.records for s in train_sources),
+                minimum=minimum,
+            )
         self._system_policy()
         self._pins()
         contamination = self._contamination(eval_sources)
@@ -591,31 +685,50 @@ class _Check:
         lengths = self._lengths_summary()
         for (code, src_index), hidden in sorted(self._hidden.items()):
             src = self.sources[src_index]
-            self.diagnostics.append(make("FT0555", Location(src.display, None, None, src.pointer),
-                                         count=hidden, finding=code, path=src.display))
+            self.diagnostics.append(
+                make(
+                    "FT0555",
+                    Location(src.display, None, None, src.pointer),
+                    count=hidden,
+                    finding=code,
+                    path=src.display,
+                )
+            )
         errors = dict(sorted(self.errors.items()))
         warnings = dict(sorted(self.warnings.items()))
         summary: dict = {
             "format": self.fmt,
             "files": [s.to_json() for s in self.sources],
-            "records": {"train": sum(s.records for s in train_sources),
-                        "eval": sum(s.records for s in eval_sources)},
-            "usable": {"train": sum(s.usable for s in train_sources),
-                       "eval": sum(s.usable for s in eval_sources)},
+            "records": {
+                "train": sum(s.records for s in train_sources),
+                "eval": sum(s.records for s in eval_sources),
+            },
+            "usable": {
+                "train": sum(s.usable for s in train_sources),
+                "eval": sum(s.usable for s in eval_sources),
+            },
             "train_examples": train_examples,
             "eval_examples": eval_examples,
             "eval_split": split,
             "min_examples": minimum,
             "errors": errors,
             "warnings": warnings,
-            "system_prompt": {"policy": self.policy, "with": self.system_with, "without": self.system_without},
+            "system_prompt": {
+                "policy": self.policy,
+                "with": self.system_with,
+                "without": self.system_without,
+            },
             "duplicates": duplicates,
             "contamination": contamination,
             "lengths": lengths,
-            "template": {"name": self.info.name, "origin": self.template_origin or self.info.origin,
-                         "generation_blocks": self.generation, "terminators": list(self.terminators),
-                         "rendered": "every record" if self.render_all else "samples",
-                         "note": self.template_note or None},
+            "template": {
+                "name": self.info.name,
+                "origin": self.template_origin or self.info.origin,
+                "generation_blocks": self.generation,
+                "terminators": list(self.terminators),
+                "rendered": "every record" if self.render_all else "samples",
+                "note": self.template_note or None,
+            },
             "samples": [s.to_json() for s in samples],
         }
         if self.seq_p95:
@@ -639,8 +752,14 @@ class _Check:
         for s in mixed:
             needed = round(total * s.fraction)
             if s.readable and needed > s.usable:
-                self._spec_finding("FT0532", s.pointer.rsplit("/", 1)[0] + "/fraction", path=s.display,
-                                   available=s.usable, fraction=s.fraction, needed=needed)
+                self._spec_finding(
+                    "FT0532",
+                    s.pointer.rsplit("/", 1)[0] + "/fraction",
+                    path=s.display,
+                    available=s.usable,
+                    fraction=s.fraction,
+                    needed=needed,
+                )
         return base + sum(round(total * s.fraction) for s in mixed)
 
     def _system_policy(self) -> None:
@@ -648,9 +767,14 @@ class _Check:
             return
         minority = self.system_with <= self.system_without  # the side to show is the smaller one
         lines = ", ".join(self._where(w) for w in self.system_lines[minority])
-        self._spec_finding("FT0520", "/dataset/system_prompt", with_system=self.system_with,
-                           records=self.system_with + self.system_without,
-                           without_system=self.system_without, lines=lines)
+        self._spec_finding(
+            "FT0520",
+            "/dataset/system_prompt",
+            with_system=self.system_with,
+            records=self.system_with + self.system_without,
+            without_system=self.system_without,
+            lines=lines,
+        )
 
     def _pin_targets(self, key: object) -> list[Source]:
         """The sources a dataset.sha256 key names: the files of its split (train, eval) or its path."""
@@ -674,20 +798,28 @@ class _Check:
             pointer = f"/dataset/sha256/{key}"
             targets = self._pin_targets(key)
             if key == "train" and len(targets) != 1:
-                self._spec_finding("FT0530", pointer, key=key,
-                                   detail=f"train has {len(targets)} files: pin each one by its path")
+                self._spec_finding(
+                    "FT0530",
+                    pointer,
+                    key=key,
+                    detail=f"train has {len(targets)} files: pin each one by its path",
+                )
                 continue
             if not targets:
-                detail = ("the spec has no dataset.eval file" if key == "eval"
-                          else "data files: " + ", ".join(s.written for s in self.sources))
+                detail = (
+                    "the spec has no dataset.eval file"
+                    if key == "eval"
+                    else "data files: " + ", ".join(s.written for s in self.sources)
+                )
                 self._spec_finding("FT0530", pointer, key=key, detail=detail)
                 continue
             target = targets[0]
             if target.sha256 is None or not isinstance(expected, str):
                 continue  # unreadable: reported already
             if target.sha256 != expected.lower():
-                self._spec_finding("FT0529", pointer, path=target.display, actual=target.sha256,
-                                   expected=expected, key=key)
+                self._spec_finding(
+                    "FT0529", pointer, path=target.display, actual=target.sha256, expected=expected, key=key
+                )
 
     def _contamination(self, eval_sources: list[Source]) -> dict:
         n = int(self.checks.get("contamination_ngram", 13))
@@ -706,26 +838,48 @@ class _Check:
         for index in sorted(hits):
             line = self.contamination.eval_lines[index]
             where = hits[index]
-            self._record("FT0526", eval_index, line, {"n": n, "where": self._where(where)},
-                         severity="error" if over else "warning")
+            self._record(
+                "FT0526",
+                eval_index,
+                line,
+                {"n": n, "where": self._where(where)},
+                severity="error" if over else "warning",
+            )
             if len(out["pairs"]) < 50:
-                out["pairs"].append({"eval_line": line, "train_file": self.sources[where[0]].display,
-                                     "train_line": where[1]})
+                out["pairs"].append(
+                    {"eval_line": line, "train_file": self.sources[where[0]].display, "train_line": where[1]}
+                )
         if over:
-            self._spec_finding("FT0527", "/dataset/checks/max_contaminated", count=count,
-                               eval_records=out["eval_records"], n=n, allowed=allowed)
+            self._spec_finding(
+                "FT0527",
+                "/dataset/checks/max_contaminated",
+                count=count,
+                eval_records=out["eval_records"],
+                n=n,
+                allowed=allowed,
+            )
         return out
 
     def _duplicates_summary(self) -> dict:
         exact = self.exact.count if self.exact else 0
         near = self.near.count if self.near else 0
-        pairs = [{"line": w[1], "file": self.sources[w[0]].display, "duplicate_of": f[1],
-                  "duplicate_of_file": self.sources[f[0]].display, "kind": kind}
-                 for w, f, kind in self.dup_pairs]
+        pairs = [
+            {
+                "line": w[1],
+                "file": self.sources[w[0]].display,
+                "duplicate_of": f[1],
+                "duplicate_of_file": self.sources[f[0]].display,
+                "kind": kind,
+            }
+            for w, f, kind in self.dup_pairs
+        ]
         for kind, count in (("exact", exact), ("near", near)):
             if count:
-                shown = ", ".join(f"{self._where(w)} repeats {self._where(f, w[0])}"
-                                  for w, f, k in self.dup_pairs[:5] if k == kind)
+                shown = ", ".join(
+                    f"{self._where(w)} repeats {self._where(f, w[0])}"
+                    for w, f, k in self.dup_pairs[:5]
+                    if k == kind
+                )
                 self._spec_finding("FT0524", "/dataset/checks/dedup", count=count, kind=kind, pairs=shown)
         out = {"method": self.dedup_mode, "exact": exact, "near": near, "pairs": pairs}
         if self.near is not None:
@@ -738,17 +892,29 @@ class _Check:
         limit = stats.finish()
         pct = stats.percentiles()
         if method == "estimate" and stats.count:
-            reason = ("model.id is not a local folder" if self.tokenizer_path is None
-                      and ct.local_model_dir(str(self.model.get("id", "")), self.spec.base_dir) is None
-                      else "the model folder has no usable tokenizer.json")
+            reason = (
+                "model.id is not a local folder"
+                if self.tokenizer_path is None
+                and ct.local_model_dir(str(self.model.get("id", "")), self.spec.base_dir) is None
+                else "the model folder has no usable tokenizer.json"
+            )
             self._spec_finding("FT0540", "/model/id", chars_per_token=CHARS_PER_TOKEN, reason=reason)
         lines = ", ".join(self._where(w) for w in stats.truncated_at[:5])
         if stats.truncated:
-            self._spec_finding("FT0541", "/training/sequence_len", count=stats.truncated, records=stats.count,
-                               limit=limit, lost=stats.lost_tokens, lines=lines, p95=pct["p95"])
+            self._spec_finding(
+                "FT0541",
+                "/training/sequence_len",
+                count=stats.truncated,
+                records=stats.count,
+                limit=limit,
+                lost=stats.lost_tokens,
+                lines=lines,
+                p95=pct["p95"],
+            )
         if stats.dropped:
-            self._spec_finding("FT0543", "/training/sequence_len", count=stats.dropped, records=stats.count,
-                               limit=limit)
+            self._spec_finding(
+                "FT0543", "/training/sequence_len", count=stats.dropped, records=stats.count, limit=limit
+            )
         for where, length, first in stats.wiped:
             fields = {"tokens": length, "first": first, "limit": limit}
             if method == "estimate" and first < ESTIMATE_MARGIN * limit:
@@ -785,7 +951,7 @@ def _pieces_from_spans(text: str, spans: list[tuple[int, int]]) -> list[tuple[st
         if start > cursor:
             pieces.append((text[cursor:start], False))
         if end > max(start, cursor):
-            pieces.append((text[max(start, cursor):end], True))
+            pieces.append((text[max(start, cursor) : end], True))
         cursor = max(cursor, end)
     if cursor < len(text):
         pieces.append((text[cursor:], False))

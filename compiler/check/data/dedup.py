@@ -36,9 +36,20 @@ def dedup_key(messages: Sequence[tuple[str, str]]) -> str:
     own key: data_fast hashes such lines straight from the file's bytes, and builds the same string
     for a whole block of other records at once.
     """
-    return '{"messages": [' + ", ".join([
-        '{"role": ' + _json_string(role) + ', "content": ' + _json_string(" ".join(content.split())) + "}"
-        for role, content in messages]) + "]}"
+    return (
+        '{"messages": ['
+        + ", ".join(
+            [
+                '{"role": '
+                + _json_string(role)
+                + ', "content": '
+                + _json_string(" ".join(content.split()))
+                + "}"
+                for role, content in messages
+            ]
+        )
+        + "]}"
+    )
 
 
 def _encode(key: str) -> bytes:
@@ -185,8 +196,7 @@ class NearDedup:
             shingles = {" ".join(words).encode()}
         else:
             shingles = {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
-        m = self._minhash(num_perm=self.num_perm, permutations=self._template.permutations,
-                          **self._scheme)
+        m = self._minhash(num_perm=self.num_perm, permutations=self._template.permutations, **self._scheme)
         m.update_batch(shingles)
         return m
 

@@ -104,7 +104,9 @@ _PARITY = {"consistent": None, "any": None, "required": 1, "forbidden": 0}
 _EMPTY = re.compile(r"\x00\s*(?=\x00)")
 _LABEL_WORDS = ("assistant", "user", "human", "gpt", "system", "ai", "bot")  # LeakScanner's role labels
 _LABEL = re.compile(r"\x00\s*(?:" + "|".join(_LABEL_WORDS) + r")\s*:", re.IGNORECASE)
-_LABEL_OPENS = re.compile(rb"\s*(?:" + "|".join(_LABEL_WORDS).encode() + rb")\s*:", re.IGNORECASE)  # in ASCII bytes
+_LABEL_OPENS = re.compile(
+    rb"\s*(?:" + "|".join(_LABEL_WORDS).encode() + rb")\s*:", re.IGNORECASE
+)  # in ASCII bytes
 _LABEL_PAIRS = sorted({ord(w[0]) << 8 | ord(w[1]) for w in _LABEL_WORDS})
 if np is not None:  # the first two letters of a content, lower-cased, as an index: could a label start here?
     _LABEL_START = np.zeros(1 << 16, bool)
@@ -248,7 +250,9 @@ def scan_block(data: bytes, cfg: FastConfig, end: int | None = None, plain: bool
         if block is not None:
             return block
     nlines, good, records, lines = _decode(data, end)
-    bad: list[int] = []  # lines for the per-record path: those that do not decode (blank lines are no records)
+    bad: list[
+        int
+    ] = []  # lines for the per-record path: those that do not decode (blank lines are no records)
     if lines is not None and len(good) < nlines:
         decoded = set(good)
         bad = [i for i, raw in enumerate(lines) if i not in decoded and raw.strip()]
@@ -279,8 +283,9 @@ def _decode(data: bytes, end: int) -> tuple[int, list[int] | range, list, list[b
     if data[:1] == b"{" and data[end - 1 : end] == b"}":
         chars = np.frombuffer(data, np.uint8, end)
         newlines = np.flatnonzero(chars == 10)
-        if not newlines.size or (bool((chars[newlines - 1] == 125).all())
-                                 and bool((chars[newlines + 1] == 123).all())):
+        if not newlines.size or (
+            bool((chars[newlines - 1] == 125).all()) and bool((chars[newlines + 1] == 123).all())
+        ):
             try:
                 records = _DECODE_LINES(memoryview(data)[:end] if end < len(data) else data)
             except _DECODE_ERRORS:
@@ -314,13 +319,19 @@ def _scan(records: list, cfg: FastConfig, backslash: bool) -> Block | set[int]:
     # Roles are "system", "user" or "assistant" (the decoder checks), and their lengths differ.
     counts = np.array(sizes, np.int64)
     parity = _PARITY[cfg.policy]  # turns % 2: 1 with a system prompt, 0 without
-    if ("".join(map(_ROLE, flat)) != "".join(map(_CANONICAL.__getitem__, sizes)) or int(counts.min()) < 2
-            or (parity is not None and bool((counts & 1 != parity).any()))):
+    if (
+        "".join(map(_ROLE, flat)) != "".join(map(_CANONICAL.__getitem__, sizes))
+        or int(counts.min()) < 2
+        or (parity is not None and bool((counts & 1 != parity).any()))
+    ):
         letters = "".join(map(_LETTER.__getitem__, map(_ROLE, flat)))
         suspects, at = set(), 0
         for k, size in enumerate(sizes):
-            if (size < 2 or letters[at : at + size] != _CANONICAL_LETTERS[size]
-                    or (parity is not None and size & 1 != parity)):
+            if (
+                size < 2
+                or letters[at : at + size] != _CANONICAL_LETTERS[size]
+                or (parity is not None and size & 1 != parity)
+            ):
                 suspects.add(k)
             at += size
         return suspects
@@ -439,15 +450,21 @@ def _key_hashes(sizes: list[int], contents: list[str]) -> bytes:
     chars = np.frombuffer(raw, np.uint8)
     breaks = np.flatnonzero(chars == 10)
     # the first line is the _KEY_END of no record
-    return hash_bytes(map(memoryview(raw).__getitem__, map(slice, (breaks + 1).tolist(),
-                                                           np.append(breaks[1:], len(raw)).tolist())))
+    return hash_bytes(
+        map(
+            memoryview(raw).__getitem__,
+            map(slice, (breaks + 1).tolist(), np.append(breaks[1:], len(raw)).tolist()),
+        )
+    )
 
 
 # ASCII whitespace as str.split() sees it, and the other characters it splits on (all 2 or 3 bytes in
 # UTF-8, starting with one of these bytes)
 _ASCII_SPACES = bytes.maketrans(b"\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f", b" " * 9)
-_UNICODE_SPACES = ("\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
-                   "\u2028\u2029\u202f\u205f\u3000")
+_UNICODE_SPACES = (
+    "\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
 if np is not None:
     _UNICODE_SPACE_LEAD = np.zeros(256, bool)  # the first byte of one of those in UTF-8
     _UNICODE_SPACE_LEAD[[c.encode()[0] for c in _UNICODE_SPACES]] = True
@@ -494,12 +511,19 @@ def _has_unicode_space(raw: bytes) -> bool:
     if not len(leads):
         return False
     lead, second, third = chars[leads], chars[leads + 1], chars[leads + 2]
-    return bool((((lead == 0xC2) & ((second == 0x85) | (second == 0xA0)))
-                 | ((lead == 0xE1) & (second == 0x9A) & (third == 0x80))
-                 | ((lead == 0xE2) & (second == 0x80) & ((third <= 0x8A) | (third == 0xA8) | (third == 0xA9)
-                                                          | (third == 0xAF)))
-                 | ((lead == 0xE2) & (second == 0x81) & (third == 0x9F))
-                 | ((lead == 0xE3) & (second == 0x80) & (third == 0x80))).any())
+    return bool(
+        (
+            ((lead == 0xC2) & ((second == 0x85) | (second == 0xA0)))
+            | ((lead == 0xE1) & (second == 0x9A) & (third == 0x80))
+            | (
+                (lead == 0xE2)
+                & (second == 0x80)
+                & ((third <= 0x8A) | (third == 0xA8) | (third == 0xA9) | (third == 0xAF))
+            )
+            | ((lead == 0xE2) & (second == 0x81) & (third == 0x9F))
+            | ((lead == 0xE3) & (second == 0x80) & (third == 0x80))
+        ).any()
+    )
 
 
 def _clean_block(cfg: FastConfig, sizes: list[int], counts, lens, messages, key_hashes) -> Block:
@@ -531,8 +555,10 @@ def _clean_block(cfg: FastConfig, sizes: list[int], counts, lens, messages, key_
     hist = Counter(dict(zip(values.tolist(), numbers[values].tolist(), strict=True)))
 
     with_system = counts & 1  # a clean record has a system prompt exactly when its turns are odd
-    system_first = {True: np.flatnonzero(with_system)[:SYSTEM_LINES].tolist(),
-                    False: np.flatnonzero(with_system == 0)[:SYSTEM_LINES].tolist()}
+    system_first = {
+        True: np.flatnonzero(with_system)[:SYSTEM_LINES].tolist(),
+        False: np.flatnonzero(with_system == 0)[:SYSTEM_LINES].tolist(),
+    }
     samples = [messages(int(firsts[k]), int(ends[k])) for k in range(min(cfg.samples, n))]
     return Block(n, range(n), hashes, hist, trained, over, int(with_system.sum()), system_first, samples)
 
@@ -596,9 +622,11 @@ def _plain_markers(markers: tuple[str, ...]) -> tuple[tuple[bytes, ...], bool, t
     if found is None:
         firsts = {m[0] for m in markers if m and m[0] not in _PLAIN_MARKUP_CHARS}
         whole = {m for m in markers if m and m[0] in _PLAIN_MARKUP_CHARS and m[0] != "["}
-        found = _plain_markers_cache[markers] = (tuple(c.encode() for c in sorted(firsts)),
-                                                 any(m[:1] == "[" for m in markers),
-                                                 tuple(m.encode() for m in sorted(whole)))
+        found = _plain_markers_cache[markers] = (
+            tuple(c.encode() for c in sorted(firsts)),
+            any(m[:1] == "[" for m in markers),
+            tuple(m.encode() for m in sorted(whole)),
+        )
     return found
 
 
@@ -666,8 +694,10 @@ def _scan_plain(data: bytes, end: int, cfg: FastConfig) -> Block | None:
         return None
     last_closes = closes[ends - 1]  # then `"}]}` ends the line
     line_ends = np.append(newlines, end)
-    if not (bool((last_closes + len(_KEY_END) == line_ends).all())
-            and bool((np.ndarray((size - 3,), "<u4", data, 0, (1,))[last_closes] == _PLAIN_END).all())):
+    if not (
+        bool((last_closes + len(_KEY_END) == line_ends).all())
+        and bool((np.ndarray((size - 3,), "<u4", data, 0, (1,))[last_closes] == _PLAIN_END).all())
+    ):
         return None
     sizes = counts.tolist()
     letters = _PLAIN_LETTERS[kinds].tobytes().decode("ascii")
@@ -679,8 +709,11 @@ def _scan_plain(data: bytes, end: int, cfg: FastConfig) -> Block | None:
     # a content with a space at either end or two spaces in a row needs normalising (the markup has
     # none); with single spaces only, a whitespace-only content, a line break before "User:" or a
     # label after spaces cannot occur
-    if (bool((chars[opens + 1] == 32).any()) or bool((chars[closes - 1] == 32).any())
-            or _double_space(data, end)):
+    if (
+        bool((chars[opens + 1] == 32).any())
+        or bool((chars[closes - 1] == 32).any())
+        or _double_space(data, end)
+    ):
         return None
     for j in _label_candidates(chars, opens + 1):
         if _LABEL_OPENS.match(data, int(opens[j]) + 1, int(closes[j])):
@@ -690,8 +723,10 @@ def _scan_plain(data: bytes, end: int, cfg: FastConfig) -> Block | None:
         return hash_bytes(map(data.__getitem__, map(slice, line_starts.tolist(), line_ends.tolist())))
 
     def messages(first: int, stop: int) -> Messages:
-        return [(_ROLE_OF_LETTER[letters[j]], data[int(opens[j]) + 1 : int(closes[j])].decode("ascii"))
-                for j in range(first, stop)]
+        return [
+            (_ROLE_OF_LETTER[letters[j]], data[int(opens[j]) + 1 : int(closes[j])].decode("ascii"))
+            for j in range(first, stop)
+        ]
 
     return _clean_block(cfg, sizes, counts, lens, messages, key_hashes)
 
@@ -765,7 +800,9 @@ def start_pool(workers: int):
     return multiprocessing.get_context(method).Pool(workers)
 
 
-def parallel_blocks(pool, path: Path, start: int, size: int, cfg: FastConfig, workers: int) -> Iterator[Block]:
+def parallel_blocks(
+    pool, path: Path, start: int, size: int, cfg: FastConfig, workers: int
+) -> Iterator[Block]:
     """Blocks of [start, size) scanned by the pool's `workers` processes, in file order."""
     pieces = max(workers * 8, (size - start) // (16 << 20))  # small ranges keep the workers evenly busy
     jobs = [(str(path), a, b, cfg) for a, b in _ranges(path, start, size, pieces)]

@@ -168,8 +168,13 @@ class LengthStats:
             segs = [(self._segs[k + 2 * j], self._segs[k + 2 * j + 1]) for j in range(n)]
             k += 2 * n
             self._apply((self._src[i], self._line[i]), self._len[i], segs, self.limit)
-        self._src, self._line, self._len, self._nseg, self._segs = (array("H"), array("I"), array("I"),
-                                                                    array("H"), array("I"))
+        self._src, self._line, self._len, self._nseg, self._segs = (
+            array("H"),
+            array("I"),
+            array("I"),
+            array("H"),
+            array("I"),
+        )
         return self.limit
 
     def percentiles(self) -> dict:

@@ -31,8 +31,11 @@ def method_fields(ctx: RuleContext) -> Iterator[Diagnostic]:
         if ctx.given("/adapter/dora"):
             yield ctx.diag("FT0203", "/adapter/dora", key=True)
     if method != "qlora" and ctx.given("/adapter/quantization"):
-        why = ("full fine-tuning updates every weight, and quantized weights cannot be trained"
-               if method == "full" else "method lora keeps the base model in its own precision")
+        why = (
+            "full fine-tuning updates every weight, and quantized weights cannot be trained"
+            if method == "full"
+            else "method lora keeps the base model in its own precision"
+        )
         yield ctx.diag("FT0201", "/adapter/quantization", key=True, method=method, why=why)
 
 
@@ -61,8 +64,13 @@ def compute_dtype_matches_precision(ctx: RuleContext) -> Iterator[Diagnostic]:
             return  # FT0207 (no bf16 on this GPU) is the finding that matters
     if _PRECISION_FAMILY[precision] != compute and precision != "fp32":
         pointer = "/adapter/quantization/compute_dtype"
-        yield ctx.diag_at_first("FT0205", (pointer, "/training/precision", "/adapter/method"),
-                                compute=compute, precision=precision, want=_PRECISION_FAMILY[precision])
+        yield ctx.diag_at_first(
+            "FT0205",
+            (pointer, "/training/precision", "/adapter/method"),
+            compute=compute,
+            precision=precision,
+            want=_PRECISION_FAMILY[precision],
+        )
 
 
 def learning_rate(ctx: RuleContext) -> Iterator[Diagnostic]:
@@ -72,8 +80,14 @@ def learning_rate(ctx: RuleContext) -> Iterator[Diagnostic]:
     if method is None or lr is None or lr <= MAX_LR[method]:
         return
     given = ctx.given("/training/learning_rate")
-    yield ctx.diag_at_first("FT0237", ("/training/learning_rate", "/adapter/method"), lr=f"{lr:g}",
-                   origin="" if given else " (the default)", limit=f"{MAX_LR[method]:g}", method=method)
+    yield ctx.diag_at_first(
+        "FT0237",
+        ("/training/learning_rate", "/adapter/method"),
+        lr=f"{lr:g}",
+        origin="" if given else " (the default)",
+        limit=f"{MAX_LR[method]:g}",
+        method=method,
+    )
 
 
 def alpha_over_r(ctx: RuleContext) -> Iterator[Diagnostic]:
@@ -88,8 +102,15 @@ def alpha_over_r(ctx: RuleContext) -> Iterator[Diagnostic]:
     if low <= ratio <= high:
         return
     pointer = "/adapter/alpha" if ctx.given("/adapter/alpha") else "/adapter/r"
-    yield ctx.diag("FT0239", pointer, ratio=f"{ratio:g}", alpha=f"{alpha:g}", r=r,
-                   low=f"{r * low:g}", high=f"{r * high:g}")
+    yield ctx.diag(
+        "FT0239",
+        pointer,
+        ratio=f"{ratio:g}",
+        alpha=f"{alpha:g}",
+        r=r,
+        low=f"{r * low:g}",
+        high=f"{r * high:g}",
+    )
 
 
 def rank_vs_data(ctx: RuleContext) -> Iterator[Diagnostic]:
@@ -107,5 +128,11 @@ def rank_vs_data(ctx: RuleContext) -> Iterator[Diagnostic]:
     yield ctx.diag("FT0240", "/adapter/r", r=r, count=count, limit=HIGH_RANK, few=f"{FEW_EXAMPLES:,}")
 
 
-RULES = [method_fields, quantization_options, compute_dtype_matches_precision, learning_rate,
-         alpha_over_r, rank_vs_data]
+RULES = [
+    method_fields,
+    quantization_options,
+    compute_dtype_matches_precision,
+    learning_rate,
+    alpha_over_r,
+    rank_vs_data,
+]

@@ -27,8 +27,11 @@ def data_paths(ctx: RuleContext) -> list[tuple[str, str, str]]:
                 out.append((f"/dataset/train/{i}", item, "train"))
             elif isinstance(item, dict) and isinstance(item.get("path"), str):
                 out.append((f"/dataset/train/{i}/path", item["path"], "train"))
-    for pointer, role in (("/dataset/eval", "eval"), ("/evaluation/regression/prompts", "regression"),
-                          ("/evaluation/task/json_schema", "json_schema")):
+    for pointer, role in (
+        ("/dataset/eval", "eval"),
+        ("/evaluation/regression/prompts", "regression"),
+        ("/evaluation/task/json_schema", "json_schema"),
+    ):
         value = ctx.raw(pointer)
         if isinstance(value, str):
             out.append((pointer, value, role))
@@ -36,8 +39,12 @@ def data_paths(ctx: RuleContext) -> list[tuple[str, str, str]]:
 
 
 def _is_absolute(path: str) -> bool:
-    return (path.startswith(("/", "~", "\\")) or PurePosixPath(path).is_absolute()
-            or PureWindowsPath(path).is_absolute() or bool(PureWindowsPath(path).drive))
+    return (
+        path.startswith(("/", "~", "\\"))
+        or PurePosixPath(path).is_absolute()
+        or PureWindowsPath(path).is_absolute()
+        or bool(PureWindowsPath(path).drive)
+    )
 
 
 def resolve_data_path(ctx: RuleContext, path: str) -> Path:
@@ -104,7 +111,9 @@ def _missing_hint(target: Path) -> str:
         return "paths are relative to the spec file's folder"
     while not folder.is_dir() and folder != folder.parent:
         folder = folder.parent
-    return f"the folder does not exist (nearest existing: {_shown(folder)}); paths are relative to the spec file"
+    return (
+        f"the folder does not exist (nearest existing: {_shown(folder)}); paths are relative to the spec file"
+    )
 
 
 def eval_sources(ctx: RuleContext) -> Iterator[Diagnostic]:
@@ -137,16 +146,19 @@ def train_mix(ctx: RuleContext) -> Iterator[Diagnostic]:
         if fractions:
             detail = None
             if open_entries and total >= 1 - 1e-9:
-                detail = (f"the fractions sum to {total:g}, leaving nothing for the {open_entries} "
-                          f"file{'s' if open_entries > 1 else ''} without one")
+                detail = (
+                    f"the fractions sum to {total:g}, leaving nothing for the {open_entries} "
+                    f"file{'s' if open_entries > 1 else ''} without one"
+                )
             elif not open_entries and abs(total - 1) > 1e-6:
                 detail = f"every file has a fraction and they sum to {total:g}, not 1"
             if detail:
                 yield ctx.diag("FT0226", "/dataset/train", key=True, detail=detail)
     eval_path = ctx.raw("/dataset/eval")
     if isinstance(eval_path, str) and eval_path:
-        train_paths = {posixpath.normpath(p.replace("\\", "/"))
-                       for ptr, p, role in data_paths(ctx) if role == "train"}
+        train_paths = {
+            posixpath.normpath(p.replace("\\", "/")) for ptr, p, role in data_paths(ctx) if role == "train"
+        }
         if posixpath.normpath(eval_path.replace("\\", "/")) in train_paths:
             yield ctx.diag("FT0227", "/dataset/eval", path=eval_path)
 
@@ -166,9 +178,16 @@ def sha256_pins(ctx: RuleContext) -> Iterator[Diagnostic]:
             continue
         guess = suggest(key, allowed)
         detail = "eval_split takes eval data from train" if key == "eval" else "no such data file in the spec"
-        yield ctx.diag("FT0248", f"/dataset/sha256/{key.replace('~', '~0').replace('/', '~1')}", key=True,
-                       pin=key, detail=detail,
-                       hint=f"did you mean '{guess}'?" if guess else "pin `train`, `eval`, or a data path the spec names")
+        yield ctx.diag(
+            "FT0248",
+            f"/dataset/sha256/{key.replace('~', '~0').replace('/', '~1')}",
+            key=True,
+            pin=key,
+            detail=detail,
+            hint=f"did you mean '{guess}'?"
+            if guess
+            else "pin `train`, `eval`, or a data path the spec names",
+        )
 
 
 def count_lines(path: Path, cap: int) -> int | None:
@@ -196,6 +215,7 @@ def count_lines(path: Path, cap: int) -> int | None:
 
 def train_example_count(ctx: RuleContext, cap: int) -> int | None:
     """Training examples (after an eval_split), counted no further than `cap`; None if unknown."""
+
     def compute() -> int | None:
         if not ctx.check_files:
             return None

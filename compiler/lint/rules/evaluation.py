@@ -44,17 +44,28 @@ def metrics_produced(ctx: RuleContext) -> Iterator[Diagnostic]:
         metric = rule.get("metric")
         pointer = f"/acceptance/{i}/metric"
         if metric == "regression" and not has_regression:
-            yield ctx.diag("FT0221", pointer, metric=metric, needs="evaluation.regression.prompts",
-                           hint="add `evaluation: {regression: {prompts: data/regression.jsonl}}`")
+            yield ctx.diag(
+                "FT0221",
+                pointer,
+                metric=metric,
+                needs="evaluation.regression.prompts",
+                hint="add `evaluation: {regression: {prompts: data/regression.jsonl}}`",
+            )
         elif metric == "format" and not has_format:
-            yield ctx.diag("FT0221", pointer, metric=metric, needs="evaluation.format.json or .regex",
-                           hint="add `evaluation: {format: {json: true}}` (or a regex)")
+            yield ctx.diag(
+                "FT0221",
+                pointer,
+                metric=metric,
+                needs="evaluation.format.json or .regex",
+                hint="add `evaluation: {format: {json: true}}` (or a regex)",
+            )
 
 
 def task_metric_settings(ctx: RuleContext) -> Iterator[Diagnostic]:
     """FT0222: task metric json_schema without task.json_schema, or regex without task.regex."""
-    metric = ctx.get("/evaluation/task/metric",
-                     ("exact_match", "f1", "rouge_l", "accuracy", "json_schema", "regex"))
+    metric = ctx.get(
+        "/evaluation/task/metric", ("exact_match", "f1", "rouge_l", "accuracy", "json_schema", "regex")
+    )
     for name in ("json_schema", "regex"):
         if metric == name and not ctx.given(f"/evaluation/task/{name}"):
             yield ctx.diag("FT0222", "/evaluation/task/metric", metric=name, field=name)
@@ -72,20 +83,43 @@ def thresholds(ctx: RuleContext) -> Iterator[Diagnostic]:
             continue
         if metric in _SCORE_METRICS:
             if low is not None and low > 1:
-                yield ctx.diag("FT0223", f"{base}/min", metric=metric, field="min", value=f"{low:g}",
-                               why="scores are shares between 0 and 1")
+                yield ctx.diag(
+                    "FT0223",
+                    f"{base}/min",
+                    metric=metric,
+                    field="min",
+                    value=f"{low:g}",
+                    why="scores are shares between 0 and 1",
+                )
             if high is not None and high < 0:
-                yield ctx.diag("FT0223", f"{base}/max", metric=metric, field="max", value=f"{high:g}",
-                               why="scores are shares between 0 and 1")
+                yield ctx.diag(
+                    "FT0223",
+                    f"{base}/max",
+                    metric=metric,
+                    field="max",
+                    value=f"{high:g}",
+                    why="scores are shares between 0 and 1",
+                )
             if gain is not None and gain > 1:
-                yield ctx.diag("FT0223", f"{base}/min_gain_over_base", metric=metric,
-                               field="min_gain_over_base", value=f"{gain:g}",
-                               why="a score can rise by at most 1 over the base model")
+                yield ctx.diag(
+                    "FT0223",
+                    f"{base}/min_gain_over_base",
+                    metric=metric,
+                    field="min_gain_over_base",
+                    value=f"{gain:g}",
+                    why="a score can rise by at most 1 over the base model",
+                )
         elif metric in ("eval_loss", "perplexity"):
             floor = 1.0 if metric == "perplexity" else 0.0
             if high is not None and high < floor:
-                yield ctx.diag("FT0223", f"{base}/max", metric=metric, field="max", value=f"{high:g}",
-                               why=f"{metric} is never below {floor:g}")
+                yield ctx.diag(
+                    "FT0223",
+                    f"{base}/max",
+                    metric=metric,
+                    field="max",
+                    value=f"{high:g}",
+                    why=f"{metric} is never below {floor:g}",
+                )
 
 
 def regex_patterns(ctx: RuleContext) -> Iterator[Diagnostic]:
@@ -122,8 +156,7 @@ def json_schema_file(ctx: RuleContext) -> Iterator[Diagnostic]:
         yield ctx.diag("FT0244", "/evaluation/task/json_schema", path=path, detail="not UTF-8")
         return
     except ValueError as exc:
-        yield ctx.diag("FT0244", "/evaluation/task/json_schema", path=path,
-                       detail=f"not valid JSON ({exc})")
+        yield ctx.diag("FT0244", "/evaluation/task/json_schema", path=path, detail=f"not valid JSON ({exc})")
         return
     except OSError:
         return
@@ -135,11 +168,19 @@ def json_schema_file(ctx: RuleContext) -> Iterator[Diagnostic]:
             raise SchemaError(f"a schema is an object or a boolean, not {type(document).__name__}")
         validator_for(document).check_schema(document)
     except SchemaError as exc:
-        yield ctx.diag("FT0244", "/evaluation/task/json_schema", path=path,
-                       detail=f"not a valid JSON Schema ({exc.message})")
+        yield ctx.diag(
+            "FT0244",
+            "/evaluation/task/json_schema",
+            path=path,
+            detail=f"not a valid JSON Schema ({exc.message})",
+        )
     except Exception as exc:  # jsonschema raises assorted errors on exotic $schema values
-        yield ctx.diag("FT0244", "/evaluation/task/json_schema", path=path,
-                       detail=f"not a usable JSON Schema ({type(exc).__name__})")
+        yield ctx.diag(
+            "FT0244",
+            "/evaluation/task/json_schema",
+            path=path,
+            detail=f"not a usable JSON Schema ({type(exc).__name__})",
+        )
 
 
 def report_to(ctx: RuleContext) -> Iterator[Diagnostic]:
@@ -149,5 +190,12 @@ def report_to(ctx: RuleContext) -> Iterator[Diagnostic]:
         yield ctx.diag("FT0245", f"/output/report_to/{sinks.index('none')}")
 
 
-RULES = [acceptance_needs_eval, metrics_produced, task_metric_settings, thresholds, regex_patterns,
-         json_schema_file, report_to]
+RULES = [
+    acceptance_needs_eval,
+    metrics_produced,
+    task_metric_settings,
+    thresholds,
+    regex_patterns,
+    json_schema_file,
+    report_to,
+]

@@ -17,8 +17,14 @@ MULTI_NODE_LAUNCHERS = ("slurm", "kubernetes")
 
 # Used only when compiler/data/gpus.json (the GPU catalog `ftspec check` owns) cannot be read:
 # the GPUs without bf16 that people still rent, so the bf16 rules keep working in a broken install.
-_FALLBACK_NO_BF16 = {"t4": "T4", "tesla-t4": "T4", "v100": "V100", "v100-16gb": "V100-16GB",
-                     "v100-32gb": "V100-32GB", "p100": "P100"}
+_FALLBACK_NO_BF16 = {
+    "t4": "T4",
+    "tesla-t4": "T4",
+    "v100": "V100",
+    "v100-16gb": "V100-16GB",
+    "v100-32gb": "V100-32GB",
+    "p100": "P100",
+}
 
 
 @dataclass(frozen=True)
@@ -87,8 +93,13 @@ def unknown_gpu(ctx: RuleContext) -> Iterator[Diagnostic]:
     # punctuation (A100 -> A100-40GB or A100-80GB; a100-80 -> A100-80GB): a near miss in the digits
     # (RTX4080 vs RTX-4090) is another product with other memory, not a typo to correct.
     written = _norm(dev.name)
-    best = sorted({entry["name"] for alias, entry in (gpu_catalog() or {}).items()
-                   if written and (_norm(alias).startswith(written) or written.startswith(_norm(alias)))})
+    best = sorted(
+        {
+            entry["name"]
+            for alias, entry in (gpu_catalog() or {}).items()
+            if written and (_norm(alias).startswith(written) or written.startswith(_norm(alias)))
+        }
+    )
     hint = ("did you mean " + " or ".join(f"'{n}'" for n in best[:3]) + "?") if best else None
     yield ctx.diag("FT0209", "/hardware/gpu", gpu=dev.name, hint=hint)
 
@@ -103,13 +114,22 @@ def bf16_support(ctx: RuleContext) -> Iterator[Diagnostic]:
     if not dev.bf16:
         if precision in ("bf16", "bf16-mixed"):
             pointer = "/training/precision"
-            yield ctx.diag_at_first("FT0206", (pointer, "/hardware/gpu"), precision=precision,
-                                    gpu=dev.name, origin="" if ctx.given(pointer) else " (the default)")
+            yield ctx.diag_at_first(
+                "FT0206",
+                (pointer, "/hardware/gpu"),
+                precision=precision,
+                gpu=dev.name,
+                origin="" if ctx.given(pointer) else " (the default)",
+            )
         if ctx.method() == "qlora":
             pointer = "/adapter/quantization/compute_dtype"
             if ctx.get(pointer, ("bf16", "fp16", "fp32")) == "bf16":
-                yield ctx.diag_at_first("FT0207", (pointer, "/adapter/method"), gpu=dev.name,
-                                        origin="" if ctx.given(pointer) else " (the default)")
+                yield ctx.diag_at_first(
+                    "FT0207",
+                    (pointer, "/adapter/method"),
+                    gpu=dev.name,
+                    origin="" if ctx.given(pointer) else " (the default)",
+                )
     elif precision == "fp16":
         yield ctx.diag("FT0208", "/training/precision", gpu=dev.name)
 
@@ -164,19 +184,32 @@ def multi_node_launcher(ctx: RuleContext) -> Iterator[Diagnostic]:
 
 def optimizer_vs_device(ctx: RuleContext) -> Iterator[Diagnostic]:
     """FT0218 paged optimizer on CPU; FT0253 bitsandbytes optimizer with DeepSpeed offload."""
-    optimizer = ctx.get("/training/optimizer",
-                        ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd"))
+    optimizer = ctx.get(
+        "/training/optimizer", ("adamw_torch", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "sgd")
+    )
     if optimizer is None:
         return
     dev = device(ctx)
     if optimizer.startswith("paged_") and dev is not None and dev.cpu:
-        yield ctx.diag("FT0218", "/training/optimizer", optimizer=optimizer,
-                       plain=optimizer.replace("paged_", "").replace("adamw_32bit", "adamw_torch"))
-    if optimizer in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit") \
-            and ctx.get("/hardware/strategy", STRATEGIES) == "deepspeed" \
-            and ctx.get("/hardware/offload", OFFLOADS) in ("optimizer", "optimizer_and_params"):
+        yield ctx.diag(
+            "FT0218",
+            "/training/optimizer",
+            optimizer=optimizer,
+            plain=optimizer.replace("paged_", "").replace("adamw_32bit", "adamw_torch"),
+        )
+    if (
+        optimizer in ("adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit")
+        and ctx.get("/hardware/strategy", STRATEGIES) == "deepspeed"
+        and ctx.get("/hardware/offload", OFFLOADS) in ("optimizer", "optimizer_and_params")
+    ):
         yield ctx.diag("FT0253", "/training/optimizer", optimizer=optimizer)
 
 
-RULES = [unknown_gpu, bf16_support, strategy_options, single_with_several, multi_node_launcher,
-         optimizer_vs_device]
+RULES = [
+    unknown_gpu,
+    bf16_support,
+    strategy_options,
+    single_with_several,
+    multi_node_launcher,
+    optimizer_vs_device,
+]

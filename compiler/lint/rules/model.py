@@ -82,22 +82,40 @@ def architecture(ctx: RuleContext) -> Iterator[Diagnostic]:
     hidden = ctx.get(f"{base}/hidden", "int") if ctx.given(f"{base}/hidden") else None
     if heads and kv_heads:
         if kv_heads > heads:
-            yield ctx.diag("FT0247", f"{base}/kv_heads",
-                           detail=f"kv_heads ({kv_heads}) exceeds heads ({heads})")
+            yield ctx.diag(
+                "FT0247", f"{base}/kv_heads", detail=f"kv_heads ({kv_heads}) exceeds heads ({heads})"
+            )
         elif heads % kv_heads:
-            yield ctx.diag("FT0247", f"{base}/kv_heads",
-                           detail=f"heads ({heads}) is not a multiple of kv_heads ({kv_heads})")
+            yield ctx.diag(
+                "FT0247",
+                f"{base}/kv_heads",
+                detail=f"heads ({heads}) is not a multiple of kv_heads ({kv_heads})",
+            )
     if heads and hidden and hidden % heads and not ctx.given(f"{base}/head_dim"):
-        yield ctx.diag("FT0247", f"{base}/heads",
-                       detail=f"hidden ({hidden}) is not a multiple of heads ({heads}) and head_dim is not given")
+        yield ctx.diag(
+            "FT0247",
+            f"{base}/heads",
+            detail=f"hidden ({hidden}) is not a multiple of heads ({heads}) and head_dim is not given",
+        )
     experts = ctx.get(f"{base}/experts", "int")
-    per_token = ctx.get(f"{base}/experts_per_token", "int") if ctx.given(f"{base}/experts_per_token") else None
-    if experts is not None and experts > 1 and per_token is None and not ctx.reported(f"{base}/experts_per_token"):
-        yield ctx.diag("FT0247", f"{base}/experts",
-                       detail=f"a mixture of {experts} experts needs experts_per_token")
+    per_token = (
+        ctx.get(f"{base}/experts_per_token", "int") if ctx.given(f"{base}/experts_per_token") else None
+    )
+    if (
+        experts is not None
+        and experts > 1
+        and per_token is None
+        and not ctx.reported(f"{base}/experts_per_token")
+    ):
+        yield ctx.diag(
+            "FT0247", f"{base}/experts", detail=f"a mixture of {experts} experts needs experts_per_token"
+        )
     if experts is not None and per_token is not None and per_token > experts:
-        yield ctx.diag("FT0247", f"{base}/experts_per_token",
-                       detail=f"experts_per_token ({per_token}) exceeds experts ({experts})")
+        yield ctx.diag(
+            "FT0247",
+            f"{base}/experts_per_token",
+            detail=f"experts_per_token ({per_token}) exceeds experts ({experts})",
+        )
 
 
 RULES = [trust_remote_code, revision, local_model, architecture]

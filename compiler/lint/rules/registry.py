@@ -174,8 +174,15 @@ def _all_rules() -> list[Rule]:
     from ftspec.compiler.lint.rules import training as rules_training
 
     out: list[Rule] = []
-    for module in (rules_model, rules_adapter, rules_training, rules_hardware, rules_data, rules_eval,
-                   rules_environment):
+    for module in (
+        rules_model,
+        rules_adapter,
+        rules_training,
+        rules_hardware,
+        rules_data,
+        rules_eval,
+        rules_environment,
+    ):
         out.extend(module.RULES)
     return out
 
@@ -192,6 +199,12 @@ def cross_field_diagnostics(spec: LoadedSpec, options, schema_diags: list[Diagno
         except Exception as exc:  # a bug in a rule must not hide the other findings
             if os.environ.get("FTSPEC_DEBUG"):
                 raise
-            out.append(make("FT0299", Location(spec.path, 1, 1, ""), rule=rule.__name__,
-                            detail=f"{type(exc).__name__}: {exc}"))
+            out.append(
+                make(
+                    "FT0299",
+                    Location(spec.path, 1, 1, ""),
+                    rule=rule.__name__,
+                    detail=f"{type(exc).__name__}: {exc}",
+                )
+            )
     return out

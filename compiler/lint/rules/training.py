@@ -52,15 +52,23 @@ def early_stopping(ctx: RuleContext) -> Iterator[Diagnostic]:
         # The default patience with no eval data simply turns early stopping off; only a written one
         # says the author expects it to work.
         if ctx.given("/training/early_stopping_patience"):
-            yield ctx.diag("FT0224", "/training/early_stopping_patience",
-                           patience=ctx.get("/training/early_stopping_patience", "int"))
+            yield ctx.diag(
+                "FT0224",
+                "/training/early_stopping_patience",
+                patience=ctx.get("/training/early_stopping_patience", "int"),
+            )
         return
     save = ctx.get("/training/save_steps", "int")
     every = ctx.get("/training/eval_steps", "int")
     if save and every and save % every:
         pointer = "/training/save_steps"
-        yield ctx.diag_at_first("FT0225", (pointer, "/training/eval_steps", "/training/early_stopping_patience"), save=save, eval=every,
-                       suggestion=max(every, save // every * every))
+        yield ctx.diag_at_first(
+            "FT0225",
+            (pointer, "/training/eval_steps", "/training/early_stopping_patience"),
+            save=save,
+            eval=every,
+            suggestion=max(every, save // every * every),
+        )
 
 
 def eval_never_runs(ctx: RuleContext) -> Iterator[Diagnostic]:
@@ -97,17 +105,28 @@ def effective_batch(ctx: RuleContext) -> Iterator[Diagnostic]:
     pointer = "/training/gradient_accumulation_steps"
     target = low if total < low else high
     suggestion = max(1, target // (micro * world))
-    yield ctx.diag_at_first("FT0241", (pointer, "/training/micro_batch_size", "/hardware/gpus_per_node", "/hardware/nodes"), total=total, micro=micro, accum=accum,
-                   world=world, low=low, high=high, suggestion=suggestion,
-                   direction="below" if total < low else "above")
+    yield ctx.diag_at_first(
+        "FT0241",
+        (pointer, "/training/micro_batch_size", "/hardware/gpus_per_node", "/hardware/nodes"),
+        total=total,
+        micro=micro,
+        accum=accum,
+        world=world,
+        low=low,
+        high=high,
+        suggestion=suggestion,
+        direction="below" if total < low else "above",
+    )
 
 
 def reduce_batch_at_one(ctx: RuleContext) -> Iterator[Diagnostic]:
     """FT0246: on_oom: reduce_batch written while the micro batch is already 1."""
     if not ctx.given("/training/on_oom"):
         return
-    if ctx.get("/training/on_oom", ("fail", "reduce_batch")) == "reduce_batch" and \
-            ctx.get("/training/micro_batch_size", "int") == 1:
+    if (
+        ctx.get("/training/on_oom", ("fail", "reduce_batch")) == "reduce_batch"
+        and ctx.get("/training/micro_batch_size", "int") == 1
+    ):
         yield ctx.diag("FT0246", "/training/on_oom")
 
 
@@ -124,5 +143,13 @@ def full_pure_bf16(ctx: RuleContext) -> Iterator[Diagnostic]:
     yield ctx.diag_at_first("FT0210", (pointer, "/adapter/method"))
 
 
-RULES = [exclusive_lengths, epochs, constant_scheduler_warmup, early_stopping, eval_never_runs,
-         effective_batch, reduce_batch_at_one, full_pure_bf16]
+RULES = [
+    exclusive_lengths,
+    epochs,
+    constant_scheduler_warmup,
+    early_stopping,
+    eval_never_runs,
+    effective_batch,
+    reduce_batch_at_one,
+    full_pure_bf16,
+]
