@@ -12,9 +12,9 @@ from ftspec.compiler.core.loader import load_text
 from ftspec.compiler.lint.lint import LintOptions, lint_loaded
 from ftspec.compiler.lint.rules import hardware as rules_hardware
 from ftspec.compiler.lint.rules import registry as rules
+from ftspec.compiler.lint.rules.context import MISSING, RuleContext, schema_default
 from ftspec.compiler.lint.rules.data import count_lines
 from ftspec.compiler.lint.rules.model import model_kind
-from ftspec.compiler.lint.rules.registry import MISSING, RuleContext, schema_default
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPILER = ROOT / "compiler"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ftspec.compiler.core.diagnostics import Diagnostic
-from ftspec.compiler.lint.rules.registry import RuleContext
+from ftspec.compiler.lint.rules.context import RuleContext
 
 # Fields that only mean something for a LoRA adapter. Checked on the RAW spec: the schema fills r,
 # alpha, dropout and dora with defaults that full fine-tuning simply ignores.

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ftspec.compiler.core.diagnostics import Diagnostic
-from ftspec.compiler.lint.rules.registry import RuleContext
+from ftspec.compiler.lint.rules.context import RuleContext
 
 # Files the linter opens to count examples: larger ones are not counted (the data check does that).
 COUNT_MAX_BYTES = 256 * 1024 * 1024

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ftspec.compiler.core.diagnostics import Diagnostic
-from ftspec.compiler.lint.rules.registry import RuleContext
+from ftspec.compiler.lint.rules.context import RuleContext
 
 
 def feature_versions(ctx: RuleContext) -> Iterator[Diagnostic]:

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator
 
 from ftspec.compiler.core.diagnostics import Diagnostic
-from ftspec.compiler.lint.rules.registry import RuleContext
+from ftspec.compiler.lint.rules.context import RuleContext
 
 # Metrics that are shares in [0, 1] (exact match, F1, ROUGE-L, accuracy, pass rates).
 _SCORE_METRICS = ("task", "regression", "format")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ftspec.compiler.core.diagnostics import Diagnostic
-from ftspec.compiler.lint.rules.registry import RuleContext
+from ftspec.compiler.lint.rules.context import RuleContext
 
 STRATEGIES = ("auto", "single", "ddp", "fsdp", "deepspeed")
 PRECISIONS = ("bf16", "bf16-mixed", "fp16", "fp32")

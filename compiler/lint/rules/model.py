@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ftspec.compiler.core.diagnostics import Diagnostic
-from ftspec.compiler.lint.rules.registry import RuleContext
+from ftspec.compiler.lint.rules.context import RuleContext
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # Names that move with every push: pinning to them pins nothing.
