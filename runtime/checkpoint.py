@@ -177,6 +177,30 @@ def prune(root: Path, keep: int) -> list[Path]:
     return removed
 
 
+SCHEDULER = "ftspec_scheduler.json"
+LEGACY_SCHEDULER = "ftspec_scheduler.pt"
+
+
+def save_scheduler(state: dict, folder: Path) -> None:
+    """The LR scheduler's state as JSON: it is plain numbers, and JSON cannot carry code."""
+    (folder / SCHEDULER).write_text(json.dumps(state, allow_nan=False, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def load_scheduler(folder: Path) -> dict:
+    """The scheduler state saved by `save_scheduler`. A checkpoint from before it holds a torch file:
+    that is read with weights_only=True, which refuses any pickled object (a checkpoint folder may be
+    writable by others), never with the pickle loader."""
+    path = folder / SCHEDULER
+    if path.is_file():
+        state = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(state, dict):
+            raise ValueError(f"{path}: not a JSON object")
+        return state
+    import torch
+
+    return torch.load(folder / LEGACY_SCHEDULER, weights_only=True, map_location="cpu")
+
+
 def read_state(ckpt: Checkpoint) -> dict:
     return json.loads((ckpt.path / STATE).read_text(encoding="utf-8"))
 

@@ -46,6 +46,7 @@ from pathlib import Path
 from ftspec.compiler.compile.launch_command import previous_run
 from ftspec.compiler.core.diagnostics import Diagnostic, make
 from ftspec.compiler.core.reporters import to_text
+from ftspec.runtime import cache as rcache
 from ftspec.runtime import checkpoint as ckpt
 from ftspec.runtime import data as rdata
 from ftspec.runtime.log import log
@@ -449,7 +450,7 @@ def run(plan_path: Path, resume: bool) -> int:
             path = Path(chosen[0])
             accelerator.load_state(str(path), **ds_load_kwargs)
             state = json.loads((path / ckpt.STATE).read_text(encoding="utf-8"))
-            scheduler.load_state_dict(torch.load(path / "ftspec_scheduler.pt", weights_only=False))
+            scheduler.load_state_dict(ckpt.load_scheduler(path))  # JSON, never a pickle
             start_step = int(state["step"])
             saved_best = state.get("best_eval_loss")
             best_eval = math.inf if saved_best is None else float(saved_best)
@@ -524,7 +525,7 @@ def run(plan_path: Path, resume: bool) -> int:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp), **ds_save_kwargs)
         if is_main:
-            torch.save(scheduler.state_dict(), tmp / "ftspec_scheduler.pt")
+            ckpt.save_scheduler(scheduler.state_dict(), tmp)
             state = {
                 "step": step,
                 "epoch": schedule.epoch_of(step),
@@ -810,8 +811,6 @@ def _oom(plan, out: Path, step: int, rank: int, mbs: int, gas: int, history: lis
 def cached_prepare(spec: dict, derived: dict, spec_dir: Path, tokenizer, out: Path, source) -> rdata.Prepared:
     """Tokenize once: the main process (which runs first) writes the result keyed by everything it
     depends on; the other ranks, and a resumed run, read it instead of tokenizing again."""
-    import torch
-
     key_data = {
         "dataset": spec["dataset"],
         "training": {
@@ -832,12 +831,11 @@ def cached_prepare(spec: dict, derived: dict, spec_dir: Path, tokenizer, out: Pa
                 "FT0711", file=str(spec_dir / path), line=0, detail=exc.strerror or str(exc)
             ) from None
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    cache = out / ERRORS_DIR / f"data-{key}.pt"
-    if cache.is_file():
-        try:
-            return torch.load(cache, weights_only=False)
-        except Exception:  # a damaged cache is rebuilt, never trusted
-            pass
+    # safetensors + JSON, never a pickle: a run folder may be writable by others (runtime/cache.py)
+    cache = out / ERRORS_DIR / f"data-{key}{rcache.SUFFIX}"
+    cached = rcache.load_prepared(cache)
+    if cached is not None:
+        return cached
     spec_for_data = dict(spec)
     if not isinstance(spec.get("training", {}).get("sequence_len"), int):
         spec_for_data["training"] = {
@@ -845,10 +843,7 @@ def cached_prepare(spec: dict, derived: dict, spec_dir: Path, tokenizer, out: Pa
             "sequence_len": rdata.resolved_sequence_len(spec, derived),
         }
     prepared = rdata.prepare(spec_for_data, spec_dir, tokenizer)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-    torch.save(prepared, tmp)
-    os.replace(tmp, cache)
+    rcache.save_prepared(prepared, cache)
     return prepared
 
 

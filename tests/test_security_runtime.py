@@ -1,0 +1,61 @@
+"""Security review V3: nothing in a run folder is deserialised with pickle.
+
+A planted pickle at the data cache's name, or as a checkpoint's scheduler state, must not run; it is
+ignored (the cache is rebuilt) or refused (the scheduler state), never executed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+from ftspec.runtime import cache as rcache
+from ftspec.runtime import checkpoint as ckpt
+from ftspec.runtime.data import Example, Prepared
+
+
+class _Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _prepared() -> Prepared:
+    train = [Example([1, 2, 3], [-100, 2, 3], [0, 1, 2]), Example([4], [4], [0])]
+    return Prepared(train, [Example([5, 6], [5, -100], [0, 1])], {"train_examples": 2, "packing": False})
+
+
+def test_the_data_cache_round_trips_through_safetensors(tmp_path):
+    path = tmp_path / ".ftspec" / f"data-abc{rcache.SUFFIX}"
+    rcache.save_prepared(_prepared(), path)
+    assert rcache.load_prepared(path) == _prepared()
+    assert path.read_bytes()[:1] != b"\x80"  # not a pickle stream
+
+
+@pytest.mark.parametrize("name", [f"data-abc{rcache.SUFFIX}", "data-abc.pt"])
+def test_a_planted_pickle_cache_is_never_executed(tmp_path, name):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / name
+    path.write_bytes(pickle.dumps(_Payload(str(marker))))
+    assert rcache.load_prepared(path) is None  # rebuilt, not trusted
+    assert not marker.exists()
+
+
+def test_the_scheduler_state_is_json(tmp_path):
+    state = {"base_lrs": [0.001], "last_epoch": 3, "_step_count": 4, "lr_lambdas": [None]}
+    ckpt.save_scheduler(state, tmp_path)
+    assert (tmp_path / ckpt.SCHEDULER).read_text().startswith("{")
+    assert ckpt.load_scheduler(tmp_path) == state
+
+
+def test_a_legacy_pickled_scheduler_state_is_refused_not_run(tmp_path):
+    marker = tmp_path / "PWNED"
+    import torch
+
+    torch.save({"payload": _Payload(str(marker))}, tmp_path / ckpt.LEGACY_SCHEDULER)
+    with pytest.raises(pickle.UnpicklingError):
+        ckpt.load_scheduler(tmp_path)
+    assert not marker.exists()
