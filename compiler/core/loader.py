@@ -7,11 +7,14 @@ nothing here raises on bad input.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, make
+from ftspec.compiler.core.paths import find_repo_root, link_escapes, special_kind
 
 MAX_BYTES = 1024 * 1024  # a spec is a page of YAML (a few KB); anything this large is a mistake or an attack
 MAX_NODES = 100_000  # expanded nodes: stops alias bombs ("billion laughs") before they eat memory
@@ -133,7 +136,7 @@ def load_text(text: str, path: str) -> LoadedSpec:
         spec.diagnostics.append(_yaml_error(exc, path, text))
         return spec
     except (YAMLError, RecursionError, ValueError, TypeError) as exc:
-        spec.diagnostics.append(make("FT0003", Location(path, 1, 1, ""), detail=_one_line(str(exc))))
+        spec.diagnostics.append(_unmarked_error(exc, path, text))
         return spec
     if node is None:
         spec.diagnostics.append(make("FT0005", Location(path, 1, 1, "")))
@@ -155,9 +158,61 @@ def load_text(text: str, path: str) -> LoadedSpec:
     return spec
 
 
-def load_spec(path: str | os.PathLike) -> LoadedSpec:
-    """Read and parse `path`; problems come back as diagnostics on the result, never as exceptions."""
+def non_finite_diagnostics(spec: LoadedSpec) -> list[Diagnostic]:
+    """FT0105 for every `.nan` and `.inf` (from the file or a `--set`): YAML floats but no field's
+    value. NaN passes every range check (each comparison is false), then reaches plan.json as `NaN`,
+    which is not JSON, or crashes the build (`int(nan)`)."""
+    out: list[Diagnostic] = []
+
+    def walk(value: object, pointer: str) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                walk(child, join_pointer(pointer, key))
+        elif isinstance(value, list):
+            for index, child in enumerate(value):
+                walk(child, join_pointer(pointer, index))
+        elif isinstance(value, float) and not math.isfinite(value):
+            field = pointer.strip("/").replace("/", ".") or "the spec"
+            shown = ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
+            out.append(
+                make("FT0105", spec.locate(pointer), field=field, value=shown, bound="a finite number")
+            )
+
+    walk(spec.data, "")
+    return out
+
+
+def spec_link_problem(path: str | os.PathLike, root: os.PathLike | None = None) -> Diagnostic | None:
+    """FT0013 when `path` is (or passes through) a symlink whose target leaves the repository root
+    (`root`, else the git repository holding the link itself). Checked before the file is opened: a
+    pull request may commit `specs/x.yaml -> /etc/shadow`, and lint would print its lines."""
     shown = str(path)
+    if not os.path.lexists(path):
+        return None
+    lexical = Path(os.path.abspath(path))
+    top = Path(root) if root is not None else find_repo_root(lexical.parent)
+    target = link_escapes(lexical, top)
+    if target is None:
+        return None
+    return make("FT0013", Location(shown, 1, 1, ""), root=str(top))
+
+
+def load_spec(path: str | os.PathLike, *, root: os.PathLike | None = None) -> LoadedSpec:
+    """Read and parse `path`; problems come back as diagnostics on the result, never as exceptions.
+
+    A spec that resolves outside the repository root (`root`, else the link's own repository) is
+    refused unread (FT0013); a FIFO or socket is refused unopened (opening it would block)."""
+    shown = str(path)
+    escape = spec_link_problem(path, root)
+    if escape is not None:
+        spec = LoadedSpec(path=shown, text="")
+        spec.diagnostics.append(escape)
+        return spec
+    kind = special_kind(Path(path))
+    if kind in ("a FIFO", "a socket"):
+        spec = LoadedSpec(path=shown, text="")
+        spec.diagnostics.append(make("FT0001", Location(shown), detail=f"is {kind}, not a regular file"))
+        return spec
     try:
         size = os.stat(path).st_size
         if size > MAX_BYTES:
@@ -258,10 +313,19 @@ def json_kind(value: object) -> str:
 def _yaml_error(exc, path: str, text: str) -> Diagnostic:
     from ruamel.yaml.constructor import DuplicateKeyError
 
-    mark = exc.problem_mark or exc.context_mark
-    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     problem = _one_line(exc.problem or "")
     context = _one_line(exc.context or "")
+    opened = _unclosed(exc, problem, context, text)
+    if opened is not None:
+        (line, column), what = opened
+        return make(
+            "FT0003",
+            Location(path, line, column, ""),
+            detail=f"unclosed {what} opened here ({problem})",
+            hint=f"close the {what} on this line",
+        )
+    mark = exc.problem_mark or exc.context_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
     loc = Location(path, line, column, "")
     if isinstance(exc, DuplicateKeyError):
         first = exc.context_mark
@@ -276,6 +340,83 @@ def _yaml_error(exc, path: str, text: str) -> Diagnostic:
     return make("FT0003", loc, detail=detail or "invalid YAML")
 
 
+_OPENS_QUOTE = re.compile(r"""^\s*(?:-\s+)?(?:[^\s#'"][^#:]*:\s+)?(["'])(.*)$""")
+_LOOKS_LIKE_KEY = re.compile(r"^\s*(?:-\s+)?[A-Za-z_][\w.-]*:(\s|$)")
+
+
+def _unclosed(exc, problem: str, context: str, text: str) -> tuple[tuple[int, int], str] | None:
+    """Where an unclosed quote or bracket opens, for errors the parser only noticed later.
+
+    ruamel reports where it gave up (often the end of the file, or a line 50 below); the mistake is
+    where the scalar or flow collection began, which it keeps as the context mark. A double-quoted
+    scalar may also swallow many lines and fail on something else: then the first line that opens a
+    quote without closing it, followed by a line that looks like `key: value`, is the culprit."""
+    mark, at = exc.context_mark, exc.problem_mark
+    gave_up_later = at is not None and mark is not None and at.line > mark.line
+    if mark is not None and context.startswith("while scanning a quoted scalar") and gave_up_later:
+        return (mark.line + 1, mark.column + 1), "quote"
+    if mark is not None and context.startswith("while parsing a flow") and gave_up_later:
+        return (mark.line + 1, mark.column + 1), "bracket"
+    limit = at.line if at is not None else 0
+    lines = text.splitlines()
+    for index in range(min(limit, len(lines))):
+        found = _OPENS_QUOTE.match(lines[index])
+        if not found or _closes(found.group(1), found.group(2)):
+            continue
+        following = next((ln for ln in lines[index + 1 : limit + 1] if ln.strip()), "")
+        if _LOOKS_LIKE_KEY.match(following):
+            return (index + 1, found.start(1) + 1), "quote"
+    return None
+
+
+def _closes(quote: str, rest: str) -> bool:
+    if quote == "'":
+        return "'" in rest.replace("''", "")
+    escaped = False
+    for char in rest:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            return True
+    return False
+
+
+_LONG_INT = re.compile(r"\d{4301,}")
+
+
+def _unmarked_error(exc: Exception, path: str, text: str) -> Diagnostic:
+    """Errors ruamel raises without a mark, located from what they carry: a reader error's character
+    offset, or the digit run Python refuses to convert (CPython's 4300-digit limit)."""
+    position = getattr(exc, "position", None)
+    if isinstance(position, int) and 0 <= position <= len(text):
+        line = text.count("\n", 0, position) + 1
+        column = position - (text.rfind("\n", 0, position) + 1) + 1
+        character = getattr(exc, "character", None)
+        if isinstance(character, str) and len(character) == 1:
+            character = ord(character)
+        shown = f"#x{character:04x}" if isinstance(character, int) else "(control character)"
+        return make(
+            "FT0003",
+            Location(path, line, column, ""),
+            detail=f"unacceptable character {shown}: control characters are not allowed in YAML",
+            hint="remove the byte, or write it as an escape inside a double-quoted string (\\x1b)",
+        )
+    digits = _LONG_INT.search(text) if isinstance(exc, ValueError) else None
+    if digits is not None:
+        line = text.count("\n", 0, digits.start()) + 1
+        column = digits.start() - (text.rfind("\n", 0, digits.start()) + 1) + 1
+        return make(
+            "FT0105",
+            Location(path, line, column, ""),
+            field="a number",
+            value=f"{len(digits.group())} digits long",
+            bound="a number of realistic size",
+        )
+    return make("FT0003", Location(path, 1, 1, ""), detail=_one_line(str(exc)))
+
+
 def _convert(node, pointer: str, spec: LoadedSpec, counter: list[int], depth: int):
     """Copy ruamel's round-trip nodes into plain dict/list/scalars, recording positions."""
     from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
@@ -285,6 +426,9 @@ def _convert(node, pointer: str, spec: LoadedSpec, counter: list[int], depth: in
         raise _TooBig("FT0008", pointer, f"more than {MAX_NODES} nodes after expanding aliases")
     if depth > MAX_DEPTH:
         raise _TooBig("FT0008", pointer, f"nested deeper than {MAX_DEPTH} levels")
+    if isinstance(node, (CommentedMap, CommentedSeq)) and _has_custom_tag(node):
+        # a tag on a mapping or list is as foreign to the spec language as one on a scalar
+        raise _TooBig("FT0009", pointer, f"tag {_tag_value(node)}")
     if isinstance(node, CommentedMap):
         out = {}
         for key in node:
@@ -314,8 +458,7 @@ def _convert(node, pointer: str, spec: LoadedSpec, counter: list[int], depth: in
             out_list.append(_convert(item, child, spec, counter, depth + 1))
         return out_list
     if isinstance(node, TaggedScalar) or _has_custom_tag(node):
-        tag = getattr(node, "tag", None)
-        raise _TooBig("FT0009", pointer, f"tag {getattr(tag, 'value', tag)}")
+        raise _TooBig("FT0009", pointer, f"tag {_tag_value(node)}")
     if node is None or isinstance(node, bool):
         return node
     if isinstance(node, int):
@@ -328,7 +471,32 @@ def _convert(node, pointer: str, spec: LoadedSpec, counter: list[int], depth: in
     return str(node)
 
 
-def _has_custom_tag(node) -> bool:
+def _tag_value(node) -> object:
     tag = getattr(node, "tag", None)
     value = getattr(tag, "value", tag)
-    return isinstance(value, str) and bool(value) and not value.startswith("tag:yaml.org,2002:")
+    return value.replace("tag:yaml.org,2002:", "!!", 1) if isinstance(value, str) else value
+
+
+def _has_custom_tag(node) -> bool:
+    value = _tag_value(node)
+    if isinstance(value, str) and value.startswith("!!"):
+        # the standard tags of their own kind are harmless (`!!map`); `!!python/...` and friends are not
+        return value.rsplit(":", 1)[-1] not in _PLAIN_TAGS
+    return isinstance(value, str) and bool(value)
+
+
+_PLAIN_TAGS = (
+    "map",
+    "seq",
+    "str",
+    "int",
+    "float",
+    "bool",
+    "null",
+    "omap",
+    "set",
+    "timestamp",
+    "binary",
+    "merge",
+    "value",
+)

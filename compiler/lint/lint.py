@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftspec.compiler.core.diagnostics import Diagnostic, make, sort_diagnostics
-from ftspec.compiler.core.loader import LoadedSpec, load_spec
+from ftspec.compiler.core.loader import LoadedSpec, load_spec, non_finite_diagnostics
 from ftspec.compiler.core.schema import schema_diagnostics
 
 
@@ -37,11 +37,14 @@ def lint_loaded(spec: LoadedSpec, options: LintOptions | None = None) -> LintRes
         if "version" in spec.data and version != 1:
             diags.append(make("FT0108", spec.locate("/version"), value=repr(version)))
         else:
-            schema_diags = schema_diagnostics(spec)
-            diags.extend(schema_diags)
+            # A non-finite number is refused once, at its value; the schema and the rules skip it
+            non_finite = non_finite_diagnostics(spec)
+            refused = {d.pointer for d in non_finite}
+            schema_diags = [d for d in schema_diagnostics(spec) if d.pointer not in refused]
+            diags.extend(non_finite + schema_diags)
             from ftspec.compiler.lint.rules.registry import cross_field_diagnostics
 
-            diags.extend(cross_field_diagnostics(spec, options, schema_diags))
+            diags.extend(cross_field_diagnostics(spec, options, schema_diags + non_finite))
     return LintResult(spec, sort_diagnostics(suppressed(spec, _dedupe(diags))))
 
 
@@ -70,7 +73,8 @@ def suppressed(spec: LoadedSpec, diags: list[Diagnostic]) -> list[Diagnostic]:
 
 
 def lint_file(path: str | Path, options: LintOptions | None = None) -> LintResult:
-    return lint_loaded(load_spec(path), options)
+    options = options or LintOptions()
+    return lint_loaded(load_spec(path, root=options.repo_root), options)
 
 
 def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
