@@ -2,10 +2,16 @@
 
 - Records are read and converted with the compiler's own readers (data_io, data_formats.to_messages),
   so training sees exactly what `ftspec check` checked.
-- Labels come from the chat template: `apply_chat_template(return_assistant_tokens_mask=True)` marks
-  the text inside `{% generation %}` blocks, which ftspec's templates put around each assistant answer
-  *and its turn terminator* (<|im_end|>, <|eot_id|>, EOS), so the model learns to stop. Every other
-  token (system, user, role headers) gets label -100. `loss_on: all` trains every token.
+- Labels come from the chat template, through the compiler's assistant_spans.trained_text, the very
+  function `ftspec check` shows its samples with: the conversation is rendered in the same sandbox
+  transformers uses, and the trained character spans are the `{% generation %}` blocks where the
+  template has them (ftspec's templates put them around each answer *and its turn terminator*), else
+  each assistant answer located in the rendering plus the special token that ends its turn (or the
+  EOS, appended when the template writes nothing after the last answer), so the model learns to stop.
+  The spans become a token mask through the fast tokenizer's character offsets. Every other token
+  (system, user, role headers) gets label -100. `loss_on: all` trains every token. A record whose
+  answers cannot be located stops the run with its file and line (FT0713), as check reports it
+  (FT0556): its prompt is never silently trained on.
 - Longer than sequence_len: `truncation: truncate` cuts at the end, `drop` drops the example;
   an example left with no trained token is dropped either way (it would only add padding).
 - Packing concatenates examples into rows of at most sequence_len (best-fit decreasing: few rows, each
@@ -28,9 +34,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ftspec.compiler.dataset.chat_templates import has_generation_blocks
+from ftspec.compiler.dataset import assistant_spans
+from ftspec.compiler.dataset.chat_templates import TemplateError, mask_from_offsets, render
 from ftspec.compiler.dataset.formats import to_messages
 from ftspec.compiler.dataset.records import DataFileError, RecordReader
+from ftspec.compiler.dataset.sources import mix, train_entries
 
 
 class DataError(Exception):
@@ -51,6 +59,14 @@ class Example:
         return sum(1 for x in self.labels if x != -100)
 
 
+class Conversation(list):
+    """A record's chat messages, remembering the file and 1-based line it came from (for errors)."""
+
+    def __init__(self, messages: Sequence[dict], where: str = ""):
+        super().__init__(messages)
+        self.where = where
+
+
 @dataclass
 class Prepared:
     train: list[Example]
@@ -65,7 +81,7 @@ def read_conversations(path: Path, fmt: str) -> list[list[dict]]:
             if error is not None:
                 raise DataError("FT0711", file=str(path), line=line, detail=error)
             try:
-                out.append(to_messages(value, fmt))
+                out.append(Conversation(to_messages(value, fmt), f"{path}:{line}"))
             except ValueError as exc:
                 raise DataError("FT0711", file=str(path), line=line, detail=str(exc)) from None
     except DataFileError as exc:
@@ -73,32 +89,17 @@ def read_conversations(path: Path, fmt: str) -> list[list[dict]]:
     return out
 
 
-def train_sources(train: object) -> list[tuple[str, float | None]]:
-    if isinstance(train, str):
-        return [(train, None)]
-    out = []
-    for item in train:
-        if isinstance(item, str):
-            out.append((item, None))
-        else:
-            out.append((item["path"], item.get("fraction")))
-    return out
-
-
 def mix_sources(groups: list[tuple[list, float | None]], seed: int) -> list:
     """Plain sources are taken whole; a source with `fraction` f supplies f of the final mix (drawn
     without replacement while it lasts, then again in a new seeded order)."""
-    plain = [x for items, f in groups if f is None for x in items]
-    fractions = sum(f for _, f in groups if f is not None)
-    if fractions >= 1:
-        raise DataError("FT0712", total=fractions)
-    total = len(plain) / (1 - fractions) if plain else 0
-    out = list(plain)
+    plan = mix([(len(items), f) for items, f in groups])
+    if plan.over:
+        raise DataError("FT0712", total=plan.fraction_total)
+    out = [x for items, f in groups if f is None for x in items]
     rng = random.Random(seed)
-    for index, (items, f) in enumerate(groups):
+    for index, ((items, f), want) in enumerate(zip(groups, plan.wanted, strict=True)):
         if f is None or not items:
             continue
-        want = round(f * total) if plain else len(items)
         drawn: list = []
         round_no = 0
         while len(drawn) < want:
@@ -130,7 +131,7 @@ def load_conversations(spec: dict, spec_dir: Path) -> tuple[list, list]:
     fmt = dataset.get("format", "chatml")
     seed = int(spec.get("training", {}).get("seed", 42))
     groups = [
-        (read_conversations(spec_dir / path, fmt), frac) for path, frac in train_sources(dataset["train"])
+        (read_conversations(spec_dir / entry.path, fmt), entry.fraction) for entry in train_entries(dataset)
     ]
     if dataset.get("eval_split"):
         rows = [(g, conv) for g, (convs, _f) in enumerate(groups) for conv in convs]
@@ -146,23 +147,67 @@ def load_conversations(spec: dict, spec_dir: Path) -> tuple[list, list]:
 
 
 def check_template(tokenizer, loss_on: str) -> None:
-    if loss_on == "assistant" and not has_generation_blocks(tokenizer.chat_template or ""):
-        raise DataError("FT0713")
+    """Assistant-only loss maps character spans to tokens, which needs a fast tokenizer's offsets."""
+    if loss_on == "assistant" and not getattr(tokenizer, "is_fast", False):
+        raise DataError(
+            "FT0713",
+            where="the tokenizer",
+            detail="it is not a fast tokenizer, so it gives no character offsets to map the trained "
+            "text to tokens",
+        )
+
+
+_MARKERS: dict[int, tuple[object, int, tuple[str, ...]]] = {}
+
+
+def _markers(tokenizer) -> tuple[str, ...]:
+    """assistant_spans.marker_tokens, once per tokenizer (it reads the whole vocabulary)."""
+    key = id(tokenizer)
+    cached = _MARKERS.get(key)
+    if cached is None or cached[0] is not tokenizer or cached[1] != len(tokenizer):
+        cached = (tokenizer, len(tokenizer), assistant_spans.marker_tokens(tokenizer))
+        _MARKERS[key] = cached
+    return cached[2]
+
+
+def _template(tokenizer) -> str:
+    template = tokenizer.chat_template
+    if isinstance(template, dict):  # named templates: transformers uses "default"
+        template = template.get("default") or next(iter(template.values()), "")
+    return template or ""
+
+
+def trained_ids(messages: Sequence[dict], tokenizer, loss_on: str) -> tuple[list[int], list[bool]]:
+    """Token ids of the rendered conversation and which of them train: the spans `ftspec check`
+    shows (assistant_spans.trained_text), mapped to tokens by their character offsets."""
+    special = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+    where = getattr(messages, "where", "") or "a record"
+    conversation = [dict(m) for m in messages]
+    try:
+        if loss_on == "assistant":
+            trained = assistant_spans.trained_text(
+                _template(tokenizer), conversation, special_tokens=special, markers=_markers(tokenizer)
+            )
+            text, spans = trained.text, trained.spans
+        else:
+            text = render(_template(tokenizer), conversation, special_tokens=special).text
+            spans = [(0, len(text))]
+    except TemplateError as exc:
+        raise DataError("FT0713", where=where, detail=exc.message) from None
+    if loss_on == "assistant" and trained.problems:
+        first = trained.problems[0]
+        raise DataError("FT0713", where=where, detail=f"turn {first.turn} (assistant): {first.detail}")
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = mask_from_offsets(enc["input_ids"], enc["offset_mapping"], spans)
+    return mask.ids, mask.trained
 
 
 def tokenize(
     messages: list[dict], tokenizer, *, loss_on: str, sequence_len: int, truncation: str
 ) -> tuple[Example | None, str]:
     """One conversation as an Example; (None, reason) when it is dropped."""
-    enc = tokenizer.apply_chat_template(
-        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=(loss_on == "assistant")
-    )
-    ids = list(enc["input_ids"])
-    if loss_on == "assistant":
-        mask = list(enc["assistant_masks"])
-        labels = [t if m else -100 for t, m in zip(ids, mask, strict=True)]
-    else:
-        labels = list(ids)
+    ids, mask = trained_ids(messages, tokenizer, loss_on)
+    labels = [t if m else -100 for t, m in zip(ids, mask, strict=True)]
     status = "ok"
     if len(ids) > sequence_len:
         if truncation == "drop":

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ftspec.compiler import __version__
-from ftspec.compiler.compile.plan import dumps_json, write_atomic
+from ftspec.compiler.core.artifacts import dumps_json, write_atomic
 from ftspec.compiler.dataset.formats import detect_format, to_messages
 from ftspec.compiler.dataset.records import RecordReader
 from ftspec.compiler.evaluate import metrics as M

@@ -37,15 +37,18 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import sys
 import time
 import traceback
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from ftspec.compiler.compile.launch_command import previous_run
+from ftspec.compiler.core.artifacts import file_sha256
 from ftspec.compiler.core.diagnostics import Diagnostic, make
 from ftspec.compiler.core.reporters import to_text
+from ftspec.compiler.dataset.sources import train_entries
+from ftspec.compiler.launch.run_folder import BATCH_FILE, ERRORS_DIR, EXIT_OOM_RETRY, previous_run  # noqa: F401
 from ftspec.runtime import cache as rcache
 from ftspec.runtime import checkpoint as ckpt
 from ftspec.runtime import data as rdata
@@ -62,9 +65,28 @@ from ftspec.runtime.model import (
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the run failed (NaN, bad data, set-up error): a finding, not a tool bug
-EXIT_OOM_RETRY = 75  # EX_TEMPFAIL: out of memory, a smaller micro batch was recorded; relaunch with --resume
-BATCH_FILE = "batch_override.json"
-ERRORS_DIR = ".ftspec"
+EXIT_INTERRUPTED = 128 + signal.SIGTERM  # stopped by SIGTERM (scancel, Slurm requeue or preemption)
+# The signal this process was asked to stop by; every rank learns of any rank's at the next step.
+_TERMINATION: dict[str, int | None] = {"signal": None}
+
+
+def _catch_termination() -> None:
+    """SIGTERM (Slurm's scancel, requeue and preemption send it, then SIGKILL after KillWait) stops
+    the run at the next step boundary on every rank together, after a checkpoint, instead of
+    killing it mid-step: a requeued job then resumes from that step."""
+
+    def note(signum: int, _frame: object) -> None:
+        _TERMINATION["signal"] = signum
+
+    signal.signal(signal.SIGTERM, note)
+
+
+def node_identity() -> tuple[str, str]:
+    """(node name, node rank) for the start-up line: Slurm's node name when under Slurm, and the
+    launcher's node (group) rank."""
+    node = os.environ.get("SLURMD_NODENAME") or platform.node()
+    rank = os.environ.get("GROUP_RANK") or os.environ.get("SLURM_NODEID") or "0"
+    return node, rank
 
 
 class StopRun(Exception):
@@ -79,10 +101,6 @@ class StopRun(Exception):
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def env_int(name: str) -> int | None:
@@ -288,9 +306,10 @@ def run(plan_path: Path, resume: bool) -> int:
     import torch
     import torch.nn.functional as F
     from accelerate.utils import broadcast_object_list, set_seed
-    from ftspec.compiler.compile.plan import read_plan
+    from ftspec.compiler.core.artifacts import read_plan
 
     plan = read_plan(plan_path)
+    _catch_termination()
     spec, derived = plan["spec"], plan["derived"]
     training = spec.get("training", {})
     spec_dir = (plan_path.parent / plan["paths"]["spec_dir"]).resolve()
@@ -309,10 +328,11 @@ def run(plan_path: Path, resume: bool) -> int:
         if is_main:
             log(to_text([diag], lambda *_: None))
 
+    node, node_rank = node_identity()
     log(
         f"ftspec: rank {rank}/{world} pid {os.getpid()} on {platform.node()}: {derived['strategy']} "
         f"on {device}, distributed type {accelerator.distributed_type.value}, micro batch {mbs} x "
-        f"accumulation {gas} x {world} processes"
+        f"accumulation {gas} x {world} processes; node {node}, node rank {node_rank}"
     )
 
     ckroot = out / "checkpoints"
@@ -337,7 +357,7 @@ def run(plan_path: Path, resume: bool) -> int:
     run_info: dict = {
         "schema_version": 1,
         "kind": "ftspec-run",
-        "plan_sha256": sha256_file(plan_path),
+        "plan_sha256": file_sha256(plan_path),
         "spec_sha256": plan["metadata"].get("spec_sha256"),
         "training_sha256": ckpt.identity_sha256(identity),
         "started": started,
@@ -363,7 +383,7 @@ def run(plan_path: Path, resume: bool) -> int:
         shutil.copyfile(plan_path, out / "plan.json")
         if lock_path.is_file():
             shutil.copyfile(lock_path, out / "lock.json")
-            run_info["lock_sha256"] = sha256_file(lock_path)
+            run_info["lock_sha256"] = file_sha256(lock_path)
         for removed in ckpt.clean_partial(ckroot):
             log(f"ftspec: removed an unfinished checkpoint write {removed.name}")
         if not resume:
@@ -572,7 +592,12 @@ def run(plan_path: Path, resume: bool) -> int:
     try:
         while step < total_steps:
             micro = [[prepared.train[i] for i in m] for m in schedule.micro_batches(step, rank)]
-            n_global = reduce_sum([float(sum(rdata.count_trained(b) for b in micro))])[0]
+            # the stop vote rides on the step's first collective: all ranks stop at the same step
+            n_global, stop_votes = reduce_sum(
+                [float(sum(rdata.count_trained(b) for b in micro)), 1.0 if _TERMINATION["signal"] else 0.0]
+            )
+            if stop_votes:
+                raise _interrupted(step, start_step, save_every, total_steps, save_checkpoint, last_good)
             scale = world * gas / max(n_global, 1.0)
             grad_norm = None
             try:
@@ -694,7 +719,8 @@ def run(plan_path: Path, resume: bool) -> int:
         diagnostics.append(stop.diagnostic)
         if is_main or stop.status == "oom":
             log(to_text([stop.diagnostic], lambda *_: None))
-            _record_failure(plan_path, stop.diagnostic, stop)
+            if stop.status != "interrupted":  # asked to stop: not an error of this rank
+                _record_failure(plan_path, stop.diagnostic, stop)
         status, code = stop.status, stop.code
     finally:
         metrics.close()
@@ -713,11 +739,24 @@ def run(plan_path: Path, resume: bool) -> int:
     return code
 
 
+def _interrupted(step: int, start_step: int, save_every: int, total: int, save, last_good) -> StopRun:
+    """Stopped by a signal: save this step unless it is saved already (or nothing was trained since
+    the resume), so the last complete checkpoint is as recent as it can be."""
+    if step > start_step and step % save_every:
+        save(step)
+    name = signal.Signals(_TERMINATION["signal"] or signal.SIGTERM).name
+    return StopRun(
+        make("FT0725", signal=name, step=step, total=total, checkpoint=last_good()),
+        "interrupted",
+        EXIT_INTERRUPTED,
+    )
+
+
 def _train_file_hashes(spec: dict, spec_dir: Path) -> dict[str, str]:
     hashes = {}
-    for path, _fraction in rdata.train_sources(spec["dataset"]["train"]):
+    for path in (entry.path for entry in train_entries(spec["dataset"])):
         try:
-            hashes[path] = sha256_file(spec_dir / path)
+            hashes[path] = file_sha256(spec_dir / path)
         except OSError:  # reported with its line by data preparation (FT0711); here it is just different
             hashes[path] = "unreadable"
     return hashes
@@ -821,11 +860,11 @@ def cached_prepare(spec: dict, derived: dict, spec_dir: Path, tokenizer, out: Pa
         "model": source.path_or_id,
         "files": {},
     }
-    for path, _f in rdata.train_sources(spec["dataset"]["train"]) + (
-        [(spec["dataset"]["eval"], None)] if spec["dataset"].get("eval") else []
+    for path in [entry.path for entry in train_entries(spec["dataset"])] + (
+        [spec["dataset"]["eval"]] if spec["dataset"].get("eval") else []
     ):
         try:
-            key_data["files"][path] = sha256_file(spec_dir / path)
+            key_data["files"][path] = file_sha256(spec_dir / path)
         except OSError as exc:  # the file moved or vanished since compile
             raise rdata.DataError(
                 "FT0711", file=str(spec_dir / path), line=0, detail=exc.strerror or str(exc)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, make
 from ftspec.compiler.core.loader import LoadedSpec, join_pointer, load_spec, load_text
+from ftspec.compiler.core.resolve import world_size
 from ftspec.compiler.lint.lint import LintOptions, lint_loaded
 
 _MISSING = object()
@@ -139,8 +140,7 @@ def _steps(spec: LoadedSpec, resolved: dict, summary: dict | None) -> dict | Non
 
 
 def _world(r: dict) -> int:
-    hw = r.get("hardware", {})
-    return int(hw.get("nodes", 1)) * int(hw.get("gpus_per_node", 1))
+    return world_size(r.get("hardware"))
 
 
 def _effective(r: dict) -> int:

@@ -15,9 +15,10 @@ from importlib import metadata
 from pathlib import Path
 
 from ftspec.compiler import __version__
-from ftspec.compiler.compile.plan import _train_entries, spec_sha256
+from ftspec.compiler.core.artifacts import file_sha256, spec_sha256
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, make
 from ftspec.compiler.core.loader import LoadedSpec, get_pointer
+from ftspec.compiler.dataset.sources import train_entries
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
@@ -30,8 +31,6 @@ RUNTIME_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets")
 
 def _sha256_file(path: Path) -> str | None:
     try:
-        from ftspec.compiler.dataset.records import file_sha256
-
         return file_sha256(path)
     except OSError:
         return None
@@ -41,8 +40,8 @@ def data_files(resolved: dict) -> list[tuple[str, str, str]]:
     """(role, JSON pointer, path as written) of every file the run reads besides the model."""
     out: list[tuple[str, str, str]] = []
     dataset = resolved.get("dataset", {})
-    for written, pointer, _fraction in _train_entries(dataset):
-        out.append(("train", pointer, written))
+    for entry in train_entries(dataset):
+        out.append(("train", entry.pointer, entry.path))
     if isinstance(dataset.get("eval"), str):
         out.append(("eval", "/dataset/eval", dataset["eval"]))
     evaluation = resolved.get("evaluation", {}) or {}

@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ftspec.compiler.catalog.arch_shapes import ALL_LINEAR, MODULE_ALIASES, Shapes
+from ftspec.compiler.core.resolve import resolve_strategy, world_size
 
 GIB = 1024**3
 CUDA_CONTEXT_GIB = 0.5  # CUDA context + cuBLAS workspace as nvidia-smi shows it (torch 2.x, lazy loading)
@@ -483,7 +484,7 @@ def setup_from_resolved(resolved: dict, *, seq_len: int | None = None) -> TrainS
     hardware = resolved.get("hardware", {}) or {}
     method = adapter.get("method", "lora")
     quant = adapter.get("quantization") or {}
-    world = int(hardware.get("gpus_per_node", 1) or 1) * int(hardware.get("nodes", 1) or 1)
+    world = world_size(hardware)
     strategy = resolve_strategy(hardware, world)
     raw_seq = training.get("sequence_len", 2048)
     seq = seq_len if seq_len is not None else (raw_seq if isinstance(raw_seq, int) else 2048)
@@ -508,13 +509,6 @@ def setup_from_resolved(resolved: dict, *, seq_len: int | None = None) -> TrainS
         zero_stage=hardware.get("zero_stage") if strategy == "deepspeed" else None,
         offload=hardware.get("offload", "none") or "none",
     )
-
-
-def resolve_strategy(hardware: dict, world: int) -> str:
-    strategy = hardware.get("strategy", "auto") or "auto"
-    if strategy == "auto":
-        return "single" if world <= 1 else "ddp"
-    return strategy
 
 
 def estimate_memory(

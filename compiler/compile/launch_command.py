@@ -142,32 +142,6 @@ def _executable(name: str) -> str:
     return str(sibling) if sibling.is_file() and os.access(sibling, os.X_OK) else name
 
 
-# What a run leaves that a fresh launch into the same folder would destroy (docs/contracts.md).
-PRECIOUS_OUTPUTS = ("adapter", "merged")
-CHECKPOINTS = "checkpoints"
-
-
-def previous_run(run_dir: Path) -> list[str]:
-    """The outputs of an earlier run in `run_dir` that a fresh (not resumed) launch would replace:
-    complete or partial checkpoints and saved models. Empty when the folder holds nothing to lose
-    (a run that failed at set-up leaves only logs, which a new run may replace)."""
-    found = []
-    checkpoints = run_dir / CHECKPOINTS
-    if checkpoints.is_dir():
-        names = sorted(
-            (p.name for p in checkpoints.iterdir() if p.is_dir() and p.name.startswith("checkpoint-")),
-            key=lambda name: (len(name), name),
-        )  # checkpoint-8 before checkpoint-100
-        if names:
-            found.append(
-                f"{len(names)} checkpoint(s) under {CHECKPOINTS}/, the last {names[-1]}"
-                if len(names) > 1
-                else f"{CHECKPOINTS}/{names[0]}"
-            )
-    found += [f"{name}/" for name in PRECIOUS_OUTPUTS if (run_dir / name).is_dir()]
-    return found
-
-
 def launch_command(
     plan: dict,
     build_dir: Path,

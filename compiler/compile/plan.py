@@ -18,18 +18,26 @@ schedule the reviewer approved.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import os
 from pathlib import Path
 
 from ftspec.compiler import __version__
+from ftspec.compiler.core.artifacts import (  # noqa: F401 - re-exported for the build and its callers
+    PLAN_KIND,
+    PLAN_SCHEMA_VERSION,
+    dumps_json,
+    read_plan,
+    spec_sha256,
+    write_atomic,
+    write_plan,
+)
 from ftspec.compiler.core.diagnostics import Diagnostic, has_errors, make
 from ftspec.compiler.core.loader import LoadedSpec, join_pointer, split_pointer
+from ftspec.compiler.core.resolve import resolve_strategy
+from ftspec.compiler.dataset.sources import count_records, mixed_total, split_counts, train_entries
 
-PLAN_SCHEMA_VERSION = 1
-PLAN_KIND = "ftspec-plan"
 ACCELERATE_CONFIG = "accelerate.yaml"
 DEEPSPEED_CONFIG = "deepspeed.json"
 
@@ -91,60 +99,6 @@ def apply_overrides(data: dict, overrides: dict | None) -> dict:
 # ------------------------------------------------------------------------------------------- counts
 
 
-def count_records(path: Path) -> int:
-    """Records in a JSON Lines file (non-blank lines) or a JSON array (its length), cheaply.
-
-    Lines are counted without parsing; the data check is what reports malformed records.
-    """
-    with open(path, "rb") as fh:
-        head = fh.read(4096)
-        probe = head[3:] if head.startswith(b"\xef\xbb\xbf") else head
-        if probe.lstrip()[:1] == b"[":
-            from ftspec.compiler.dataset.records import (
-                RecordReader,  # streams the array without loading it whole
-            )
-
-            return sum(1 for _line, value, error in RecordReader(path) if error is None and value is not None)
-        fh.seek(0)
-        return sum(1 for line in fh if line.strip())
-
-
-def _train_entries(dataset: dict) -> list[tuple[str, str, float | None]]:
-    """(path as written, JSON pointer of the path, fraction) for each training file."""
-    train = dataset.get("train")
-    if isinstance(train, str):
-        return [(train, "/dataset/train", None)]
-    out: list[tuple[str, str, float | None]] = []
-    for i, item in enumerate(train or []):
-        if isinstance(item, str):
-            out.append((item, f"/dataset/train/{i}", None))
-        elif isinstance(item, dict):
-            fraction = item.get("fraction")
-            out.append(
-                (
-                    item["path"],
-                    f"/dataset/train/{i}/path",
-                    float(fraction) if isinstance(fraction, (int, float)) else None,
-                )
-            )
-    return out
-
-
-def mixed_total(counts: list[tuple[int, float | None]]) -> int:
-    """Training examples after mixing, the same formula as the data check: files without a fraction
-    are used whole; each file with fraction f contributes round(total x f) where
-    total = (examples without a fraction) / (1 - sum of fractions)."""
-    base = sum(n for n, f in counts if f is None)
-    mixed = [(n, f) for n, f in counts if f is not None]
-    if not mixed:
-        return base
-    total_fraction = sum(f for _, f in mixed)
-    if total_fraction >= 1 or base == 0:
-        return base + sum(n for n, _ in mixed)
-    total = base / (1 - total_fraction)
-    return base + sum(round(total * f) for _, f in mixed)
-
-
 def example_counts(spec: LoadedSpec, resolved: dict) -> tuple[dict, list[Diagnostic]]:
     """Train/eval example counts from the files (eval_split: ceil(split x N) go to eval, the
     convention of datasets' train_test_split, which the runtime uses with the training seed)."""
@@ -153,7 +107,8 @@ def example_counts(spec: LoadedSpec, resolved: dict) -> tuple[dict, list[Diagnos
     diags: list[Diagnostic] = []
     sources: list[dict] = []
     counts: list[tuple[int, float | None]] = []
-    for written, pointer, fraction in _train_entries(dataset):
+    for entry in train_entries(dataset):
+        written, pointer, fraction = entry.path, entry.pointer, entry.fraction
         try:
             n = count_records(base / written)
         except OSError as exc:
@@ -179,8 +134,7 @@ def example_counts(spec: LoadedSpec, resolved: dict) -> tuple[dict, list[Diagnos
                 )
             )
     elif dataset.get("eval_split"):
-        eval_examples = math.ceil(train * float(dataset["eval_split"])) if train else 0
-        train -= eval_examples
+        train, eval_examples = split_counts(train, dataset["eval_split"])
     return {"train_examples": train, "eval_examples": eval_examples, "train_sources": sources}, diags
 
 
@@ -213,23 +167,6 @@ def value_sources(resolved: dict, given: dict, overrides: set[str], prefix: str 
 
 
 # --------------------------------------------------------------------------------------------- plan
-
-
-def resolve_strategy(hardware: dict) -> str:
-    """auto: single for one device, ddp for several; anything else as declared."""
-    strategy = hardware.get("strategy", "auto")
-    if strategy != "auto":
-        return strategy
-    world = int(hardware.get("nodes", 1)) * int(hardware.get("gpus_per_node", 1))
-    return "single" if world == 1 else "ddp"
-
-
-def spec_sha256(spec: LoadedSpec) -> str:
-    """SHA-256 of the spec file's bytes (the text as loaded when the file is gone)."""
-    try:
-        return hashlib.sha256(Path(spec.path).read_bytes()).hexdigest()
-    except OSError:
-        return hashlib.sha256(spec.text.encode("utf-8")).hexdigest()
 
 
 def _sequence_len(
@@ -463,40 +400,3 @@ def build_plan(
     if plan is None:
         raise PlanError(diags)
     return plan
-
-
-def dumps_json(data: object) -> str:
-    """The one JSON form of every artifact: sorted keys, 2-space indent, UTF-8, trailing newline."""
-    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder and rename: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_plan(plan: dict, path: Path) -> None:
-    write_atomic(Path(path), dumps_json(plan))
-
-
-def read_plan(path: Path) -> dict:
-    """Load a plan.json, rejecting schema versions this ftspec does not know."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    version = (data.get("metadata") or {}).get("schema_version") if isinstance(data, dict) else None
-    kind = (data.get("metadata") or {}).get("kind") if isinstance(data, dict) else None
-    if kind != PLAN_KIND or version != PLAN_SCHEMA_VERSION:
-        raise ValueError(
-            f"{path}: not a plan this ftspec reads (kind {kind!r}, schema_version {version!r}; "
-            f"expected {PLAN_KIND!r} version {PLAN_SCHEMA_VERSION})"
-        )
-    return data

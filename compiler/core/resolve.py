@@ -55,3 +55,18 @@ def resolve(data: dict) -> dict:
     output = out.setdefault("output", {})
     output.setdefault("dir", f"runs/{out.get('name', 'run')}")
     return out
+
+
+def world_size(hardware: dict | None) -> int:
+    """Processes the job runs: nodes x gpus_per_node (each at least 1)."""
+    hw = hardware if isinstance(hardware, dict) else {}
+    return max(int(hw.get("nodes", 1) or 1), 1) * max(int(hw.get("gpus_per_node", 1) or 1), 1)
+
+
+def resolve_strategy(hardware: dict | None, world: int | None = None) -> str:
+    """`hardware.strategy`, with auto made concrete: single for one process, ddp for several."""
+    hw = hardware if isinstance(hardware, dict) else {}
+    strategy = hw.get("strategy", "auto") or "auto"
+    if strategy != "auto":
+        return strategy
+    return "single" if (world_size(hw) if world is None else world) <= 1 else "ddp"

@@ -307,11 +307,3 @@ def _parse_line(raw: bytes, lineno: int, loads) -> Iterator[Item]:
     except (ValueError, RecursionError):
         error = _json_error(raw)
         yield (lineno, json.loads(raw), None) if error is None else (lineno, None, error)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -383,7 +383,7 @@ def render_html(report: dict) -> str:
 
 def write_reports(report: dict, out_dir: Path) -> dict[str, Path]:
     """Write report.json, report.md and report.html; each file appears whole or not at all."""
-    from ftspec.compiler.compile.plan import dumps_json, write_atomic
+    from ftspec.compiler.core.artifacts import dumps_json, write_atomic
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

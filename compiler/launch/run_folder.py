@@ -11,8 +11,47 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ftspec.compiler.core.artifacts import file_sha256
 from ftspec.compiler.core.diagnostics import Diagnostic, make
-from ftspec.compiler.dataset.records import file_sha256
+from ftspec.compiler.dataset.sources import train_entries
+
+# The run-folder contract between `ftspec launch` and the runtime (docs/contracts.md, "Run folder"):
+# the one home of these names, so neither side restates them.
+EXIT_OOM_RETRY = 75  # EX_TEMPFAIL: out of memory, a smaller micro batch was recorded; relaunch with --resume
+BATCH_FILE = "batch_override.json"
+ERRORS_DIR = ".ftspec"
+
+
+def run_dir_of(plan: dict, build_dir: Path) -> Path:
+    """The run folder a compiled plan names: build folder / paths.spec_dir / derived.output_dir."""
+    return (Path(build_dir) / plan["paths"]["spec_dir"] / plan["derived"]["output_dir"]).resolve()
+
+
+# What a run leaves that a fresh launch into the same folder would destroy (docs/contracts.md).
+PRECIOUS_OUTPUTS = ("adapter", "merged")
+CHECKPOINTS = "checkpoints"
+
+
+def previous_run(run_dir: Path) -> list[str]:
+    """The outputs of an earlier run in `run_dir` that a fresh (not resumed) launch would replace:
+    complete or partial checkpoints and saved models. Empty when the folder holds nothing to lose
+    (a run that failed at set-up leaves only logs, which a new run may replace)."""
+    found = []
+    checkpoints = run_dir / CHECKPOINTS
+    if checkpoints.is_dir():
+        names = sorted(
+            (p.name for p in checkpoints.iterdir() if p.is_dir() and p.name.startswith("checkpoint-")),
+            key=lambda name: (len(name), name),
+        )  # checkpoint-8 before checkpoint-100
+        if names:
+            found.append(
+                f"{len(names)} checkpoint(s) under {CHECKPOINTS}/, the last {names[-1]}"
+                if len(names) > 1
+                else f"{CHECKPOINTS}/{names[0]}"
+            )
+    found += [f"{name}/" for name in PRECIOUS_OUTPUTS if (run_dir / name).is_dir()]
+    return found
+
 
 OK_STATUSES = ("ok", "success", "succeeded", "completed", "finished", 0)
 
@@ -128,16 +167,7 @@ def train_files(spec: dict) -> list[tuple[str, str, str]]:
     """(role, pointer, path as written) of the training files: the eval/train overlap is measured on
     them, so a train file edited after the run (say, leaked eval rows removed) would clear a model that
     trained on contaminated data."""
-    train = (spec.get("dataset") or {}).get("train")
-    if isinstance(train, str):
-        return [("train", "/dataset/train", train)]
-    out = []
-    for i, entry in enumerate(train if isinstance(train, list) else []):
-        if isinstance(entry, str):
-            out.append(("train", f"/dataset/train/{i}", entry))
-        elif isinstance(entry, dict) and isinstance(entry.get("path"), str):
-            out.append(("train", f"/dataset/train/{i}/path", entry["path"]))
-    return out
+    return [("train", entry.pointer, entry.path) for entry in train_entries(spec.get("dataset"))]
 
 
 def eval_files(spec: dict) -> list[tuple[str, str, str]]:

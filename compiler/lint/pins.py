@@ -14,6 +14,7 @@ from importlib import resources
 
 from ftspec.compiler.core.diagnostics import Diagnostic, make
 from ftspec.compiler.core.loader import LoadedSpec, get_pointer, join_pointer
+from ftspec.compiler.core.resolve import resolve_strategy
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
@@ -79,11 +80,7 @@ def allows_outside(pin: str, need: str) -> bool:
 
 def _value(resolved: dict, dotted: str) -> object:
     if dotted == "hardware.strategy":
-        hw = resolved.get("hardware") or {}
-        world = int(hw.get("gpus_per_node", 1) or 1) * int(hw.get("nodes", 1) or 1)
-        from ftspec.compiler.check.memory import resolve_strategy  # lazily: lint reaches this module too
-
-        return resolve_strategy(hw, world)
+        return resolve_strategy(resolved.get("hardware"))
     node: object = resolved
     for part in dotted.split("."):
         node = node.get(part) if isinstance(node, dict) else None

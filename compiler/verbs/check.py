@@ -126,7 +126,7 @@ def _spec_of_build(lock: str) -> str | None:
     """The spec a build folder was compiled from, by the plan.json beside its lock.json."""
     from pathlib import Path
 
-    from ftspec.compiler.compile.plan import read_plan
+    from ftspec.compiler.core.artifacts import read_plan
 
     build = Path(lock).parent
     try:

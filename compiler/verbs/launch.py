@@ -26,9 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-EXIT_OOM_RETRY = 75  # must match ftspec.runtime.train.EXIT_OOM_RETRY (the compiler never imports the runtime)
-BATCH_FILE = "batch_override.json"
-ERRORS_DIR = ".ftspec"
+from ftspec.compiler.launch.run_folder import BATCH_FILE, ERRORS_DIR
+
 MAX_OOM_RETRIES = 6
 
 
@@ -47,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start over although the run folder holds an earlier run (which is moved aside, "
         "to <run folder>.previous-<time>, never deleted)",
+    )
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="launcher slurm: submit the job, print its id and return (default: follow it to its end)",
     )
     parser.add_argument(
         "-o",
@@ -196,9 +200,119 @@ def _oom_retry_pending(run_dir: Path) -> dict | None:
     return data
 
 
+def _claim_run_folder(run_dir: Path, *, resume: bool, overwrite: bool) -> int | None:
+    """A fresh launch never replaces an earlier run's checkpoints or model silently (the runtime
+    refuses too, for launch.sh); --overwrite moves the earlier run aside first. None: go ahead."""
+    from ftspec.compiler.launch.run_folder import previous_run
+
+    found = [] if resume else previous_run(run_dir)
+    if found and not overwrite:
+        return _error("FT0723", run_dir, folder=run_dir, found="; ".join(found))
+    if found:
+        moved = _move_aside(run_dir)
+        print(f"ftspec: moved the earlier run {run_dir} to {moved}", file=sys.stderr, flush=True)
+    return None
+
+
+def _report(diagnostic) -> None:
+    from ftspec.compiler.core.reporters import to_text
+
+    print(to_text([diagnostic], lambda *_: None), file=sys.stderr, flush=True)
+
+
+def _launch_slurm(args: argparse.Namespace, plan: dict, build_dir: Path) -> int:
+    """launcher slurm: submit slurm.sbatch, print the job id, follow the job (unless --no-wait) and
+    exit with its result: 0 completed, 1 any other end, 2 not submitted, 130 detached by ^C."""
+    from ftspec.compiler.launch import slurm
+
+    tools = slurm.Tools(env=slurm.job_environment())
+    if args.dry_run:
+        print(f"# in {build_dir.resolve()}:")
+        print(shlex.join(slurm.sbatch_argv(build_dir, resume=args.resume)))
+        return 0
+    run_dir = _run_dir(build_dir, plan)
+    refused = _claim_run_folder(run_dir, resume=args.resume, overwrite=args.overwrite)
+    if refused is not None:
+        return refused
+    submitted = slurm.submit(build_dir, tools, resume=args.resume)
+    if submitted.diagnostic is not None:
+        _report(submitted.diagnostic)
+        return slurm.EXIT_NOT_SUBMITTED
+    job = submitted.job_id
+    print(job, flush=True)  # stdout holds the job id alone, for scripts
+    print(
+        f"ftspec: submitted Slurm job {job} ({plan['derived']['nodes']} node(s), "
+        f"{plan['derived']['world_size']} process(es)){' --resume' if args.resume else ''}",
+        file=sys.stderr,
+        flush=True,
+    )
+    if args.no_wait:
+        print(f"ftspec: not following it: `squeue -j {job}`; cancel with `scancel {job}`", file=sys.stderr)
+        return slurm.EXIT_OK
+
+    def on_state(state) -> None:
+        where = f" on {state.nodes}" if state.nodes and state.nodes != "(null)" else ""
+        why = f" ({state.reason})" if state.reason and state.reason != "None" else ""
+        print(f"ftspec: job {job} {state.state}{where}{why}", file=sys.stderr, flush=True)
+
+    def on_output(text: str) -> None:
+        if text:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+    try:
+        result = slurm.follow(job, tools, build_dir=build_dir, on_output=on_output, on_state=on_state)
+    except KeyboardInterrupt:
+        return _interrupted_slurm(job, tools, build_dir, run_dir, on_output, on_state)
+    slurm.record_job(run_dir, result)
+    problem = slurm.outcome_diagnostic(result)
+    if problem is not None:
+        _report(problem)
+    else:
+        print(f"ftspec: job {job} COMPLETED; run folder {run_dir}", file=sys.stderr, flush=True)
+    return slurm.exit_code(result)
+
+
+def _ask_cancel(job: str) -> bool | None:
+    """Ask on the terminal whether to cancel; None when there is no one to ask."""
+    if not (sys.stdin and sys.stdin.isatty()):
+        return None
+    try:
+        answer = input(f"\nftspec: cancel Slurm job {job} with scancel? [y/N] ")
+    except (EOFError, KeyboardInterrupt):
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _interrupted_slurm(job: str, tools, build_dir: Path, run_dir: Path, on_output, on_state) -> int:
+    from ftspec.compiler.launch import slurm
+
+    choice = _ask_cancel(job)
+    if not choice:
+        why = "no terminal to ask" if choice is None else "not cancelled"
+        print(
+            f"ftspec: stopped following; Slurm job {job} keeps running ({why}): follow it with "
+            f"`squeue -j {job}`, cancel it with `scancel {job}`",
+            file=sys.stderr,
+            flush=True,
+        )
+        return slurm.EXIT_DETACHED
+    result = slurm.cancel(job, tools)
+    if result.returncode != 0:
+        print(f"ftspec: scancel {job} failed: {result.stderr.strip()}", file=sys.stderr, flush=True)
+        return slurm.EXIT_FAILED
+    print(f"ftspec: cancelled Slurm job {job}; waiting for it to end", file=sys.stderr, flush=True)
+    try:
+        ended = slurm.follow(job, tools, build_dir=build_dir, on_output=on_output, on_state=on_state)
+    except KeyboardInterrupt:
+        return slurm.EXIT_DETACHED
+    slurm.record_job(run_dir, ended)
+    return slurm.EXIT_FAILED
+
+
 def run(args: argparse.Namespace) -> int:
-    from ftspec.compiler.compile.launch_command import launch_command, previous_run
-    from ftspec.compiler.compile.plan import read_plan
+    from ftspec.compiler.compile.launch_command import launch_command
+    from ftspec.compiler.core.artifacts import read_plan
 
     target = Path(args.target)
     if target.is_file():
@@ -227,6 +341,15 @@ def run(args: argparse.Namespace) -> int:
             "one: give one of them",
             hint="--resume keeps the run's checkpoints; --overwrite moves the earlier run aside",
         )
+    if plan["derived"].get("launcher") == "slurm":
+        return _launch_slurm(args, plan, build_dir)
+    if args.no_wait:
+        return _error(
+            "FT0720",
+            detail="--no-wait submits to a scheduler; this plan runs here (launcher "
+            f"{plan['derived'].get('launcher')})",
+            hint="set hardware.launcher: slurm to submit with sbatch, or drop --no-wait",
+        )
     try:
         argv, env = launch_command(plan, build_dir, resume=args.resume)
     except ValueError as exc:  # a multi-node plan: this machine's rank and the rendezvous are needed
@@ -240,14 +363,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     run_dir = _run_dir(build_dir, plan)
     resume = args.resume
-    # A fresh launch never replaces an earlier run's checkpoints or model silently (the runtime
-    # refuses too, for launch.sh); --overwrite moves the earlier run aside first.
-    found = [] if resume else previous_run(run_dir)
-    if found and not args.overwrite:
-        return _error("FT0723", run_dir, folder=run_dir, found="; ".join(found))
-    if found:
-        moved = _move_aside(run_dir)
-        print(f"ftspec: moved the earlier run {run_dir} to {moved}", file=sys.stderr, flush=True)
+    refused = _claim_run_folder(run_dir, resume=resume, overwrite=args.overwrite)
+    if refused is not None:
+        return refused
     for attempt in range(MAX_OOM_RETRIES + 1):
         started = time.time()
         for old in (run_dir / ERRORS_DIR).glob("error-rank*.txt") if (run_dir / ERRORS_DIR).is_dir() else []:

@@ -9,7 +9,6 @@ findings point at the spec field that governs them.
 
 from __future__ import annotations
 
-import math
 import os
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -25,18 +24,18 @@ from ftspec.compiler.check.data.lengths import (
     token_segments,
 )
 from ftspec.compiler.check.data.report import Sample, render_text
+from ftspec.compiler.core.artifacts import file_sha256
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, catalog, make, sort_diagnostics
 from ftspec.compiler.core.loader import LoadedSpec
+from ftspec.compiler.dataset import assistant_spans as spans_of
 from ftspec.compiler.dataset import chat_templates as ct
 from ftspec.compiler.dataset.formats import LeakScanner, Messages, Problem, check_record
-from ftspec.compiler.dataset.records import DataFileError, RecordReader, file_sha256, parse_line
+from ftspec.compiler.dataset.records import DataFileError, RecordReader, parse_line
+from ftspec.compiler.dataset.sources import mix, split_counts, train_entries
 
 MAX_LISTED = 50  # record findings listed per code and file; every one is counted in the summary
 MIN_EVAL_EXAMPLES = 20  # below this an eval loss is mostly noise
 TOKEN_BATCH = 256
-# End-of-turn texts of common templates: with the model's own template the terminator is whichever
-# of these (or the tokenizer's EOS) follows an assistant turn.
-KNOWN_TERMINATORS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "</s>")
 
 
 @dataclass
@@ -96,25 +95,17 @@ def _display(spec: LoadedSpec, written: str) -> str:
 def _sources(spec: LoadedSpec, dataset: dict) -> list[Source]:
     base = spec.base_dir
     out: list[Source] = []
-    train = dataset.get("train")
-    entries: list[tuple[str, str, float | None]] = []
-    if isinstance(train, str):
-        entries.append((train, "/dataset/train", None))
-    elif isinstance(train, list):
-        for i, item in enumerate(train):
-            if isinstance(item, str):
-                entries.append((item, f"/dataset/train/{i}", None))
-            elif isinstance(item, dict) and isinstance(item.get("path"), str):
-                fraction = item.get("fraction")
-                entries.append(
-                    (
-                        item["path"],
-                        f"/dataset/train/{i}/path",
-                        float(fraction) if isinstance(fraction, (int, float)) else None,
-                    )
-                )
-    for written, pointer, fraction in entries:
-        out.append(Source("train", written, pointer, base / written, _display(spec, written), fraction))
+    for entry in train_entries(dataset):
+        out.append(
+            Source(
+                "train",
+                entry.path,
+                entry.pointer,
+                base / entry.path,
+                _display(spec, entry.path),
+                entry.fraction,
+            )
+        )
     if isinstance(dataset.get("eval"), str):
         written = dataset["eval"]
         out.append(Source("eval", written, "/dataset/eval", base / written, _display(spec, written)))
@@ -212,8 +203,14 @@ class _Check:
         info: ct.TemplateInfo | None = None
         self.template_note = ""
         extra_markers: list[str] = []
+        file_error: ct.TemplateError | None = None
         if name in ct.BUILTIN:
             info = ct.builtin_template(name)
+        elif ct.is_template_file(name):
+            try:
+                info = ct.file_template(name, self.spec.base_dir)
+            except ct.TemplateError as exc:
+                file_error = exc
         elif model_dir is not None:
             info = ct.model_template(model_dir)
             if info is None:
@@ -242,36 +239,48 @@ class _Check:
             info = ct.builtin_template("chatml")
         self.info = info
         self.special = {**info.special_tokens, **model_special}
+        own = info.name in ("model", "file")  # a template ftspec did not write
         terminator = info.terminator_text(self.special)
         self.terminators = (
             (terminator,)
-            if terminator and info.name != "model"
+            if terminator and not own
             else tuple(
-                dict.fromkeys([t for t in (self.special.get("eos_token"),) if t] + list(KNOWN_TERMINATORS))
+                dict.fromkeys(
+                    [t for t in (self.special.get("eos_token"),) if t] + list(spans_of.end_of_turn_tokens())
+                )
             )
         )
-        self.template_origin = info.name if info.name != "model" else info.origin
+        # Texts that may end an assistant turn where the template has no {% generation %} blocks.
+        self.markers = (
+            tuple(dict.fromkeys(spans_of.marker_tokens(self.tokenizer) + self.terminators))
+            if self.tokenizer is not None
+            else spans_of.default_markers(self.special)
+        )
+        self.template_origin = info.origin if own else info.name
         self.leaks = LeakScanner(list(ct.all_markers()) + extra_markers)
         self.template_ok = True
         try:
+            if file_error is not None:
+                raise file_error
             ct.compile_template(info.source)
         except ct.TemplateError as exc:
             self.template_ok = False
             self._spec_finding(
                 "FT0550",
                 "/model/chat_template",
-                origin=self.template_origin,
+                origin=self.template_origin or str(name),
                 detail=exc.message + (f" (template line {exc.line})" if exc.line else ""),
             )
         self.generation = ct.has_generation_blocks(info.source)
+        # With {% generation %} blocks the spans are the template's: check that they hold each answer
+        # and its terminator. Without them the spans are located (assistant_spans), and what cannot be
+        # located is reported per record (FT0556).
         self.check_labels = self.template_ok and self.loss_on == "assistant" and self.generation
-        if self.template_ok and self.loss_on == "assistant" and not self.generation:
-            self._spec_finding("FT0552", "/model/chat_template", origin=self.template_origin)
         # Render every record when token counts need the template (a tokenizer is present) or the
-        # template is the model's own, untrusted one. The built-in templates train each assistant
-        # turn and its terminator by construction (tests prove it against transformers), so for them
-        # the samples are rendered and checked, and lengths are estimated per message.
-        self.render_all = self.template_ok and (self.tokenizer is not None or info.name == "model")
+        # template is untrusted (the model's own, or a file). The built-in templates train each
+        # assistant turn and its terminator by construction (tests prove it against transformers), so
+        # for them the samples are rendered and checked, and lengths are estimated per message.
+        self.render_all = self.template_ok and (self.tokenizer is not None or own)
         self.estimator = Estimator()
         if self.template_ok:
             probe = [("system", ""), ("user", ""), ("assistant", "")]
@@ -528,29 +537,50 @@ class _Check:
 
     # --- rendering, labels and token counts -------------------------------------------------------
 
-    def _render_record(self, where: tuple[int, int], messages: Messages) -> None:
+    def _trained(
+        self, where: tuple[int, int], messages: Messages, report: bool = True
+    ) -> spans_of.TrainedText | None:
+        """The record rendered with the template and its trained spans (what training tokenizes:
+        runtime/data.py calls the same function), or None on a template error. The record's template
+        and masking findings are reported here unless `report` is false."""
+        record = self._record if report else lambda *args, **kwargs: None
+        conversation = [{"role": r, "content": c} for r, c in messages]
         try:
-            rendered = ct.render(
-                self.info.source,
-                [{"role": r, "content": c} for r, c in messages],
-                special_tokens=self.special,
+            if self.loss_on == "all":
+                text = ct.render(self.info.source, conversation, special_tokens=self.special).text
+                return spans_of.TrainedText(text, [(0, len(text))], method="all")
+            trained = spans_of.trained_text(
+                self.info.source, conversation, special_tokens=self.special, markers=self.markers
             )
         except ct.TemplateError as exc:
-            self._record(
-                "FT0550", where[0], where[1], {"origin": self.template_origin, "detail": exc.message}
-            )
-            return
+            record("FT0550", where[0], where[1], {"origin": self.template_origin, "detail": exc.message})
+            return None
         if self.check_labels:
+            rendered = ct.Rendered(trained.text, trained.spans)
             for code, fields in self.label_problems(messages, rendered):
-                self._record(code, where[0], where[1], fields)
+                record(code, where[0], where[1], fields)
+        for problem in trained.problems:
+            record(
+                "FT0556",
+                where[0],
+                where[1],
+                {"index": problem.turn, "origin": self.template_origin, "detail": problem.detail},
+            )
+        if not trained.spans and not trained.problems and trained.method != "generation":
+            record("FT0553", where[0], where[1], {"origin": self.template_origin})
+        return trained
+
+    def _render_record(self, where: tuple[int, int], messages: Messages) -> None:
+        trained = self._trained(where, messages)
+        if trained is None:
+            return
         if self.tokenizer is None:
             length, segments = self.estimator.measure(messages)
             if self.loss_on == "all":
                 segments = [(0, length)]
             self.lengths.add(where, length, segments)
             return
-        spans = rendered.spans if self.loss_on == "assistant" else [(0, len(rendered.text))]
-        self._pending.append((where, rendered.text, spans))
+        self._pending.append((where, trained.text, trained.spans))
         if len(self._pending) >= TOKEN_BATCH:
             self._flush_tokens()
 
@@ -611,21 +641,11 @@ class _Check:
         if not self.template_ok:
             return samples
         for where, messages in self.sample_msgs:
-            try:
-                rendered = ct.render(
-                    self.info.source,
-                    [{"role": r, "content": c} for r, c in messages],
-                    special_tokens=self.special,
-                )
-            except ct.TemplateError as exc:
-                self._record(
-                    "FT0550", where[0], where[1], {"origin": self.template_origin, "detail": exc.message}
-                )
+            # with render_all the pass has rendered, checked and reported this record already
+            rendered = self._trained(where, messages, report=not self.render_all)
+            if rendered is None:
                 continue
-            spans = rendered.spans if self.loss_on == "assistant" else [(0, len(rendered.text))]
-            if self.check_labels and not self.render_all:
-                for code, fields in self.label_problems(messages, rendered):
-                    self._record(code, where[0], where[1], fields)
+            spans = rendered.spans
             src = self.sources[where[0]]
             if self.tokenizer is not None:
                 mask = ct.token_mask(self.tokenizer, rendered.text, spans)
@@ -657,8 +677,7 @@ class _Check:
         eval_examples = sum(s.usable for s in eval_sources)
         split = self.dataset.get("eval_split")
         if split and not eval_sources:
-            eval_examples = math.ceil(train_examples * float(split)) if train_examples else 0
-            train_examples -= eval_examples
+            train_examples, eval_examples = split_counts(train_examples, split)
             if eval_examples < MIN_EVAL_EXAMPLES and train_examples + eval_examples > 0:
                 self._spec_finding(
                     "FT0531",
@@ -738,20 +757,12 @@ class _Check:
         return DataReport(diagnostics, summary, samples)
 
     def _mix(self, train_sources: list[Source]) -> int:
-        base = sum(s.usable for s in train_sources if s.fraction is None)
-        mixed = [s for s in train_sources if s.fraction is not None]
-        if not mixed:
-            return base
-        total_fraction = sum(s.fraction for s in mixed)
-        if total_fraction >= 1:
-            self._spec_finding("FT0533", "/dataset/train", total=round(total_fraction, 4))
-            return base + sum(s.usable for s in mixed)
-        if base == 0:
-            return sum(s.usable for s in mixed)
-        total = base / (1 - total_fraction)
-        for s in mixed:
-            needed = round(total * s.fraction)
-            if s.readable and needed > s.usable:
+        plan = mix([(s.usable, s.fraction) for s in train_sources])
+        if plan.over:
+            self._spec_finding("FT0533", "/dataset/train", total=round(plan.fraction_total, 4))
+            return plan.total
+        for s, needed in zip(train_sources, plan.wanted, strict=True):
+            if s.fraction is not None and s.readable and needed > s.usable:
                 self._spec_finding(
                     "FT0532",
                     s.pointer.rsplit("/", 1)[0] + "/fraction",
@@ -760,7 +771,7 @@ class _Check:
                     fraction=s.fraction,
                     needed=needed,
                 )
-        return base + sum(round(total * s.fraction) for s in mixed)
+        return plan.total
 
     def _system_policy(self) -> None:
         if self.policy != "consistent" or not (self.system_with and self.system_without):
