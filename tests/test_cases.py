@@ -51,7 +51,8 @@ def test_enough_cases() -> None:
 def test_every_rule_and_load_code_has_a_case() -> None:
     """Each FT00xx/FT02xx code (except the internal FT0299) is shown firing by at least one case."""
     seen = {entry.split()[0] for folder in INVALID for entry in _expected(folder)["diagnostics"]}
-    wanted = {code for code in catalog() if code.startswith("FT02") and code != "FT0299"}
+    # FT0256 (a FIFO or device as data) cannot be committed to git: tests/test_security_lint.py makes one
+    wanted = {code for code in catalog() if code.startswith("FT02") and code not in ("FT0299", "FT0256")}
     wanted |= {
         code for code in catalog() if code.startswith("FT00") and code not in ("FT0001", "FT0007", "FT0012")
     }

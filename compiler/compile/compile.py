@@ -92,7 +92,7 @@ def compile_spec(
     path: str | Path, options: CompileOptions | None = None, *, build_dir: Path
 ) -> CompileResult:
     options = options or CompileOptions()
-    spec, diags = _with_overrides(load_spec(path), options.overrides)
+    spec, diags = _with_overrides(load_spec(path, root=options.lint.repo_root), options.overrides)
     if diags:
         return CompileResult(spec, diags, refused=True)
     lint = lint_loaded(spec, options.lint)
@@ -167,8 +167,10 @@ def compile_spec(
         launch_options=launch_options,
     )
     diags.extend(plan_diags)
+    if plan is not None:
+        diags.extend(_output_in_build(spec, plan, build_dir))
     diags = sort_diagnostics(_dedupe(diags))
-    if plan is None:
+    if plan is None or any(d.code == "FT0620" for d in diags):
         return CompileResult(spec, diags, refused=True)
     if plan["derived"]["strategy"] == "fsdp" and not (plan["derived"].get("architecture") or {}).get(
         "decoder_layer_class"
@@ -242,6 +244,17 @@ def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
             seen.add(key)
             out.append(d)
     return out
+
+
+def _output_in_build(spec: LoadedSpec, plan: dict, build_dir: Path) -> list[Diagnostic]:
+    """FT0620 when the run folder is the build folder or inside it: launch would copy plan.json onto
+    itself (SameFileError) and the next compile would refuse the folder it wrote. Refused even with
+    --force: no run could succeed."""
+    build = Path(os.path.realpath(build_dir))
+    run = Path(os.path.realpath(build / plan["paths"]["spec_dir"] / plan["derived"]["output_dir"]))
+    if run != build and build not in run.parents:
+        return []
+    return [make("FT0620", spec.locate("/output/dir"), output=plan["derived"]["output_dir"], build=str(build_dir))]
 
 
 class BuildDirError(Exception):

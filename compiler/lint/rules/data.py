@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ftspec.compiler.core.diagnostics import Diagnostic
+from ftspec.compiler.core.paths import link_escapes, special_kind
 from ftspec.compiler.lint.rules.context import RuleContext
 
 # Files the linter opens to count examples: larger ones are not counted (the data check does that).
@@ -48,9 +49,23 @@ def _is_absolute(path: str) -> bool:
 
 
 def resolve_data_path(ctx: RuleContext, path: str) -> Path:
-    """Where a relative data path points: lexically normalised against the spec's folder (not
-    following symlinks, so a link to a data store outside the repository stays legitimate)."""
+    """Where a relative data path points, lexically normalised against the spec's folder. Symlinks are
+    checked separately (`readable_in_repo`, FT0255), so a message names the path as written."""
     return Path(os.path.normpath(ctx.base_dir / path))
+
+
+def readable_in_repo(ctx: RuleContext, target: Path) -> bool:
+    """May lint open `target`? Only a regular file that stays inside the repository with its symlinks
+    resolved: a pull request may link `data/x.jsonl` to /etc/passwd or a FIFO."""
+    try:
+        return (
+            _inside(target, ctx.repo_root)
+            and link_escapes(target, ctx.repo_root) is None
+            and target.is_file()
+            and special_kind(target) is None
+        )
+    except (OSError, ValueError):
+        return False
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -75,6 +90,15 @@ def path_rules(ctx: RuleContext) -> Iterator[Diagnostic]:
             yield ctx.diag("FT0229", pointer, path=path, role=role, root=_shown(ctx.repo_root))
             continue
         if not ctx.check_files:
+            continue
+        escaped = link_escapes(target, ctx.repo_root)
+        if escaped is not None:
+            # the lexical check passed, a symlink on the way leaves: `check` would print the target's lines
+            yield ctx.diag("FT0255", pointer, path=path, role=role, root=_shown(ctx.repo_root))
+            continue
+        kind = special_kind(target)
+        if kind is not None:
+            yield ctx.diag("FT0256", pointer, path=path, role=role, kind=kind)
             continue
         try:
             if target.is_dir():
@@ -225,7 +249,8 @@ def train_example_count(ctx: RuleContext, cap: int) -> int | None:
                 continue
             if _is_absolute(path):
                 return None
-            n = count_lines(resolve_data_path(ctx, path), cap)
+            target = resolve_data_path(ctx, path)
+            n = count_lines(target, cap) if readable_in_repo(ctx, target) else None
             if n is None:
                 return None
             total, files = total + n, files + 1
@@ -239,4 +264,31 @@ def train_example_count(ctx: RuleContext, cap: int) -> int | None:
     return ctx.memo(f"train_count:{cap}", compute)  # type: ignore[return-value]
 
 
-RULES = [path_rules, eval_sources, train_mix, sha256_pins]
+def output_dir(ctx: RuleContext) -> Iterator[Diagnostic]:
+    """FT0228/FT0229/FT0255 for output.dir: launch writes (and, with --overwrite, moves) the run folder,
+    so it must stay inside the repository like the data, with symlinks resolved. An absolute path or
+    `../..` would let a spec (or `--set output.dir=/etc`) write anywhere the launching user can."""
+    pointer = "/output/dir"
+    path = ctx.raw(pointer)
+    if not isinstance(path, str) or ctx.reported(pointer):
+        return
+    role = "output"
+    if "\x00" in path or not path.strip():
+        yield ctx.diag(
+            "FT0229", pointer, path=path.replace("\x00", "\\0"), role=role, root=_shown(ctx.repo_root)
+        )
+        return
+    if _is_absolute(path):
+        yield ctx.diag("FT0228", pointer, path=path, role=role, hint=_OUTPUT_HINT)
+        return
+    target = resolve_data_path(ctx, path)
+    if not _inside(target, ctx.repo_root) or target == ctx.repo_root:
+        yield ctx.diag("FT0229", pointer, path=path, role=role, root=_shown(ctx.repo_root), hint=_OUTPUT_HINT)
+        return
+    if link_escapes(target, ctx.repo_root) is not None:
+        yield ctx.diag("FT0255", pointer, path=path, role=role, root=_shown(ctx.repo_root), hint=_OUTPUT_HINT)
+
+
+_OUTPUT_HINT = "write runs to a folder inside the repository, relative to the spec (for example runs/NAME)"
+
+RULES = [path_rules, eval_sources, train_mix, sha256_pins, output_dir]

@@ -140,13 +140,13 @@ def regex_patterns(ctx: RuleContext) -> Iterator[Diagnostic]:
 
 def json_schema_file(ctx: RuleContext) -> Iterator[Diagnostic]:
     """FT0244: the task's JSON Schema file is not JSON, or not a valid JSON Schema."""
-    from ftspec.compiler.lint.rules.data import _inside, _is_absolute, resolve_data_path
+    from ftspec.compiler.lint.rules.data import _is_absolute, readable_in_repo, resolve_data_path
 
     path = ctx.raw("/evaluation/task/json_schema")
     if not isinstance(path, str) or not path or not ctx.check_files or _is_absolute(path):
         return
     target = resolve_data_path(ctx, path)
-    if not _inside(target, ctx.repo_root):
+    if not readable_in_repo(ctx, target):  # path_rules reports why
         return
     try:
         if not target.is_file() or target.stat().st_size > SCHEMA_FILE_MAX_BYTES:

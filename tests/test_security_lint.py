@@ -1,0 +1,83 @@
+"""Security review findings that need the file system at test time (FIFOs, devices, symlinks made on
+the fly, folder mode) rather than a committed case under tests/cases."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ftspec.compiler.lint.lint import LintOptions, expand_paths, lint_file
+
+MINIMAL = """version: 1
+name: case
+model:
+  id: builtin:tiny-llama
+dataset:
+  train: {train}
+hardware:
+  gpu: cpu
+"""
+
+needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs mkfifo")
+
+
+def _repo(tmp_path: Path) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / ".git").mkdir()
+    return tmp_path
+
+
+def _codes(path: Path, root: Path) -> list[str]:
+    return [d.code for d in lint_file(path, LintOptions(repo_root=root)).diagnostics]
+
+
+@needs_fifo
+def test_a_fifo_as_data_is_not_a_regular_file_and_never_opened(tmp_path):
+    root = _repo(tmp_path)
+    os.mkfifo(root / "train.jsonl")
+    (root / "spec.yaml").write_text(MINIMAL.format(train="train.jsonl"))
+    assert _codes(root / "spec.yaml", root) == ["FT0256"]  # returns at once: opening would block
+
+
+@needs_fifo
+def test_a_fifo_as_the_spec_is_refused_without_blocking(tmp_path):
+    root = _repo(tmp_path)
+    os.mkfifo(root / "spec.yaml")
+    result = lint_file(root / "spec.yaml", LintOptions(repo_root=root))
+    assert [d.code for d in result.diagnostics] == ["FT0001"]
+    assert "FIFO" in result.diagnostics[0].message
+
+
+def test_folder_mode_never_prints_a_symlinked_spec_outside_the_repo(tmp_path):
+    """V1: the README's `ftspec lint specs/` in CI, with a committed link to a secret on the runner."""
+    secret = tmp_path / "outside" / "config.json"
+    secret.parent.mkdir()
+    secret.write_text('{"auths": {"ghcr.io": {"auth": "dXNlcjpnaHBfU0VDUkVU"}}}\n')
+    root = _repo(tmp_path / "repo")
+    (root / "specs").mkdir()
+    (root / "specs" / "docker.yaml").symlink_to(secret)
+    (root / "specs" / "ok.yaml").write_text(MINIMAL.format(train="train.jsonl"))
+    (root / "specs" / "train.jsonl").write_text('{"messages": []}\n')
+    assert expand_paths([str(root / "specs")]) == [str(root / "specs" / n) for n in ("docker.yaml", "ok.yaml")]
+    for fmt in ("text", "github", "sarif", "json"):
+        done = subprocess.run(
+            [sys.executable, "-m", "ftspec.compiler.cli", "lint", "specs", "--format", fmt],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "FT0013" in done.stdout + done.stderr, fmt
+        assert "auths" not in done.stdout + done.stderr and "dXNlcjpn" not in done.stdout, fmt
+        assert done.returncode == 1, fmt
+
+
+def test_a_symlink_inside_the_repo_is_still_read(tmp_path):
+    root = _repo(tmp_path)
+    (root / "real.yaml").write_text(MINIMAL.format(train="train.jsonl"))
+    (root / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    (root / "link.yaml").symlink_to(root / "real.yaml")
+    assert "FT0013" not in _codes(root / "link.yaml", root)
