@@ -9,12 +9,12 @@ checkpointing recomputes the forward once more.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftspec.compiler.catalog.arch_shapes import Shapes
 from ftspec.compiler.check.memory import TrainSetup
+from ftspec.compiler.dataset.sources import count_records, mixed_total, split_counts, train_entries
 
 UTILISATION = 0.35  # model FLOPs utilisation typical of HF Trainer fine-tuning on one node
 UTILISATION_4BIT = 0.25  # dequantizing NF4 weights on every matmul costs throughput
@@ -78,33 +78,17 @@ class TimeEstimate:
 
 
 def count_examples(resolved: dict, base_dir: Path) -> tuple[int | None, str]:
-    """Training examples by counting records in the train files (non-blank JSONL lines, or a JSON array)."""
-    train = (resolved.get("dataset") or {}).get("train")
-    entries = [train] if isinstance(train, str) else list(train or [])
-    total, fractions = 0, 0.0
-    for entry in entries:
-        path = entry if isinstance(entry, str) else entry.get("path")
-        if isinstance(entry, dict) and entry.get("fraction"):
-            fractions += float(entry["fraction"])
-            continue
-        full = (base_dir / str(path)) if not Path(str(path)).is_absolute() else Path(str(path))
+    """Training examples by counting records in the train files, mixed and split as training will."""
+    dataset = resolved.get("dataset") or {}
+    counts: list[tuple[int, float | None]] = []
+    for entry in train_entries(dataset):
+        full = Path(entry.path) if Path(entry.path).is_absolute() else base_dir / entry.path
         try:
-            with open(full, "rb") as fh:
-                head = fh.read(1).lstrip()
-                fh.seek(0)
-                if full.suffix == ".json" and head == b"[":
-                    data = json.loads(fh.read().decode("utf-8"))
-                    total += len(data) if isinstance(data, list) else 0
-                else:
-                    total += sum(1 for line in fh if line.strip())
+            counts.append((count_records(full), entry.fraction))
         except (OSError, ValueError) as exc:
-            return None, f"cannot count records in {path}: {exc}"
-    if fractions and fractions < 1:
-        total = int(total / (1 - fractions))  # mixed-in general data adds its share of the total
-    split = (resolved.get("dataset") or {}).get("eval_split")
-    if split:
-        total -= int(total * float(split) + 0.999)
-    return total, "records counted in the train file(s)"
+            return None, f"cannot count records in {entry.path}: {exc}"
+    train, _held_out = split_counts(mixed_total(counts), dataset.get("eval_split"))
+    return train, "records counted in the train file(s)"
 
 
 def estimate_time(
