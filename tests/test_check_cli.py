@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from ftspec.compiler.cli import main
@@ -81,13 +80,6 @@ def test_lint_errors_stop_check(tmp_path, capsys):
 def test_unreadable_spec_exits_2(tmp_path, capsys):
     code, _out = run(capsys, "check", str(tmp_path / "missing.yaml"))
     assert code == 2
-
-
-def test_data_section_is_skipped_when_the_module_is_missing(capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "ftspec.compiler.check.data.datacheck", None)
-    code, out = run(capsys, "check", str(EXAMPLE), "--only", "data,pins", "--format", "json")
-    body = json.loads(out)
-    assert code == 0 and "skipped" in body["data"]
 
 
 def test_sarif_and_github_formats(capsys):

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from ftspec.compiler.check.check import SECTIONS
 from ftspec.compiler.verbs.common import SourceCache, add_format, add_lint_options, fail, lint_options
-
-SECTIONS = ("memory", "pins", "data")
 
 
 def _sections(value: str) -> list[str]:
@@ -49,105 +48,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ftspec.compiler.core.diagnostics import sort_diagnostics
+    from pathlib import Path
+
+    from ftspec.compiler.check.check import check_spec, spec_of_build
     from ftspec.compiler.core.reporters import emit
-    from ftspec.compiler.core.resolve import resolve
-    from ftspec.compiler.lint.lint import lint_file
 
     if args.spec is None:
         if not args.lock:
             return fail("give a SPEC (or --lock BUILD/lock.json to check the spec a build was compiled from)")
-        args.spec = _spec_of_build(args.lock)
+        args.spec = spec_of_build(args.lock)
         if args.spec is None:
             return fail(
                 f"cannot tell which spec {args.lock} was compiled from (no readable plan.json beside it)",
                 f"name the spec: ftspec check SPEC --lock {args.lock}",
             )
+    result = check_spec(
+        args.spec,
+        lint_options(args),
+        only=args.only,
+        installed=args.installed,
+        lock=Path(args.lock) if args.lock else None,
+    )
     sources = SourceCache()
-    result = lint_file(args.spec, lint_options(args))
     sources.add(args.spec, result.spec.text)
-    if any(d.code == "FT0001" for d in result.diagnostics):
+    if result.lint_failed and result.exit_code == 1:
+        extra = "lint found errors: fix them before check runs" if args.format == "text" else None
+        emit(result.diagnostics, args.format, sources, text_extra=extra)
+    elif result.exit_code == 2:
         emit(result.diagnostics, args.format, sources)
-        return 2
-    if not result.ok:
-        emit(
-            result.diagnostics,
-            args.format,
-            sources,
-            text_extra="lint found errors: fix them before check runs" if args.format == "text" else None,
-        )
-        return 1
-    spec = result.spec
-    resolved = resolve(spec.data)
-    diagnostics = list(result.diagnostics)  # lint warnings stay visible
-    if args.lock:
-        from pathlib import Path
-
-        from ftspec.compiler.check.lockfile import check_lock
-
-        drift = check_lock(Path(args.lock), spec, resolved)
-        if any(d.code == "FT0610" for d in drift):  # the lock cannot be read: the check cannot run
-            emit(drift, args.format, sources)
-            return 2
-        diagnostics.extend(drift)
-    sections: dict[str, object] = {}
-    texts: list[str] = []
-    only = set(args.only)
-
-    data_summary = None
-    if "data" in only:
-        data_json, data_text, data_diags, data_summary = _data_section(spec, resolved)
-        diagnostics.extend(data_diags)
-        sections["data"] = data_json
-        texts.append(data_text)
-    if "memory" in only:
-        from ftspec.compiler.check.feasibility import assess
-
-        assessment = assess(spec, resolved, data_summary)
-        diagnostics.extend(assessment.diagnostics)
-        sections.update(assessment.to_json())
-        texts.append(assessment.text())
-    if "pins" in only:
-        from ftspec.compiler.lint.pins import check_pins
-
-        pins = check_pins(spec, resolved, installed=args.installed)
-        diagnostics.extend(pins.diagnostics)
-        sections["pins"] = pins.to_json()
-        texts.append(pins.text())
-    from ftspec.compiler.lint.lint import suppressed
-
-    # lint and the pins section both report feature-need pins: show each finding once
-    diagnostics = sort_diagnostics(suppressed(spec, list(dict.fromkeys(diagnostics))))
-    emit(diagnostics, args.format, sources, text_extra="\n\n".join(t for t in texts if t) + "\n", **sections)
-    return 1 if any(d.severity == "error" for d in diagnostics) else 0
-
-
-def _spec_of_build(lock: str) -> str | None:
-    """The spec a build folder was compiled from, by the plan.json beside its lock.json."""
-    from pathlib import Path
-
-    from ftspec.compiler.core.artifacts import read_plan
-
-    build = Path(lock).parent
-    try:
-        plan = read_plan(build / "plan.json")
-        spec = build / plan["paths"]["spec_dir"] / plan["metadata"]["spec_file"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return str(spec) if spec.is_file() else None
-
-
-def _data_section(spec, resolved) -> tuple[dict | None, str, list, dict | None]:
-    """The dataset check, when its module exists in this build; otherwise a note and no findings."""
-    try:
-        from ftspec.compiler.check.data.datacheck import check_data
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.endswith("datacheck"):
-            note = "data: skipped (the dataset check is not available in this build)"
-            return {"skipped": note}, note, [], None
-        raise
-    report = check_data(spec, resolved)
-    return report.summary, report.text(), list(report.diagnostics), report.summary
+    else:
+        text = "\n\n".join(t for t in result.texts if t) + "\n"
+        emit(result.diagnostics, args.format, sources, text_extra=text, **result.sections)
+    return result.exit_code
 
 
 __all__ = ["add_arguments", "run", "fail"]
