@@ -424,7 +424,36 @@ def test_model_template_without_terminator_or_generation(tmp_path):
     plain = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     write_model_dir(tmp_path / "m2", plain)
     report = check(write_spec(tmp_path, {"train": "t.jsonl"}, model={"id": "m2", "chat_template": "model"}))
-    assert [d.pointer for d in report.diagnostics if d.code == "FT0552"] == ["/model/chat_template"]
+    # no {% generation %} blocks: the answers and their end-of-turn token are located in the rendering
+    assert report.ok, [d.message for d in report.diagnostics if d.severity == "error"]
+    assert [s["trained_text"] for s in report.summary["samples"]] == [
+        ["answer one<|im_end|>"],
+        ["answer two<|im_end|>"],
+    ]
+    assert report.summary["template"]["generation_blocks"] is False
+    # a template whose turns end in plain text cannot be masked: each record is reported at its line
+    no_marker = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    write_model_dir(tmp_path / "m5", no_marker, eos="")
+    report = check(write_spec(tmp_path, {"train": "t.jsonl"}, model={"id": "m5", "chat_template": "model"}))
+    assert found(report, "FT0556") == [1, 2] and not report.ok
+    assert "no EOS to append" in [d for d in report.diagnostics if d.code == "FT0556"][0].message
+    # ... unless the tokenizer has an EOS: it is appended after the last answer and trained
+    write_model_dir(tmp_path / "m6", no_marker, eos="</s>")
+    report = check(write_spec(tmp_path, {"train": "t.jsonl"}, model={"id": "m6", "chat_template": "model"}))
+    # (the space before the answer belongs to its first byte-level token, so that token trains)
+    assert report.ok and report.summary["samples"][0]["trained_text"] == [" answer one\n</s>"]
+    two_turns = {
+        "messages": [
+            {"role": "user", "content": "q one"},
+            {"role": "assistant", "content": "answer one"},
+            {"role": "user", "content": "q two"},
+            {"role": "assistant", "content": "answer two"},
+        ]
+    }
+    write_jsonl(tmp_path / "two.jsonl", [two_turns])
+    report = check(write_spec(tmp_path, {"train": "two.jsonl"}, model={"id": "m6", "chat_template": "model"}))
+    (late,) = [d for d in report.diagnostics if d.code == "FT0556"]
+    assert late.line == 1 and "turn 1 " in late.message and "not by a special token" in late.message
     report = check(
         write_spec(
             tmp_path,

@@ -88,13 +88,49 @@ def test_loss_on_all_trains_every_token():
     assert example.labels == example.input_ids
 
 
-def test_template_without_generation_blocks_is_refused_for_assistant_loss():
+def test_template_without_generation_blocks_trains_located_answers():
+    """No {% generation %} blocks: each answer and the special token after it train, nothing else."""
     tok = tokenizer_with("chatml")
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    )
+    rdata.check_template(tok, "assistant")  # a fast tokenizer: no longer refused up front
+    messages = to_messages(RECORDS["chatml"], "chatml")
+    example, status = rdata.tokenize(
+        messages, tok, loss_on="assistant", sequence_len=512, truncation="truncate"
+    )
+    assert status == "ok"
+    runs = _trained_runs(example)
+    assert [tok.decode(r) for r in runs] == [
+        '{"name": "Alice", "age": 34}<|im_end|>',
+        '{"name": "Bob", "age": 5}<|im_end|>',
+    ]
+
+
+def test_record_that_cannot_be_masked_stops_with_its_line(tmp_path):
+    tok = tokenizer_with("chatml")
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # no marker at all
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps(RECORDS["chatml"]) + "\n", encoding="utf-8")
+    (conversation,) = rdata.read_conversations(path, "chatml")
     with pytest.raises(rdata.DataError) as err:
-        rdata.check_template(tok, "assistant")
-    assert err.value.code == "FT0713"
-    rdata.check_template(tok, "all")
+        rdata.tokenize(conversation, tok, loss_on="assistant", sequence_len=512, truncation="truncate")
+    assert err.value.code == "FT0713" and err.value.fields["where"] == f"{path}:1"
+    assert "turn 2 (assistant)" in err.value.fields["detail"]
+    example, _ = rdata.tokenize(conversation, tok, loss_on="all", sequence_len=512, truncation="truncate")
+    assert example.labels == example.input_ids
+
+
+def _trained_runs(example: rdata.Example) -> list[list[int]]:
+    runs, current = [], []
+    for tid, label in zip(example.input_ids, example.labels, strict=True):
+        if label != -100:
+            assert label == tid
+            current.append(tid)
+        elif current:
+            runs.append(current)
+            current = []
+    return runs + ([current] if current else [])
 
 
 def test_truncation_policy():

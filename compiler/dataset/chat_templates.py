@@ -56,9 +56,58 @@ def _catalog() -> dict[str, dict]:
     return {k: v for k, v in raw.items() if not k.startswith("$")}
 
 
-def template_source(name: str) -> str:
-    """Jinja source of a built-in template (`chatml`, `llama3`, `alpaca`) for `tokenizer.chat_template`."""
+def template_source(name: str, base_dir: Path | None = None) -> str:
+    """Jinja source for `tokenizer.chat_template`: a built-in template (`chatml`, `llama3`, `alpaca`), or
+    a `.jinja` file named relative to the spec's folder `base_dir` (see file_template)."""
+    if is_template_file(name):
+        if base_dir is None:
+            raise TemplateError(f"chat template file {name!r} needs the spec's folder to resolve it")
+        return file_template(name, base_dir).source
     return builtin_template(name).source
+
+
+TEMPLATE_FILE_MAX_BYTES = 1 << 20  # real templates are a few KB (the largest official one ~ 40 KB)
+
+
+def is_template_file(name: object) -> bool:
+    """Does model.chat_template name a Jinja file (rather than `model` or a built-in template)?"""
+    return isinstance(name, str) and name.endswith(".jinja")
+
+
+def file_template(written: str, base_dir: Path, root: Path | None = None) -> TemplateInfo:
+    """The template in the `.jinja` file `written` (relative to the spec's folder `base_dir`).
+
+    Like every file a spec names, it must stay inside the repository root (`root`, else the git
+    repository holding the spec) once symlinks are resolved, and be a regular file of bounded size:
+    a pull request's spec must not make ftspec read (and print) files elsewhere on the machine."""
+    from ftspec.compiler.core.paths import find_repo_root, resolves_inside, special_kind
+
+    path = Path(written)
+    if path.is_absolute() or written.startswith("~"):
+        raise TemplateError(f"chat template file {written!r} must be a path relative to the spec's folder")
+    target = base_dir / path
+    top = Path(root) if root is not None else find_repo_root(base_dir)
+    if not resolves_inside(target, top):
+        raise TemplateError(f"chat template file {written!r} is outside the repository root {top}")
+    kind = special_kind(target)
+    if kind is not None or not target.is_file():
+        raise TemplateError(f"chat template file {written!r} " + (f"is {kind}" if kind else "does not exist"))
+    try:
+        if target.stat().st_size > TEMPLATE_FILE_MAX_BYTES:
+            raise TemplateError(
+                f"chat template file {written!r} is larger than {TEMPLATE_FILE_MAX_BYTES} bytes"
+            )
+        source = target.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TemplateError(f"cannot read chat template file {written!r}: {exc}") from None
+    return TemplateInfo(
+        name="file",
+        source=source,
+        terminator="{eos_token}",
+        special_tokens={},
+        markers=(),
+        origin=str(target),
+    )
 
 
 @cache
@@ -213,8 +262,11 @@ def render(
     *,
     add_generation_prompt: bool = False,
     special_tokens: dict[str, str] | None = None,
+    tools: Sequence[dict] | None = None,
 ) -> Rendered:
-    """Render `messages` with template `source`; the text and the spans of its generation blocks."""
+    """Render `messages` with template `source`; the text and the spans of its generation blocks.
+
+    `tools` (JSON schemas) as transformers passes them; None, as there, when the data has none."""
     import jinja2
 
     template = compile_template(source)
@@ -222,7 +274,10 @@ def render(
     spans: list[tuple[int, int]] = []
     context: dict[str, Any] = dict(special_tokens or {})
     context.update(
-        messages=list(messages), add_generation_prompt=add_generation_prompt, tools=None, documents=None
+        messages=list(messages),
+        add_generation_prompt=add_generation_prompt,
+        tools=list(tools) if tools is not None else None,
+        documents=None,
     )
     try:
         with _tracking(chunks, spans):
@@ -368,7 +423,15 @@ class TokenMask:
 def mask_from_encoding(encoding, spans: Sequence[tuple[int, int]]) -> TokenMask:
     """A token is trained when its character range overlaps a generation span (what transformers'
     char_to_token mapping of span starts and ends amounts to)."""
-    offsets = [tuple(o) for o in encoding.offsets]
+    return mask_from_offsets(encoding.ids, encoding.offsets, spans)
+
+
+def mask_from_offsets(
+    ids: Sequence[int], offsets: Sequence[Sequence[int]], spans: Sequence[tuple[int, int]]
+) -> TokenMask:
+    """mask_from_encoding for token ids and character offsets given apart (a transformers tokenizer's
+    `input_ids` and `offset_mapping`), so check and training map spans to tokens the same way."""
+    offsets = [(int(o[0]), int(o[1])) for o in offsets]
     trained = [False] * len(offsets)
     ordered = sorted(spans)
     j = 0
@@ -380,7 +443,7 @@ def mask_from_encoding(encoding, spans: Sequence[tuple[int, int]]) -> TokenMask:
             j += 1
         if j < len(ordered) and ordered[j][0] < end:
             trained[i] = True
-    return TokenMask(list(encoding.ids), offsets, trained)
+    return TokenMask(list(ids), offsets, trained)
 
 
 def token_mask(tokenizer, text: str, spans: Sequence[tuple[int, int]]) -> TokenMask:

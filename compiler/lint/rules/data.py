@@ -76,9 +76,17 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+def template_path(ctx: RuleContext) -> list[tuple[str, str, str]]:
+    """model.chat_template when it names a .jinja file: read like a data file, so the same path rules."""
+    value = ctx.raw("/model/chat_template")
+    if isinstance(value, str) and value.endswith(".jinja") and not ctx.reported("/model/chat_template"):
+        return [("/model/chat_template", value, "chat_template")]
+    return []
+
+
 def path_rules(ctx: RuleContext) -> Iterator[Diagnostic]:
     """FT0228 absolute path; FT0229 path escaping the repository; FT0230 missing file; FT0251 folder."""
-    for pointer, path, role in data_paths(ctx):
+    for pointer, path, role in data_paths(ctx) + template_path(ctx):
         if "\x00" in path:
             yield ctx.diag("FT0230", pointer, path=path.replace("\x00", "\\0"), role=role, hint="")
             continue
