@@ -38,3 +38,68 @@ def test_an_output_dir_that_is_the_build_folder_is_refused(tmp_path):
         assert not build.exists()
     finally:
         assert not build.exists()
+
+
+def _build(tmp_path: Path) -> Path:
+    build = tmp_path / "build"
+    assert compile_to(SPEC, build, overrides={"training.max_steps": 4}).ok
+    return build
+
+
+def _edit_plan(build: Path, rehash_lock: bool) -> None:
+    import json
+
+    from ftspec.compiler.core.artifacts import file_sha256
+
+    plan = json.loads((build / "plan.json").read_text())
+    plan["spec"]["model"]["trust_remote_code"] = True
+    plan["spec"]["training"]["learning_rate"] = 0.5
+    (build / "plan.json").write_text(json.dumps(plan))
+    if rehash_lock:
+        lock = json.loads((build / "lock.json").read_text())
+        lock["plan_sha256"] = file_sha256(build / "plan.json")
+        (build / "lock.json").write_text(json.dumps(lock))
+
+
+@pytest.mark.parametrize("rehash_lock", [False, True], ids=["plan-only", "lock-rehashed"])
+def test_an_edited_plan_is_never_launched(tmp_path, rehash_lock):
+    """V2: trust_remote_code: true written into plan.json after compile ran the model's code."""
+    import subprocess
+    import sys
+
+    build = _build(tmp_path)
+    from ftspec.compiler.compile.integrity import verify_build
+
+    assert verify_build(build) == []
+    _edit_plan(build, rehash_lock)
+    assert [d.code for d in verify_build(build)] == ["FT0621"]
+    for argv in (
+        ["-m", "ftspec.compiler.cli", "launch", str(build), "--dry-run"],
+        ["-m", "ftspec.runtime.train", "--plan", str(build / "plan.json")],  # what launch.sh runs
+    ):
+        done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=300, cwd=ROOT)
+        assert done.returncode != 0 and "FT0621" in done.stderr, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr
+
+
+def test_a_build_whose_spec_changed_is_stale(tmp_path):
+    import shutil
+
+    spec = tmp_path / "spec" / "tiny-cpu.yaml"
+    shutil.copytree(ROOT / "specs" / "data", tmp_path / "spec" / "data")
+    shutil.copy(ROOT / SPEC, spec)
+    build = tmp_path / "build"
+    from ftspec.compiler.compile.compile import CompileOptions, compile_spec, write_build
+    from ftspec.compiler.compile.integrity import verify_build
+    from ftspec.compiler.lint.lint import LintOptions
+
+    options = CompileOptions(lint=LintOptions(repo_root=tmp_path), overrides={"training.max_steps": 4})
+    result = compile_spec(str(spec), options, build_dir=build)
+    assert result.ok, [d.message for d in result.diagnostics if d.severity == "error"]
+    write_build(result.files, build)
+    assert verify_build(build) == []
+
+    spec.write_text(spec.read_text().replace("learning_rate: 3.0e-3", "learning_rate: 3.0e-4"))
+    assert [d.code for d in verify_build(build)] == ["FT0622"]
+    (build / "lock.json").unlink()
+    assert [d.code for d in verify_build(build)] == ["FT0623"]

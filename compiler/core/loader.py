@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, make
-from ftspec.compiler.core.paths import find_repo_root, link_escapes, special_kind
+from ftspec.compiler.core.paths import find_repo_root, inside, link_escapes, special_kind
 
 MAX_BYTES = 1024 * 1024  # a spec is a page of YAML (a few KB); anything this large is a mistake or an attack
 MAX_NODES = 100_000  # expanded nodes: stops alias bombs ("billion laughs") before they eat memory
@@ -191,6 +191,8 @@ def spec_link_problem(path: str | os.PathLike, root: os.PathLike | None = None) 
         return None
     lexical = Path(os.path.abspath(path))
     top = Path(root) if root is not None else find_repo_root(lexical.parent)
+    if not inside(lexical, Path(os.path.abspath(top))) and not inside(lexical, Path(os.path.realpath(top))):
+        return None  # named directly, outside the root: the user chose that file; only links are suspect
     target = link_escapes(lexical, top)
     if target is None:
         return None
