@@ -981,6 +981,13 @@ def main(argv: list[str] | None = None) -> None:
     quiet_known_noise()
     plan_path = Path(args.plan).resolve()
     code = EXIT_FAILED
+    from ftspec.compiler.compile.integrity import verify_build
+
+    edited = verify_build(plan_path.parent)  # launch.sh reaches here without `ftspec launch`: check again
+    if edited:
+        if os.environ.get("RANK", "0") == "0":
+            log(to_text(edited, lambda *_: None))
+        _shutdown(EXIT_FAILED)  # nothing written: the edited plan names the run folder too
     try:
         code = run(plan_path, args.resume)
     except (SetupError, rdata.DataError) as exc:
