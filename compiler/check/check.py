@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftspec.compiler.core.artifacts import read_plan
-from ftspec.compiler.core.diagnostics import Diagnostic, sort_diagnostics
+from ftspec.compiler.core.diagnostics import Diagnostic, exit_code, sort_diagnostics
 from ftspec.compiler.core.loader import LoadedSpec
 from ftspec.compiler.core.resolve import resolve
 from ftspec.compiler.lint.lint import LintOptions, lint_file, suppressed
@@ -45,10 +45,10 @@ def check_spec(
 ) -> CheckResult:
     """Lint the spec (errors stop here), then run the chosen sections on the resolved spec."""
     result = lint_file(path, lint)
-    if any(d.code == "FT0001" for d in result.diagnostics):
-        return CheckResult(result.spec, list(result.diagnostics), 2, lint_failed=True)
     if not result.ok:
-        return CheckResult(result.spec, list(result.diagnostics), 1, lint_failed=True)
+        return CheckResult(
+            result.spec, list(result.diagnostics), exit_code(result.diagnostics), lint_failed=True
+        )
     spec = result.spec
     resolved = resolve(spec.data)
     diagnostics = list(result.diagnostics)  # lint warnings stay visible
@@ -56,7 +56,7 @@ def check_spec(
         from ftspec.compiler.check.lockfile import check_lock
 
         drift = check_lock(Path(lock), spec, resolved)
-        if any(d.code == "FT0610" for d in drift):  # the lock cannot be read: the check cannot run
+        if exit_code(drift) == 2:  # the lock cannot be read: the check cannot run
             return CheckResult(spec, drift, 2)
         diagnostics.extend(drift)
     out = CheckResult(spec, diagnostics, 0)
@@ -84,7 +84,7 @@ def check_spec(
         out.texts.append(pins.text())
     # lint and the pins section both report feature-need pins: show each finding once
     out.diagnostics = sort_diagnostics(suppressed(spec, list(dict.fromkeys(diagnostics))))
-    out.exit_code = 1 if any(d.severity == "error" for d in out.diagnostics) else 0
+    out.exit_code = min(exit_code(out.diagnostics), 1)  # a finding of the data or pins, not a tool failure
     return out
 
 

@@ -60,6 +60,7 @@ class Rule:
     message: str
     hint: str | None
     source: str | None
+    exit: int = 1  # the exit status an error of this code means: 2 when the tool itself could not run
 
 
 @lru_cache(maxsize=1)
@@ -83,6 +84,7 @@ def catalog() -> dict[str, Rule]:
                 message=spec.get("message", "{detail}"),
                 hint=spec.get("hint"),
                 source=spec.get("source"),
+                exit=int(spec.get("exit", 1)),
             )
     return rules
 
@@ -123,6 +125,16 @@ def make(
         hint=hint or None,
         extra=extra or {},
     )
+
+
+def exit_code(diagnostics: list[Diagnostic]) -> int:
+    """The one exit-code decision: 2 if an error means the tool could not run (its catalog entry says
+    `"exit": 2`), 1 for any other error, else 0. Warnings and infos never fail."""
+    errors = [d for d in diagnostics if d.severity == "error"]
+    rules = catalog()
+    if any(rules[d.code].exit == 2 for d in errors if d.code in rules):
+        return 2
+    return 1 if errors else 0
 
 
 def has_errors(diagnostics: list[Diagnostic]) -> bool:

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         write_build,
     )
     from ftspec.compiler.compile.render import EXECUTABLE
-    from ftspec.compiler.core.diagnostics import Location, make
+    from ftspec.compiler.core.diagnostics import Location, exit_code, make
     from ftspec.compiler.core.reporters import emit
 
     overrides: dict = {}
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     )
     result = compile_spec(args.spec, options, build_dir=target)
     sources.add(args.spec, result.spec.text)
-    if any(d.code in ("FT0001", "FT0619") for d in result.diagnostics):  # unreadable spec; ftspec's own bug
+    if exit_code(result.diagnostics) == 2:  # unreadable spec; ftspec's own bug
         emit(result.diagnostics, args.format, sources)
         return 2
     if not result.ok:

@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from ftspec.compiler.author.spec_diff import _fmt, diff_specs, to_markdown, to_text
+    from ftspec.compiler.core.diagnostics import exit_code
     from ftspec.compiler.core.reporters import emit
     from ftspec.compiler.verbs.common import SourceCache
 
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
             if side.spec.text:
                 sources.add(side.spec.path, side.spec.text)
         emit(diff.diagnostics, "json" if args.format == "json" else "text", sources)
-        return 2 if any(d.code in ("FT0001", "FT0618") for d in diff.diagnostics) else 1
+        return exit_code(diff.diagnostics) or 1
     if args.format == "markdown":
         print(to_markdown(diff), end="")
     elif args.format == "json":

@@ -57,7 +57,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ftspec.compiler.author.importers import ImportOptions, translate
-    from ftspec.compiler.core.diagnostics import has_errors, sort_diagnostics
+    from ftspec.compiler.core.diagnostics import exit_code, has_errors, sort_diagnostics
     from ftspec.compiler.core.loader import load_spec, load_text
     from ftspec.compiler.core.reporters import emit
     from ftspec.compiler.lint.lint import lint_loaded
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     sources.add(source.path, source.text)
     if not source.ok:
         emit(source.diagnostics, args.format, sources)
-        return 2 if any(d.code == "FT0001" for d in source.diagnostics) else 1
+        return exit_code(source.diagnostics) or 1
 
     result = translate(
         args.tool, source, ImportOptions(output=output, gpu=args.gpu, gpus=args.gpus, name=args.name)

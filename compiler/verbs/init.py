@@ -47,7 +47,7 @@ def _ask(label: str, default: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ftspec.compiler.author.init_spec import InitAnswers, build
-    from ftspec.compiler.core.diagnostics import has_errors
+    from ftspec.compiler.core.diagnostics import exit_code, has_errors
     from ftspec.compiler.core.loader import load_text
     from ftspec.compiler.core.reporters import emit
     from ftspec.compiler.lint.lint import lint_loaded
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     sources = SourceCache()
     if not result.text:
         emit(result.diagnostics, args.format, sources)
-        return 2 if any(d.code == "FT0920" for d in result.diagnostics) else 1
+        return exit_code(result.diagnostics) or 1
     lint = lint_loaded(load_text(result.text, str(output)))
     sources.add(str(output), result.text)
     write_atomic(output, result.text)

@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ftspec.compiler.core.diagnostics import exit_code
     from ftspec.compiler.core.reporters import emit
     from ftspec.compiler.lint.lint import expand_paths, lint_file
 
@@ -31,17 +32,14 @@ def run(args: argparse.Namespace) -> int:
     options = lint_options(args)
     sources = SourceCache()
     diagnostics = []
-    unreadable = False
     for path in paths:
         result = lint_file(path, options)
         sources.add(path, result.spec.text)
         diagnostics.extend(result.diagnostics)
-        unreadable |= any(d.code == "FT0001" for d in result.diagnostics)
     emit(diagnostics, args.format, sources)
-    if unreadable:
-        return 2
-    if any(d.severity == "error" for d in diagnostics):
-        return 1
+    code = exit_code(diagnostics)
+    if code:
+        return code
     if args.strict and any(d.severity == "warning" for d in diagnostics):
         return 1
     return 0
