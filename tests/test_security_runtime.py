@@ -59,3 +59,34 @@ def test_a_legacy_pickled_scheduler_state_is_refused_not_run(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         ckpt.load_scheduler(tmp_path)
     assert not marker.exists()
+
+
+def test_a_fresh_launch_refuses_a_folder_it_did_not_write(tmp_path):
+    """D1/V11: a fresh launch deleted checkpoints/ and tokenizer/ of any folder and replaced its files."""
+    from ftspec.compiler.launch.run_folder import previous_run
+
+    precious = tmp_path / "precious"
+    (precious / "checkpoints").mkdir(parents=True)
+    (precious / "tokenizer").mkdir()
+    (precious / "checkpoints" / "NOTES.txt").write_text("notes")
+    (precious / "tokenizer" / "vocab.txt").write_text("v")
+    (precious / "metrics.jsonl").write_text('{"my": "metrics"}\n')
+    found = previous_run(precious)
+    assert found and "no ftspec run wrote" in found[-1] and "checkpoints" in found[-1]
+    # an earlier run's folder: its own files may be replaced, a stranger's note may not
+    (precious / "run.json").write_text('{"exit_status": "failed"}')
+    for name in ("metrics.jsonl", "tokenizer"):
+        assert name not in " ".join(previous_run(precious))
+    assert "checkpoints/NOTES.txt" in " ".join(previous_run(precious))
+    (precious / "checkpoints" / "NOTES.txt").unlink()
+    assert previous_run(precious) == []
+    (precious / "README.txt").write_text("keep")
+    assert "README.txt" in " ".join(previous_run(precious))
+
+
+def test_an_empty_or_new_folder_is_free(tmp_path):
+    from ftspec.compiler.launch.run_folder import previous_run
+
+    assert previous_run(tmp_path / "new") == []
+    (tmp_path / "empty" / ".ftspec").mkdir(parents=True)
+    assert previous_run(tmp_path / "empty") == []

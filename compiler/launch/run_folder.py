@@ -50,7 +50,39 @@ def previous_run(run_dir: Path) -> list[str]:
                 else f"{CHECKPOINTS}/{names[0]}"
             )
     found += [f"{name}/" for name in PRECIOUS_OUTPUTS if (run_dir / name).is_dir()]
+    foreign = _not_written_by_a_run(run_dir)
+    if foreign:
+        # A fresh run deletes checkpoints/ and tokenizer/ and replaces metrics.jsonl: never in a folder
+        # holding files no run wrote (security review D1); --overwrite moves the whole folder aside.
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        found.append(f"{shown}, which no ftspec run wrote")
     return found
+
+
+# What a run writes at the top of its folder (runtime/train.py, evaluate); anything else is someone's.
+RUN_WRITES = frozenset(
+    {"run.json", "plan.json", "lock.json", "metrics.jsonl", "tensorboard", "tokenizer", "eval", CHECKPOINTS}
+    | {BATCH_FILE, ERRORS_DIR, ".adapter-for-merge", *PRECIOUS_OUTPUTS}
+)
+
+
+def _not_written_by_a_run(run_dir: Path) -> list[str]:
+    """Entries of `run_dir` that a run did not write. A folder without run.json was never a run
+    folder: everything in it counts (an empty `.ftspec/` is the runtime's own start-up)."""
+    if not run_dir.is_dir():
+        return []
+    entries = sorted(p.name for p in run_dir.iterdir())
+    if not (run_dir / "run.json").is_file():
+        return [n for n in entries if not (n == ERRORS_DIR and not any((run_dir / n).iterdir()))]
+    out = [n for n in entries if n not in RUN_WRITES and not n.startswith(".tmp-")]
+    checkpoints = run_dir / CHECKPOINTS
+    if checkpoints.is_dir():
+        out += [
+            f"{CHECKPOINTS}/{p.name}"
+            for p in sorted(checkpoints.iterdir())
+            if not (p.is_dir() and p.name.startswith(("checkpoint-", ".tmp-checkpoint-")))
+        ]
+    return out
 
 
 OK_STATUSES = ("ok", "success", "succeeded", "completed", "finished", 0)
