@@ -50,8 +50,9 @@ def resolve_source(model_spec: dict, spec_dir: Path) -> ModelSource:
     return ModelSource(model_id, model_spec.get("revision"), False)
 
 
-def load_tokenizer(source: ModelSource, model_spec: dict):
-    """The model's tokenizer, with ftspec's chat template when the spec names one (chatml/llama3/alpaca)."""
+def load_tokenizer(source: ModelSource, model_spec: dict, spec_dir: Path | None = None):
+    """The model's tokenizer, with the chat template the spec names: ftspec's (chatml/llama3/alpaca) or
+    a .jinja file relative to the spec's folder `spec_dir`."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(
@@ -61,7 +62,7 @@ def load_tokenizer(source: ModelSource, model_spec: dict):
     )
     choice = model_spec.get("chat_template", "model")
     if choice != "model":
-        tokenizer.chat_template = template_source(choice)
+        tokenizer.chat_template = template_source(choice, spec_dir)
     elif not getattr(tokenizer, "chat_template", None):
         raise SetupError("FT0703", model=model_spec["id"])
     if tokenizer.pad_token is None:

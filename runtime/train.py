@@ -398,7 +398,7 @@ def run(plan_path: Path, resume: bool) -> int:
     seed = int(training.get("seed", 42))
     with accelerator.main_process_first():
         source = resolve_source(spec["model"], spec_dir)
-        tokenizer = load_tokenizer(source, spec["model"])
+        tokenizer = load_tokenizer(source, spec["model"], spec_dir)
         prepared = cached_prepare(spec, derived, spec_dir, tokenizer, out, source)
     stats = prepared.stats
     total_steps = int(derived["total_steps"])

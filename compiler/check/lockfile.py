@@ -57,13 +57,21 @@ def data_files(resolved: dict) -> list[tuple[str, str, str]]:
 def chat_template_lock(spec: LoadedSpec, resolved: dict) -> dict:
     """{name, sha256}: a built-in template's hash, or the local tokenizer's own template's hash;
     sha256 is null for a hub model's own template (not on this machine)."""
-    from ftspec.compiler.dataset.chat_templates import local_model_dir, model_template, template_source
+    from ftspec.compiler.dataset.chat_templates import (
+        TemplateError,
+        local_model_dir,
+        model_template,
+        template_source,
+    )
 
     model = resolved.get("model", {})
     name = model.get("chat_template", "model")
     source: str | None = None
     if name != "model":
-        source = template_source(name)
+        try:  # a .jinja file (relative to the spec) is hashed like a built-in template
+            source = template_source(name, spec.base_dir)
+        except TemplateError:  # unreadable: lint and check report why
+            source = None
     else:
         folder = local_model_dir(str(model.get("id", "")), spec.base_dir)
         info = model_template(folder) if folder is not None else None
