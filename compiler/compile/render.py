@@ -146,7 +146,8 @@ def render_slurm(plan: dict) -> str:
     context = {
         "job_name": token(plan["spec"]["name"]),
         "nodes": int(derived["nodes"]),
-        "gpus_per_node": 0 if derived["device"] == "cpu" else int(derived["gpus_per_node"]),
+        "cpu": derived["device"] == "cpu",
+        "gpus_per_node": int(derived["gpus_per_node"]),
         "procs_per_node": max(1, int(derived["gpus_per_node"])),
         "version": token(__version__),
         "spec_file": _comment_safe(plan["metadata"]["spec_file"]),
