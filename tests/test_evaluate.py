@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
+from ftspec.compiler.core.artifacts import dumps_json  # noqa: E402
 from ftspec.compiler.core.resolve import resolve  # noqa: E402
 
 NAMES = ["Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Irene", "Jack"]
@@ -138,8 +139,8 @@ def make_run(
         "paths": {"spec_dir": "../.."},  # as compiled into a build folder two levels down
         "derived": {"output_dir": "runs/tiny", "sequence_len": 128, "world_size": 1},
     }
-    (run / "plan.json").write_text(json.dumps(plan))
-    (run / "run.json").write_text(json.dumps({"exit_status": "ok", "final_step": 3, "world_size": 1}))
+    (run / "plan.json").write_text(dumps_json(plan))  # as compile writes it: lock.json records its digest
+    run_info = {"exit_status": "ok", "final_step": 3, "world_size": 1, "plan_sha256": _sha(run / "plan.json")}
     (run / "metrics.jsonl").write_text(
         "".join(
             json.dumps({"step": s, "loss": 3.0 - 0.5 * s, **({"eval_loss": 2.9 - 0.4 * s} if s % 2 else {})})
@@ -154,13 +155,17 @@ def make_run(
         (run / "lock.json").write_text(
             json.dumps(
                 {
+                    "metadata": {"spec_sha256": plan["metadata"]["spec_sha256"], "overrides": {}},
+                    "plan_sha256": _sha(run / "plan.json"),
                     "data": [
                         {"role": r, "path": f, "sha256": _sha(spec_dir / f)}
                         for r, f in zip(roles, files, strict=True)
-                    ]
+                    ],
                 }
             )
         )
+        run_info["lock_sha256"] = _sha(run / "lock.json")
+    (run / "run.json").write_text(json.dumps(run_info))  # the digests the runtime records
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.save_pretrained(run / "tokenizer")
     base = AutoModelForCausalLM.from_pretrained(model_dir)

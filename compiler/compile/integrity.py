@@ -87,7 +87,9 @@ def _against_spec(plan: dict, lock: dict, spec_dir: Path, where: Location) -> li
     try:
         expected = resolve(apply_overrides(spec.data, overrides))
     except (KeyError, TypeError, ValueError) as exc:
-        return [make("FT0621", where, path=where.file, detail=f"the lock's --set values do not apply ({exc})")]
+        return [
+            make("FT0621", where, path=where.file, detail=f"the lock's --set values do not apply ({exc})")
+        ]
     if expected == plan.get("spec"):
         return []
     changed = _first_difference(expected, plan.get("spec"), "/spec")

@@ -53,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
         diag = make(code, Location(file=str(Path(args.run_dir) / "plan.json")), detail=exc.detail)
         emit([diag], args.format, sources)
         return 2
+    from ftspec.compiler.evaluate.integrity import metrics_problems, run_problems
+
+    edited = run_problems(folder)  # an edited plan or lock is a finding, never the gate's rules
+    if edited:
+        emit(edited, args.format, sources)
+        return 1
     out_dir = Path(args.output) if args.output else folder.path / "eval"
     metrics_path = out_dir / "metrics.json"
     locate = _locator(folder, sources)
@@ -86,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
             sources,
         )
         return 2
+    forged = metrics_problems(folder, metrics, metrics_path)
+    if forged:
+        emit(forged, args.format, sources)
+        return 1
     report, diagnostics = gate_and_report(
         folder, metrics, locate, run_dir_label=args.run_dir, out_dir=out_dir
     )
@@ -224,6 +234,9 @@ def gate_and_report(folder, metrics: dict, locate, *, run_dir_label: str, out_di
         notes=notes,
     )
     write_reports(report, out_dir)
+    from ftspec.compiler.launch.model_card import record_gate
+
+    record_gate(folder.path, report)  # the model cards of adapter/ and merged/ carry the verdict
     return report, diagnostics
 
 
