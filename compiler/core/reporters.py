@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 
@@ -19,6 +20,13 @@ SourceLookup = Callable[[str | None, int | None], str | None]
 
 def status(diagnostics: Iterable[Diagnostic]) -> str:
     return "fail" if any(d.severity == "error" for d in diagnostics) else "ok"
+
+
+def count_line(diagnostics: Iterable[Diagnostic]) -> str:
+    """'1 error, 2 warnings' (or 'no problems'): the last line of the text report."""
+    found = list(diagnostics)
+    counts = {s: sum(1 for d in found if d.severity == s) for s in ("error", "warning", "info")}
+    return ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items() if n) or "no problems"
 
 
 def to_json(diagnostics: list[Diagnostic], **sections: object) -> str:
@@ -57,6 +65,30 @@ def _source_window(line: str, column: int) -> tuple[str, int]:
     return prefix + window + suffix, len(prefix) + offset - start
 
 
+# C0 and C1 controls, DEL, and the bidirectional overrides that reorder what a terminal shows. Printed
+# raw, spec keys and data lines could clear the screen, forge "no problems", set the window title,
+# add hyperlinks (OSC 8), or start a GitHub workflow command (`::add-mask::`) on a line of their own.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(match: re.Match) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def terminal_safe(text: str) -> str:
+    """One line for a terminal or a CI log: every control character shown as an escape (`\\n`, `\\x1b`)."""
+    return _UNSAFE.sub(_escape_char, text)
+
+
+def terminal_safe_block(text: str) -> str:
+    """Several lines (sample renderings, report tables): controls escaped except the newlines that
+    separate the lines, and no line able to start a workflow command (the runner trims leading spaces)."""
+    lines = [terminal_safe(line) for line in text.split("\n")]
+    return "\n".join(f"| {line}" if line.lstrip().startswith("::") else line for line in lines)
+
+
 _COLORS = {"error": "\x1b[31;1m", "warning": "\x1b[33;1m", "info": "\x1b[36;1m"}
 _DIM, _RESET = "\x1b[2m", "\x1b[0m"
 
@@ -67,17 +99,21 @@ def to_text(diagnostics: list[Diagnostic], source: SourceLookup, *, color: bool 
     for d in diagnostics:
         where = ":".join(str(x) for x in (d.file, d.line, d.column) if x is not None) or "<spec>"
         sev = f"{_COLORS[d.severity]}{d.severity}{_RESET}" if color else d.severity
-        head = f"{where}: {d.code} {sev}: {d.message}"
+        head = f"{terminal_safe(where)}: {d.code} {sev}: {terminal_safe(d.message)}"
         lines.append(head)
         src = source(d.file, d.line)
         if src is not None and d.column:
             shown, caret = _source_window(src, d.column)
+            safe = terminal_safe(shown)
+            if safe != shown:  # escapes widen the line: keep the caret under the same character
+                caret = len(terminal_safe(shown[:caret]))
+                shown = safe
             lines.append(f"  {d.line:>4} | {shown}")
             lines.append("       | " + " " * caret + (f"{_COLORS[d.severity]}^{_RESET}" if color else "^"))
         if d.hint:
-            lines.append(f"  {_DIM}hint:{_RESET} {d.hint}" if color else f"  hint: {d.hint}")
-    counts = {s: sum(1 for d in diagnostics if d.severity == s) for s in ("error", "warning", "info")}
-    summary = ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items() if n) or "no problems"
+            hint = terminal_safe(d.hint)
+            lines.append(f"  {_DIM}hint:{_RESET} {hint}" if color else f"  hint: {hint}")
+    summary = count_line(diagnostics)
     lines.append(summary)
     return "\n".join(lines)
 
@@ -251,5 +287,5 @@ def emit(
             stream.write(text + "\n")
     else:
         if text_extra:
-            stream.write(text_extra.rstrip("\n") + "\n")
+            stream.write(terminal_safe_block(text_extra.rstrip("\n")) + "\n")
         stream.write(to_text(diagnostics, source, color=_use_color(stream)) + "\n")
