@@ -502,3 +502,39 @@ def test_generation_blocks_keep_their_spans():
     trained = spans_of.trained_text(info.source, messages, special_tokens=info.special_tokens, markers=CHATML)
     assert trained.method == "generation"
     assert trained.spans == ct.render(info.source, messages, special_tokens=info.special_tokens).spans
+
+
+def test_jinja_file_reaches_training_and_matches_the_check(tmp_path):
+    """chat_template: a .jinja file (Qwen2.5's own, no generation blocks) with the built-in model's
+    tokenizer: training loads the file and labels the answers plus <|im_end|>, as check shows them."""
+    from ftspec.runtime import data as rdata
+    from ftspec.runtime.builtin import build_tokenizer
+    from ftspec.runtime.model import ModelSource, load_tokenizer
+
+    (tmp_path / ".git").mkdir()
+    build_tokenizer().save_pretrained(str(tmp_path / "tok"))
+    (tmp_path / "qwen.jinja").write_bytes((TEMPLATES / "Qwen-Qwen2.5-7B-Instruct.jinja").read_bytes())
+    answers = [["Item 3 is sold in red.", f"Blue {i}."] for i in range(3)]
+    write_jsonl(tmp_path / "t.jsonl", [{"messages": conversation(a, system=True)} for a in answers])
+    model = {"id": "builtin:tiny-llama", "chat_template": "qwen.jinja"}
+    spec_path = write_spec(tmp_path, {"train": "t.jsonl"}, model=model, training={"sequence_len": 256})
+    report = check(spec_path)
+    assert report.ok, [d.message for d in report.diagnostics if d.severity == "error"]
+    shown = [s["trained_text"] for s in report.summary["samples"]]
+    assert shown == [[f"{a}<|im_end|>" for a in pair] for pair in answers]
+    tokenizer = load_tokenizer(ModelSource(str(tmp_path / "tok"), None, True), model, tmp_path)
+    assert tokenizer.chat_template == (tmp_path / "qwen.jinja").read_text(encoding="utf-8")
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    prepared = rdata.prepare(spec, tmp_path, tokenizer)
+    assert prepared.stats["train_examples"] == 3
+    labelled = []
+    for example in prepared.train:  # (in the training mix's shuffled order)
+        runs, current = [], []
+        for tid, label in zip(example.input_ids, example.labels, strict=True):
+            if label != -100:
+                current.append(tid)
+            elif current:
+                runs, current = [*runs, current], []
+        runs += [current] if current else []
+        labelled.append([tokenizer.decode(r) for r in runs])
+    assert sorted(labelled) == sorted(shown)
