@@ -31,6 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from ftspec.compiler.core import model_files
 from ftspec.runtime.checkpoint import fsync_dir, fsync_file
 from ftspec.runtime.log import log
 
@@ -182,25 +183,41 @@ def is_builtin(model_id: str) -> bool:
 
 
 def cache_root() -> Path:
-    """$FTSPEC_CACHE/builtin, else $XDG_CACHE_HOME/ftspec/builtin, else ~/.cache/ftspec/builtin."""
-    base = os.environ.get("FTSPEC_CACHE")
-    if base:
-        return Path(base).expanduser() / "builtin"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "ftspec" / "builtin"
+    """$FTSPEC_CACHE/builtin, else $XDG_CACHE_HOME/ftspec/builtin, else ~/.cache/ftspec/builtin (one
+    home with the converted GGUF models: compiler/core/model_files.py describes the layout)."""
+    return model_files.cache_home() / "builtin"
+
+
+def names() -> list[str]:
+    """Every built-in model id: this module's own and the catalog's GGUF-based ones."""
+    return sorted({PREFIX + NAME, *model_files.builtin_names()})
 
 
 def model_dir(model_id: str = PREFIX + NAME) -> Path:
-    name = model_id[len(PREFIX) :] if is_builtin(model_id) else model_id
-    if name != NAME:
-        raise ValueError(f"unknown built-in model {model_id!r}; the built-in one is {PREFIX}{NAME}")
-    return cache_root() / f"{NAME}-{VERSION}"
+    full = model_id if is_builtin(model_id) else PREFIX + model_id
+    if full == PREFIX + NAME:
+        return cache_root() / f"{NAME}-{VERSION}"
+    if model_files.gguf_builtin(full) is not None:
+        return model_files.builtin_model_folder(full)
+    raise ValueError(f"unknown built-in model {model_id!r}; the built-in ones are {', '.join(names())}")
 
 
 def ensure_builtin(model_id: str = PREFIX + NAME, *, log=log) -> Path:
-    """The folder of the built-in model, building it first when it is missing. Safe to call from many
+    """The folder of a built-in model, building it first when it is missing. Safe to call from many
     processes at once: one builds, the others wait on the lock and then find it complete."""
-    target = model_dir(model_id)
+    full = model_id if is_builtin(model_id) else PREFIX + model_id
+    target = model_dir(full)
+    if full == PREFIX + NAME:
+        return build_once(target, f"the built-in model {full} ({VERSION})", build, log=log)
+    from ftspec.runtime import gguf_model  # transformers' GGUF loader; only for the GGUF-based ones
+
+    return gguf_model.ensure_builtin_gguf(full, log=log)
+
+
+def build_once(target: Path, label: str, builder, *, log=log) -> Path:
+    """`target`, built by `builder(tmp_folder)` unless complete. Under an exclusive file lock, into a
+    temporary sibling renamed into place; the builder writes the completion marker last. Every cached
+    model folder (built-in, converted GGUF, tokenizer-only) is made here."""
     if _complete(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -208,10 +225,12 @@ def ensure_builtin(model_id: str = PREFIX + NAME, *, log=log) -> Path:
         if _complete(target):  # built by another process while we waited
             return target
         started = time.monotonic()
-        log(f"ftspec: building the built-in model {PREFIX}{NAME} ({VERSION}) into {target} ...")
+        log(f"ftspec: building {label} into {target} ...")
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         try:
-            build(tmp)
+            builder(tmp)
+            if not _complete(tmp):
+                raise RuntimeError(f"building {label} wrote no {model_files.COMPLETE_MARKER}")
             _fsync_tree(tmp)
             if target.exists():  # an incomplete leftover from a crashed build
                 shutil.rmtree(target)
@@ -220,12 +239,12 @@ def ensure_builtin(model_id: str = PREFIX + NAME, *, log=log) -> Path:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        log(f"ftspec: built {PREFIX}{NAME} in {time.monotonic() - started:.1f}s")
+        log(f"ftspec: built {label} in {time.monotonic() - started:.1f}s")
     return target
 
 
 def _complete(folder: Path) -> bool:
-    return (folder / "ftspec-builtin.json").is_file()
+    return model_files.is_complete(folder)
 
 
 @contextlib.contextmanager
@@ -454,11 +473,13 @@ def build(folder: Path) -> dict:
         "build_seconds": round(time.monotonic() - started, 2),
     }
     # Written last: its presence is what marks the folder as complete.
-    (folder / "ftspec-builtin.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (folder / model_files.COMPLETE_MARKER).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
 
-if __name__ == "__main__":  # python -m ftspec.runtime.builtin: build (if needed) and print the folder
-    path = ensure_builtin()
+if __name__ == "__main__":  # python -m ftspec.runtime.builtin [MODEL_ID]: build if needed, print the folder
+    import sys
+
+    path = ensure_builtin(sys.argv[1] if len(sys.argv) > 1 else PREFIX + NAME)
     print(path)
-    print((path / "ftspec-builtin.json").read_text())
+    print((path / model_files.COMPLETE_MARKER).read_text())

@@ -35,9 +35,10 @@ from ftspec.runtime.log import log as log_line
 
 METRICS_KIND = "ftspec-eval-metrics"
 METRICS_SCHEMA_VERSION = 1
-# Turn terminators of common chat formats: generation stops at whichever of them the template uses.
 # The weight files PEFT's save_pretrained writes (safetensors by default, .bin when asked).
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# Turn terminators of common chat formats: where the scored answer of the eval loss ends (never a stop
+# setting: generation stops on the saved generation config's eos_token_id only).
 TERMINATORS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<|endoftext|>", "<end_of_turn>")
 
 
@@ -254,19 +255,32 @@ def load_tokenizer(folder: RunFolder):
     return tokenizer
 
 
-def stop_token_ids(tokenizer, model) -> list[int]:
-    """EOS plus every known turn terminator the chat template uses and the vocabulary holds as one token."""
+def saved_generation_config(folder: RunFolder):
+    """The generation config training saved beside the tokenizer (its eos_token_id is the template's
+    end of turn, runtime/outputs.py), or None for a run folder from before it was saved."""
+    from transformers import GenerationConfig
+
+    path = folder.path / "tokenizer"
+    if not (path / "generation_config.json").is_file():
+        return None
+    return GenerationConfig.from_pretrained(str(path))
+
+
+def stop_token_ids(tokenizer, model, saved=None) -> list[int]:
+    """The EOS ids deployment stops on: the run folder's saved generation config when there is one,
+    else the model's generation config and the tokenizer's EOS. No private list of terminators: a
+    model that plain generate() (or vLLM, or llama.cpp) would not stop must not pass the gate."""
+    sources = (
+        [saved.eos_token_id]
+        if saved is not None
+        else [getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id]
+    )
     ids = set()
-    for value in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+    for value in sources:
         if isinstance(value, int):
             ids.add(value)
         elif isinstance(value, list):
             ids.update(v for v in value if isinstance(v, int))
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    vocab = tokenizer.get_vocab()
-    for text in TERMINATORS:
-        if text in template and text in vocab:
-            ids.add(vocab[text])
     return sorted(ids)
 
 
@@ -415,9 +429,10 @@ def score_model(
     evaluation: dict,
     max_len: int | None,
     conversations,
+    saved_generation=None,
 ) -> dict:
     started = time.monotonic()
-    stops = stop_token_ids(tokenizer, model)
+    stops = stop_token_ids(tokenizer, model, saved_generation)
     gen = {
         "max_new_tokens": int(evaluation.get("max_new_tokens", 256)),
         "batch_size": int(evaluation.get("batch_size", 8)),
@@ -521,6 +536,7 @@ def measure(folder: RunFolder, *, lm_eval: list[str] | None = None) -> tuple[dic
 
     max_len = (folder.plan.get("derived") or {}).get("sequence_len")
     tokenizer = load_tokenizer(folder)
+    saved_generation = saved_generation_config(folder)
     results = {}
     for name, loader in (("base", load_base), ("finetuned", load_finetuned)):
         started = time.monotonic()
@@ -538,6 +554,7 @@ def measure(folder: RunFolder, *, lm_eval: list[str] | None = None) -> tuple[dic
             evaluation=evaluation,
             max_len=max_len if isinstance(max_len, int) else None,
             conversations=conversations,
+            saved_generation=saved_generation,
         )
         v = results[name]["values"]
         shown = ", ".join(f"{k} {M_fmt(x)}" for k, x in v.items())

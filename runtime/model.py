@@ -1,7 +1,8 @@
 """Model, tokenizer, adapter and optimizer set-up: transformers, PEFT and bitsandbytes, nothing custom.
 
 Every model, built-in or not, goes through the same `from_pretrained` path: `builtin:tiny-llama` is
-first materialised into a local folder (runtime/builtin.py), a local folder is read as is, a hub id is
+first materialised into a local folder (runtime/builtin.py), `builtin:smollm2-135m` and a `.gguf`
+model.id are converted once into a cached folder (runtime/gguf_model.py), a local folder is read as is, a hub id is
 fetched at its pinned revision (or read from the local cache when HF_HUB_OFFLINE=1, which
 transformers honours itself).
 """
@@ -12,8 +13,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ftspec.compiler.core import model_files
 from ftspec.compiler.dataset.chat_templates import template_source
 from ftspec.runtime import builtin
+from ftspec.runtime.gguf_model import GGUFError, ensure_model
 from ftspec.runtime.log import log
 
 
@@ -41,7 +44,14 @@ def resolve_source(model_spec: dict, spec_dir: Path) -> ModelSource:
         try:
             return ModelSource(str(builtin.ensure_builtin(model_id, log=log)), None, True)
         except ValueError:
-            raise SetupError("FT0702", model=model_id) from None
+            raise SetupError("FT0702", model=model_id, known=", ".join(builtin.names())) from None
+        except GGUFError as exc:
+            raise SetupError("FT0738", model=model_id, detail=str(exc)) from None
+    if model_files.is_gguf(model_id):
+        try:
+            return ModelSource(str(ensure_model(model_id, spec_dir, log=log)), None, True)
+        except GGUFError as exc:
+            raise SetupError("FT0738", model=model_id, detail=str(exc)) from None
     candidate = Path(model_id).expanduser()
     if not candidate.is_absolute():
         candidate = spec_dir / candidate

@@ -52,6 +52,7 @@ from ftspec.compiler.launch.run_folder import BATCH_FILE, ERRORS_DIR, EXIT_OOM_R
 from ftspec.runtime import cache as rcache
 from ftspec.runtime import checkpoint as ckpt
 from ftspec.runtime import data as rdata
+from ftspec.runtime import outputs
 from ftspec.runtime.log import log
 from ftspec.runtime.model import (
     SetupError,
@@ -239,9 +240,15 @@ def memory_gib(device: str) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 4)  # KiB -> GiB (peak RSS)
 
 
-def save_final(accelerator, model, tokenizer, spec: dict, source, out: Path, is_main: bool) -> dict:
+def save_final(
+    accelerator, model, tokenizer, spec: dict, source, out: Path, is_main: bool, *, spec_dir: Path, plan: dict
+) -> dict:
     """adapter/ (PEFT format) and/or merged/ as output.save asks; tokenizer/ always. Written into temp
-    folders and renamed, so a crash here never leaves a half adapter that evaluate would load."""
+    folders and renamed, so a crash here never leaves a half adapter that evaluate would load.
+
+    Deployment sees what the gate measures (runtime/outputs.py): the template's end-of-turn token is
+    the EOS of the saved tokenizer and generation_config.json in every folder; adapter/ also holds the
+    tokenizer and template, names a portable base, and carries a model card, as merged/ does."""
     method = spec.get("adapter", {}).get("method", "lora")
     save = spec.get("output", {}).get("save", "adapter")
     state = accelerator.get_state_dict(model)  # gathers ZeRO-3 / FSDP shards; on every rank
@@ -249,6 +256,9 @@ def save_final(accelerator, model, tokenizer, spec: dict, source, out: Path, is_
     if not is_main:
         return written
     unwrapped = accelerator.unwrap_model(model)
+    generation = outputs.generation_config_of(unwrapped)
+    end_of_turn = outputs.align_stop_settings(tokenizer, generation)
+    base = outputs.portable_base(spec["model"], source.path_or_id, spec_dir, out)
 
     def place(name: str, writer) -> None:
         tmp = out / f".tmp-{name}"
@@ -260,27 +270,55 @@ def save_final(accelerator, model, tokenizer, spec: dict, source, out: Path, is_
         os.rename(tmp, target)
         written[name] = name
 
+    def with_tokenizer(d: Path) -> None:
+        tokenizer.save_pretrained(d)
+        generation.save_pretrained(d)
+
+    def adapter(d: Path) -> None:
+        unwrapped.save_pretrained(d, state_dict=state)
+        outputs.point_adapter_at(d, base)
+        with_tokenizer(d)
+
     if method == "full":
-        place(
-            "merged", lambda d: (unwrapped.save_pretrained(d, state_dict=state), tokenizer.save_pretrained(d))
-        )
+        place("merged", lambda d: (unwrapped.save_pretrained(d, state_dict=state), with_tokenizer(d)))
     else:
         if save in ("adapter", "both"):
-            place("adapter", lambda d: unwrapped.save_pretrained(d, state_dict=state))
+            place("adapter", adapter)
         if save in ("merged", "both"):
-            place(
-                "adapter" if "adapter" not in written else ".adapter-for-merge",
-                lambda d: unwrapped.save_pretrained(d, state_dict=state),
-            )
+            place("adapter" if "adapter" not in written else ".adapter-for-merge", adapter)
             adapter_dir = out / ("adapter" if "adapter" in written else ".adapter-for-merge")
-            place("merged", lambda d: merge_adapter(source, spec, adapter_dir, tokenizer, d))
+            place("merged", lambda d: merge_adapter(source, spec, adapter_dir, tokenizer, d, generation))
             shutil.rmtree(out / ".adapter-for-merge", ignore_errors=True)
             written.pop(".adapter-for-merge", None)
-    place("tokenizer", lambda d: tokenizer.save_pretrained(d))
+    place("tokenizer", with_tokenizer)
+    if "adapter" in written:
+        outputs.copy_base(base, out)
+    metadata = plan.get("metadata") or {}
+    facts = outputs.card_facts(
+        spec,
+        base,
+        spec_sha256=metadata.get("spec_sha256"),
+        spec_file=Path(metadata["spec_file"]).name if metadata.get("spec_file") else None,
+        data_sha256=_data_file_hashes(spec, spec_dir),
+        end_of_turn=end_of_turn,
+    )
+    outputs.write_cards(out, facts)
     return written
 
 
-def merge_adapter(source, spec: dict, adapter_dir: Path, tokenizer, target: Path) -> None:
+def _data_file_hashes(spec: dict, spec_dir: Path) -> dict[str, str]:
+    """Training files and the eval file, for the model card."""
+    hashes = _train_file_hashes(spec, spec_dir)
+    eval_path = (spec.get("dataset") or {}).get("eval")
+    if isinstance(eval_path, str):
+        try:
+            hashes[eval_path] = file_sha256(spec_dir / eval_path)
+        except OSError:
+            hashes[eval_path] = "unreadable"
+    return hashes
+
+
+def merge_adapter(source, spec: dict, adapter_dir: Path, tokenizer, target: Path, generation=None) -> None:
     """Merge into an unquantized copy of the base (a QLoRA adapter merges into the full-precision base
     it was trained over, not into 4-bit weights)."""
     import torch
@@ -295,6 +333,8 @@ def merge_adapter(source, spec: dict, adapter_dir: Path, tokenizer, target: Path
         trust_remote_code=bool(spec["model"].get("trust_remote_code")),
     )
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    if generation is not None:
+        merged.generation_config = generation
     merged.save_pretrained(target)
     tokenizer.save_pretrained(target)
 
@@ -706,7 +746,9 @@ def run(plan_path: Path, resume: bool) -> int:
         bar.close()
         if os.environ.get("FTSPEC_PARAM_DIGEST"):
             _write_param_digest(accelerator, model, out, rank)
-        written = save_final(accelerator, model, tokenizer, spec, source, out, is_main)
+        written = save_final(
+            accelerator, model, tokenizer, spec, source, out, is_main, spec_dir=spec_dir, plan=plan
+        )
         run_info["outputs"] = written
         run_info["final"] = {
             "loss": last_loss,

@@ -13,6 +13,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+from ftspec.compiler.core import model_files
 from ftspec.compiler.core.diagnostics import Diagnostic, make
 from ftspec.compiler.core.loader import LoadedSpec
 
@@ -132,6 +133,31 @@ def local_model_dir(model_id: str, base_dir: Path) -> Path | None:
     return candidate if (candidate / "config.json").is_file() else None
 
 
+def gguf_architecture(spec: LoadedSpec, model_id: str) -> tuple[dict, str, list[Diagnostic]]:
+    """Fields from a GGUF file's metadata (the gguf package, numpy only), else from the folder a
+    launch converted it into; ({}, "spec", diagnostics) when neither can be read."""
+    path = model_files.gguf_file(model_id, spec.base_dir)
+    if not path.is_file():
+        return {}, "spec", []  # lint reports the missing file (FT0259)
+    if model_files.gguf_available():
+        try:
+            return from_config(model_files.config_from_gguf(model_files.read_gguf_metadata(path))), (
+                f"{path} (GGUF metadata)"
+            ), []
+        except ValueError as exc:
+            return {}, "spec", [make("FT0303", spec.locate("/model/id"), path=str(path), detail=str(exc))]
+    converted = model_files.converted_model_folder(model_id, spec.base_dir)
+    for folder in (converted, model_files.tokenizer_folder(converted)) if converted else ():
+        if (folder / "config.json").is_file():
+            try:
+                return from_config(json.loads((folder / "config.json").read_text(encoding="utf-8"))), (
+                    f"{folder / 'config.json'}"
+                ), []
+            except (OSError, ValueError):
+                continue
+    return {}, "spec", []
+
+
 def yaml_hint(model_id: str) -> str:
     return (
         f"'{model_id}' is not in ftspec's model catalog; give its shape (from the model's config.json) under "
@@ -149,7 +175,10 @@ def resolve_architecture(spec: LoadedSpec, resolved: dict) -> tuple[dict | None,
     base: dict = {}
     origin = "spec"
     folder = local_model_dir(model_id, spec.base_dir)
-    if folder is not None:
+    if folder is None and model_files.is_gguf(model_id):
+        base, origin, gguf_diags = gguf_architecture(spec, model_id)
+        diags.extend(gguf_diags)
+    elif folder is not None:
         try:
             config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
             if not isinstance(config, dict):
@@ -163,7 +192,7 @@ def resolve_architecture(spec: LoadedSpec, resolved: dict) -> tuple[dict | None,
     else:
         entry = catalog_entry(model_id)
         if entry is not None:
-            base = {k: v for k, v in entry.items() if k not in ("id", "aliases", "source", "note")}
+            base = {k: v for k, v in entry.items() if k not in ("id", "aliases", "source", "note", "gguf")}
             origin = entry["source"]
     arch = {**base, **given}
     if given and base:

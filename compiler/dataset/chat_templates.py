@@ -23,6 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ftspec.compiler.core import model_files
+
 BUILTIN = ("chatml", "llama3", "alpaca")
 
 
@@ -388,7 +390,11 @@ def model_template(model_dir: Path) -> TemplateInfo | None:
 
 
 def local_model_dir(model_id: str, base_dir: Path) -> Path | None:
-    """A local model folder named by model.id (relative to the spec's folder, or absolute)."""
+    """A local model folder named by model.id (relative to the spec's folder, or absolute). A GGUF-based
+    model (builtin:smollm2-135m, a .gguf file) reads as its converted folder in the cache (made on
+    first use: compiler/core/model_files.py)."""
+    if model_files.converts_from_gguf(model_id):
+        return model_files.folder_for_check(model_id, base_dir)
     if not model_id or model_id.startswith("builtin:"):
         return None
     candidate = Path(model_id).expanduser()

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from ftspec.compiler.core import model_files
 from ftspec.compiler.core.diagnostics import Diagnostic
 from ftspec.compiler.lint.rules.context import RuleContext
 
@@ -15,9 +16,12 @@ _MOVING_REVISIONS = {"main", "master", "head", "latest", "dev", "develop"}
 
 
 def model_kind(model_id: str, base_dir: Path) -> str:
-    """builtin | local | hub. Hub ids are `name` or `org/name`; anything path-like is a local folder."""
+    """builtin | gguf | local | hub. Hub ids are `name` or `org/name`; a name ending in .gguf is a GGUF
+    file (relative to the spec or absolute); anything else path-like is a local folder."""
     if model_id.startswith("builtin:"):
         return "builtin"
+    if model_files.is_gguf(model_id):
+        return "gguf"
     if model_id.startswith((".", "/", "~")) or model_id.count("/") >= 2 or "\\" in model_id:
         return "local"
     try:
@@ -72,6 +76,30 @@ def local_model(ctx: RuleContext) -> Iterator[Diagnostic]:
         yield ctx.diag("FT0234", "/model/id", model=model_id, detail=str(exc))
 
 
+_GGUF_MAGIC = b"GGUF"
+
+
+def gguf_model(ctx: RuleContext) -> Iterator[Diagnostic]:
+    """FT0262: a .gguf model.id that does not exist or does not start with the GGUF magic bytes."""
+    model_id = ctx.get("/model/id", "str")
+    if not model_id or not ctx.check_files or model_kind(model_id, ctx.base_dir) != "gguf":
+        return
+    path = model_files.gguf_file(model_id, ctx.base_dir)
+    try:
+        if not path.exists():
+            yield ctx.diag("FT0262", "/model/id", model=model_id, detail="no such file")
+        elif not path.is_file():
+            yield ctx.diag("FT0262", "/model/id", model=model_id, detail="it is not a file")
+        else:
+            with open(path, "rb") as fh:
+                if fh.read(4) != _GGUF_MAGIC:
+                    yield ctx.diag(
+                        "FT0262", "/model/id", model=model_id, detail="the file does not start with 'GGUF'"
+                    )
+    except OSError as exc:
+        yield ctx.diag("FT0262", "/model/id", model=model_id, detail=str(exc))
+
+
 def architecture(ctx: RuleContext) -> Iterator[Diagnostic]:
     """FT0247: an architecture block whose numbers cannot describe one model."""
     base = "/model/architecture"
@@ -118,4 +146,4 @@ def architecture(ctx: RuleContext) -> Iterator[Diagnostic]:
         )
 
 
-RULES = [trust_remote_code, revision, local_model, architecture]
+RULES = [trust_remote_code, revision, local_model, gguf_model, architecture]
