@@ -183,3 +183,144 @@ def test_runtime_log_lines_are_written_whole(monkeypatch):
     monkeypatch.setattr(log_module.sys, "stderr", Recorder())
     log_module.log("ftspec: rank 0/2 pid 1")
     assert writes == ["ftspec: rank 0/2 pid 1\n"]
+
+
+# ------------------------------------------------------------------------ launcher slurm (no cluster)
+# The real cluster tests are tests/test_slurm.py; these drive compiler/launch/slurm.py with a fake
+# Slurm, for the paths a real cluster cannot be made to take on demand.
+
+SCONTROL_LINE = (
+    "JobId={job} JobName=rt-test UserId=root(0) GroupId=root(0) Priority=4294901757 JobState={state} "
+    "Reason={reason} Dependency=(null) Requeue=1 Restarts={restarts} BatchFlag=1 ExitCode={exit} "
+    "NodeList=node[1-2] NumNodes=2 NumCPUs=2 TRES=cpu=2,node=2,billing=2 "
+    "Command=/tmp/my build/slurm.sbatch WorkDir=/tmp/my build StdErr={out} StdIn=/dev/null StdOut={out}"
+)
+
+
+class FakeSlurm:
+    """Answers sbatch/scontrol/scancel from a script of job states; records every call."""
+
+    def __init__(self, states, out: Path, sbatch=(0, "4242\n", "")):
+        self.states = list(states)
+        self.out = out
+        self.sbatch = sbatch
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv, **_kw):
+        self.calls.append(list(argv))
+        if argv[0] == "sbatch":
+            rc, stdout, stderr = self.sbatch
+            return subprocess.CompletedProcess(argv, rc, stdout, stderr)
+        if argv[0] == "scancel":
+            self.states = [("CANCELLED", "0:15", "None", 0, "")]
+            return subprocess.CompletedProcess(argv, 0, "", "")
+        state, code, reason, restarts, text = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        with open(self.out, "a") as fh:
+            fh.write(text)
+        line = SCONTROL_LINE.format(
+            job="4242", state=state, reason=reason, restarts=restarts, exit=code, out=self.out
+        )
+        return subprocess.CompletedProcess(argv, 0, line + "\n", "")
+
+
+def test_scontrol_lines_parse_with_spaces_in_paths(tmp_path):
+    from ftspec.compiler.launch import slurm
+
+    fields = slurm.parse_scontrol(
+        SCONTROL_LINE.format(
+            job="7", state="RUNNING", reason="None", restarts=1, exit="0:0", out="/a b/x.out"
+        )
+    )
+    assert fields["JobState"] == "RUNNING" and fields["Restarts"] == "1" and fields["NumCPUs"] == "2"
+    assert fields["WorkDir"] == "/tmp/my build" and fields["StdOut"] == "/a b/x.out"
+    assert fields["TRES"] == "cpu=2,node=2,billing=2"
+
+
+def test_following_a_requeued_job_goes_on_to_its_end_and_streams_its_output(tmp_path):
+    from ftspec.compiler.launch import slurm
+
+    out = tmp_path / "job.out"
+    fake = FakeSlurm(
+        [
+            ("PENDING", "0:0", "None", 0, ""),
+            ("RUNNING", "0:0", "None", 0, "first start\n"),
+            ("PENDING", "0:0", "BeginTime", 1, ""),  # requeued: not an end
+            ("RUNNING", "0:0", "None", 1, "restart 1: resuming\n"),
+            ("COMPLETED", "0:0", "None", 1, "completed at step 12/12\n"),
+        ],
+        out,
+    )
+    tools = slurm.Tools(runner=fake)
+    submitted = slurm.submit(_slurm_build(tmp_path), tools)
+    assert submitted.job_id == "4242" and submitted.diagnostic is None
+    seen_text, seen_states = [], []
+    result = slurm.follow(
+        "4242", tools, build_dir=tmp_path, on_output=seen_text.append, on_state=seen_states.append, poll_s=0
+    )
+    assert result.states == ["PENDING", "RUNNING", "PENDING", "RUNNING", "COMPLETED"]
+    assert "".join(seen_text) == "first start\nrestart 1: resuming\ncompleted at step 12/12\n"
+    assert slurm.exit_code(result) == 0 and slurm.outcome_diagnostic(result) is None
+    assert seen_states[2].reason == "BeginTime" and result.last.restarts == 1
+
+
+def _slurm_build(tmp_path: Path) -> Path:
+    build = tmp_path / "build"
+    build.mkdir(exist_ok=True)
+    (build / "slurm.sbatch").write_text("#!/bin/bash\n")
+    return build
+
+
+def test_submission_failures_are_located_findings(tmp_path):
+    from ftspec.compiler.launch import slurm
+
+    build = _slurm_build(tmp_path)
+    refused = slurm.Tools(
+        runner=FakeSlurm([], tmp_path / "o", sbatch=(1, "", "sbatch: error: invalid partition"))
+    )
+    sub = slurm.submit(build, refused)
+    assert sub.job_id is None and sub.diagnostic.code == "FT0726"
+    assert "invalid partition" in sub.diagnostic.message and sub.diagnostic.file.endswith("slurm.sbatch")
+    missing = slurm.Tools(runner=lambda argv, **kw: (_ for _ in ()).throw(FileNotFoundError(argv[0])))
+    sub = slurm.submit(build, missing)
+    assert sub.diagnostic.code == "FT0726" and "sbatch: command not found" in sub.diagnostic.message
+    assert slurm.submit(tmp_path, refused).diagnostic.code == "FT0726"  # no slurm.sbatch there
+    cluster = slurm.Tools(runner=FakeSlurm([], tmp_path / "o", sbatch=(0, "77;cluster-a\n", "")))
+    assert slurm.submit(build, cluster).job_id == "77"
+
+
+def test_a_job_killed_before_the_runtime_wrote_its_end_is_recorded_failed(tmp_path):
+    from ftspec.compiler.launch import slurm
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"exit_status": "running", "final_step": 3}))
+    ended = slurm.Follow("9", slurm.JobState("CANCELLED", "0:9", restarts=0), ["RUNNING", "CANCELLED"])
+    assert slurm.record_job(run, ended)
+    info = json.loads((run / "run.json").read_text())
+    assert info["exit_status"] == "failed" and info["scheduler"]["state"] == "CANCELLED"
+    assert slurm.exit_code(ended) == 1
+    assert "ended CANCELLED (exit code 0:9)" in slurm.outcome_diagnostic(ended).message
+    assert not slurm.record_job(tmp_path / "nothing-here", ended)
+
+
+def test_ctrl_c_with_a_terminal_that_says_yes_cancels_the_job(tmp_path, monkeypatch, capsys):
+    from ftspec.compiler.launch import slurm
+
+    fake = FakeSlurm([("RUNNING", "0:0", "None", 0, "")], tmp_path / "job.out")
+    monkeypatch.setattr(verb, "_ask_cancel", lambda job: True)
+    code = verb._interrupted_slurm(
+        "4242", slurm.Tools(runner=fake), tmp_path, tmp_path / "run", lambda t: None, lambda s: None
+    )
+    assert code == 1 and ["scancel", "4242"] in fake.calls
+    assert "cancelled Slurm job 4242" in capsys.readouterr().err
+    monkeypatch.setattr(verb, "_ask_cancel", lambda job: None)  # no terminal: never cancels
+    fake.calls.clear()
+    assert verb._interrupted_slurm("4242", slurm.Tools(runner=fake), tmp_path, tmp_path, print, print) == 130
+    assert not any(c[0] == "scancel" for c in fake.calls)
+    assert "keeps running (no terminal to ask)" in capsys.readouterr().err
+
+
+def test_no_wait_is_refused_for_a_plan_that_runs_here(tmp_path):
+    build = _compiled(tmp_path)
+    result = launch(build, "--no-wait")
+    assert result.returncode == 2 and "FT0720" in result.stderr and "--no-wait" in result.stderr
