@@ -17,7 +17,12 @@ def test_overwrite_reaches_launch_and_nothing_else(monkeypatch, tmp_path, flag):
         calls.append(cmd[3:])  # drop "python -m ftspec.compiler.cli"
         return 0, "no problems\n"
 
+    def fake_in_process(name, args, build_dir, log_dir):  # lint, check, compile: their front doors
+        calls.append([name])
+        return 0, "no problems", ""
+
     monkeypatch.setattr(run_verb, "_execute", fake_execute)
+    monkeypatch.setattr(run_verb, "_in_process", fake_in_process)
     monkeypatch.setattr(run_verb, "_run_dir", lambda build_dir: None)  # evaluate then stops with exit 2
     code = cli.main(["run", str(ROOT / "specs" / "tiny-cpu.yaml"), "-o", str(tmp_path / "b"), *flag])
     assert code == 2

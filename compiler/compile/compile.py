@@ -257,7 +257,9 @@ def _output_in_build(spec: LoadedSpec, plan: dict, build_dir: Path) -> list[Diag
     run = Path(os.path.realpath(build / plan["paths"]["spec_dir"] / plan["derived"]["output_dir"]))
     if run != build and build not in run.parents:
         return []
-    return [make("FT0620", spec.locate("/output/dir"), output=plan["derived"]["output_dir"], build=str(build_dir))]
+    return [
+        make("FT0620", spec.locate("/output/dir"), output=plan["derived"]["output_dir"], build=str(build_dir))
+    ]
 
 
 class BuildDirError(Exception):
@@ -330,3 +332,35 @@ def write_build(files: dict[str, str], target: Path, *, executable: set[str] = f
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class BuildOutcome:
+    """The compile stage as one result: the compile result, the folder written, and the exit status."""
+
+    result: CompileResult
+    target: Path
+    diagnostics: list[Diagnostic]
+    exit_code: int
+
+    @property
+    def written(self) -> bool:
+        return self.exit_code == 0
+
+
+def build_folder(path: str | Path, options: CompileOptions, target: Path) -> BuildOutcome:
+    """The compile stage's front door: compile the spec, then write the build folder atomically."""
+    from ftspec.compiler.compile.render import EXECUTABLE
+    from ftspec.compiler.core.diagnostics import exit_code
+
+    result = compile_spec(path, options, build_dir=target)
+    if exit_code(result.diagnostics) == 2:  # an unreadable spec, or ftspec's own bug
+        return BuildOutcome(result, target, result.diagnostics, 2)
+    if not result.ok:
+        return BuildOutcome(result, target, result.diagnostics, 1)
+    try:
+        write_build(result.files, target, executable=EXECUTABLE)
+    except BuildDirError as exc:
+        refusal = make("FT0607", Location(str(target), None, None, ""), path=str(target), detail=str(exc))
+        return BuildOutcome(result, target, [*result.diagnostics, refusal], 2)
+    return BuildOutcome(result, target, result.diagnostics, 0)

@@ -45,15 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ftspec.compiler.compile.compile import (
-        BuildDirError,
-        CompileOptions,
-        compile_spec,
-        parse_override,
-        write_build,
-    )
-    from ftspec.compiler.compile.render import EXECUTABLE
-    from ftspec.compiler.core.diagnostics import Location, exit_code, make
+    from ftspec.compiler.compile.compile import CompileOptions, build_folder, parse_override
+    from ftspec.compiler.core.diagnostics import Location, make
     from ftspec.compiler.core.reporters import emit
 
     overrides: dict = {}
@@ -83,27 +76,12 @@ def run(args: argparse.Namespace) -> int:
         image=args.image,
         container_build_dir=args.container_build_dir,
     )
-    result = compile_spec(args.spec, options, build_dir=target)
+    outcome = build_folder(args.spec, options, target)
+    result = outcome.result
     sources.add(args.spec, result.spec.text)
-    if exit_code(result.diagnostics) == 2:  # unreadable spec; ftspec's own bug
-        emit(result.diagnostics, args.format, sources)
-        return 2
-    if not result.ok:
-        emit(result.diagnostics, args.format, sources)
-        return 1
-    try:
-        write_build(result.files, target, executable=EXECUTABLE)
-    except BuildDirError as exc:
-        emit(
-            [
-                *result.diagnostics,
-                make("FT0607", Location(str(target), None, None, ""), path=str(target), detail=str(exc)),
-            ],
-            args.format,
-            sources,
-        )
-        return 2
-    emit(result.diagnostics, args.format, sources)
+    emit(outcome.diagnostics, args.format, sources)
+    if not outcome.written:
+        return outcome.exit_code
     d = result.plan["derived"]
     print(
         f"ftspec: compiled {args.spec} -> {target}/ ({len(result.files)} files: "

@@ -1,18 +1,17 @@
 """`ftspec run SPEC [-o BUILD_DIR]`: lint, check, compile, launch and evaluate, stopping at the first
 stage that fails, with that stage's exit code.
 
-Each stage runs as its own `ftspec <verb>` subprocess: the stages stay as independent as when a person
-or a CI job runs them one by one (same arguments, same exit codes, same artifacts in between), and the
-heavy runtime never enters this process. lint, check and compile print their findings only when they
-fail (their counts are in the stage line); launch and evaluate stream their output, unless --quiet.
+lint, check and compile are called through their front doors (`lint_file`, `check_spec`,
+`build_folder`) and their results read as data: the spec is read by each as it would be by the verb,
+and their findings are printed only when they fail (their counts are in the stage line). launch and
+evaluate run as `ftspec <verb>` subprocesses (the heavy runtime never enters this process) and stream
+their output, unless --quiet; their results are read from the run folder, never from their text.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -22,7 +21,6 @@ from pathlib import Path
 from ftspec.compiler.verbs.common import add_lint_options
 
 STAGES = ("lint", "check", "compile", "launch", "evaluate")
-_COUNTS = re.compile(r"^(?:(\d+) errors?)?(?:, )?(?:(\d+) warnings?)?(?:, )?(?:(\d+) infos?)?$|^no problems$")
 _HINTS = {
     "lint": "fix the spec (the findings above point at lines), then run again",
     "check": "the job does not fit the hardware or the data has errors: see the findings above",
@@ -70,22 +68,38 @@ def _cli(verb: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "ftspec.compiler.cli", verb, *args]
 
 
-def _lint_args(args: argparse.Namespace) -> list[str]:
-    out = []
-    if args.allow_remote_code:
-        out.append("--allow-remote-code")
-    if args.repo_root:
-        out += ["--repo-root", args.repo_root]
-    return out
+def _in_process(
+    name: str, args: argparse.Namespace, build_dir: Path, log_dir: Path | None
+) -> tuple[int, str, str]:
+    """Run lint, check or compile through its front door: (exit code, count line, text report)."""
+    from ftspec.compiler.core.reporters import count_line, to_text
+    from ftspec.compiler.verbs.common import SourceCache, lint_options
 
+    options = lint_options(args)
+    if name == "lint":
+        from ftspec.compiler.core.diagnostics import exit_code
+        from ftspec.compiler.lint.lint import lint_file
 
-def _counts(output: str) -> str:
-    """'0 errors, 2 warnings' from the text reporter's last line, for the stage line."""
-    for line in reversed(output.strip().splitlines()):
-        line = line.strip()
-        if _COUNTS.match(line) and line:
-            return line
-    return ""
+        result = lint_file(args.spec, options)
+        spec, diagnostics, code = result.spec, result.diagnostics, exit_code(result.diagnostics)
+    elif name == "check":
+        from ftspec.compiler.check.check import check_spec
+
+        checked = check_spec(args.spec, options)
+        spec, diagnostics, code = checked.spec, checked.diagnostics, checked.exit_code
+    else:
+        from ftspec.compiler.compile.compile import CompileOptions, build_folder
+
+        outcome = build_folder(args.spec, CompileOptions(lint=options), build_dir)
+        spec, diagnostics, code = outcome.result.spec, outcome.diagnostics, outcome.exit_code
+    sources = SourceCache()
+    if spec is not None:
+        sources.add(args.spec, spec.text)
+    report = to_text(list(diagnostics), sources)
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        (log_dir / f"{name}.log").write_text(report + "\n", encoding="utf-8")
+    return code, count_line(diagnostics), report
 
 
 def _execute(name: str, cmd: list[str], *, capture: bool, log_dir: Path | None) -> tuple[int, str]:
@@ -108,10 +122,12 @@ def _execute(name: str, cmd: list[str], *, capture: bool, log_dir: Path | None) 
 
 
 def _run_dir(build_dir: Path) -> Path | None:
-    """The run folder the compiled plan names: build folder / paths.spec_dir / derived.output_dir."""
+    """The run folder the compiled plan names."""
+    from ftspec.compiler.core.artifacts import read_plan
+    from ftspec.compiler.launch.run_folder import run_dir_of
+
     try:
-        plan = json.loads((build_dir / "plan.json").read_text(encoding="utf-8"))
-        return (build_dir / plan["paths"]["spec_dir"] / plan["derived"]["output_dir"]).resolve()
+        return run_dir_of(read_plan(build_dir / "plan.json"), build_dir)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -134,22 +150,23 @@ def run(args: argparse.Namespace) -> int:
     name = loaded.data.get("name") if isinstance(loaded.data, dict) else None
     build_dir = Path(args.output) if args.output else Path("build") / (str(name) if name else spec_path.stem)
     log_dir = build_dir.with_name(build_dir.name + "-logs") if args.quiet else None
-    lint_args = _lint_args(args)
     started = time.monotonic()
     run_dir: Path | None = None
     stages: list[Stage] = []
     for index, stage_name in enumerate(STAGES, 1):
-        if stage_name == "lint":
-            cmd, capture = _cli("lint", str(spec_path), *lint_args), True
-        elif stage_name == "check":
-            cmd, capture = _cli("check", str(spec_path), *lint_args), True
-        elif stage_name == "compile":
-            cmd, capture = _cli("compile", str(spec_path), "-o", str(build_dir), *lint_args), True
+        t0 = time.monotonic()
+        output = ""
+        if stage_name in ("lint", "check", "compile"):
+            code, note, output = _in_process(stage_name, args, build_dir, log_dir)
+            if stage_name == "compile" and code == 0:
+                note = (note + "; " if note else "") + f"build: {build_dir}"
         elif stage_name == "launch":
-            cmd, capture = (
-                _cli("launch", str(build_dir), *(["--overwrite"] if args.overwrite else [])),
-                args.quiet,
-            )
+            cmd = _cli("launch", str(build_dir), *(["--overwrite"] if args.overwrite else []))
+            if not args.quiet:
+                print(f"[{index}/{len(STAGES)}] {stage_name} ...", flush=True)
+            code, output = _execute(stage_name, cmd, capture=args.quiet, log_dir=log_dir)
+            found = _run_dir(build_dir) if code == 0 else None
+            note = f"run: {found}" if found else ""
         else:
             run_dir = _run_dir(build_dir)
             if run_dir is None:
@@ -158,24 +175,15 @@ def run(args: argparse.Namespace) -> int:
                 )
                 print(_line(stages[-1], index), flush=True)
                 break
-            cmd, capture = _cli("evaluate", str(run_dir)), False
-        t0 = time.monotonic()
-        if not capture:
             print(f"[{index}/{len(STAGES)}] {stage_name} ...", flush=True)
-        code, output = _execute(stage_name, cmd, capture=capture, log_dir=log_dir)
-        note = _counts(output) if stage_name in ("lint", "check", "compile") else ""
-        if stage_name == "compile" and code == 0:
-            note = (note + "; " if note else "") + f"build: {build_dir}"
-        if stage_name == "launch" and code == 0:
-            found = _run_dir(build_dir)
-            note = f"run: {found}" if found else ""
-        if stage_name == "evaluate":
+            code, output = _execute(
+                stage_name, _cli("evaluate", str(run_dir)), capture=False, log_dir=log_dir
+            )
             note = "gate passed" if code == 0 else ("gate FAILED" if code == 1 else "could not evaluate")
-            if run_dir is not None:
-                note += f"; report: {run_dir / 'eval' / 'report.html'}"
+            note += f"; report: {run_dir / 'eval' / 'report.html'}"
         stage = Stage(stage_name, code, time.monotonic() - t0, note)
         stages.append(stage)
-        if code != 0 and capture and output and stage_name != "evaluate":
+        if code != 0 and output and stage_name != "evaluate":
             sys.stdout.write(output if output.endswith("\n") else output + "\n")
         print(_line(stage, index), flush=True)
         if code != 0:
