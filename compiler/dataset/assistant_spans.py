@@ -125,8 +125,7 @@ def locate(
 ) -> TrainedText:
     """The trained spans of `text`, the rendering of `messages`: for each assistant message its answer
     (from `starts[i]` when known, else searched in order) through its end-of-turn marker."""
-    ordered = sorted({m for m in markers if m} | ({eos} if eos else set()), key=len, reverse=True)
-    extend = tuple(m for m in ordered if m in set(end_of_turn_tokens()) | {eos})
+    ordered, extend = _marker_order(tuple(markers), eos)
     out = TrainedText(text)
     cursor = 0
     last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
@@ -157,6 +156,15 @@ def locate(
         out.spans.append((_reasoning_start(out.text, content, cursor, start), stop))
         cursor = stop
     return out
+
+
+@lru_cache(maxsize=8)
+def _marker_order(markers: tuple[str, ...], eos: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(markers longest first, so `<|end_of_text|>` wins over a shorter prefix; the end-of-turn ones
+    among them, which extend a marker they directly follow). Once per tokenizer, not per record."""
+    ordered = tuple(sorted({m for m in markers if m} | ({eos} if eos else set()), key=len, reverse=True))
+    ends = set(end_of_turn_tokens()) | {eos}
+    return ordered, tuple(m for m in ordered if m in ends)
 
 
 def _answer(content: str) -> str:
