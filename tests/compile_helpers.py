@@ -50,5 +50,7 @@ def normalise(name: str, text: str) -> str:
         for entry in data["packages"].values():
             entry["installed"] = "<installed>" if entry["installed"] else None
         data["python"]["version"] = "<python>"
+        if "plan_sha256" in data:  # plan.json holds the build folder's place on disk
+            data["plan_sha256"] = "<plan_sha256>"
         return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     return text

@@ -44,3 +44,47 @@ def test_github_and_json_formats_keep_their_own_escaping():
     stream = io.StringIO()
     emit([_diag()], "json", lambda *_: None, stream=stream)
     assert KEY in json.loads(stream.getvalue())["diagnostics"][0]["message"]  # raw in JSON
+
+
+REGEX = "(?s).*|\n## INJECTED <img src=x onerror=alert(1)> [click](https://evil.example) | fake | cell |\n<!--"
+
+
+def test_report_md_escapes_the_measured_label():
+    """V6: evaluation.format.regex reached report.md raw as the "measured" label."""
+    from test_report import make_report, metrics_doc
+
+    from ftspec.compiler.evaluate.report import render_markdown
+
+    metrics = metrics_doc()
+    metrics["measured"]["format"] = "json + regex " + REGEX
+    md = render_markdown(make_report(metrics=metrics))
+    import re
+
+    assert "\n## INJECTED" not in md  # the newline did not start a heading
+    lines = [ln for ln in md.splitlines() if "INJECTED" in ln]
+    assert len(lines) == 2  # the rules table and the metrics table, each one row
+    for line in lines:
+        assert re.search(r"(?<!\\)[<>\[\]!]", line) is None, line  # every <, >, [, ], ! is escaped
+
+
+def test_review_md_escapes_links_and_images():
+    """V10: description and a local config.json's model_type kept markdown images and links."""
+    from ftspec.compiler.compile.review import md
+
+    shown = md("x ![px](https://evil.example/p.png) [approve](https://evil.example) <!-- llamaX[l](http://e)")
+    for raw in ("<!--", "![", "](", "[approve]"):
+        assert raw not in shown, raw
+
+
+def test_extreme_metric_values_do_not_crash_the_report(tmp_path):
+    """D17: a step of 10**400 or losses of +-1e308 raised OverflowError (internal error, exit 2)."""
+    from ftspec.compiler.evaluate.report import loss_chart, read_curves
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        '{"step": 1, "loss": 1e308}\n{"step": 2, "loss": -1e308}\n'
+        f'{{"step": {10**400}, "loss": 1.5}}\n{{"step": 3, "loss": 1e400}}\n{{"step": 4, "loss": 1.0}}\n'
+    )
+    curves = read_curves(path)
+    assert [s for s, _ in curves["train_loss"]] == [4]  # the out-of-range points are skipped
+    assert loss_chart(curves) is not None

@@ -10,9 +10,15 @@ from ftspec.compiler.core.diagnostics import Diagnostic
 MAX_DESCRIPTION = 300
 
 
+_MD_LINKS = re.compile(r"([\\\[\]!])")
+
+
 def md(text: object) -> str:
-    """Free text made safe for one Markdown table cell or list item: one line, no HTML, no pipes."""
+    """Free text made safe for one Markdown table cell or list item: one line, no HTML (so no `<!--`),
+    no pipes, and no link or image (`[x](url)`, `![x](url)`: brackets and bangs are escaped), whatever
+    a spec's description or a local config.json's model_type says."""
     value = re.sub(r"\s+", " ", str(text)).strip()
+    value = _MD_LINKS.sub(r"\\\1", value).replace("](", "]\\(")  # not even an escaped `](` stays
     value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return value.replace("|", "\\|").replace("`", "\\`")
 

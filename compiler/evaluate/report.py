@@ -25,6 +25,17 @@ ACCEPTANCE_METRICS = ("task", "regression", "format", "eval_loss", "perplexity")
 EXAMPLES_PER_SET = {"task": 4, "regression": 2}
 
 
+MAX_STEP = 10**15  # far beyond any run; a larger step is a damaged or forged line
+MAX_LOSS = 1e300  # a chart spans max - min: two values near 1e308 of opposite sign overflow to inf
+
+
+def _plottable(value: float) -> bool:
+    try:
+        return math.isfinite(value) and abs(value) <= MAX_LOSS
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def read_curves(metrics_jsonl: Path) -> dict[str, list[list[float]]]:
     """Train and eval loss by step from the runtime's metrics.jsonl; unreadable lines are skipped (the
     file may end in a partial line if a rank died mid-write)."""
@@ -39,12 +50,12 @@ def read_curves(metrics_jsonl: Path) -> dict[str, list[list[float]]]:
             event = json.loads(line)
         except ValueError:
             continue
-        if not isinstance(event, dict) or not isinstance(event.get("step"), int):
-            continue
-        step = event["step"]
+        step = event.get("step") if isinstance(event, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= MAX_STEP:
+            continue  # 10**400 would overflow the chart's float arithmetic
         for key, into in (("loss", train), ("eval_loss", evals)):
             value = event.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and _plottable(value):
                 into[step] = float(value)
     return {
         "train_loss": [[s, train[s]] for s in sorted(train)],
@@ -293,6 +304,16 @@ def md_cell(text: object, limit: int = 160) -> str:
     return _MD_SPECIAL.sub(r"\\\1", one_line)
 
 
+_MD_LABEL_SPECIAL = re.compile(r"([\\`*{}\[\]<>#!|~@&])")
+
+
+def md_label(text: object) -> str:
+    """A short label in a table cell (a metric, what it was measured as, a rule kind): md_cell's
+    escaping minus `_` and parentheses, which make neither links, images nor HTML, so `exact_match`
+    and `exp(eval_loss)` read as written; `](` is broken up as well. A spec's regex reaches here."""
+    return _MD_LABEL_SPECIAL.sub(r"\\\1", " ".join(str(text).split())).replace("](", "]\\(")
+
+
 def md_inline(text: object, limit: int = 160) -> str:
     """Untrusted text as an inline code span: backslash escapes are literal inside code spans (a model
     id `org/my_model` would show as `my\\_model`), so the span's fence outgrows any backtick run instead."""
@@ -327,6 +348,7 @@ def _environment(autoescape: bool):
     env.filters["num"] = fmt_value
     env.filters["signed"] = fmt_signed
     env.filters["md_cell"] = md_cell
+    env.filters["md_label"] = md_label
     env.filters["md_code"] = md_code
     env.filters["md_inline"] = md_inline
     return env
