@@ -88,3 +88,32 @@ def test_extreme_metric_values_do_not_crash_the_report(tmp_path):
     curves = read_curves(path)
     assert [s for s, _ in curves["train_loss"]] == [4]  # the out-of-range points are skipped
     assert loss_chart(curves) is not None
+
+
+def test_the_import_hint_command_is_one_quoted_shell_word(tmp_path):
+    """V7: `org/ds$(touch PWNED)` or a `');...` payload ran when the user pasted the FT0904 hint."""
+    import shlex
+    import subprocess
+    import sys
+
+    from ftspec.compiler.author.importers.common import hub_export_command
+
+    stub = tmp_path / "datasets.py"  # stands in for the datasets package: records what it was asked
+    stub.write_text(
+        "import json, sys\n"
+        "class _D:\n    def to_json(self, p): print(json.dumps(self.args))\n"
+        "def load_dataset(*a, **k):\n    d = _D(); d.args = [list(a), k]; return d\n"
+    )
+    for evil in ("org/ds$(touch PWNED_sh)", "org/ds2'); __import__('os').system('touch PWNED_py'); print('"):
+        command = hub_export_command(evil, None, "train", "data/x.jsonl")
+        assert "PWNED" not in command or command.endswith("export it by hand")
+    command = hub_export_command("org/ds", "sub", "train", "data/o'd.jsonl")
+    argv = shlex.split(command)
+    assert argv[:2] == ["python", "-c"] and len(argv) == 3
+    done = subprocess.run(
+        [sys.executable, "-c", argv[2]], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert json.loads(done.stdout) == [["org/ds", "sub"], {"split": "train"}]
+    # even a hub id with a shell metacharacter it allows (none today) would stay one quoted word
+    assert shlex.split(hub_export_command("org/a.b-c_d", None, "va$(x)", "p"))[2].count("$(x)") == 1
+    assert not list(tmp_path.glob("PWNED*"))

@@ -552,12 +552,15 @@ class Translation:
         suffix = f"-{name}" if name else ""
         suffix += "" if split == "train" else "-" + re.sub(r"[^A-Za-z0-9]+", "_", split).strip("_")
         rel = f"data/{safe}{suffix}.jsonl"
-        command = load_table("import_common.json")["hub_export"].format(
-            dataset=dataset, name=f", '{name}'" if name else "", split=split, path=rel
-        )
         out_dir = Path(self.options.output).resolve().parent
         if not (out_dir / rel).is_file():
-            self.report("FT0904", pointer, dataset=dataset, path=rel, command=command)
+            self.report(
+                "FT0904",
+                pointer,
+                dataset=dataset,
+                path=rel,
+                command=hub_export_command(dataset, name, split, rel),
+            )
         self.hub_reported[dataset] = rel
         return rel
 
@@ -640,3 +643,20 @@ def _schema_defaults() -> dict[str, object]:
 def schema_default(pointer: str) -> object:
     """The schema's default for a spec field (None when it has none)."""
     return _schema_defaults().get(pointer)
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def hub_export_command(dataset: str, name: str | None, split: str, path: str) -> str:
+    """The shell command a user pastes to export a Hub dataset. The config is untrusted: each value
+    is a Python literal (repr), the whole program one shell word (shlex.quote), so `$(...)` or a `')`
+    in a dataset name stays text. A name that is no Hub id gets no command to paste at all."""
+    import shlex
+
+    if not HUB_ID.match(dataset) or (name is not None and not HUB_ID.match(name)):
+        return f"{dataset!r} is not a Hugging Face Hub dataset id (org/name); export it by hand"
+    code = load_table("import_common.json")["hub_export"].format(
+        dataset=repr(dataset), name=f", {name!r}" if name else "", split=repr(split), path=repr(path)
+    )
+    return f"python -c {shlex.quote(code)}"
