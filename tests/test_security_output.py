@@ -117,3 +117,12 @@ def test_the_import_hint_command_is_one_quoted_shell_word(tmp_path):
     # even a hub id with a shell metacharacter it allows (none today) would stay one quoted word
     assert shlex.split(hub_export_command("org/a.b-c_d", None, "va$(x)", "p"))[2].count("$(x)") == 1
     assert not list(tmp_path.glob("PWNED*"))
+
+
+def test_diff_rev_cannot_be_a_git_option(tmp_path):
+    """V9: `git:--output=o:/../../f` made `git show` write its output to a file outside the repo."""
+    from ftspec.compiler.author.spec_diff import load_side
+
+    spec, diags = load_side("git:--output=o:/../../PWNED_diff", cwd=tmp_path)
+    assert spec is None and [d.code for d in diags] == ["FT0618"]
+    assert not list(tmp_path.parent.glob("PWNED_diff")) and not list(tmp_path.glob("**/PWNED_diff"))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, make
-from ftspec.compiler.core.loader import LoadedSpec, join_pointer, load_spec, load_text
+from ftspec.compiler.core.loader import MAX_BYTES, LoadedSpec, join_pointer, load_spec, load_text
 from ftspec.compiler.core.resolve import world_size
 from ftspec.compiler.lint.lint import LintOptions, lint_loaded
 
@@ -54,14 +54,23 @@ def load_side(ref: str, *, cwd: Path | None = None) -> tuple[LoadedSpec | None, 
     rev, sep, path = rest.partition(":")
     if not sep or not rev or not path:
         return None, [make("FT0618", Location(ref), path=ref, detail="expected git:REV:path")]
+    if rev.startswith("-") or any(ord(c) < 0x20 for c in rev + path):
+        # `git show --output=FILE:...` would write git's output anywhere (security review V9)
+        return None, [
+            make("FT0618", Location(ref), path=ref, detail="REV must name a commit, not start with '-'")
+        ]
     target = path if path.startswith(("/", "./", "../")) else f"./{path}"
     try:
-        run = subprocess.run(["git", "show", f"{rev}:{target}"], capture_output=True, cwd=cwd, timeout=30)
+        run = subprocess.run(
+            ["git", "show", "--no-textconv", f"{rev}:{target}"], capture_output=True, cwd=cwd, timeout=30
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, [make("FT0618", Location(ref), path=ref, detail=str(exc))]
     if run.returncode != 0:
         detail = " ".join(run.stderr.decode("utf-8", "replace").split()) or f"git exited {run.returncode}"
         return None, [make("FT0618", Location(ref), path=ref, detail=detail)]
+    if len(run.stdout) > MAX_BYTES:  # the same bound as a spec file on disk
+        return None, [make("FT0007", Location(path, 1, 1, ""), size=len(run.stdout), limit=MAX_BYTES)]
     spec = load_text(run.stdout.decode("utf-8", "replace"), path)
     spec.path = path  # data paths resolve against this file's folder in the working tree
     return spec, []
