@@ -663,13 +663,17 @@ def test_batch_arithmetic_agrees_in_every_artifact(builds):
 
 def test_slurm_script_claims_whole_nodes(builds):
     """Regression: with --ntasks-per-node=1 and nothing else, Slurm grants one CPU (and its default
-    memory) per task, which would host all of a node's training processes and data loaders."""
+    memory) per task, which would host all of a node's training processes and data loaders. CPU
+    plans (issue 13) ask for one CPU per node and no GRES, as a small CPU partition grants."""
     scripts = [b / "slurm.sbatch" for b in builds.values() if (b / "slurm.sbatch").exists()]
     assert scripts
     for script in scripts:
         text = script.read_text()
         header = [line for line in text.splitlines() if line.startswith("#SBATCH")]
-        assert "#SBATCH --exclusive" in header and "#SBATCH --mem=0" in header, script
+        if json.loads((script.parent / "plan.json").read_text())["derived"]["device"] == "cpu":
+            assert "#SBATCH --cpus-per-task=1" in header and not any("gpu" in x for x in header), script
+        else:
+            assert "#SBATCH --exclusive" in header and "#SBATCH --mem=0" in header, script
         # every #SBATCH line comes before the first command, or sbatch ignores it
         first_command = next(
             i for i, line in enumerate(text.splitlines()) if line and not line.startswith("#")

@@ -101,3 +101,79 @@ def test_two_node_launchers_on_localhost_train_one_ddp_run(launcher, tmp_path):
     info = run_json(tmp_path / "runs" / "t")
     assert info["exit_status"] == "completed" and info["world_size"] == 2 and info["final_step"] == STEPS
     assert (tmp_path / "runs" / "t" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------ kubernetes volumes
+
+K8S_SCHEMA = Path(__file__).parent / "fixtures" / "compile" / "schemas" / "pytorchjob.fields.schema.json"
+
+
+def _k8s_manifest(repo: Path, **hardware: object) -> dict:
+    import yaml
+
+    spec = write_spec(
+        repo,
+        hardware={
+            "gpu": "cpu",
+            "gpus_per_node": 1,
+            "nodes": 2,
+            "strategy": "ddp",
+            "launcher": "kubernetes",
+            **hardware,
+        },
+    )
+    build = repo / "build" / "t"
+    result = subprocess.run(
+        [sys.executable, "-m", "ftspec.compiler.cli", "compile", str(spec), "-o", str(build)]
+        + ["--container-build-dir", "/workspace/repo/build/t"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return yaml.safe_load((build / "pytorchjob.yaml").read_text())
+
+
+def _schema_errors(manifest: dict) -> list[str]:
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads(K8S_SCHEMA.read_text())
+    return [e.message for e in Draft202012Validator(schema).iter_errors(manifest)]
+
+
+def test_pytorchjob_mounts_the_volume_claim_where_data_and_run_folder_lie(tmp_path):
+    manifest = _k8s_manifest(tmp_path, kubernetes={"volume_claim": "ft-data"})
+    assert not _schema_errors(manifest)
+    for role in ("Master", "Worker"):  # every pod
+        pod = manifest["spec"]["pytorchReplicaSpecs"][role]["template"]["spec"]
+        assert {"name": "repository", "persistentVolumeClaim": {"claimName": "ft-data"}} in pod["volumes"]
+        mounts = pod["containers"][0]["volumeMounts"]
+        # build folder /workspace/repo/build/t, data /workspace/repo/data, run folder /workspace/repo/runs/t
+        assert {"name": "repository", "mountPath": "/workspace/repo"} in mounts
+    assert "annotations" not in manifest["metadata"]
+
+
+def test_pytorchjob_without_a_volume_claim_says_what_to_mount(tmp_path):
+    manifest = _k8s_manifest(tmp_path)
+    assert not _schema_errors(manifest)
+    note = manifest["metadata"]["annotations"]["ftspec.dev/mounts"]
+    assert note.startswith("no volume is mounted") and "hardware.kubernetes.volume_claim" in note
+    assert "data/train.jsonl" in note and "runs/t" in note
+    pod = manifest["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["dshm"]
+
+
+def test_the_spec_schema_refuses_a_volume_claim_that_is_no_kubernetes_name(tmp_path):
+    spec = write_spec(
+        tmp_path,
+        hardware={"gpu": "cpu", "launcher": "kubernetes", "kubernetes": {"volume_claim": "Bad_Name"}},
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "ftspec.compiler.cli", "lint", str(spec)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "volume_claim" in result.stdout + result.stderr

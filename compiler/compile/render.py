@@ -12,6 +12,7 @@ accelerate's and DeepSpeed's loaders accept far more than their launchers can us
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import shlex
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from ftspec.compiler.compile.accelerate_config import accelerate_config, to_yaml
 from ftspec.compiler.compile.deepspeed_config import deepspeed_config
 from ftspec.compiler.compile.launch_command import Var, launch_words, static_env, uses_torchrun
 from ftspec.compiler.compile.plan import ACCELERATE_CONFIG, DEEPSPEED_CONFIG, dumps_json
+from ftspec.compiler.dataset.sources import train_entries
 
 PLAN_FILE = "plan.json"
 LOCK_FILE = "lock.json"
@@ -171,6 +173,55 @@ def _k8s_escape(text: str) -> str:
     return text.replace("$", "$$")
 
 
+REPO_VOLUME = "repository"
+
+
+def container_paths(plan: dict) -> dict[str, object]:
+    """Where the pods see the build folder, the spec's data and the run folder (POSIX paths inside the
+    container), and `mount`: the deepest folder holding all of them, where the repository belongs."""
+    build = posixpath.normpath(plan["launch"]["container_build_dir"])
+    spec_dir = posixpath.normpath(posixpath.join(build, plan["paths"]["spec_dir"]))
+    dataset = plan["spec"].get("dataset") or {}
+    written = [entry.path for entry in train_entries(dataset)]
+    written += [dataset["eval"]] if isinstance(dataset.get("eval"), str) else []
+    data = [posixpath.normpath(posixpath.join(spec_dir, path)) for path in written]
+    run = posixpath.normpath(posixpath.join(spec_dir, plan["derived"]["output_dir"]))
+    mount = posixpath.commonpath([build, spec_dir, run, *(posixpath.dirname(p) for p in data)])
+    return {"build": build, "data": data, "run": run, "mount": mount}
+
+
+def _volumes(plan: dict) -> tuple[list[dict], list[dict], dict[str, str]]:
+    """(volumes, volume mounts, annotations): the spec's PersistentVolumeClaim mounted where the pods
+    read the data and write the run folder; without one, an annotation saying what must be mounted
+    (the run folder would otherwise vanish with the pods)."""
+    claim = ((plan["spec"].get("hardware") or {}).get("kubernetes") or {}).get("volume_claim")
+    where = container_paths(plan)
+    if claim and where["mount"] != "/":
+        volume = {"name": REPO_VOLUME, "persistentVolumeClaim": {"claimName": claim}}
+        return [volume], [{"name": REPO_VOLUME, "mountPath": where["mount"]}], {}
+    dataset = plan["spec"].get("dataset") or {}
+    written = [entry.path for entry in train_entries(dataset)]
+    written += [dataset["eval"]] if isinstance(dataset.get("eval"), str) else []
+    # paths as the spec writes them (relative to its folder): the same text on every machine
+    needs = (
+        f"the build folder at {where['build']}, and the spec's folder at {where['build']}/<paths.spec_dir of "
+        f"plan.json> holding {', '.join(written) or 'its data'} and the run folder {plan['derived']['output_dir']}"
+    )
+    if claim:
+        note = (
+            f"the PersistentVolumeClaim {claim} is not mounted: the build folder, data and run folder share "
+            f"no folder but / in the container; compile with --container-build-dir where the build folder "
+            f"lies inside the claim's mount point. Every pod needs {needs}"
+        )
+    else:
+        note = (
+            f"no volume is mounted: every pod needs {needs}, and the run folder must outlive the pods. "
+            "Set hardware.kubernetes.volume_claim to a PersistentVolumeClaim holding the repository "
+            "(mounted in every pod), or add the volume here"
+        )
+    return [], [], {"ftspec.dev/mounts": note}
+
+
 def pytorchjob(plan: dict) -> dict:
     derived = plan["derived"]
     launch = plan["launch"]
@@ -178,6 +229,7 @@ def pytorchjob(plan: dict) -> dict:
     nodes = int(derived["nodes"])
     per_node = int(derived["gpus_per_node"])
     build = launch["container_build_dir"].rstrip("/") or "/"
+    repo_volumes, repo_mounts, annotations = _volumes(plan)
     if derived["device"] == "cpu":
         resources_ = {"limits": {"cpu": str(per_node)}, "requests": {"cpu": str(per_node)}}
     else:
@@ -190,14 +242,14 @@ def pytorchjob(plan: dict) -> dict:
         "env": [{"name": "FTSPEC_CLUSTER", "value": "kubernetes"}],
         "ports": [{"name": "pytorchjob-port", "containerPort": int(derived["main_process_port"])}],
         "resources": resources_,
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, *repo_mounts],
     }
     template = {
         "metadata": {"labels": {"app.kubernetes.io/name": "ftspec", "ftspec.dev/run": name}},
         "spec": {
             "containers": [container],
             # NCCL and dataloader workers need more shared memory than a container's default 64 MiB
-            "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+            "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}, *repo_volumes],
         },
     }
     replicas = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}
@@ -206,7 +258,11 @@ def pytorchjob(plan: dict) -> dict:
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "ftspec", "ftspec.dev/run": name}},
+        "metadata": {
+            "name": name,
+            "labels": {"app.kubernetes.io/name": "ftspec", "ftspec.dev/run": name},
+            **({"annotations": annotations} if annotations else {}),
+        },
         "spec": {
             "runPolicy": {"backoffLimit": 0, "cleanPodPolicy": "None"},
             "pytorchReplicaSpecs": replicas,
