@@ -1023,7 +1023,7 @@ def main(argv: list[str] | None = None) -> None:
     quiet_known_noise()
     plan_path = Path(args.plan).resolve()
     code = EXIT_FAILED
-    from ftspec.compiler.compile.integrity import verify_build
+    from ftspec.compiler.launch.integrity import verify_build
 
     edited = verify_build(plan_path.parent)  # launch.sh reaches here without `ftspec launch`: check again
     if edited:

@@ -68,7 +68,7 @@ def test_an_edited_plan_is_never_launched(tmp_path, rehash_lock):
     import sys
 
     build = _build(tmp_path)
-    from ftspec.compiler.compile.integrity import verify_build
+    from ftspec.compiler.launch.integrity import verify_build
 
     assert verify_build(build) == []
     _edit_plan(build, rehash_lock)
@@ -90,7 +90,7 @@ def test_a_build_whose_spec_changed_is_stale(tmp_path):
     shutil.copy(ROOT / SPEC, spec)
     build = tmp_path / "build"
     from ftspec.compiler.compile.compile import CompileOptions, compile_spec, write_build
-    from ftspec.compiler.compile.integrity import verify_build
+    from ftspec.compiler.launch.integrity import verify_build
     from ftspec.compiler.lint.lint import LintOptions
 
     options = CompileOptions(lint=LintOptions(repo_root=tmp_path), overrides={"training.max_steps": 4})

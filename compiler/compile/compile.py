@@ -193,7 +193,7 @@ def compile_spec(
     from ftspec.compiler.compile.review import render_review
 
     lock = build_lock(spec, plan["spec"], plan)
-    from ftspec.compiler.compile.integrity import PLAN_SHA256, plan_digest
+    from ftspec.compiler.core.artifacts import PLAN_SHA256, plan_digest
 
     lock[PLAN_SHA256] = plan_digest(plan)  # launch, the runtime and evaluate refuse a plan that differs
     review = render_review(plan, data_summary=data_summary, diagnostics=diags)

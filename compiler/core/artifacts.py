@@ -114,6 +114,14 @@ def read_artifact(path: Path, kind: str, versions: tuple[int, ...] | int) -> dic
     return data  # type: ignore[return-value]
 
 
+PLAN_SHA256 = "plan_sha256"  # lock.json's record of plan.json as compile wrote it
+
+
+def plan_digest(plan: dict) -> str:
+    """The digest of plan.json exactly as compile writes it (the build renders it with dumps_json)."""
+    return text_sha256(dumps_json(plan))
+
+
 def write_plan(plan: dict, path: Path) -> None:
     write_json(Path(path), plan)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftspec.compiler.compile.integrity import verify_plan
+from ftspec.compiler.launch.integrity import verify_plan
 from ftspec.compiler.core.artifacts import file_sha256
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, make
 

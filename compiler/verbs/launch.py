@@ -334,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
         return _error(
             "FT0716", plan_path, path=plan_path, detail=f"{exc} (compile the spec again with this ftspec)"
         )
-    from ftspec.compiler.compile.integrity import verify_build
+    from ftspec.compiler.launch.integrity import verify_build
 
     edited = verify_build(build_dir)  # an edited plan is refused, never obeyed (security review V2)
     if edited:

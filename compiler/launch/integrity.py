@@ -16,15 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ftspec.compiler.core.artifacts import dumps_json, file_sha256, text_sha256
+from ftspec.compiler.core.artifacts import PLAN_SHA256, file_sha256
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, make
-
-PLAN_SHA256 = "plan_sha256"
-
-
-def plan_digest(plan: dict) -> str:
-    """The digest of plan.json exactly as compile writes it (render_build uses dumps_json too)."""
-    return text_sha256(dumps_json(plan))
 
 
 def _read_json(path: Path) -> dict | None:
