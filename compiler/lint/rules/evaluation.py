@@ -62,13 +62,17 @@ def metrics_produced(ctx: RuleContext) -> Iterator[Diagnostic]:
 
 
 def task_metric_settings(ctx: RuleContext) -> Iterator[Diagnostic]:
-    """FT0222: task metric json_schema without task.json_schema, or regex without task.regex."""
-    metric = ctx.get(
-        "/evaluation/task/metric", ("exact_match", "f1", "rouge_l", "accuracy", "json_schema", "regex")
-    )
-    for name in ("json_schema", "regex"):
-        if metric == name and not ctx.given(f"/evaluation/task/{name}"):
-            yield ctx.diag("FT0222", "/evaluation/task/metric", metric=name, field=name)
+    """FT0222: metric json_schema without task.json_schema, or regex without task.regex, on the task
+    or the regression set. The evaluator scores both with the task's schema and pattern, and refuses
+    a metric without them ("metric regex needs evaluation.task.regex") only after training; lint
+    refuses it at the metric's line instead."""
+    metrics = ("exact_match", "f1", "rouge_l", "accuracy", "json_schema", "regex")
+    for section in ("task", "regression"):
+        pointer = f"/evaluation/{section}/metric"
+        metric = ctx.get(pointer, metrics)
+        for name in ("json_schema", "regex"):
+            if metric == name and not ctx.given(f"/evaluation/task/{name}"):
+                yield ctx.diag("FT0222", pointer, section=section, metric=name, field=name)
 
 
 def thresholds(ctx: RuleContext) -> Iterator[Diagnostic]:

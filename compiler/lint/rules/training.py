@@ -143,7 +143,19 @@ def full_pure_bf16(ctx: RuleContext) -> Iterator[Diagnostic]:
     yield ctx.diag_at_first("FT0210", (pointer, "/adapter/method"))
 
 
+def warmup_beyond_run(ctx: RuleContext) -> Iterator[Diagnostic]:
+    """FT0257: warmup_steps at or above max_steps. The plan clamps warmup to the run, so the learning
+    rate rises for the whole run and never reaches its peak; nothing else would say so."""
+    if not (ctx.given("/training/warmup_steps") and ctx.given("/training/max_steps")):
+        return
+    warmup, steps = ctx.get("/training/warmup_steps", "num"), ctx.get("/training/max_steps", "num")
+    if warmup is not None and steps is not None and warmup >= steps > 0:
+        shown = f"{warmup:g}" if len(str(int(warmup))) <= 15 else f"a {len(str(int(warmup)))}-digit number"
+        yield ctx.diag("FT0257", "/training/warmup_steps", warmup=shown, steps=f"{steps:g}")
+
+
 RULES = [
+    warmup_beyond_run,
     exclusive_lengths,
     epochs,
     constant_scheduler_warmup,
