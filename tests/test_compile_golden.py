@@ -1,7 +1,7 @@
 """Golden files for every artifact of every spec (specs/ and tests/fixtures/compile/).
 
 Regenerate after an intended change with:
-    FTSPEC_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_compile_golden.py -q
+    .venv/bin/python -m pytest tests/test_compile_golden.py -q --update-golden
 and review the diff of tests/golden/ like code.
 """
 
@@ -14,7 +14,7 @@ import pytest
 from compile_helpers import GOLDEN, all_specs, compile_to, golden_name, normalise
 
 UPDATE = bool(os.environ.get("FTSPEC_UPDATE_GOLDEN"))
-REGENERATE = "FTSPEC_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_compile_golden.py -q"
+REGENERATE = ".venv/bin/python -m pytest tests/test_compile_golden.py -q --update-golden"
 
 
 def _compile(spec, build):
