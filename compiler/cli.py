@@ -59,9 +59,25 @@ def _load(module: str):
         raise
 
 
+def _unknown_verb(verb: str) -> int:
+    """`ftspec lnt`: argparse's "invalid choice" lists every verb; say which one was meant instead."""
+    import difflib
+
+    shown = verb.encode("unicode_escape").decode("ascii")  # a terminal gets no control bytes from argv
+    guess = difflib.get_close_matches(verb, list(VERBS), n=1, cutoff=0.6)
+    print(f"ftspec: error: unknown verb '{shown}'", file=sys.stderr)
+    if guess:
+        print(f"  hint: did you mean `ftspec {guess[0]}`?", file=sys.stderr)
+    else:
+        print(f"  hint: the verbs are {', '.join(VERBS)} (ftspec --help)", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verb = next((a for a in argv if not a.startswith("-")), None)
+    if verb is not None and verb not in VERBS:
+        return _unknown_verb(verb)
     parser = build_parser(verb if verb in VERBS else None)
     args = parser.parse_args(argv)
     if not args.verb:

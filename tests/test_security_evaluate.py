@@ -103,3 +103,25 @@ def test_the_evaluate_verb_stops_before_measuring(run_folder):
     )
     assert done.returncode == 1 and "FT0816" in done.stdout + done.stderr
     assert not (run_folder / "eval" / "report.md").exists()
+
+
+def test_launching_a_run_folder_says_what_to_do(run_folder):
+    """User audit: `ftspec launch RUN_DIR` (a natural mistake) ended in a raw accelerate traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ftspec.compiler.cli", "launch", str(run_folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=run_folder.parent.parent,
+    )
+    assert done.returncode == 2 and "FT0716" in done.stderr and "run folder" in done.stderr
+    assert "ftspec launch tiny-cpu.yaml --resume" in done.stderr and "ftspec evaluate" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("lnt", "lint"), ("evalute", "evaluate"), ("complie", "compile")])
+def test_a_misspelled_verb_gets_did_you_mean(typed, meant):
+    done = subprocess.run(
+        [sys.executable, "-m", "ftspec.compiler.cli", typed, "x"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and f"did you mean `ftspec {meant}`?" in done.stderr

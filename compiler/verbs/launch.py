@@ -87,6 +87,19 @@ def _error(code: str, file: Path | None = None, **fields: object) -> int:
     return 2
 
 
+def _run_folder_hint(run_dir: Path) -> str:
+    """What to type instead of `ftspec launch RUN_DIR`, with the real spec path where the run names it."""
+    from ftspec.compiler.launch.run_folder import RunFolderError, locate_spec_dir
+
+    judge = f"judge it: ftspec evaluate {shlex.quote(str(run_dir))}"
+    try:
+        plan = json.loads((run_dir / "plan.json").read_text(encoding="utf-8"))
+        spec = locate_spec_dir(run_dir, plan) / plan["metadata"]["spec_file"]
+    except (OSError, ValueError, KeyError, TypeError, RunFolderError):
+        return f"launch the build folder or spec it came from (with --resume to continue it), or {judge}"
+    return f"continue it: ftspec launch {shlex.quote(os.path.relpath(spec))} --resume; or {judge}"
+
+
 def _move_aside(run_dir: Path) -> Path:
     """--overwrite: keep the earlier run whole under a new name instead of deleting it."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -321,6 +334,15 @@ def run(args: argparse.Namespace) -> int:
             code = _compile(target, build_dir)
             if code != 0:
                 return code
+    elif target.is_dir() and (target / "run.json").is_file():
+        # a natural mistake: the run folder holds a plan.json copy, and launching it ended in accelerate's traceback
+        return _error(
+            "FT0716",
+            target,
+            path=target,
+            detail="this is a run folder written by `ftspec launch`, not a build folder",
+            hint=_run_folder_hint(target),
+        )
     elif target.is_dir():
         build_dir = target
     else:
