@@ -81,3 +81,28 @@ def test_a_symlink_inside_the_repo_is_still_read(tmp_path):
     (root / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     (root / "link.yaml").symlink_to(root / "real.yaml")
     assert "FT0013" not in _codes(root / "link.yaml", root)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_model_json_linked_to_dev_zero_is_not_read_without_bound(tmp_path):
+    """D6: tokenizer_config.json -> /dev/zero gave a MemoryError in `ftspec check` (2.7 GB)."""
+    from ftspec.compiler.dataset.chat_templates import model_template, read_special_tokens
+
+    (tmp_path / "tokenizer_config.json").symlink_to("/dev/zero")
+    (tmp_path / "special_tokens_map.json").symlink_to("/dev/zero")
+    (tmp_path / "chat_template.jinja").symlink_to("/dev/zero")
+    assert read_special_tokens(tmp_path) == {}
+    assert model_template(tmp_path) is None
+
+
+@needs_fifo
+def test_bounded_reads_refuse_fifos_without_blocking(tmp_path):
+    from ftspec.compiler.core.paths import UnsafeRead, read_bounded
+
+    os.mkfifo(tmp_path / "f")
+    with pytest.raises(UnsafeRead, match="FIFO"):
+        read_bounded(tmp_path / "f", 100)
+    (tmp_path / "big").write_bytes(b"x" * 101)
+    with pytest.raises(UnsafeRead, match="larger"):
+        read_bounded(tmp_path / "big", 100)
+    assert read_bounded(tmp_path / "big", 101) == b"x" * 101

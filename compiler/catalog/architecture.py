@@ -16,6 +16,7 @@ from pathlib import Path
 from ftspec.compiler.core import model_files
 from ftspec.compiler.core.diagnostics import Diagnostic, make
 from ftspec.compiler.core.loader import LoadedSpec
+from ftspec.compiler.core.paths import MODEL_FILE_MAX_BYTES, read_bounded_text
 
 REQUIRED = ("layers", "hidden", "intermediate", "heads", "vocab")
 FIELDS = (
@@ -150,7 +151,7 @@ def gguf_architecture(spec: LoadedSpec, model_id: str) -> tuple[dict, str, list[
     for folder in (converted, model_files.tokenizer_folder(converted)) if converted else ():
         if (folder / "config.json").is_file():
             try:
-                return from_config(json.loads((folder / "config.json").read_text(encoding="utf-8"))), (
+                return from_config(json.loads(read_bounded_text(folder / "config.json", MODEL_FILE_MAX_BYTES))), (
                     f"{folder / 'config.json'}"
                 ), []
             except (OSError, ValueError):
@@ -180,7 +181,7 @@ def resolve_architecture(spec: LoadedSpec, resolved: dict) -> tuple[dict | None,
         diags.extend(gguf_diags)
     elif folder is not None:
         try:
-            config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            config = json.loads(read_bounded_text(folder / "config.json", MODEL_FILE_MAX_BYTES))
             if not isinstance(config, dict):
                 raise ValueError("not a JSON object")
             base = from_config(config)

@@ -59,6 +59,11 @@ def special_kind(path: Path) -> str | None:
     return None
 
 
+# A model folder's JSON and template files: a real tokenizer_config.json is at most a few MB; the cap
+# stops a link to /dev/zero or a planted giant file from exhausting memory (a MemoryError in check).
+MODEL_FILE_MAX_BYTES = 64 << 20
+
+
 class UnsafeRead(OSError):
     """A file that is not a regular file, or larger than the caller's limit."""
 

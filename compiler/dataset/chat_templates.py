@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ftspec.compiler.core import model_files
+from ftspec.compiler.core.paths import MODEL_FILE_MAX_BYTES, read_bounded_text
 
 BUILTIN = ("chatml", "llama3", "alpaca")
 
@@ -340,7 +341,7 @@ def read_special_tokens(model_dir: Path) -> dict[str, str]:
     for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins, as in transformers
         path = model_dir / name
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_bounded_text(path, MODEL_FILE_MAX_BYTES))  # regular file, capped
         except (OSError, ValueError):
             continue
         if not isinstance(data, dict):
@@ -361,13 +362,13 @@ def model_template(model_dir: Path) -> TemplateInfo | None:
     jinja_file = model_dir / "chat_template.jinja"
     if jinja_file.is_file():
         try:
-            source, origin = jinja_file.read_text(encoding="utf-8"), str(jinja_file)
+            source, origin = read_bounded_text(jinja_file, MODEL_FILE_MAX_BYTES), str(jinja_file)
         except (OSError, UnicodeDecodeError):
             source = None
     if source is None:
         cfg = model_dir / "tokenizer_config.json"
         try:
-            data = json.loads(cfg.read_text(encoding="utf-8"))
+            data = json.loads(read_bounded_text(cfg, MODEL_FILE_MAX_BYTES))
         except (OSError, ValueError):
             data = None
         value = data.get("chat_template") if isinstance(data, dict) else None
