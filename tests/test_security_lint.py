@@ -106,3 +106,17 @@ def test_bounded_reads_refuse_fifos_without_blocking(tmp_path):
     with pytest.raises(UnsafeRead, match="larger"):
         read_bounded(tmp_path / "big", 100)
     assert read_bounded(tmp_path / "big", 101) == b"x" * 101
+
+
+def test_source_lines_of_a_data_link_out_of_the_repo_are_never_shown(tmp_path):
+    """V4: `check` printed /etc/passwd's lines as the source of FT0502 findings."""
+    from ftspec.compiler.verbs.common import SourceCache
+
+    secret = tmp_path / "outside.txt"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    root = _repo(tmp_path / "repo")
+    (root / "passwd.jsonl").symlink_to(secret)
+    (root / "own.jsonl").write_text("not json\n")
+    sources = SourceCache()
+    assert sources(str(root / "passwd.jsonl"), 1) is None
+    assert sources(str(root / "own.jsonl"), 1) == "not json"

@@ -57,15 +57,34 @@ class SourceCache:
         if not path or not line:
             return None
         if path not in self._texts:
-            try:
-                with open(path, encoding="utf-8", errors="replace") as fh:
-                    lines = []
-                    for i, text in enumerate(fh, 1):
-                        lines.append(text.rstrip("\n"))
-                        if i >= 200_000:
-                            break
-                self._texts[path] = lines
-            except OSError:
-                self._texts[path] = []
+            self._texts[path] = _shown_lines(path)
         lines = self._texts[path]
         return lines[line - 1] if 0 < line <= len(lines) else None
+
+
+SHOWN_LINES = 200_000
+SHOWN_BYTES = 64 << 20  # source lines are shown for findings near the top of a data file, never all of it
+
+
+def _shown_lines(path: str) -> list[str]:
+    """The first lines of a file a finding points into, for its source line; nothing when the file
+    is not a regular file (a FIFO would block), or leaves its repository through a symlink (a data
+    link to /etc/passwd must not be echoed into a CI log: security review V4)."""
+    import os
+    from pathlib import Path
+
+    from ftspec.compiler.core.paths import UnsafeRead, find_repo_root, link_escapes, read_bounded
+
+    lexical = Path(os.path.abspath(path))
+    if link_escapes(lexical, find_repo_root(lexical.parent)) is not None:
+        return []
+    try:
+        raw = read_bounded(lexical, SHOWN_BYTES)
+    except UnsafeRead as exc:
+        if "larger than" not in str(exc):
+            return []
+        with open(lexical, "rb") as fh:  # a regular file: its head is enough
+            raw = fh.read(SHOWN_BYTES)
+    except OSError:
+        return []
+    return raw.decode("utf-8", "replace").splitlines()[:SHOWN_LINES]
