@@ -1,4 +1,7 @@
-"""The built-in base model `builtin:tiny-llama`: built locally, deterministically, without downloads.
+"""The built-in base models. `builtin:tiny-llama` is built here, locally, deterministically, without
+downloads; `builtin:smollm2-135m` (a real model) is converted from a packaged GGUF file by
+runtime/gguf_model.py. Both are made by `build_once` below, the one lock-and-rename home of every
+cached model folder (layout in compiler/core/model_files.py).
 
 What gets built, once per cache folder and version:
 - a byte-level BPE tokenizer trained with `tokenizers` on a fixed corpus generated below (digits split
