@@ -29,6 +29,14 @@ def test_overrides_are_linted_like_the_file(tmp_path, override, code):
     assert not (tmp_path / "build").exists()
 
 
+@pytest.mark.parametrize("where", ["/etc", "../../../../../outside-the-repo"])
+def test_force_does_not_compile_an_output_dir_outside_the_repo(tmp_path, where):
+    """V11: `--force` compiled `--set output.dir=/etc` into a plan that launch would write to."""
+    result = compile_to(SPEC, tmp_path / "build", overrides={"output.dir": where}, force=True)
+    assert not result.ok and "FT0604" in _errors(result)
+    assert not (tmp_path / "build").exists()
+
+
 def test_an_output_dir_that_is_the_build_folder_is_refused(tmp_path):
     """D13: launch died on SameFileError, and the build folder could not be recompiled."""
     build = ROOT / "build-test-same"

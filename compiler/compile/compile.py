@@ -148,6 +148,19 @@ def compile_spec(
             )
         )
         return CompileResult(spec, sort_diagnostics(_dedupe(diags)), refused=True)
+    escapes = [d for d in diags if d.code in UNFORCEABLE and d.severity == "error"]
+    if escapes:
+        # reading or writing outside the repository is a separate boundary: --force does not cross it
+        diags.append(
+            make(
+                "FT0604",
+                spec.locate(escapes[0].pointer),
+                detail="a data or output path leaves the repository or is not a regular file",
+                hint="fix the paths above: --force does not compile a spec that reads or writes outside "
+                "the repository",
+            )
+        )
+        return CompileResult(spec, sort_diagnostics(_dedupe(diags)), refused=True)
     if reasons and not options.force:
         diags.append(make("FT0604", spec.locate(""), detail=" and ".join(reasons)))
         return CompileResult(spec, sort_diagnostics(_dedupe(diags)), refused=True)
@@ -247,6 +260,11 @@ def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
             seen.add(key)
             out.append(d)
     return out
+
+
+# Path findings --force cannot override (security review V4, V11): FT0228 absolute, FT0229 escaping,
+# FT0255 through a symlink, FT0256 a FIFO or device.
+UNFORCEABLE = frozenset({"FT0228", "FT0229", "FT0255", "FT0256"})
 
 
 def _output_in_build(spec: LoadedSpec, plan: dict, build_dir: Path) -> list[Diagnostic]:
