@@ -90,3 +90,33 @@ def test_an_empty_or_new_folder_is_free(tmp_path):
     assert previous_run(tmp_path / "new") == []
     (tmp_path / "empty" / ".ftspec").mkdir(parents=True)
     assert previous_run(tmp_path / "empty") == []
+
+
+def test_a_second_launch_on_one_run_folder_is_refused(tmp_path):
+    """D3: two launches on one build folder both trained into the same run folder."""
+    import subprocess
+    import sys
+
+    from ftspec.compiler.verbs import launch as verb
+
+    run = tmp_path / "runs" / "x"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from ftspec.compiler.verbs import launch as v; "
+            "fd, _ = v._lock_run_folder(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        fd, pid = verb._lock_run_folder(run)
+        assert fd is None and pid == str(holder.pid)
+    finally:
+        holder.kill()
+        holder.wait()
+    fd, pid = verb._lock_run_folder(run)  # released when the holder died, however it died
+    assert fd is not None and pid is None

@@ -87,6 +87,26 @@ def _error(code: str, file: Path | None = None, **fields: object) -> int:
     return 2
 
 
+def _lock_run_folder(run_dir: Path) -> tuple[int | None, str | None]:
+    """An exclusive lock on the run folder for this launch: (fd, None), or (None, holder's pid) when
+    another launch holds it. The lock file sits beside the folder, so --overwrite can move the folder
+    aside while it is held; the kernel drops the lock when the process ends, however it ends."""
+    import fcntl
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    path = run_dir.parent / f".{run_dir.name}.launch-lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        return None, holder
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd, None
+
+
 def _run_folder_hint(run_dir: Path) -> str:
     """What to type instead of `ftspec launch RUN_DIR`, with the real spec path where the run names it."""
     from ftspec.compiler.launch.run_folder import RunFolderError, locate_spec_dir
@@ -392,6 +412,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     run_dir = _run_dir(build_dir, plan)
     resume = args.resume
+    lock_fd, holder = _lock_run_folder(run_dir)  # held until this process exits (security review D3)
+    if lock_fd is None:
+        return _error("FT0749", run_dir, folder=run_dir, pid=holder or "?")
     refused = _claim_run_folder(run_dir, resume=resume, overwrite=args.overwrite)
     if refused is not None:
         return refused
