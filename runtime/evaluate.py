@@ -247,7 +247,10 @@ def load_tokenizer(folder: RunFolder):
     path = folder.path / "tokenizer"
     if not path.is_dir():
         raise EvalError(f"{path} is missing: the run folder must hold the tokenizer training used")
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    # Always explicit, from the verified plan: left unset, transformers asks "run the custom code?
+    # [y/N]" on a terminal (a keypress would run it regardless of the plan) or fails without one.
+    trust = bool(folder.spec["model"].get("trust_remote_code", False))
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust)
     if not tokenizer.chat_template:
         raise EvalError(f"{path} has no chat template")
     if tokenizer.pad_token_id is None:

@@ -125,3 +125,12 @@ def test_a_misspelled_verb_gets_did_you_mean(typed, meant):
         [sys.executable, "-m", "ftspec.compiler.cli", typed, "x"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 2 and f"did you mean `ftspec {meant}`?" in done.stderr
+
+
+def test_a_run_moved_aside_by_overwrite_can_still_be_evaluated(run_folder):
+    """D15: `<dir>.previous-<time>` lost its spec folder ("No such file or directory", no path)."""
+    moved = run_folder.with_name(f"{run_folder.name}.previous-20261204-031955")
+    run_folder.rename(moved)
+    folder = open_run(moved)
+    assert folder.spec_dir == run_folder.parent.parent.resolve()
+    assert run_problems(folder) == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +137,9 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
+MOVED_ASIDE = re.compile(r"^(.+)\.previous-\d{8}-\d{6}(?:-\d+)?$")  # verbs/launch._move_aside's names
+
+
 def locate_spec_dir(run_dir: Path, plan: dict) -> Path:
     """The spec's folder seen from the run folder.
 
@@ -145,6 +149,9 @@ def locate_spec_dir(run_dir: Path, plan: dict) -> Path:
     spec's folder wherever the copy lives.
     """
     run_dir = run_dir.resolve()
+    kept = MOVED_ASIDE.match(run_dir.name)
+    if kept:  # `launch --overwrite` renamed it <dir>.previous-<time>: the spec sits where it did
+        run_dir = run_dir.with_name(kept.group(1))
     written = (plan.get("paths") or {}).get("spec_dir")
     output_dir = (plan.get("derived") or {}).get("output_dir") or (
         plan.get("spec", {}).get("output") or {}
