@@ -120,3 +120,24 @@ def test_a_second_launch_on_one_run_folder_is_refused(tmp_path):
         holder.wait()
     fd, pid = verb._lock_run_folder(run)  # released when the holder died, however it died
     assert fd is not None and pid is None
+
+
+@pytest.mark.parametrize("trust", [False, True])
+def test_evaluate_passes_trust_remote_code_to_the_tokenizer_explicitly(tmp_path, monkeypatch, trust):
+    """D16: left unset, transformers prompted "run the custom code? [y/N]" on a terminal."""
+    transformers = pytest.importorskip("transformers")
+    from types import SimpleNamespace
+
+    from ftspec.runtime import evaluate as rev
+
+    seen = {}
+
+    def fake(path, **kwargs):
+        seen.update(kwargs)
+        return SimpleNamespace(chat_template="{{ x }}", pad_token_id=0)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake)
+    (tmp_path / "tokenizer").mkdir()
+    folder = SimpleNamespace(path=tmp_path, spec={"model": {"id": "m", "trust_remote_code": trust}})
+    rev.load_tokenizer(folder)
+    assert seen == {"trust_remote_code": trust}
