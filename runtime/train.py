@@ -384,7 +384,10 @@ def run(plan_path: Path, resume: bool) -> int:
         found = previous_run(out)
         accelerator.wait_for_everyone()
         if found:
-            raise SetupError("FT0723", folder=str(out), found="; ".join(found))
+            import shlex
+
+            build = shlex.quote(os.path.relpath(plan_path.parent))  # the hint names the real build folder
+            raise SetupError("FT0723", folder=str(out), found="; ".join(found), build=build)
     identity = ckpt.training_identity(plan, _train_file_hashes(spec, spec_dir))
     if resume:
         # A checkpoint's optimizer, scheduler and data position belong to the plan that built them:

@@ -141,3 +141,34 @@ def test_evaluate_passes_trust_remote_code_to_the_tokenizer_explicitly(tmp_path,
     folder = SimpleNamespace(path=tmp_path, spec={"model": {"id": "m", "trust_remote_code": trust}})
     rev.load_tokenizer(folder)
     assert seen == {"trust_remote_code": trust}
+
+
+def test_the_previous_run_hint_names_the_real_build_folder(tmp_path):
+    """User audit: FT0723's hint printed the placeholder BUILD_DIR instead of the build's path."""
+    import subprocess
+    import sys
+
+    from compile_helpers import ROOT, compile_to
+
+    import os
+    import shutil
+    from pathlib import Path
+
+    build = tmp_path / "my build"
+    name = f"runs/.test-hint-{os.getpid()}"  # a run folder of its own: nothing real is touched
+    assert compile_to(Path("specs/tiny-cpu.yaml"), build, overrides={"output.dir": name}).ok
+    run = ROOT / "specs" / name
+    (run / "adapter").mkdir(parents=True)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ftspec.compiler.cli", "launch", str(build)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+        assert done.returncode == 2 and "FT0723" in done.stderr
+        assert "BUILD_DIR" not in done.stderr and f"ftspec launch '{build}' --resume" in done.stderr
+    finally:
+        shutil.rmtree(run)
+        Path(f"{run.parent}/.{run.name}.launch-lock").unlink(missing_ok=True)

@@ -233,14 +233,15 @@ def _oom_retry_pending(run_dir: Path) -> dict | None:
     return data
 
 
-def _claim_run_folder(run_dir: Path, *, resume: bool, overwrite: bool) -> int | None:
+def _claim_run_folder(run_dir: Path, *, resume: bool, overwrite: bool, build_dir: Path) -> int | None:
     """A fresh launch never replaces an earlier run's checkpoints or model silently (the runtime
     refuses too, for launch.sh); --overwrite moves the earlier run aside first. None: go ahead."""
     from ftspec.compiler.launch.run_folder import previous_run
 
     found = [] if resume else previous_run(run_dir)
     if found and not overwrite:
-        return _error("FT0723", run_dir, folder=run_dir, found="; ".join(found))
+        build = shlex.quote(str(build_dir))  # the hint names the real build folder, not BUILD_DIR
+        return _error("FT0723", run_dir, folder=run_dir, found="; ".join(found), build=build)
     if found:
         moved = _move_aside(run_dir)
         print(f"ftspec: moved the earlier run {run_dir} to {moved}", file=sys.stderr, flush=True)
@@ -264,7 +265,7 @@ def _launch_slurm(args: argparse.Namespace, plan: dict, build_dir: Path) -> int:
         print(shlex.join(slurm.sbatch_argv(build_dir, resume=args.resume)))
         return 0
     run_dir = _run_dir(build_dir, plan)
-    refused = _claim_run_folder(run_dir, resume=args.resume, overwrite=args.overwrite)
+    refused = _claim_run_folder(run_dir, resume=args.resume, overwrite=args.overwrite, build_dir=build_dir)
     if refused is not None:
         return refused
     submitted = slurm.submit(build_dir, tools, resume=args.resume)
@@ -415,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
     lock_fd, holder = _lock_run_folder(run_dir)  # held until this process exits (security review D3)
     if lock_fd is None:
         return _error("FT0749", run_dir, folder=run_dir, pid=holder or "?")
-    refused = _claim_run_folder(run_dir, resume=resume, overwrite=args.overwrite)
+    refused = _claim_run_folder(run_dir, resume=resume, overwrite=args.overwrite, build_dir=build_dir)
     if refused is not None:
         return refused
     for attempt in range(MAX_OOM_RETRIES + 1):

@@ -175,15 +175,16 @@ def run(args: argparse.Namespace) -> int:
                 )
                 print(_line(stages[-1], index), flush=True)
                 break
-            print(f"[{index}/{len(STAGES)}] {stage_name} ...", flush=True)
-            code, output = _execute(
-                stage_name, _cli("evaluate", str(run_dir)), capture=False, log_dir=log_dir
+            if not args.quiet:
+                print(f"[{index}/{len(STAGES)}] {stage_name} ...", flush=True)
+            code, output = _execute(  # -q: kept in the stage log like launch's, shown only on failure
+                stage_name, _cli("evaluate", str(run_dir)), capture=args.quiet, log_dir=log_dir
             )
             note = "gate passed" if code == 0 else ("gate FAILED" if code == 1 else "could not evaluate")
             note += f"; report: {run_dir / 'eval' / 'report.html'}"
         stage = Stage(stage_name, code, time.monotonic() - t0, note)
         stages.append(stage)
-        if code != 0 and output and stage_name != "evaluate":
+        if code != 0 and output:
             sys.stdout.write(output if output.endswith("\n") else output + "\n")
         print(_line(stage, index), flush=True)
         if code != 0:
