@@ -126,3 +126,13 @@ def test_diff_rev_cannot_be_a_git_option(tmp_path):
     spec, diags = load_side("git:--output=o:/../../PWNED_diff", cwd=tmp_path)
     assert spec is None and [d.code for d in diags] == ["FT0618"]
     assert not list(tmp_path.parent.glob("PWNED_diff")) and not list(tmp_path.glob("**/PWNED_diff"))
+
+
+def test_forty_identical_findings_are_shown_three_times_then_counted():
+    """User audit: check printed 40 identical FT0542 errors in full."""
+    same = [Diagnostic("FT0542", "error", f"example {n} truncated", "d.jsonl", n, 1) for n in range(1, 41)]
+    other = Diagnostic("FT0230", "error", "missing", "s.yaml", 3, 1)
+    out = to_text([*same, other], lambda *_: None)
+    assert out.count("FT0542 error: example") == 3 and "... and 37 more FT0542 errors like this in d.jsonl" in out
+    assert "at lines 4, 5, 6" in out and "FT0230" in out and out.endswith("41 errors")
+    assert to_text(same[:10], lambda *_: None).count("FT0542 error: example") == 10  # few: all shown

@@ -93,10 +93,43 @@ _COLORS = {"error": "\x1b[31;1m", "warning": "\x1b[33;1m", "info": "\x1b[36;1m"}
 _DIM, _RESET = "\x1b[2m", "\x1b[0m"
 
 
+# A code repeated this often in one file (40 examples truncated away) is shown SAME_SHOWN times in
+# full, then once as a count with the remaining lines; JSON, SARIF and GitHub keep every finding.
+SAME_LIMIT = 10
+SAME_SHOWN = 3
+
+
+def _collapsed(diagnostics: list[Diagnostic]) -> tuple[list[Diagnostic], dict[int, list[Diagnostic]]]:
+    """(findings to print in full, index of the last one printed per group -> the ones left out)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, d in enumerate(diagnostics):
+        groups.setdefault((d.file, d.code, d.severity), []).append(i)
+    hidden: set[int] = set()
+    rest: dict[int, list[Diagnostic]] = {}
+    for members in groups.values():
+        if len(members) > SAME_LIMIT:
+            hidden.update(members[SAME_SHOWN:])
+            rest[members[SAME_SHOWN - 1]] = [diagnostics[i] for i in members[SAME_SHOWN:]]
+    shown = [d for i, d in enumerate(diagnostics) if i not in hidden]
+    index = {id(diagnostics[i]): left for i, left in rest.items()}
+    return shown, {i: index[id(d)] for i, d in enumerate(shown) if id(d) in index}
+
+
+def _more_line(left: list[Diagnostic]) -> str:
+    first = left[0]
+    where = terminal_safe(first.file or "<spec>")
+    places = [str(d.line) for d in left if d.line][:20]
+    at = f" at lines {', '.join(places)}{', ...' if len(left) > len(places) else ''}" if places else ""
+    plural = "s" if len(left) != 1 else ""
+    return f"  ... and {len(left)} more {first.code} {first.severity}{plural} like this in {where}{at}"
+
+
 def to_text(diagnostics: list[Diagnostic], source: SourceLookup, *, color: bool = False) -> str:
-    """`path:line:col: CODE severity: message`, the source line with a caret, then the hint."""
+    """`path:line:col: CODE severity: message`, the source line with a caret, then the hint. A code
+    repeated more than SAME_LIMIT times in one file is shown SAME_SHOWN times, then counted."""
     lines: list[str] = []
-    for d in diagnostics:
+    shown, more = _collapsed(diagnostics)
+    for position, d in enumerate(shown):
         where = ":".join(str(x) for x in (d.file, d.line, d.column) if x is not None) or "<spec>"
         sev = f"{_COLORS[d.severity]}{d.severity}{_RESET}" if color else d.severity
         head = f"{terminal_safe(where)}: {d.code} {sev}: {terminal_safe(d.message)}"
@@ -113,6 +146,8 @@ def to_text(diagnostics: list[Diagnostic], source: SourceLookup, *, color: bool 
         if d.hint:
             hint = terminal_safe(d.hint)
             lines.append(f"  {_DIM}hint:{_RESET} {hint}" if color else f"  hint: {hint}")
+        if position in more:
+            lines.append(_more_line(more[position]))
     summary = count_line(diagnostics)
     lines.append(summary)
     return "\n".join(lines)
