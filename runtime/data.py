@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ftspec.compiler.core.schema import schema_default
 from ftspec.compiler.dataset import assistant_spans
 from ftspec.compiler.dataset.chat_templates import TemplateError, mask_from_offsets, render
 from ftspec.compiler.dataset.formats import to_messages
@@ -128,8 +129,8 @@ def load_conversations(spec: dict, spec_dir: Path) -> tuple[list, list]:
     eval_split is taken from the rows of all training files in the order written (before mixing), so
     mixed-in rows are never both trained on and evaluated; the remaining rows are then mixed."""
     dataset = spec["dataset"]
-    fmt = dataset.get("format", "chatml")
-    seed = int(spec.get("training", {}).get("seed", 42))
+    fmt = dataset.get("format", schema_default("/dataset/format"))
+    seed = int(spec.get("training", {}).get("seed", schema_default("/training/seed")))
     groups = [
         (read_conversations(spec_dir / entry.path, fmt), entry.fraction) for entry in train_entries(dataset)
     ]
@@ -275,7 +276,7 @@ def pack(examples: Sequence[Example], sequence_len: int, seed: int) -> list[Exam
 
 def prepare(spec: dict, spec_dir: Path, tokenizer) -> Prepared:
     training = spec.get("training", {})
-    loss_on = training.get("loss_on", "assistant")
+    loss_on = training.get("loss_on", schema_default("/training/loss_on"))
     check_template(tokenizer, loss_on)
     sequence_len = resolved_sequence_len(spec)
     truncation = spec["dataset"].get("truncation", "truncate")
@@ -290,7 +291,7 @@ def prepare(spec: dict, spec_dir: Path, tokenizer) -> Prepared:
         raise DataError("FT0714", counts=train_counts)
     examples = len(train)
     if training.get("packing"):
-        train = pack(train, sequence_len, int(training.get("seed", 42)))
+        train = pack(train, sequence_len, int(training.get("seed", schema_default("/training/seed"))))
     stats = {
         "train_conversations": len(train_convs),
         "train_examples": examples,
@@ -307,7 +308,7 @@ def prepare(spec: dict, spec_dir: Path, tokenizer) -> Prepared:
 
 
 def resolved_sequence_len(spec: dict, derived: dict | None = None) -> int:
-    value = spec.get("training", {}).get("sequence_len", 2048)
+    value = spec.get("training", {}).get("sequence_len", schema_default("/training/sequence_len"))
     if isinstance(value, int):
         return value
     if derived and isinstance(derived.get("sequence_len"), int):

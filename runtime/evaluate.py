@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ftspec.compiler import __version__
 from ftspec.compiler.core.artifacts import dumps_json, write_atomic
+from ftspec.compiler.core.schema import schema_default
 from ftspec.compiler.dataset.formats import detect_format, to_messages
 from ftspec.compiler.dataset.records import RecordReader
 from ftspec.compiler.evaluate import metrics as M
@@ -113,7 +114,7 @@ def train_paths(folder: RunFolder) -> list[str]:
 def task_sets(folder: RunFolder) -> tuple[list[list[dict]], Iterable[tuple[list[dict], str]], str]:
     """(eval conversations, training conversations with where-labels, how eval was chosen)."""
     dataset = folder.spec["dataset"]
-    fmt = dataset.get("format", "chatml")
+    fmt = dataset.get("format", schema_default("/dataset/format"))
     if dataset.get("eval"):
         path = folder.data_path(dataset["eval"])
         evals = [_messages(r, fmt, f"{dataset['eval']}:{line}") for line, r in read_records(path)]
@@ -131,7 +132,7 @@ def task_sets(folder: RunFolder) -> tuple[list[list[dict]], Iterable[tuple[list[
 
 
 def _seed(folder: RunFolder) -> int:
-    return int((folder.spec.get("training") or {}).get("seed", 42))
+    return int((folder.spec.get("training") or {}).get("seed", schema_default("/training/seed")))
 
 
 def split_like_training(folder: RunFolder) -> tuple[list[tuple[list[dict], str]], list[list[dict]]]:
@@ -139,7 +140,7 @@ def split_like_training(folder: RunFolder) -> tuple[list[tuple[list[dict], str]]
     from ftspec.runtime import data as rdata
 
     dataset = folder.spec["dataset"]
-    fmt = dataset.get("format", "chatml")
+    fmt = dataset.get("format", schema_default("/dataset/format"))
     rows: list[tuple[list[dict], str]] = []
     for written in train_paths(folder):
         for line, record in read_records(folder.data_path(written)):
@@ -526,7 +527,7 @@ def measure(folder: RunFolder, *, lm_eval: list[str] | None = None) -> tuple[dic
     contamination = measure_contamination(
         conversations,
         train_iter,
-        int(checks.get("contamination_ngram", 13)),
+        int(checks.get("contamination_ngram", schema_default("/dataset/checks/contamination_ngram"))),
         regression=[[*prompt, {"role": "assistant", "content": answer}] for prompt, answer in regression]
         if regression
         else None,

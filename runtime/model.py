@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftspec.compiler.core import model_files
+from ftspec.compiler.core.schema import schema_default
 from ftspec.compiler.dataset.chat_templates import template_source
 from ftspec.runtime import builtin
 from ftspec.runtime.gguf_model import GGUFError, ensure_model
@@ -205,7 +206,7 @@ def build_optimizer(model, training: dict, device: str, warn):
 
     params = [p for p in model.parameters() if p.requires_grad]
     name = training.get("optimizer", "adamw_torch")
-    lr = float(training.get("learning_rate", 2e-4))
+    lr = float(training.get("learning_rate", schema_default("/training/learning_rate")))
     wd = float(training.get("weight_decay", 0.0))
     if name == "adamw_torch":
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd)

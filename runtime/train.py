@@ -47,6 +47,8 @@ from pathlib import Path
 from ftspec.compiler.core.artifacts import file_sha256
 from ftspec.compiler.core.diagnostics import Diagnostic, make
 from ftspec.compiler.core.reporters import to_text
+from ftspec.compiler.core.schema import schema_default
+from ftspec.compiler.dataset.readers import source_sha256
 from ftspec.compiler.dataset.sources import train_entries
 from ftspec.compiler.launch.run_folder import BATCH_FILE, ERRORS_DIR, EXIT_OOM_RETRY, previous_run  # noqa: F401
 from ftspec.runtime import cache as rcache
@@ -438,7 +440,7 @@ def run(plan_path: Path, resume: bool) -> int:
 
     # Model and data: the main process first (it may build the built-in model and tokenizes once into
     # a cache the others then read), the others after it, inside the collective timeout.
-    seed = int(training.get("seed", 42))
+    seed = int(training.get("seed", schema_default("/training/seed")))
     with accelerator.main_process_first():
         source = resolve_source(spec["model"], spec_dir)
         tokenizer = load_tokenizer(source, spec["model"], spec_dir)

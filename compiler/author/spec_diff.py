@@ -16,6 +16,7 @@ from pathlib import Path
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, make
 from ftspec.compiler.core.loader import MAX_BYTES, LoadedSpec, join_pointer, load_spec, load_text
 from ftspec.compiler.core.resolve import world_size
+from ftspec.compiler.core.schema import schema_default
 from ftspec.compiler.lint.lint import LintOptions, lint_loaded
 
 _MISSING = object()
@@ -144,7 +145,11 @@ def _steps(spec: LoadedSpec, resolved: dict, summary: dict | None) -> dict | Non
         train = summary["train_examples"]
     t = resolved.get("training", {})
     per_epoch = math.ceil(train / _effective(resolved)) if train else 0
-    total = int(t["max_steps"]) if "max_steps" in t else math.ceil(float(t.get("epochs", 2)) * per_epoch)
+    total = (
+        int(t["max_steps"])
+        if "max_steps" in t
+        else math.ceil(float(t.get("epochs", schema_default("/training/epochs"))) * per_epoch)
+    )
     return {"train_examples": train, "steps_per_epoch": per_epoch, "total_steps": total}
 
 
@@ -154,7 +159,11 @@ def _world(r: dict) -> int:
 
 def _effective(r: dict) -> int:
     t = r.get("training", {})
-    return int(t.get("micro_batch_size", 2)) * int(t.get("gradient_accumulation_steps", 8)) * _world(r)
+    micro = int(t.get("micro_batch_size", schema_default("/training/micro_batch_size")))
+    accumulation = int(
+        t.get("gradient_accumulation_steps", schema_default("/training/gradient_accumulation_steps"))
+    )
+    return micro * accumulation * _world(r)
 
 
 def _memory(estimate: dict | None) -> float | None:

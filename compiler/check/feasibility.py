@@ -26,6 +26,7 @@ from ftspec.compiler.check.suggestions import Suggestion, suggest
 from ftspec.compiler.check.throughput import TimeEstimate, estimate_time
 from ftspec.compiler.core.diagnostics import Diagnostic, make
 from ftspec.compiler.core.loader import LoadedSpec
+from ftspec.compiler.core.schema import schema_default
 
 __all__ = ["Assessment", "assess", "estimate_memory", "MemoryEstimate"]
 
@@ -172,7 +173,7 @@ def _seq_len(resolved: dict, data_summary: dict | None) -> tuple[int | None, str
     Packed rows are always full length. Unpacked batches are padded to their longest example, so
     with the data check's lengths the peak batch is min(sequence_len, longest example)."""
     training = resolved.get("training") or {}
-    raw = training.get("sequence_len", 2048)
+    raw = training.get("sequence_len", schema_default("/training/sequence_len"))
     lengths = (data_summary or {}).get("lengths") or {}
     seq, note = (raw, None) if isinstance(raw, int) else (None, None)
     if seq is None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 
 from ftspec.compiler.catalog.arch_shapes import ALL_LINEAR, MODULE_ALIASES, Shapes
 from ftspec.compiler.core.resolve import resolve_strategy, world_size
+from ftspec.compiler.core.schema import schema_default
 
 GIB = 1024**3
 CUDA_CONTEXT_GIB = 0.5  # CUDA context + cuBLAS workspace as nvidia-smi shows it (torch 2.x, lazy loading)
@@ -486,7 +487,7 @@ def setup_from_resolved(resolved: dict, *, seq_len: int | None = None) -> TrainS
     quant = adapter.get("quantization") or {}
     world = world_size(hardware)
     strategy = resolve_strategy(hardware, world)
-    raw_seq = training.get("sequence_len", 2048)
+    raw_seq = training.get("sequence_len", schema_default("/training/sequence_len"))
     seq = seq_len if seq_len is not None else (raw_seq if isinstance(raw_seq, int) else 2048)
     targets = adapter.get("target_modules", "all-linear")
     return TrainSetup(
@@ -499,10 +500,15 @@ def setup_from_resolved(resolved: dict, *, seq_len: int | None = None) -> TrainS
         double_quant=bool(quant.get("double_quant", True)),
         precision=training.get("precision", "bf16"),
         optimizer=training.get("optimizer", "adamw_torch"),
-        micro_batch=int(training.get("micro_batch_size", 1) or 1),
+        micro_batch=int(training.get("micro_batch_size", schema_default("/training/micro_batch_size")) or 1),
         seq_len=int(seq),
         grad_ckpt=bool(training.get("gradient_checkpointing", True)),
-        grad_accum=int(training.get("gradient_accumulation_steps", 1) or 1),
+        grad_accum=int(
+            training.get(
+                "gradient_accumulation_steps", schema_default("/training/gradient_accumulation_steps")
+            )
+            or 1
+        ),
         world=world,
         nodes=max(int(hardware.get("nodes", 1) or 1), 1),
         strategy=strategy,

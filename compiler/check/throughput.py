@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ftspec.compiler.catalog.arch_shapes import Shapes
 from ftspec.compiler.check.memory import TrainSetup
+from ftspec.compiler.core.schema import schema_default
 from ftspec.compiler.dataset.sources import count_records, mixed_total, split_counts, train_entries
 
 UTILISATION = 0.35  # model FLOPs utilisation typical of HF Trainer fine-tuning on one node
@@ -147,7 +148,9 @@ def estimate_time(
         tokens = float(training["max_steps"]) * effective * per_example
         source = f"max_steps x effective batch {effective} x {per_example:.0f} tokens"
     elif examples is not None:
-        tokens = examples * float(training.get("epochs", 1) or 1) * per_example
+        tokens = (
+            examples * float(training.get("epochs", schema_default("/training/epochs")) or 1) * per_example
+        )
         source = f"{examples} examples x {training.get('epochs', 1)} epoch(s) x {per_example:.0f} tokens ({source})"
     hours = None
     if tokens is not None and gpu_tflops:

@@ -36,6 +36,7 @@ from ftspec.compiler.core.artifacts import (  # noqa: F401 - re-exported for the
 from ftspec.compiler.core.diagnostics import Diagnostic, has_errors, make
 from ftspec.compiler.core.loader import LoadedSpec, join_pointer, split_pointer
 from ftspec.compiler.core.resolve import resolve_strategy
+from ftspec.compiler.core.schema import schema_default
 from ftspec.compiler.dataset.sources import count_records, mixed_total, split_counts, train_entries
 
 ACCELERATE_CONFIG = "accelerate.yaml"
@@ -172,7 +173,7 @@ def value_sources(resolved: dict, given: dict, overrides: set[str], prefix: str 
 def _sequence_len(
     spec: LoadedSpec, training: dict, data_summary: dict | None, resolved: dict
 ) -> tuple[int | None, list[Diagnostic], dict | None]:
-    value = training.get("sequence_len", 2048)
+    value = training.get("sequence_len", schema_default("/training/sequence_len"))
     if value != "p95":
         return int(value), [], data_summary
     if data_summary is None:
@@ -261,15 +262,19 @@ def plan_with_diagnostics(
     nodes = int(hardware.get("nodes", 1))
     per_node = int(hardware.get("gpus_per_node", 1))
     world = nodes * per_node
-    micro = int(training.get("micro_batch_size", 2))
-    accum = int(training.get("gradient_accumulation_steps", 8))
+    micro = int(training.get("micro_batch_size", schema_default("/training/micro_batch_size")))
+    accum = int(
+        training.get("gradient_accumulation_steps", schema_default("/training/gradient_accumulation_steps"))
+    )
     effective = micro * accum * world
     train_n = counts["train_examples"]
     steps_per_epoch = math.ceil(train_n / effective) if train_n else 0
     if "max_steps" in training:
         total_steps = int(training["max_steps"])
     else:
-        total_steps = math.ceil(float(training.get("epochs", 2)) * steps_per_epoch)
+        total_steps = math.ceil(
+            float(training.get("epochs", schema_default("/training/epochs"))) * steps_per_epoch
+        )
     if total_steps <= 0 and not has_errors(diags):
         diags.append(make("FT0603", spec.locate("/dataset/train"), examples=train_n))
     if "warmup_steps" in training:
@@ -307,7 +312,7 @@ def plan_with_diagnostics(
         "mixed_precision": MIXED_PRECISION[precision],
         "zero_stage": int(hardware.get("zero_stage", 0)) if strategy == "deepspeed" else None,
         "offload": hardware.get("offload", "none"),
-        "output_dir": resolved.get("output", {}).get("dir", f"runs/{resolved.get('name', 'run')}"),
+        "output_dir": resolved["output"]["dir"],  # resolve() names it runs/<name> when not given
         "model": {
             "id": model_id,
             "revision": model.get("revision"),

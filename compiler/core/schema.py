@@ -8,7 +8,7 @@ from functools import cache, lru_cache
 from importlib import resources
 
 from ftspec.compiler.core.diagnostics import Diagnostic, make
-from ftspec.compiler.core.loader import LoadedSpec, join_pointer
+from ftspec.compiler.core.loader import LoadedSpec, get_pointer, join_pointer, split_pointer
 
 SPEC_SCHEMA = "spec.v1.schema.json"
 
@@ -23,6 +23,40 @@ def validator(name: str = SPEC_SCHEMA):
     from jsonschema import Draft202012Validator
 
     return Draft202012Validator(load_schema(name))
+
+
+MISSING = object()  # no value and no schema default at a pointer
+
+
+@lru_cache(maxsize=512)
+def schema_default(pointer: str) -> object:
+    """The schema's `default` for the field at `pointer` (list indices as digits), or MISSING."""
+    root = load_schema()
+    node: object = root
+    for token in split_pointer(pointer):
+        node = _deref(node, root) if isinstance(node, dict) else {}
+        if token.isdigit() and isinstance(node.get("items"), dict):
+            node = node["items"]
+            continue
+        props = node.get("properties", {})
+        if token not in props:
+            return MISSING
+        node = props[token]
+    node = _deref(node, root) if isinstance(node, dict) else {}
+    return node.get("default", MISSING)
+
+
+def setting(data: object, pointer: str) -> object:
+    """The value at `pointer` in a (resolved or raw) spec, else the schema's default for it.
+
+    The one way downstream code reads a field that has a default, so no stage restates the default
+    (`sequence_len` 2048, `seed` 42, ...) and a change of it in the schema reaches every stage.
+    """
+    value = get_pointer(data, pointer) if isinstance(data, dict) else MISSING
+    if value is None or value is MISSING:
+        default = schema_default(pointer)
+        return None if default is MISSING else default
+    return value
 
 
 def _pointer(path) -> str:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from ftspec.compiler.core.loader import json_kind
 
-FORMATS = ("chatml", "sharegpt", "alpaca")
+FORMATS = ("chatml", "sharegpt", "alpaca", "preference")
 
 CHATML_ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
@@ -122,6 +123,9 @@ def check_record(
     if type(record) is not dict:
         out.append(("FT0503", {"kind": json_kind(record)}))
         return None
+    if declared == "preference":  # checked as a pair; the chosen conversation stands for the record
+        pair = check_pair(record, leaks, out)
+        return None if pair is None else pair.prompt + pair.chosen
     if _KEY_OF[declared] not in record:
         detected = detect_format(record)
         if detected is not None and detected != declared:
@@ -271,6 +275,168 @@ def _check_order(messages: Messages, out: list[Problem], offset: int) -> None:
         out.append(("FT0509", {}))
     elif previous != "assistant":
         out.append(("FT0510", {"index": len(messages) - 1 - offset, "role": previous}))
+
+
+# --- preference pairs ----------------------------------------------------------------------------
+
+PAIR_SIDES = ("chosen", "rejected")
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A preference record: the prompt turns, and the chosen and rejected answers (assistant turns)."""
+
+    prompt: Messages
+    chosen: Messages
+    rejected: Messages
+
+    def side(self, name: str) -> Messages:
+        """The conversation one side trains on: the prompt, then that side's answer."""
+        return self.prompt + (self.chosen if name == "chosen" else self.rejected)
+
+    def key_messages(self) -> Messages:
+        """The whole pair as one message list, for duplicate and contamination checks over pairs
+        (the same prompt and chosen answer with another rejected answer is another pair)."""
+        return self.prompt + self.chosen + [("rejected " + role, content) for role, content in self.rejected]
+
+
+def check_pair(record: object, leaks: LeakScanner | None, out: list[Problem]) -> Pair | None:
+    """Check one `{"prompt", "chosen", "rejected"}` record; append problems to `out`.
+
+    Each side is plain text or a message list: a text prompt is the user turn and a text answer the
+    assistant turn, so both forms render through the chat template alike. The prompt holds the
+    conversation so far and ends with a user turn; chosen and rejected each hold one assistant turn.
+    Returns the pair when its structure is usable (content problems still return it)."""
+    if type(record) is not dict:
+        out.append(("FT0503", {"kind": json_kind(record)}))
+        return None
+    missing = [key for key in ("prompt", *PAIR_SIDES) if key not in record]
+    if missing:
+        detected = detect_format(record)
+        if detected is not None and not detected.startswith("preference") and "prompt" in missing:
+            out.append(("FT0504", {"detected": detected, "declared": "preference"}))
+        else:
+            keys = ", ".join(sorted(map(str, record))[:8]) or "none"
+            shown = ", ".join(f"`{k}`" for k in missing)
+            out.append(
+                (
+                    "FT0505",
+                    {"detail": f"no {shown} key (keys: {keys}); a pair needs prompt, chosen, rejected"},
+                )
+            )
+        return None
+    parts = {}
+    for key in ("prompt", *PAIR_SIDES):
+        messages = _pair_side(key, record[key], out)
+        if messages is None:
+            return None
+        parts[key] = messages
+    pair = Pair(parts["prompt"], parts["chosen"], parts["rejected"])
+    ok = _pair_roles(pair, out)
+    if leaks is not None:
+        for key in ("prompt", *PAIR_SIDES):
+            for index, (role, content) in enumerate(parts[key]):
+                if content and not content.isspace():
+                    leaks.scan(role, content, f"{key}[{index}]", out)
+    if ok and normalized_key(pair.chosen) == normalized_key(pair.rejected) and not _blank(pair.chosen):
+        out.append(("FT0570", {}))
+    return pair
+
+
+def _blank(messages: Messages) -> bool:
+    return all(not content or content.isspace() for _, content in messages)
+
+
+def _pair_side(key: str, value: object, out: list[Problem]) -> Messages | None:
+    """One side as (role, content) turns; None when its structure is unusable."""
+    if type(value) is str:
+        if not value or value.isspace():
+            out.append(("FT0571", {"side": key, "detail": "is empty or whitespace only"}))
+        return [("user" if key == "prompt" else "assistant", value)]
+    if type(value) is not list:
+        out.append(("FT0505", {"detail": f"`{key}` is {json_kind(value)}, not text or a list of messages"}))
+        return None
+    if not value:
+        out.append(("FT0571", {"side": key, "detail": "is an empty list"}))
+        return None
+    messages: Messages = []
+    for index, turn in enumerate(value):
+        where = f"{key}[{index}]"
+        if type(turn) is not dict or type(turn.get("role")) is not str or "content" not in turn:
+            out.append(("FT0505", {"detail": f"{where} is not a {{role, content}} message"}))
+            return None
+        role, content = turn["role"], turn["content"]
+        if role not in CHATML_ROLES:
+            out.append(("FT0506", {"index": where, "role": role, "allowed": ", ".join(CHATML_ROLES)}))
+            return None
+        if type(content) is not str:
+            out.append(("FT0512", {"index": where, "role": role, "kind": json_kind(content)}))
+            return None
+        if not content or content.isspace():
+            out.append(("FT0571", {"side": where, "detail": f"({role}) is empty or whitespace only"}))
+        messages.append((role, content))
+    return messages
+
+
+def _pair_roles(pair: Pair, out: list[Problem]) -> bool:
+    """The prompt is a conversation that ends with a user turn; each answer is one assistant turn."""
+    before = len(out)
+    previous = None
+    for index, (role, _content) in enumerate(pair.prompt):
+        if role == "system":
+            if index != 0:
+                out.append(("FT0507", {"index": f"prompt[{index}]"}))
+                return False
+            continue
+        if (previous is None and role != "user") or role == previous:
+            detail = (
+                "the prompt starts with an assistant turn"
+                if previous is None
+                else f"two {role} turns in a row"
+            )
+            out.append(("FT0508", {"index": f"prompt[{index}]", "detail": detail}))
+            return False
+        previous = role
+    if previous != "user":
+        last = pair.prompt[-1][0]
+        out.append(
+            (
+                "FT0572",
+                {"side": "prompt", "detail": f"ends with a {last} turn; the answers must follow a user turn"},
+            )
+        )
+    for side in PAIR_SIDES:
+        turns = pair.chosen if side == "chosen" else pair.rejected
+        wrong = [f"{side}[{i}] is a {role} turn" for i, (role, _c) in enumerate(turns) if role != "assistant"]
+        if wrong:
+            out.append(
+                (
+                    "FT0572",
+                    {"side": side, "detail": wrong[0] + "; the conversation so far belongs in `prompt`"},
+                )
+            )
+        elif len(turns) > 1:
+            out.append(
+                (
+                    "FT0572",
+                    {"side": side, "detail": f"has {len(turns)} assistant turns; an answer is one turn"},
+                )
+            )
+    return len(out) == before
+
+
+def to_pair(record: dict) -> dict[str, list[dict[str, str]]]:
+    """A preference record as {"prompt", "chosen", "rejected"} chat messages; raises ValueError when
+    it is not a usable pair. The runtime uses this, so training sees the pairs `check` checked."""
+    problems: list[Problem] = []
+    pair = check_pair(record, None, problems)
+    errors = [p for p in problems if p[0] not in ("FT0513", "FT0514")]
+    if pair is None or errors:
+        raise ValueError(f"record is not a usable preference pair: {errors[0] if errors else ''}")
+    return {
+        key: [{"role": role, "content": content} for role, content in getattr(pair, key)]
+        for key in ("prompt", *PAIR_SIDES)
+    }
 
 
 def to_messages(record: dict, fmt: str) -> list[dict[str, str]]:

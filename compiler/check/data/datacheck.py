@@ -23,13 +23,14 @@ from ftspec.compiler.check.data.lengths import (
     LengthStats,
     token_segments,
 )
+from ftspec.compiler.check.data.pairs import PairLengths
 from ftspec.compiler.check.data.report import Sample, render_text
 from ftspec.compiler.core.artifacts import file_sha256
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, catalog, make, sort_diagnostics
 from ftspec.compiler.core.loader import LoadedSpec
 from ftspec.compiler.dataset import assistant_spans as spans_of
 from ftspec.compiler.dataset import chat_templates as ct
-from ftspec.compiler.dataset.formats import LeakScanner, Messages, Problem, check_record
+from ftspec.compiler.dataset.formats import LeakScanner, Messages, Problem, check_pair, check_record
 from ftspec.compiler.dataset.records import DataFileError, RecordReader, parse_line
 from ftspec.compiler.dataset.sources import mix, split_counts, train_entries
 
@@ -163,6 +164,8 @@ class _Check:
         self.parallel_workers = 0  # > 0: a large file was checked by worker processes
         self.pinned = self._pinned_sources()  # files whose SHA-256 a pin needs (no one else reads it)
         self._setup_template()
+        # preference pairs: each record is checked as a pair; its chosen conversation stands for it
+        self.pairs = PairLengths(self) if self.fmt == "preference" else None
 
     # --- findings -------------------------------------------------------------------------------
 
@@ -321,6 +324,7 @@ class _Check:
         render_all = self.render_all and train
         loss_all = self.loss_on == "all"
         policy = self.policy
+        pairs = self.pairs
         problems: list[Problem] = []
         records = usable = 0
 
@@ -331,7 +335,11 @@ class _Check:
             if error is not None:
                 record("FT0502", src_index, line, {"detail": error})
                 return
-            messages = check_record(value, fmt, leaks, problems)
+            if pairs is not None:
+                pair = check_pair(value, leaks, problems)
+                messages = None if pair is None else pair.side("chosen")
+            else:
+                pair, messages = None, check_record(value, fmt, leaks, problems)
             bad = False
             if problems:
                 for code, fields in problems:
@@ -360,7 +368,8 @@ class _Check:
             if not bad:
                 usable += 1
             if exact is not None:
-                first = exact.add(dedup_key(messages), where)
+                # duplicates and contamination are judged over whole pairs
+                first = exact.add(dedup_key(messages if pair is None else pair.key_messages()), where)
                 if first is not None:
                     self._duplicate(where, first, "exact")
                     near_words = None
@@ -369,7 +378,8 @@ class _Check:
             else:
                 near_words = None
             if scan_train or add_eval or (near is not None and near_words):
-                words = words_of("\n".join(c for r, c in messages if r != "system"))
+                turns = messages if pair is None else pair.key_messages()
+                words = words_of("\n".join(c for r, c in turns if r != "system"))
                 if scan_train:
                     contamination.scan_train(words, where)
                 elif add_eval:
@@ -382,6 +392,8 @@ class _Check:
                 self.sample_msgs.append((where, messages))
             if not lengths_on or bad:  # lengths describe what trains: usable records only
                 return
+            if pair is not None:
+                pairs.add(where, pair)
             if render_all:
                 self._render_record(where, messages)
             elif loss_all:
@@ -740,6 +752,7 @@ class _Check:
             "duplicates": duplicates,
             "contamination": contamination,
             "lengths": lengths,
+            **({"pairs": self.pairs.stats.to_json()} if self.pairs is not None else {}),
             "template": {
                 "name": self.info.name,
                 "origin": self.template_origin or self.info.origin,

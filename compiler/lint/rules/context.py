@@ -4,13 +4,12 @@ schema already reported) instead of raising, plus schema defaults, locations and
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from functools import lru_cache
 from pathlib import Path
 
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, make
 from ftspec.compiler.core.loader import LoadedSpec, get_pointer, split_pointer
+from ftspec.compiler.core.schema import MISSING, schema_default
 
-MISSING = object()
 _INVALID = object()
 
 # What `get` accepts for each kind; bool is excluded from the numbers on purpose (True is an int).
@@ -24,26 +23,6 @@ _KINDS: dict[str, Callable[[object], bool]] = {
 }
 
 Rule = Callable[["RuleContext"], Iterable[Diagnostic]]
-
-
-@lru_cache(maxsize=512)
-def schema_default(pointer: str) -> object:
-    """The schema's `default` for the field at `pointer` (list indices as digits), or MISSING."""
-    from ftspec.compiler.core.schema import _deref, load_schema
-
-    root = load_schema()
-    node: object = root
-    for token in split_pointer(pointer):
-        node = _deref(node, root) if isinstance(node, dict) else {}
-        if token.isdigit() and isinstance(node.get("items"), dict):
-            node = node["items"]
-            continue
-        props = node.get("properties", {})
-        if token not in props:
-            return MISSING
-        node = props[token]
-    node = _deref(node, root) if isinstance(node, dict) else {}
-    return node.get("default", MISSING)
 
 
 class RuleContext:
