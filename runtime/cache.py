@@ -46,8 +46,19 @@ def save_prepared(prepared: Prepared, path: Path) -> None:
     """Write atomically (temp file, rename): a reader sees the old cache, the new one, or none."""
     from safetensors.torch import save_file
 
-    tensors = {**_pack(prepared.train, "train"), **_pack(prepared.eval, "eval")}
-    metadata = {"format": FORMAT, "stats": json.dumps(prepared.stats, allow_nan=False)}
+    pairs = bool(prepared.train) and hasattr(prepared.train[0], "chosen")  # preference pairs
+    tensors = {}
+    for split, examples in (("train", prepared.train), ("eval", prepared.eval)):
+        if pairs:  # each side as its own column set: train.chosen.*, train.rejected.*
+            tensors.update(_pack([p.chosen for p in examples], f"{split}.chosen"))
+            tensors.update(_pack([p.rejected for p in examples], f"{split}.rejected"))
+        else:
+            tensors.update(_pack(examples, split))
+    metadata = {
+        "format": FORMAT,
+        "stats": json.dumps(prepared.stats, allow_nan=False),
+        "pairs": str(int(pairs)),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     save_file(tensors, str(tmp), metadata=metadata)
@@ -69,6 +80,21 @@ def load_prepared(path: Path) -> Prepared | None:
         stats = json.loads(metadata["stats"])
         if not isinstance(stats, dict):
             return None
+        if metadata.get("pairs") == "1":
+            from ftspec.runtime.preference import PairExample
+
+            splits = [
+                [
+                    PairExample(c, r)
+                    for c, r in zip(
+                        _unpack(tensors, f"{split}.chosen"),
+                        _unpack(tensors, f"{split}.rejected"),
+                        strict=True,
+                    )
+                ]
+                for split in ("train", "eval")
+            ]
+            return Prepared(splits[0], splits[1], stats)
         return Prepared(_unpack(tensors, "train"), _unpack(tensors, "eval"), stats)
     except Exception:  # noqa: BLE001 - any unreadable cache is rebuilt; nothing in it ran
         return None

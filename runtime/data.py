@@ -76,6 +76,10 @@ class Prepared:
 
 
 def read_conversations(path: Path, fmt: str) -> list[list[dict]]:
+    if fmt == "preference":  # pairs, not conversations (runtime/preference.py)
+        from ftspec.runtime.preference import read_pairs
+
+        return read_pairs(path)
     out = []
     try:
         for line, value, error in RecordReader(path):
@@ -281,6 +285,10 @@ def prepare(spec: dict, spec_dir: Path, tokenizer) -> Prepared:
     sequence_len = resolved_sequence_len(spec)
     truncation = spec["dataset"].get("truncation", "truncate")
     train_convs, eval_convs = load_conversations(spec, spec_dir)
+    if spec["dataset"].get("format") == "preference":
+        from ftspec.runtime.preference import prepare_pairs
+
+        return prepare_pairs(train_convs, eval_convs, tokenizer, sequence_len=sequence_len, truncation=truncation)
     train, train_counts = tokenize_all(
         train_convs, tokenizer, loss_on=loss_on, sequence_len=sequence_len, truncation=truncation
     )

@@ -55,6 +55,7 @@ from ftspec.runtime import cache as rcache
 from ftspec.runtime import checkpoint as ckpt
 from ftspec.runtime import data as rdata
 from ftspec.runtime import outputs
+from ftspec.runtime import preference as rpref
 from ftspec.runtime.log import log
 from ftspec.runtime.model import (
     SetupError,
@@ -485,6 +486,29 @@ def run(plan_path: Path, resume: bool) -> int:
     scheduler = build_scheduler(optimizer, training, total_steps, int(warmup))
     model, optimizer = accelerator.prepare(model, optimizer)
     _register_trainable_hooks(accelerator, is_main)
+    # Preference objectives (runtime/preference.py); DPO's reference log-probabilities are computed
+    # here, once, before any step or resume: the starting weights (an adapter disabled) are the reference.
+    pref = rpref.Objective.from_spec(spec) if rpref.is_preference(spec) else None
+    if pref is not None and pref.kind == "dpo":
+        for pairs in (prepared.train, prepared.eval):
+            rpref.fill_reference(
+                model,
+                pairs,
+                device=accelerator.device,
+                adapter_disabled=spec.get("adapter", {}).get("method", "lora") != "full",
+                batch_size=mbs,
+                world=world,
+                rank=rank,
+                all_reduce=lambda t: accelerator.reduce(t, reduction="sum"),
+                pad_id=tokenizer.pad_token_id,
+            )
+        if is_main:
+            scored = len(prepared.train) + len(prepared.eval)
+            log(f"ftspec: DPO reference log-probabilities of {scored} pairs computed before the first step")
+    count_units = rpref.count_pairs if pref is not None else rdata.count_trained  # the loss's unit
+    tokens_of = rpref.input_tokens if pref is not None else (lambda ex: sum(len(e.input_ids) for e in ex))
+    if pref is not None:
+        pref.reset()
     # DeepSpeed checkpoints hold the whole module unless told otherwise; with an adapter the frozen base
     # is what from_pretrained loads again on resume, so only the trainable part is saved (accelerate
     # passes these to engine.save_checkpoint / load_checkpoint). Loading then cannot be strict: the
@@ -567,6 +591,18 @@ def run(plan_path: Path, resume: bool) -> int:
     def evaluate() -> float | None:
         if not prepared.eval:
             return None
+        if pref is not None:  # mean preference loss per eval pair
+            return rpref.evaluate_pairs(
+                pref,
+                model,
+                prepared.eval,
+                device=dev,
+                batch_size=mbs,
+                world=world,
+                rank=rank,
+                reduce_sum=reduce_sum,
+                pad_id=pad_id,
+            )[0]
         model.eval()
         loss_sum, count = 0.0, 0
         with torch.no_grad():
@@ -639,7 +675,7 @@ def run(plan_path: Path, resume: bool) -> int:
             micro = [[prepared.train[i] for i in m] for m in schedule.micro_batches(step, rank)]
             # the stop vote rides on the step's first collective: all ranks stop at the same step
             n_global, stop_votes = reduce_sum(
-                [float(sum(rdata.count_trained(b) for b in micro)), 1.0 if _TERMINATION["signal"] else 0.0]
+                [float(sum(count_units(b) for b in micro)), 1.0 if _TERMINATION["signal"] else 0.0]
             )
             if stop_votes:
                 raise _interrupted(step, start_step, save_every, total_steps, save_checkpoint, last_good)
@@ -656,9 +692,15 @@ def run(plan_path: Path, resume: bool) -> int:
                 if crash_at is not None and step + 1 == crash_at and rank == crash_rank:
                     raise RuntimeError(f"injected by FTSPEC_INJECT_CRASH_AT_STEP={crash_at} on rank {rank}")
                 for j, examples in enumerate(micro):
-                    batch = rdata.collate(examples, pad_id, packed)
+                    if pref is not None:
+                        batch = rpref.collate(examples, pad_id)
+                    else:
+                        batch = rdata.collate(examples, pad_id, packed)
                     with accelerator.accumulate(model):
-                        loss_sum = forward_loss_sum(batch)
+                        if pref is not None:
+                            loss_sum = pref.loss_sum(model, batch, dev)
+                        else:
+                            loss_sum = forward_loss_sum(batch)
                         if nan_at is not None and step + 1 == nan_at and rank == 0 and j == 0:
                             loss_sum = loss_sum * float("nan")
                         # Every rank learns whether any rank's loss is not finite before anything is
@@ -687,8 +729,8 @@ def run(plan_path: Path, resume: bool) -> int:
                             optimizer.step()
                             optimizer.zero_grad(set_to_none=True)
                         window["loss"] += float(loss_sum.detach())
-                        window["input_tokens"] += float(sum(len(e.input_ids) for e in examples))
-                window["tokens"] += float(sum(rdata.count_trained(b) for b in micro))
+                        window["input_tokens"] += float(tokens_of(examples))
+                window["tokens"] += float(sum(count_units(b) for b in micro))
             except torch.OutOfMemoryError as exc:
                 raise _oom(plan, out, step, rank, mbs, gas, batch_history, last_good(), exc) from None
             scheduler.step()
@@ -713,6 +755,7 @@ def run(plan_path: Path, resume: bool) -> int:
                     "window_tokens": int(input_tokens),
                     "window_seconds": round(elapsed, 4),
                     "world_size": world,
+                    **(pref.log_fields(reduce_sum) if pref is not None else {}),
                     "micro_batch_size": mbs,
                     "gradient_accumulation_steps": gas,
                 }

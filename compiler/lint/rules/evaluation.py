@@ -11,7 +11,7 @@ from ftspec.compiler.core.diagnostics import Diagnostic
 from ftspec.compiler.lint.rules.context import RuleContext
 
 # Metrics that are shares in [0, 1] (exact match, F1, ROUGE-L, accuracy, pass rates).
-_SCORE_METRICS = ("task", "regression", "format")
+_SCORE_METRICS = ("task", "regression", "format", "preference")
 SCHEMA_FILE_MAX_BYTES = 5 * 1024 * 1024
 
 
@@ -66,7 +66,7 @@ def task_metric_settings(ctx: RuleContext) -> Iterator[Diagnostic]:
     or the regression set. The evaluator scores both with the task's schema and pattern, and refuses
     a metric without them ("metric regex needs evaluation.task.regex") only after training; lint
     refuses it at the metric's line instead."""
-    metrics = ("exact_match", "f1", "rouge_l", "accuracy", "json_schema", "regex")
+    metrics = ("exact_match", "f1", "rouge_l", "accuracy", "contains", "json_schema", "regex")
     for section in ("task", "regression"):
         pointer = f"/evaluation/{section}/metric"
         metric = ctx.get(pointer, metrics)

@@ -19,6 +19,7 @@ from ftspec.compiler.lint.rules import environment as rules_environment
 from ftspec.compiler.lint.rules import evaluation as rules_eval
 from ftspec.compiler.lint.rules import hardware as rules_hardware
 from ftspec.compiler.lint.rules import model as rules_model
+from ftspec.compiler.lint.rules import preference as rules_preference
 from ftspec.compiler.lint.rules import training as rules_training
 from ftspec.compiler.lint.rules.context import MISSING, Rule, RuleContext, schema_default
 
@@ -31,6 +32,7 @@ def _all_rules() -> list[Rule]:
         rules_model,
         rules_adapter,
         rules_training,
+        rules_preference,
         rules_hardware,
         rules_data,
         rules_eval,
