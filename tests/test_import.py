@@ -192,7 +192,8 @@ def test_llamafactory_defaults_and_deepspeed_name(tmp_path):
     assert data["training"]["warmup_ratio"] == 0.1 and "warmup_steps" not in data["training"]
     assert data["hardware"]["strategy"] == "deepspeed" and data["hardware"]["zero_stage"] == 3
     assert _at(diags, "FT0907", 11)  # the DeepSpeed file is not here: stage from its name, said so
-    assert data["model"]["trust_remote_code"] is True
+    # LLaMA-Factory's boilerplate trust_remote_code: true is dropped for Qwen3 (built into transformers)
+    assert "trust_remote_code" not in data["model"] and _at(diags, "FT0905", 3)
     assert data["dataset"]["train"] == ["data/identity.jsonl", "data/alpaca_en_demo.jsonl"]
     assert _at(diags, "FT0901", 17)  # max_samples
     data, _ = _data("llamafactory__qwen3_lora_sft_otfq.yaml", tmp_path / "b")

@@ -97,15 +97,15 @@ def test_a_second_launch_on_one_run_folder_is_refused(tmp_path):
     import subprocess
     import sys
 
-    from ftspec.compiler.verbs import launch as verb
+    from ftspec.compiler.launch import launch as launcher
 
     run = tmp_path / "runs" / "x"
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from ftspec.compiler.verbs import launch as v; "
-            "fd, _ = v._lock_run_folder(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)",
+            "import sys, time; from pathlib import Path; from ftspec.compiler.launch import launch as L; "
+            "fd, _ = L.lock_run_folder(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)",
             str(run),
         ],
         stdout=subprocess.PIPE,
@@ -113,12 +113,12 @@ def test_a_second_launch_on_one_run_folder_is_refused(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        fd, pid = verb._lock_run_folder(run)
+        fd, pid = launcher.lock_run_folder(run)
         assert fd is None and pid == str(holder.pid)
     finally:
         holder.kill()
         holder.wait()
-    fd, pid = verb._lock_run_folder(run)  # released when the holder died, however it died
+    fd, pid = launcher.lock_run_folder(run)  # released when the holder died, however it died
     assert fd is not None and pid is None
 
 
@@ -145,14 +145,13 @@ def test_evaluate_passes_trust_remote_code_to_the_tokenizer_explicitly(tmp_path,
 
 def test_the_previous_run_hint_names_the_real_build_folder(tmp_path):
     """User audit: FT0723's hint printed the placeholder BUILD_DIR instead of the build's path."""
-    import subprocess
-    import sys
-
-    from compile_helpers import ROOT, compile_to
-
     import os
     import shutil
+    import subprocess
+    import sys
     from pathlib import Path
+
+    from compile_helpers import ROOT, compile_to
 
     build = tmp_path / "my build"
     name = f"runs/.test-hint-{os.getpid()}"  # a run folder of its own: nothing real is touched

@@ -86,6 +86,14 @@ def run(args: argparse.Namespace) -> int:
     lint = lint_loaded(written, lint_options(args))
     sources.add(str(output), result.text)
     diagnostics = sort_diagnostics(result.diagnostics) + lint.diagnostics
+    if has_errors(result.diagnostics):
+        # a refused import writes nothing: a spec without its FT0906 would lint clean and train
+        # something else than the config (peer-import report, defect 7)
+        emit(diagnostics, args.format, sources, stream=sys.stderr if to_stdout else None)
+        print(
+            f"ftspec: not written: the {args.tool} config cannot be imported (errors above)", file=sys.stderr
+        )
+        return 1
     if to_stdout:
         sys.stdout.write(result.text)
         emit(diagnostics, args.format, sources, stream=sys.stderr)

@@ -565,11 +565,31 @@ class Translation:
         return rel
 
     def finish(self, ignored: dict, handled: set[str]) -> None:
-        """Report every top-level key that was neither handled nor empty."""
+        """Report every top-level key that was neither handled nor empty. A key that switches on
+        another objective, modality or method refuses the import (FT0906); one that switches a
+        feature off is only noted (info): nothing is lost, and 196 of 490 real configs drowned their
+        real warnings in "not carried over" for `...: false`."""
+        refused = load_table("import_common.json")["refused_keys"]
         for key, value in self.config.items():
             if key in self.taken or is_empty(value):
                 continue
+            if key in refused and value not in (False, 0, "none", "None"):
+                self.report(
+                    "FT0906",
+                    f"/{key}",
+                    detail=f"{key} makes the {self.label} config train {refused[key]}, which ftspec does not do",
+                    hint="ftspec trains text-only SFT and preference objectives; this config stays with its own tool",
+                )
+                continue
             entry = ignored.get(key)
+            if value is False:
+                reason = entry["reason"] if entry else f"ftspec has no setting for this {self.label} key"
+                self.drop(
+                    f"/{key}",
+                    f"turned off in the config, and ftspec does not do it either ({reason})",
+                    severity="info",
+                )
+                continue
             if entry:
                 self.drop(f"/{key}", entry["reason"], severity=entry["severity"])
             elif key in handled:

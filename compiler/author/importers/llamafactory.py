@@ -66,7 +66,16 @@ def _model(t: Translation) -> None:
         local = Path(t.source.path).resolve().parent / str(model)
         t.put("/model_name_or_path", "/model/id", t.spec_path(local) if local.is_dir() else str(model))
     remote = t.take("trust_remote_code")
-    if remote is True:
+    if remote is True and _builtin_architecture(str(model or "")):
+        # every LLaMA-Factory example carries it as boilerplate; transformers ignores it for a model
+        # it implements, and keeping it would make every imported spec fail lint (FT0231)
+        t.note(
+            "/trust_remote_code",
+            f"trust_remote_code: true is dropped: {model} is an architecture transformers implements, "
+            "so no repository code would run",
+            hint="add model.trust_remote_code: true (and --allow-remote-code) only for a model that needs its own code",
+        )
+    elif remote is True:
         t.put("/trust_remote_code", "/model/trust_remote_code", True)
         t.note(
             "/trust_remote_code",
@@ -162,7 +171,11 @@ def _schedule(t: Translation) -> None:
     elif t.get("/training/warmup_steps") == 0 and t.get("/training/warmup_ratio") is not None:
         t.unset("/training/warmup_steps")
     bf16, fp16, pure = t.take("bf16"), t.take("fp16"), t.take("pure_bf16")
-    if bf16 is True or pure is True:
+    if bf16 is True and pure is not True and t.get("/adapter/method") == "full":
+        # the HF Trainer's bf16 is autocast over fp32 master weights: ftspec's bf16-mixed. Pure bf16
+        # (pure_bf16: true) would lose small updates (lint FT0210), a problem the config does not have.
+        t.put("/bf16", "/training/precision", "bf16-mixed")
+    elif bf16 is True or pure is True:
         t.put("/pure_bf16" if pure is True else "/bf16", "/training/precision", "bf16")
     elif fp16 is True:
         t.put("/fp16", "/training/precision", "fp16")
@@ -419,3 +432,10 @@ def _report_to(t: Translation) -> None:
             f"{', '.join(lost or ['all'])} is not supported; ftspec reports to tensorboard, mlflow or none",
             severity="warning",
         )
+
+
+def _builtin_architecture(model_id: str) -> bool:
+    """Is `model_id` one of the catalog's models, whose architectures transformers implements?"""
+    from ftspec.compiler.catalog.architecture import catalog_entry
+
+    return bool(model_id) and catalog_entry(model_id) is not None
