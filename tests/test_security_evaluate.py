@@ -119,7 +119,9 @@ def test_launching_a_run_folder_says_what_to_do(run_folder):
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize(("typed", "meant"), [("lnt", "lint"), ("evalute", "evaluate"), ("complie", "compile")])
+@pytest.mark.parametrize(
+    ("typed", "meant"), [("lnt", "lint"), ("evalute", "evaluate"), ("complie", "compile")]
+)
 def test_a_misspelled_verb_gets_did_you_mean(typed, meant):
     done = subprocess.run(
         [sys.executable, "-m", "ftspec.compiler.cli", typed, "x"], capture_output=True, text=True, timeout=60

@@ -61,7 +61,9 @@ def test_folder_mode_never_prints_a_symlinked_spec_outside_the_repo(tmp_path):
     (root / "specs" / "docker.yaml").symlink_to(secret)
     (root / "specs" / "ok.yaml").write_text(MINIMAL.format(train="train.jsonl"))
     (root / "specs" / "train.jsonl").write_text('{"messages": []}\n')
-    assert expand_paths([str(root / "specs")]) == [str(root / "specs" / n) for n in ("docker.yaml", "ok.yaml")]
+    assert expand_paths([str(root / "specs")]) == [
+        str(root / "specs" / n) for n in ("docker.yaml", "ok.yaml")
+    ]
     for fmt in ("text", "github", "sarif", "json"):
         done = subprocess.run(
             [sys.executable, "-m", "ftspec.compiler.cli", "lint", "specs", "--format", fmt],

@@ -13,7 +13,9 @@ KEY = "bog\n::error file=README.md,line=1::INJECTED\x1b[2K\x1b[1Gno problems"
 
 
 def _diag() -> Diagnostic:
-    return Diagnostic("FT0103", "error", f"unknown key '{KEY}' in the top level", "s.yaml", 2, 1, hint="\x1b]0;T\x07")
+    return Diagnostic(
+        "FT0103", "error", f"unknown key '{KEY}' in the top level", "s.yaml", 2, 1, hint="\x1b]0;T\x07"
+    )
 
 
 def _lines(text: str) -> list[str]:
@@ -46,14 +48,15 @@ def test_github_and_json_formats_keep_their_own_escaping():
     assert KEY in json.loads(stream.getvalue())["diagnostics"][0]["message"]  # raw in JSON
 
 
-REGEX = "(?s).*|\n## INJECTED <img src=x onerror=alert(1)> [click](https://evil.example) | fake | cell |\n<!--"
+REGEX = (
+    "(?s).*|\n## INJECTED <img src=x onerror=alert(1)> [click](https://evil.example) | fake | cell |\n<!--"
+)
 
 
 def test_report_md_escapes_the_measured_label():
     """V6: evaluation.format.regex reached report.md raw as the "measured" label."""
-    from test_report import make_report, metrics_doc
-
     from ftspec.compiler.evaluate.report import render_markdown
+    from test_report import make_report, metrics_doc
 
     metrics = metrics_doc()
     metrics["measured"]["format"] = "json + regex " + REGEX
@@ -133,6 +136,9 @@ def test_forty_identical_findings_are_shown_three_times_then_counted():
     same = [Diagnostic("FT0542", "error", f"example {n} truncated", "d.jsonl", n, 1) for n in range(1, 41)]
     other = Diagnostic("FT0230", "error", "missing", "s.yaml", 3, 1)
     out = to_text([*same, other], lambda *_: None)
-    assert out.count("FT0542 error: example") == 3 and "... and 37 more FT0542 errors like this in d.jsonl" in out
+    assert (
+        out.count("FT0542 error: example") == 3
+        and "... and 37 more FT0542 errors like this in d.jsonl" in out
+    )
     assert "at lines 4, 5, 6" in out and "FT0230" in out and out.endswith("41 errors")
     assert to_text(same[:10], lambda *_: None).count("FT0542 error: example") == 10  # few: all shown
