@@ -90,3 +90,45 @@ def test_mean_and_perplexity():
     assert M.perplexity(math.log(7.0)) == pytest.approx(7.0)
     assert M.perplexity(None) is None
     assert M.perplexity(1e6) == math.inf
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "expected"),
+    [
+        ("The capital of France is Paris.", "Paris", 1.0),  # a chatty but right answer counts
+        ("the capital of france is PARIS", "paris", 1.0),  # case folded
+        ("Water boils at 100\n  degrees Celsius.", "100 degrees", 1.0),  # whitespace folded
+        ("Ｐａｒｉｓ", "paris", 1.0),  # NFKC
+        ("Bonneau is the capital of France.", "Paris", 0.0),
+        ("Paris", "Paris, France", 0.0),  # the whole reference must appear
+        ("H2O", "H2O.", 0.0),  # punctuation is kept
+        ("", "", 1.0),
+        ("anything", "  ", 0.0),  # an empty reference matches only an empty answer
+    ],
+)
+def test_contains(prediction, reference, expected):
+    assert M.contains(prediction, reference) == expected
+    assert M.scorer("contains")(prediction, reference) == expected
+
+
+def test_contains_is_a_spec_metric_for_task_and_regression(tmp_path):
+    """The schema and lint accept `contains` on the task and the regression set (no FT0222: it needs
+    neither a schema nor a pattern); an unknown metric stays a schema error."""
+    from ftspec.compiler.core.loader import load_text
+    from ftspec.compiler.lint.lint import LintOptions, lint_loaded
+
+    assert "contains" in M.TASK_METRICS
+
+    def lint_codes(metric: str) -> list[str]:
+        text = (
+            "version: 1\nname: unit\nmodel: {id: builtin:tiny-llama}\n"
+            "dataset: {train: train.jsonl, eval: eval.jsonl}\nhardware: {gpu: cpu}\n"
+            f"evaluation:\n  task: {{metric: {metric}}}\n"
+            f"  regression: {{prompts: regression.jsonl, metric: {metric}}}\n"
+        )
+        spec = load_text(text, str(tmp_path / "spec.yaml"))
+        result = lint_loaded(spec, LintOptions(check_files=False))
+        return [d.code for d in result.diagnostics if d.severity == "error"]
+
+    assert lint_codes("contains") == []
+    assert lint_codes("containz") != []

@@ -17,7 +17,7 @@ from pathlib import Path
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, make
 
 TARGET_EFFECTIVE_BATCH = 16  # the guides' 8-64 range, at its lower middle for small data sets
-METRICS = ("exact_match", "f1", "rouge_l", "accuracy", "json_schema", "regex")
+METRICS = ("exact_match", "f1", "rouge_l", "accuracy", "contains", "json_schema", "regex")
 
 
 @dataclass

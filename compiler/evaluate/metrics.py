@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 
-TASK_METRICS = ("exact_match", "f1", "rouge_l", "accuracy", "json_schema", "regex")
+TASK_METRICS = ("exact_match", "f1", "rouge_l", "accuracy", "contains", "json_schema", "regex")
 # Acceptance metrics where a smaller value is better; every other metric is a share or score where
 # larger is better.
 LOWER_IS_BETTER = frozenset({"eval_loss", "perplexity"})
@@ -94,6 +94,21 @@ def accuracy(prediction: str, reference: str) -> float:
     return float(pred[: len(ref)] == ref)
 
 
+def _fold(text: str) -> str:
+    """NFKC, case folded, whitespace runs collapsed to one space, ends stripped."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def contains(prediction: str, reference: str) -> float:
+    """The reference appears in the answer, case and whitespace folded: a chatty but right answer
+    ("The capital of France is Paris.") counts for "paris". Punctuation is kept, so a reference can
+    be as strict as it needs. An empty reference matches only an empty answer."""
+    ref = _fold(reference)
+    if not ref:
+        return float(not _fold(prediction))
+    return float(ref in _fold(prediction))
+
+
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F-measure from Google's rouge-score package (imported here: it is optional)."""
     return _rouge_scorer().score(reference, prediction)["rougeL"].fmeasure
@@ -163,6 +178,8 @@ def scorer(
         return rouge_l
     if metric == "accuracy":
         return accuracy
+    if metric == "contains":
+        return contains
     if metric == "json_schema":
         if json_schema is None:
             raise ValueError("metric json_schema needs evaluation.task.json_schema")

@@ -14,7 +14,7 @@ QUESTIONS = (
     ("data", "Training data file (JSON Lines)", None),
     ("gpu", "GPU (e.g. RTX-4090, A100-80GB, H100-80GB, cpu)", "A100-80GB"),
     ("gpus", "Number of GPUs", "1"),
-    ("metric", "Goal metric (exact_match, f1, rouge_l, accuracy, json_schema, regex)", "exact_match"),
+    ("metric", "Goal metric (exact_match, f1, rouge_l, accuracy, contains, json_schema, regex)", "exact_match"),
 )
 
 
