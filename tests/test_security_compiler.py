@@ -111,3 +111,14 @@ def test_a_build_whose_spec_changed_is_stale(tmp_path):
     assert [d.code for d in verify_build(build)] == ["FT0622"]
     (build / "lock.json").unlink()
     assert [d.code for d in verify_build(build)] == ["FT0623"]
+
+
+def test_a_shell_metacharacter_class_name_in_config_json_is_not_an_internal_error():
+    """D14: architectures[0] = 'X$(touch P)\\nForCausalLM' gave FT0619 "internal error, please report"."""
+    from ftspec.compiler.catalog.architecture import from_config
+
+    config = {"architectures": ["X$(touch P)\nForCausalLM"], "model_type": "weird"}
+    assert "decoder_layer_class" not in from_config(config)  # compile then says FT0608 at the strategy
+    assert from_config({"architectures": ["FooForCausalLM"], "model_type": "foo"})["decoder_layer_class"] == (
+        "FooDecoderLayer"
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -47,6 +48,8 @@ CONFIG_KEYS: dict[str, tuple[str, ...]] = {
     "experts_per_token": ("num_experts_per_tok", "moe_top_k", "num_experts_per_token"),
     "intermediate": ("intermediate_size", "ffn_hidden_size", "n_inner", "ffn_dim", "d_ff"),
 }
+_CAUSAL_LM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*ForCausalLM$")
+
 # model_type -> decoder layer class (FSDP auto-wrap), where the name does not follow <Type>DecoderLayer.
 LAYER_CLASSES = {
     "llama": "LlamaDecoderLayer",
@@ -117,7 +120,9 @@ def from_config(config: dict) -> dict:
         out["model_type"] = model_type
     archs = config.get("architectures") or []
     layer_cls = LAYER_CLASSES.get(model_type)
-    if layer_cls is None and archs and isinstance(archs[0], str) and archs[0].endswith("ForCausalLM"):
+    if layer_cls is None and archs and isinstance(archs[0], str) and _CAUSAL_LM.match(archs[0]):
+        # only a Python class name: a local config.json is untrusted, and the name reaches the
+        # generated accelerate.yaml (a bad one was an "internal error" FT0619, not the config's fault)
         layer_cls = archs[0][: -len("ForCausalLM")] + "DecoderLayer"
     if layer_cls:
         out["decoder_layer_class"] = layer_cls
