@@ -76,3 +76,18 @@ def test_llamafactory_full_bf16_is_mixed_precision_and_boilerplate_remote_code_i
     assert "trust_remote_code" not in __import__("yaml").safe_load(result.text)["model"]
     note = [d for d in result.diagnostics if d.code == "FT0905" and "trust_remote_code" in d.message]
     assert note and note[0].line == 2
+
+
+def test_torchtune_distributed_recipes_keep_their_gpu_count():
+    """peer-import defect 2: torchtune multi-GPU recipes were written as 1 GPU with strategy auto."""
+    from pathlib import Path
+
+    config = Path(__file__).parent / "fixtures" / "external-configs" / "torchtune__8B_lora.yaml"
+    result = translate("torchtune", load_spec(config), ImportOptions(output=config.with_suffix(".out.yaml")))
+    data = __import__("yaml").safe_load(result.text)
+    assert (
+        data["hardware"]["gpus_per_node"] == 2 and data["hardware"]["strategy"] == "fsdp"
+    )  # its launch line
+    single = config.with_name("torchtune__8B_qlora_single_device.yaml")
+    result = translate("torchtune", load_spec(single), ImportOptions(output=single.with_suffix(".out.yaml")))
+    assert __import__("yaml").safe_load(result.text)["hardware"]["gpus_per_node"] == 1

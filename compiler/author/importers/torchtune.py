@@ -34,9 +34,42 @@ def translate(source: LoadedSpec, options: ImportOptions) -> ImportResult:
     t.defaults(
         table["defaults"], adapter=method != "full", max_steps=t.get("/training/max_steps") is not None
     )
+    _distributed(t)
     t.hardware()
     t.finish(table["ignored"], set())
     return t.result()
+
+
+_NPROC = re.compile(r"^#.*\btune\s+run\s+--nproc_per_node\s+(\d+)\s+(\S+)", re.M)
+_SHARDED_KEYS = (
+    "fsdp_cpu_offload",
+    "custom_sharded_layers",
+    "fsdp_reshard_after_forward",
+    "tensor_parallel_dim",
+)
+
+
+def _distributed(t: Translation) -> None:
+    """A torchtune distributed recipe (its launch line `tune run --nproc_per_node N ..._distributed`,
+    or FSDP keys) trains on N GPUs with FSDP; written as one GPU, check and compile planned a 405B
+    QLoRA for a single device. The header's N wins; FSDP keys alone mean the sharded default."""
+    if t.options.gpus is not None or t.get("/hardware/gpus_per_node") is not None:
+        return
+    launch = _NPROC.search(t.source.text)
+    if launch and "single_device" not in launch.group(2):
+        gpus, origin = (
+            int(launch.group(1)),
+            f"torchtune launch line: tune run --nproc_per_node {launch.group(1)}",
+        )
+    elif "single_device" not in Path(t.source.path).name and any(k in t.config for k in _SHARDED_KEYS):
+        gpus = load_table("import_common.json")["default_hardware"]["gpus_per_node_sharded"]
+        origin = "assumed: the config shards with FSDP but does not say how many GPUs"
+    else:
+        return
+    if gpus > 1:
+        t.set("/hardware/gpus_per_node", gpus, origin)
+        if t.get("/hardware/strategy") is None:
+            t.set("/hardware/strategy", "fsdp", "torchtune's distributed recipes shard with FSDP")
 
 
 def _component(value: object) -> str:
