@@ -16,11 +16,12 @@ chat data has them: the JSON then holds escapes and every record goes through th
 (a separate measurement: the goals are the issue's, on the file the issue describes).
 
 Goals (issue 4): >= 50,000 records/s on one core, peak < 1 GB, faster than loading with `datasets`
-(in one process); near-duplicate detection on 100,000 records within a minute. Exits 1 when a goal
-measured is missed.
+(in one process); near-duplicate detection on 100,000 records within a minute. Issue 17 (--parquet):
+the same records written as Parquet (by pyarrow, as `datasets`' to_parquet writes them) are checked
+at least as fast as the JSON Lines file, both in one process. Exits 1 when a goal measured is missed.
 
     .venv/bin/python benchmarks/datacheck_speed.py [--records 1000000] [--near 100000] [--keep DIR] [--repeat 2]
-        [--multiline] [--skip-datasets]
+        [--multiline] [--skip-datasets] [--parquet]
 """
 
 from __future__ import annotations
@@ -83,6 +84,14 @@ def generate(path: Path, records: int, seed: int = 0, multiline: bool = False) -
             if len(written) < 1000:
                 written.append(line)
             fh.write(line)
+
+
+def write_parquet(data: Path, target: Path) -> None:
+    """The JSON Lines file's records as Parquet (pyarrow reads the JSON, so no record is changed)."""
+    import pyarrow.json as pa_json
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa_json.read_json(data), target)
 
 
 def _child_check(spec_path: str) -> dict:
@@ -180,6 +189,11 @@ def main() -> int:
     parser.add_argument(
         "--multiline", action="store_true", help="answers with line breaks (escapes in the JSON)"
     )
+    parser.add_argument(
+        "--parquet",
+        action="store_true",
+        help="also check the records as Parquet, against the JSON Lines check",
+    )
     args = parser.parse_args()
     folder = Path(args.keep or tempfile.mkdtemp(prefix="ftspec-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -199,8 +213,16 @@ def main() -> int:
     one: dict | None = None
     check: dict | None = None
     loaded: dict | None = None
+    parquet: dict | None = None
+    parquet_spec = folder / ("spec-multiline-parquet.yaml" if args.multiline else "spec-parquet.yaml")
+    if args.parquet:
+        parquet_data = data.with_suffix(".parquet")
+        write_parquet(data, parquet_data)
+        parquet_spec.write_text(SPEC.format(train=parquet_data.name, dedup="exact"), encoding="utf-8")
     for _ in range(max(1, args.repeat)):
         one = _best(one, _run_child("--child-check", str(spec), FTSPEC_DATA_WORKERS="1"))
+        if args.parquet:
+            parquet = _best(parquet, _run_child("--child-check", str(parquet_spec), FTSPEC_DATA_WORKERS="1"))
         if not args.skip_datasets:
             loaded = _best(loaded, _load_with_datasets(data))
         check = _best(check, _run_child("--child-check", str(spec)))
@@ -227,6 +249,19 @@ def main() -> int:
             + (check["workers"] * check["workers_maxrss_mb"] if check["workers"] > 1 else 0)
         ),
     }
+    if parquet is not None:
+        parquet_rate = parquet["records"] / parquet["seconds"]
+        print(
+            f"ftspec check of the same records as Parquet, one process: {parquet['records']:,} records in "
+            f"{parquet['seconds']:.2f}s = {parquet_rate:,.0f} records/s ({parquet_rate / one_rate:.2f}x the "
+            f"JSON Lines check; goal: >= 1), peak RSS {parquet['maxrss_mb']:.0f} MB, {parquet['exact']:,} duplicates"
+        )
+        result.update(
+            parquet_seconds=round(parquet["seconds"], 2),
+            parquet_records_per_s=round(parquet_rate),
+            parquet_peak_mb=round(parquet["maxrss_mb"]),
+            parquet_vs_jsonl=round(parquet_rate / one_rate, 2),
+        )
     if loaded is not None:
         print(
             f"datasets.load_dataset('json'): {loaded['records']:,} records in {loaded['seconds']:.2f}s = "
@@ -281,6 +316,7 @@ def main() -> int:
         if loaded is not None
         else None,  # one process
         "near_100k<60s": result["near_seconds"] < 60 if args.near else None,
+        "parquet>=jsonl": result["parquet_vs_jsonl"] >= 1 if parquet is not None else None,
     }
     print(json.dumps(result))
     missed = [goal for goal, met in result["goals"].items() if met is False]

@@ -37,8 +37,9 @@ from pathlib import Path
 from ftspec.compiler.core.schema import schema_default
 from ftspec.compiler.dataset import assistant_spans
 from ftspec.compiler.dataset.chat_templates import TemplateError, mask_from_offsets, render
-from ftspec.compiler.dataset.formats import to_messages
-from ftspec.compiler.dataset.records import DataFileError, RecordReader
+from ftspec.compiler.dataset.formats import chat_messages, chat_tools, to_chat
+from ftspec.compiler.dataset.readers import open_records
+from ftspec.compiler.dataset.records import DataFileError
 from ftspec.compiler.dataset.sources import mix, train_entries
 
 
@@ -61,11 +62,21 @@ class Example:
 
 
 class Conversation(list):
-    """A record's chat messages, remembering the file and 1-based line it came from (for errors)."""
+    """A record's chat messages, remembering the file and 1-based line (or row) it came from (for
+    errors), the record's tool schemas (passed to the template as `tools`) and, for the formats
+    without a chat template, which one it is (`plain`: completion | text)."""
 
-    def __init__(self, messages: Sequence[dict], where: str = ""):
+    def __init__(
+        self,
+        messages: Sequence[dict],
+        where: str = "",
+        tools: list[dict] | None = None,
+        plain: str | None = None,
+    ):
         super().__init__(messages)
         self.where = where
+        self.tools = tools
+        self.plain = plain
 
 
 @dataclass
@@ -82,11 +93,13 @@ def read_conversations(path: Path, fmt: str) -> list[list[dict]]:
         return read_pairs(path)
     out = []
     try:
-        for line, value, error in RecordReader(path):
+        for line, value, error in open_records(path, sha256=False):  # any source the data check reads
             if error is not None:
                 raise DataError("FT0711", file=str(path), line=line, detail=error)
             try:
-                out.append(Conversation(to_messages(value, fmt), f"{path}:{line}"))
+                chat = to_chat(value, fmt)
+                plain = getattr(chat, "plain", None)
+                out.append(Conversation(chat_messages(chat), f"{path}:{line}", chat_tools(chat), plain))
             except ValueError as exc:
                 raise DataError("FT0711", file=str(path), line=line, detail=str(exc)) from None
     except DataFileError as exc:
@@ -188,14 +201,24 @@ def trained_ids(messages: Sequence[dict], tokenizer, loss_on: str) -> tuple[list
     special = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
     where = getattr(messages, "where", "") or "a record"
     conversation = [dict(m) for m in messages]
+    tools = getattr(messages, "tools", None)
     try:
-        if loss_on == "assistant":
+        if getattr(messages, "plain", None):  # completion / text: no chat template
+            trained = assistant_spans.trained_plain(
+                conversation, eos=tokenizer.eos_token or "", loss_on=loss_on
+            )
+            text, spans = trained.text, trained.spans
+        elif loss_on == "assistant":
             trained = assistant_spans.trained_text(
-                _template(tokenizer), conversation, special_tokens=special, markers=_markers(tokenizer)
+                _template(tokenizer),
+                conversation,
+                special_tokens=special,
+                markers=_markers(tokenizer),
+                tools=tools,
             )
             text, spans = trained.text, trained.spans
         else:
-            text = render(_template(tokenizer), conversation, special_tokens=special).text
+            text = render(_template(tokenizer), conversation, special_tokens=special, tools=tools).text
             spans = [(0, len(text))]
     except TemplateError as exc:
         raise DataError("FT0713", where=where, detail=exc.message) from None
@@ -288,7 +311,9 @@ def prepare(spec: dict, spec_dir: Path, tokenizer) -> Prepared:
     if spec["dataset"].get("format") == "preference":
         from ftspec.runtime.preference import prepare_pairs
 
-        return prepare_pairs(train_convs, eval_convs, tokenizer, sequence_len=sequence_len, truncation=truncation)
+        return prepare_pairs(
+            train_convs, eval_convs, tokenizer, sequence_len=sequence_len, truncation=truncation
+        )
     train, train_counts = tokenize_all(
         train_convs, tokenizer, loss_on=loss_on, sequence_len=sequence_len, truncation=truncation
     )

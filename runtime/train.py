@@ -315,7 +315,7 @@ def _data_file_hashes(spec: dict, spec_dir: Path) -> dict[str, str]:
     eval_path = (spec.get("dataset") or {}).get("eval")
     if isinstance(eval_path, str):
         try:
-            hashes[eval_path] = file_sha256(spec_dir / eval_path)
+            hashes[eval_path] = source_sha256(spec_dir / eval_path)
         except OSError:
             hashes[eval_path] = "unreadable"
     return hashes
@@ -846,7 +846,7 @@ def _train_file_hashes(spec: dict, spec_dir: Path) -> dict[str, str]:
     hashes = {}
     for path in (entry.path for entry in train_entries(spec["dataset"])):
         try:
-            hashes[path] = file_sha256(spec_dir / path)
+            hashes[path] = source_sha256(spec_dir / path)
         except OSError:  # reported with its line by data preparation (FT0711); here it is just different
             hashes[path] = "unreadable"
     return hashes

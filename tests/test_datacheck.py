@@ -412,8 +412,8 @@ def test_tokenizer_lengths_and_masks(tmp_path):
 
 def test_model_template_without_terminator_or_generation(tmp_path):
     no_terminator = ct.template_source("chatml").replace(
-        "{%- generation %}{{- message['content'] + '<|im_end|>' }}{%- endgeneration %}",
-        "{%- generation %}{{- message['content'] }}{%- endgeneration %}{{- '<|im_end|>' }}",
+        "            {{- '<|im_end|>' }}\n        {%- endgeneration %}",
+        "        {%- endgeneration %}{{- '<|im_end|>' }}",
     )
     assert no_terminator != ct.template_source("chatml")
     write_model_dir(tmp_path / "m1", no_terminator)

@@ -15,9 +15,10 @@ from importlib import metadata
 from pathlib import Path
 
 from ftspec.compiler import __version__
-from ftspec.compiler.core.artifacts import file_sha256, spec_sha256
+from ftspec.compiler.core.artifacts import spec_sha256
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, make
 from ftspec.compiler.core.loader import LoadedSpec, get_pointer
+from ftspec.compiler.dataset.readers import source_sha256
 from ftspec.compiler.dataset.sources import train_entries
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
@@ -31,7 +32,7 @@ RUNTIME_PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets")
 
 def _sha256_file(path: Path) -> str | None:
     try:
-        return file_sha256(path)
+        return source_sha256(path)  # a file's bytes, or a save_to_disk folder's Arrow shards
     except OSError:
         return None
 

@@ -113,7 +113,22 @@ def trained_text(
     if ct.has_generation_blocks(source):
         return TrainedText(rendered.text, list(rendered.spans), method="generation")
     starts = _probe_starts(source, msgs, rendered.text, special, tools)
-    return locate(rendered.text, msgs, markers, special.get("eos_token") or "", starts)
+    calls = _tool_call_starts(source, msgs, rendered.text, special, tools)
+    return locate(rendered.text, msgs, markers, special.get("eos_token") or "", starts, calls)
+
+
+def trained_plain(
+    messages: Sequence[Mapping[str, str]], *, eos: str, loss_on: str = "assistant"
+) -> TrainedText:
+    """The formats without a chat template: `completion` (a user turn, the prompt, and an assistant
+    turn, the completion) is prompt + completion + EOS with the completion and EOS trained; `text`
+    (one assistant turn) is the text + EOS, all trained (continued pretraining). `loss_on: all`
+    trains the prompt too. The EOS is appended so the model learns to stop, as after a chat answer."""
+    prompt = "".join(str(m.get("content", "")) for m in messages if m.get("role") != "assistant")
+    answer = "".join(str(m.get("content", "")) for m in messages if m.get("role") == "assistant")
+    text = prompt + answer + (eos or "")
+    start = 0 if loss_on == "all" else len(prompt)
+    return TrainedText(text, [(start, len(text))], eos_appended=bool(eos), method="plain")
 
 
 def locate(
@@ -122,9 +137,12 @@ def locate(
     markers: Iterable[str],
     eos: str,
     starts: Mapping[int, int | None] | None = None,
+    calls: Mapping[int, int] | None = None,
 ) -> TrainedText:
     """The trained spans of `text`, the rendering of `messages`: for each assistant message its answer
-    (from `starts[i]` when known, else searched in order) through its end-of-turn marker."""
+    (from `starts[i]` when known, else searched in order) through its end-of-turn marker. A turn with
+    tool calls trains from `calls[i]` (where the assistant's output begins) through the end-of-turn
+    marker after its last call, whatever markup the template writes around the calls."""
     ordered, extend = _marker_order(tuple(markers), eos)
     out = TrainedText(text)
     cursor = 0
@@ -140,6 +158,14 @@ def locate(
                 found = out.text.find(content.strip(), cursor)
                 if found >= 0 and content.strip():
                     cursor = found + len(content.strip())
+            continue
+        if message.get("tool_calls"):
+            span = _tool_turn(out.text, message, (calls or {}).get(i), cursor, extend)
+            if isinstance(span, str):
+                out.problems.append(SpanProblem(i, span))
+                continue
+            out.spans.append(span)
+            cursor = span[1]
             continue
         answer = _answer(content)
         start = _answer_start(out.text, answer, cursor, ordered, extend, starts, i, out.problems)
@@ -212,6 +238,55 @@ def _answer_start(
         )
     )
     return None
+
+
+def _tool_turn(
+    text: str, message: Mapping, start: int | None, cursor: int, extend: Sequence[str]
+) -> tuple[int, int] | str:
+    """[start, stop) of an assistant turn with tool calls: from where its output begins through the
+    end-of-turn token after its last call's name; a problem's detail when the calls are not there."""
+    if start is None or start < cursor:
+        return "the template's rendering of this tool-calling turn could not be told from the prompt"
+    pos = start
+    for call in message.get("tool_calls") or ():
+        name = str((call.get("function") or {}).get("name", ""))
+        found = text.find(name, pos)
+        if not name or found < 0:
+            return f"the template does not render the tool call {name!r} (does it read `tool_calls`?)"
+        pos = found + len(name)
+    ends = [(at, m) for m in extend if (at := text.find(m, pos)) >= 0]
+    if not ends:
+        return "no end-of-turn token follows the tool calls in the rendered text"
+    at, first = min(ends)
+    return start, _marker_end(text, at, extend, extend) or at + len(first)
+
+
+def _tool_call_starts(
+    source: str,
+    messages: list[dict],
+    text: str,
+    special: Mapping[str, str],
+    tools: Sequence[dict] | None,
+) -> dict[int, int]:
+    """Where the output of each assistant turn with tool calls begins in `text`: the end of the
+    conversation before it rendered with the generation prompt, as the model would see it at
+    inference (whitespace the template writes after the prompt skipped)."""
+    out: dict[int, int] = {}
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant" or not message.get("tool_calls"):
+            continue
+        try:
+            prompt = ct.render(
+                source, messages[:i], add_generation_prompt=True, special_tokens=dict(special), tools=tools
+            ).text
+        except ct.TemplateError:
+            continue
+        if text.startswith(prompt):
+            start = len(prompt)
+            while start < len(text) and text[start] in WHITESPACE:
+                start += 1
+            out[i] = start
+    return out
 
 
 def _marker_end(text: str, end: int, markers: Sequence[str], extend: Sequence[str]) -> int | None:

@@ -7,19 +7,64 @@ diagnostics with the file and line.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ftspec.compiler.core.loader import json_kind
 
-FORMATS = ("chatml", "sharegpt", "alpaca", "preference")
+FORMATS = ("chatml", "sharegpt", "alpaca", "preference", "completion", "text")
+PLAIN_FORMATS = ("completion", "text")  # no chat template: the record's own text is what trains
+TOOL_ROLE = "tool"  # chatml only: a tool's result, answering an assistant tool call
 
 CHATML_ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 
 Problem = tuple[str, dict]
-Messages = list[tuple[str, str]]  # (role in chatml terms: system/user/assistant, content)
+Messages = list[tuple[str, str]]  # (role in chatml terms: system/user/assistant/tool, content)
+
+
+class Chat(list):
+    """A checked record's (role, content) pairs, and what tool calling adds to them: the record's
+    `tools` (JSON schemas, as transformers' apply_chat_template(tools=...) takes them) and, by turn
+    position, an assistant turn's `tool_calls` (arguments parsed to objects) or a tool result's
+    `tool_call_id` and `name`. `plain` names a format without a chat template (completion, text)."""
+
+    def __init__(self, pairs: Iterable[tuple[str, str]] = (), *, tools=None, extras=None, plain=None):
+        super().__init__(pairs)
+        self.tools: list[dict] | None = tools
+        self.extras: dict[int, dict] = extras or {}
+        self.plain: str | None = plain
+
+
+def text_view(messages: Messages) -> Messages:
+    """`messages` with each tool call's JSON after its turn's content: what counts for duplicates and
+    length estimates, so two records that differ only in a call's arguments are not duplicates."""
+    extras = getattr(messages, "extras", None)
+    if not extras:
+        return messages
+    out = list(messages)
+    for pos, extra in extras.items():
+        calls = extra.get("tool_calls")
+        if calls:
+            role, content = out[pos]
+            out[pos] = (role, content + "\n" + json.dumps(calls, ensure_ascii=False, sort_keys=True))
+    return out
+
+
+def chat_messages(messages: Messages) -> list[dict]:
+    """The messages as a chat template takes them: {"role", "content"} plus any tool-calling keys."""
+    extras = getattr(messages, "extras", None) or {}
+    return [
+        {"role": role, "content": content, **extras.get(pos, {})}
+        for pos, (role, content) in enumerate(messages)
+    ]
+
+
+def chat_tools(messages: Messages) -> list[dict] | None:
+    """The record's tool schemas for the template's `tools` (None, as transformers passes, without)."""
+    return getattr(messages, "tools", None)
 
 
 def detect_format(record: dict) -> str | None:
@@ -39,7 +84,14 @@ def detect_format(record: dict) -> str | None:
     return None
 
 
-_KEY_OF = {"chatml": "messages", "sharegpt": "conversations", "alpaca": "instruction"}
+_KEY_OF = {
+    "chatml": "messages",
+    "sharegpt": "conversations",
+    "alpaca": "instruction",
+    "completion": "completion",
+    "text": "text",
+}
+_DETECTED = {"prompt/completion": "completion", "plain text": "text"}  # detect_format's names -> formats
 
 
 class LeakScanner:
@@ -128,7 +180,7 @@ def check_record(
         return None if pair is None else pair.prompt + pair.chosen
     if _KEY_OF[declared] not in record:
         detected = detect_format(record)
-        if detected is not None and detected != declared:
+        if detected is not None and _DETECTED.get(detected, detected) != declared:
             out.append(("FT0504", {"detected": detected, "declared": declared}))
         else:
             keys = ", ".join(sorted(map(str, record))[:8]) or "none"
@@ -136,6 +188,8 @@ def check_record(
         return None
     if declared == "alpaca":
         return _alpaca(record, leaks, out)
+    if declared in PLAIN_FORMATS:
+        return _plain(record, declared, leaks, out)
     if declared == "chatml":
         turns, role_key, content_key, roles = record["messages"], "role", "content", None
     else:
@@ -148,6 +202,11 @@ def check_record(
         return None
     messages: Messages = []
     usable = True
+    tools = _declared_tools(record, out) if roles is None else None
+    if tools is False:
+        return None
+    extras: dict[int, dict] = {}
+    open_calls: dict[str, str] = {}  # call id -> tool name, of calls no tool result has answered yet
     if roles is not None:
         system = record.get("system")  # some ShareGPT exports keep the system prompt beside the turns
         if isinstance(system, str) and system.strip():
@@ -169,8 +228,9 @@ def check_record(
             usable = False
             continue
         if roles is None:
-            if role not in CHATML_ROLES:
-                out.append(("FT0506", {"index": index, "role": role, "allowed": ", ".join(CHATML_ROLES)}))
+            if role not in CHATML_ROLES and role != TOOL_ROLE:
+                allowed = ", ".join((*CHATML_ROLES, TOOL_ROLE))
+                out.append(("FT0506", {"index": index, "role": role, "allowed": allowed}))
                 usable = False
                 continue
         else:
@@ -181,11 +241,27 @@ def check_record(
                 continue
             role = mapped
         content = turn[content_key]
+        calls = turn.get("tool_calls") if roles is None and role == "assistant" else None
+        if calls is not None:
+            parsed = _tool_calls(calls, index, tools, out)
+            if parsed is None:
+                usable = False
+                continue
+            open_calls.update({c["id"]: c["function"]["name"] for c in parsed if "id" in c})
+            extras[len(messages)] = {"tool_calls": parsed}
+            if content is None:  # OpenAI writes null content beside tool calls
+                content = ""
         if type(content) is not str:
             out.append(("FT0512", {"index": index, "role": role, "kind": json_kind(content)}))
             usable = False
             continue
-        if not content or content.isspace():
+        if role == "tool":
+            answered = _tool_result(turn, index, open_calls, out)
+            if answered is None:
+                usable = False
+                continue
+            extras[len(messages)] = answered
+        if (not content or content.isspace()) and not calls:  # a turn of tool calls may have no text
             out.append(("FT0511", {"index": index, "role": role}))
         messages.append((role, content))
     if not usable:
@@ -194,7 +270,146 @@ def check_record(
     if leaks is not None:
         leaks.scan_messages(messages, offset, out)
     _check_order(messages, out, offset=offset)
+    if tools is not None or extras:
+        return Chat(messages, tools=tools or None, extras=extras)
     return messages
+
+
+def _declared_tools(record: dict, out: list[Problem]) -> list[dict] | None | bool:
+    """The record's `tools` list (None when it has none; False, with a problem, when it is malformed):
+    OpenAI's {"type": "function", "function": {"name", ...}} or a bare {"name", ...} schema."""
+    tools = record.get("tools")
+    if tools is None:
+        return None
+    if isinstance(tools, str):  # a column of JSON text (CSV, some Parquet exports)
+        try:
+            tools = json.loads(tools)
+        except ValueError as exc:
+            out.append(
+                ("FT0518", {"index": "tools", "detail": f"`tools` is a string that is not JSON ({exc})"})
+            )
+            return False
+    if type(tools) is not list or not all(type(t) is dict for t in tools):
+        out.append(
+            ("FT0518", {"index": "tools", "detail": f"`tools` is {json_kind(tools)}, not a list of objects"})
+        )
+        return False
+    for i, tool in enumerate(tools):
+        if tool_name(tool) is None:
+            out.append(
+                ("FT0518", {"index": "tools", "detail": f"tool {i} has no `function.name` (or `name`)"})
+            )
+            return False
+    return tools
+
+
+def tool_name(tool: dict) -> str | None:
+    """The name a tool schema declares ({"function": {"name"}} or a bare {"name"})."""
+    function = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+    name = function.get("name")
+    return name if isinstance(name, str) and name else None
+
+
+def _tool_calls(calls: object, index: int, tools: list[dict] | None, out: list[Problem]) -> list[dict] | None:
+    """An assistant turn's tool calls in OpenAI's shape, arguments parsed to an object; None (with a
+    problem) when one names no declared tool or its arguments are not a JSON object."""
+    if type(calls) is not list or not calls:
+        out.append(
+            ("FT0518", {"index": index, "detail": f"`tool_calls` is {json_kind(calls)}, not a list of calls"})
+        )
+        return None
+    declared = {tool_name(t) for t in tools or ()}
+    parsed: list[dict] = []
+    for k, call in enumerate(calls):
+        function = call.get("function") if type(call) is dict else None
+        name = function.get("name") if type(function) is dict else None
+        if type(name) is not str or not name:
+            out.append(("FT0518", {"index": index, "detail": f"call {k} has no `function.name`"}))
+            return None
+        if name not in declared:
+            known = ", ".join(sorted(n for n in declared if n)) or "none: the record has no `tools`"
+            out.append(
+                (
+                    "FT0518",
+                    {
+                        "index": index,
+                        "detail": f"call {k} names tool '{name}', not declared (declared: {known})",
+                    },
+                )
+            )
+            return None
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except ValueError as exc:
+                out.append(
+                    (
+                        "FT0518",
+                        {
+                            "index": index,
+                            "detail": f"call {k} ({name}): `arguments` is not valid JSON ({exc})",
+                        },
+                    )
+                )
+                return None
+        if type(arguments) is not dict:
+            out.append(
+                (
+                    "FT0518",
+                    {
+                        "index": index,
+                        "detail": f"call {k} ({name}): `arguments` is {json_kind(arguments)}, not an object",
+                    },
+                )
+            )
+            return None
+        entry: dict = {"type": "function", "function": {"name": name, "arguments": arguments}}
+        if isinstance(call.get("id"), str) and call["id"]:
+            entry["id"] = call["id"]
+        parsed.append(entry)
+    return parsed
+
+
+def _tool_result(turn: dict, index: int, open_calls: dict[str, str], out: list[Problem]) -> dict | None:
+    """A tool message's `tool_call_id` (and the tool's name), when it answers a call still open."""
+    call_id = turn.get("tool_call_id")
+    if not isinstance(call_id, str) or call_id not in open_calls:
+        detail = (
+            "has no `tool_call_id`"
+            if call_id is None
+            else f"answers '{call_id}', which no earlier tool call of the record left open"
+        )
+        open_ids = ", ".join(open_calls) or "none"
+        out.append(("FT0519", {"index": index, "detail": detail, "open": open_ids}))
+        return None
+    name = open_calls.pop(call_id)
+    return {"tool_call_id": call_id, "name": turn["name"] if isinstance(turn.get("name"), str) else name}
+
+
+def _plain(record: dict, declared: str, leaks: LeakScanner | None, out: list[Problem]) -> Chat | None:
+    """completion ({"prompt", "completion"}: the completion trains) and text ({"text"}: everything
+    trains), as a user and an assistant turn for the checks that count, deduplicate and scan turns."""
+    keys = ("prompt", "completion") if declared == "completion" else ("text",)
+    fields = {}
+    for key in keys:
+        if key not in record:
+            out.append(("FT0505", {"detail": f"no `{key}` key"}))
+            return None
+        value = record[key]
+        if type(value) is not str:
+            out.append(("FT0512", {"index": key, "role": key, "kind": json_kind(value)}))
+            return None
+        fields[key] = value
+    trained = fields[keys[-1]]
+    if not trained or trained.isspace():
+        out.append(("FT0511", {"index": keys[-1], "role": keys[-1]}))
+    if leaks is not None:
+        for key, value in fields.items():
+            if value and not value.isspace():
+                leaks.scan("assistant" if key == keys[-1] else "user", value, key, out)
+    pairs = [("user", fields["prompt"])] if declared == "completion" else []
+    return Chat([*pairs, ("assistant", trained)], plain=declared)
 
 
 def _alpaca(record: dict, leaks: LeakScanner | None, out: list[Problem]) -> Messages | None:
@@ -249,6 +464,28 @@ def _check_order(messages: Messages, out: list[Problem], offset: int) -> None:
     seen_assistant = False
     for pos, (role, _content) in enumerate(messages):
         index = pos - offset
+        if role == "tool":  # part of the assistant's turn: it follows a call, an assistant answer follows it
+            if previous not in ("assistant", "tool"):
+                out.append(
+                    (
+                        "FT0508",
+                        {"index": index, "detail": "a tool result that follows no assistant tool call"},
+                    )
+                )
+                return
+            previous = role
+            continue
+        if previous == "tool" and role != "assistant":
+            out.append(
+                (
+                    "FT0508",
+                    {
+                        "index": index,
+                        "detail": f"a {role} turn right after a tool result (the assistant answers it)",
+                    },
+                )
+            )
+            return
         if role == "system":
             if pos != 0:
                 out.append(("FT0507", {"index": index}))
@@ -440,13 +677,22 @@ def to_pair(record: dict) -> dict[str, list[dict[str, str]]]:
 
 
 def to_messages(record: dict, fmt: str) -> list[dict[str, str]]:
-    """The record as chat messages ({"role", "content"}) for a chat template; raises ValueError when the
-    record does not fit `fmt`. The runtime uses this too, so training sees what `check` checked."""
+    """The record as chat messages ({"role", "content"}, plus tool-calling keys) for a chat template;
+    raises ValueError when the record does not fit `fmt`. The runtime uses this too (to_chat), so
+    training sees what `check` checked."""
+    return chat_messages(to_chat(record, fmt))
+
+
+def to_chat(record: dict, fmt: str) -> Messages:
+    """The checked record (a Chat when it carries tools or is completion/text); ValueError when the
+    record does not fit `fmt` or has an error (a tool call of no declared tool trains nothing sane)."""
     problems: list[Problem] = []
     messages = check_record(record, fmt, None, problems)
-    if messages is None:
-        raise ValueError(f"record does not fit format {fmt}: {problems[0][1] if problems else ''}")
-    return [{"role": role, "content": content} for role, content in messages]
+    tool_problem = next((p for p in problems if p[0] in ("FT0518", "FT0519")), None)
+    if messages is None or tool_problem is not None:
+        first = tool_problem or (problems[0] if problems else ("", ""))
+        raise ValueError(f"record does not fit format {fmt}: {first[1]}")
+    return messages
 
 
 def normalized_key(messages: Messages) -> str:

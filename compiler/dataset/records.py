@@ -27,7 +27,7 @@ CHUNK = 1 << 20
 MAX_VALUE_BYTES = 64 << 20  # one record bigger than this in a JSON array is an error, not a reason to eat RAM
 
 
-class DataFileError(Exception):
+class DataFileError(OSError):
     """The file cannot be read at all (missing, a directory, permissions)."""
 
 

@@ -92,10 +92,15 @@ def split_counts(examples: int, eval_split: float | None) -> tuple[int, int]:
 
 
 def count_records(path: Path) -> int:
-    """Records in a JSON Lines file (non-blank lines) or a JSON array (its length), cheaply.
+    """Records in a data source: a JSON Lines file (non-blank lines), a JSON array (its length), cheaply.
 
-    Lines are counted without parsing; the data check is what reports malformed records.
+    Lines are counted without parsing; the data check is what reports malformed records. Parquet,
+    CSV and save_to_disk sources are counted by readers.count_rows (their metadata or rows).
     """
+    from ftspec.compiler.dataset.readers import count_rows, source_kind
+
+    if source_kind(path) != "json":
+        return count_rows(path)
     with open(path, "rb") as fh:
         head = fh.read(4096)
         probe = head[3:] if head.startswith(b"\xef\xbb\xbf") else head

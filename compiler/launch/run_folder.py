@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftspec.compiler.core.artifacts import file_sha256
 from ftspec.compiler.core.diagnostics import Diagnostic, make
+from ftspec.compiler.dataset.readers import source_sha256
 from ftspec.compiler.dataset.sources import train_entries
 
 # The run-folder contract between `ftspec launch` and the runtime (docs/contracts.md, "Run folder"):
@@ -274,7 +274,7 @@ def check_eval_data(folder: RunFolder, locate=None) -> list[Diagnostic]:
             out.append(make("FT0813", locate(pointer), role=role, path=written))
             continue
         try:
-            actual = file_sha256(resolved)
+            actual = source_sha256(resolved)  # a data file, or a save_to_disk folder
         except OSError as exc:
             actual = f"unreadable ({exc.strerror or exc})"
         if actual != expected:

@@ -30,7 +30,17 @@ from ftspec.compiler.core.diagnostics import Diagnostic, Location, catalog, make
 from ftspec.compiler.core.loader import LoadedSpec
 from ftspec.compiler.dataset import assistant_spans as spans_of
 from ftspec.compiler.dataset import chat_templates as ct
-from ftspec.compiler.dataset.formats import LeakScanner, Messages, Problem, check_pair, check_record
+from ftspec.compiler.dataset.formats import (
+    LeakScanner,
+    Messages,
+    Problem,
+    chat_messages,
+    chat_tools,
+    check_pair,
+    check_record,
+    text_view,
+)
+from ftspec.compiler.dataset.readers import TableReader, open_records
 from ftspec.compiler.dataset.records import DataFileError, RecordReader, parse_line
 from ftspec.compiler.dataset.sources import mix, split_counts, train_entries
 
@@ -52,6 +62,7 @@ class Source:
     layout: str = "jsonl"
     sha256: str | None = None
     readable: bool = True
+    columns: dict[str, int] = field(default_factory=dict)  # CSV: header -> 1-based column, for findings
 
     def to_json(self) -> dict:
         out = {
@@ -183,7 +194,10 @@ class _Check:
             return
         self._listed[key] = listed + 1
         src = self.sources[src_index]
-        self.diagnostics.append(make(code, Location(src.display, line, 1, ""), severity=severity, **fields))
+        column = src.columns.get(str(fields.get("index")), 1) if src.columns else 1  # a CSV field's column
+        self.diagnostics.append(
+            make(code, Location(src.display, line, column, ""), severity=severity, **fields)
+        )
 
     def _spec_finding(self, code: str, pointer: str, severity: str | None = None, **fields) -> None:
         self.diagnostics.append(make(code, self.spec.locate(pointer), severity=severity, **fields))
@@ -311,7 +325,6 @@ class _Check:
     def _scan(self, src_index: int) -> None:
         src = self.sources[src_index]
         train = src.split == "train"
-        reader = RecordReader(src.path, sha256=src_index in self.pinned)
         fmt, leaks = self.fmt, self.leaks
         severity = self._severity
         record = self._record
@@ -327,13 +340,14 @@ class _Check:
         pairs = self.pairs
         problems: list[Problem] = []
         records = usable = 0
+        unreadable = "FT0502"  # invalid JSON; a CSV row that is no record says so (FT0517)
 
         def one(line: int, value: object, error: str | None) -> None:
             """The per-record path: every check, every finding."""
             nonlocal records, usable
             records += 1
             if error is not None:
-                record("FT0502", src_index, line, {"detail": error})
+                record(unreadable, src_index, line, {"detail": error})
                 return
             if pairs is not None:
                 pair = check_pair(value, leaks, problems)
@@ -369,7 +383,9 @@ class _Check:
                 usable += 1
             if exact is not None:
                 # duplicates and contamination are judged over whole pairs
-                first = exact.add(dedup_key(messages if pair is None else pair.key_messages()), where)
+                first = exact.add(
+                    dedup_key(text_view(messages) if pair is None else pair.key_messages()), where
+                )
                 if first is not None:
                     self._duplicate(where, first, "exact")
                     near_words = None
@@ -397,19 +413,27 @@ class _Check:
             if render_all:
                 self._render_record(where, messages)
             elif loss_all:
-                length, _ = estimate(messages)
+                length, _ = estimate(text_view(messages))
                 self.lengths.add(where, length, [(0, length)])
             else:
-                length, segments = estimate(messages)
+                length, segments = estimate(text_view(messages))
                 self.lengths.add(where, length, segments)
 
         try:
-            fast = self._fast_config(src_index)
+            reader = open_records(src.path, sha256=src_index in self.pinned)
+            src.columns = getattr(reader, "columns", {})  # a CSV's, filled as its header is read
+            table = isinstance(reader, TableReader)
+            if table:
+                unreadable = "FT0517" if reader.layout == "csv" else unreadable
+                clean = self._scan_table(src_index, reader, one)
+                records += clean
+                usable += clean
+            fast = None if table else self._fast_config(src_index)
             if fast is not None:
                 clean = self._scan_fast(src_index, reader, fast, one)
                 records += clean
                 usable += clean
-            if fast is None or reader.layout == "json-array":
+            if not table and (fast is None or reader.layout == "json-array"):
                 records = usable = 0
                 for line, value, error in reader:
                     one(line, value, error)
@@ -421,6 +445,19 @@ class _Check:
         src.layout, src.sha256 = reader.layout, reader.sha256
         if records == 0:
             self._spec_finding("FT0515", src.pointer, path=src.display)
+
+    def _scan_table(self, src_index: int, reader: TableReader, one) -> int:
+        """A Parquet file, save_to_disk folder or CSV file. ChatML Arrow batches go through the fast
+        path's column scan (data_fast.scan_arrow_batch); the rows it is not sure of, and every CSV or
+        other format, go through `one`. Returns the number of clean records (usable, all)."""
+        fast = self._fast_config(src_index) if reader.layout != "csv" else None
+        if fast is None:
+            for line, value, error in reader:
+                one(line, value, error)
+            return 0
+        return self._take_blocks(
+            src_index, (data_fast.scan_arrow_batch(b, fast) for b in reader.batches()), one
+        )
 
     # --- the fast path (data_fast): clean ChatML records in bulk --------------------------------
 
@@ -504,7 +541,9 @@ class _Check:
                 cut = bisect_left(block.lines, i)
                 self._take_clean(src_index, block, base, done, cut)
                 done = cut
-                for line, value, error in parse_line(raw, base + i):
+                # a raw JSON line, or a record a column scan was not sure of (its row)
+                items = parse_line(raw, base + i) if isinstance(raw, bytes) else [(base + i, raw, None)]
+                for line, value, error in items:
                     one(line, value, error)
             self._take_clean(src_index, block, base, done, n)
             base += block.nlines
@@ -556,13 +595,19 @@ class _Check:
         runtime/data.py calls the same function), or None on a template error. The record's template
         and masking findings are reported here unless `report` is false."""
         record = self._record if report else lambda *args, **kwargs: None
-        conversation = [{"role": r, "content": c} for r, c in messages]
+        conversation = chat_messages(messages)  # with tool calls and results where the record has them
+        tools = chat_tools(messages)
         try:
+            if getattr(messages, "plain", None):  # completion / text: no chat template
+                eos = self.special.get("eos_token") or ""
+                return spans_of.trained_plain(conversation, eos=eos, loss_on=self.loss_on)
             if self.loss_on == "all":
-                text = ct.render(self.info.source, conversation, special_tokens=self.special).text
+                text = ct.render(
+                    self.info.source, conversation, special_tokens=self.special, tools=tools
+                ).text
                 return spans_of.TrainedText(text, [(0, len(text))], method="all")
             trained = spans_of.trained_text(
-                self.info.source, conversation, special_tokens=self.special, markers=self.markers
+                self.info.source, conversation, special_tokens=self.special, markers=self.markers, tools=tools
             )
         except ct.TemplateError as exc:
             record("FT0550", where[0], where[1], {"origin": self.template_origin, "detail": exc.message})
@@ -587,7 +632,7 @@ class _Check:
         if trained is None:
             return
         if self.tokenizer is None:
-            length, segments = self.estimator.measure(messages)
+            length, segments = self.estimator.measure(text_view(messages))
             if self.loss_on == "all":
                 segments = [(0, length)]
             self.lengths.add(where, length, segments)
@@ -618,9 +663,10 @@ class _Check:
             return [("FT0553", {"origin": self.template_origin})]
         text = rendered.text
         next_span = 0
+        extras = getattr(messages, "extras", None) or {}
         for index, (role, content) in enumerate(messages):
-            if role != "assistant":
-                continue
+            if role != "assistant" or "tool_calls" in extras.get(index, {}):
+                continue  # a turn of tool calls ends after them: its span is the template's block
             needle = content.strip()
             found = None
             for j in range(next_span, len(spans)):
@@ -665,7 +711,7 @@ class _Check:
                 tokens, trained = len(mask), sum(mask.trained)
             else:
                 pieces = _pieces_from_spans(rendered.text, spans)
-                tokens, segments = self.estimator.measure(messages)
+                tokens, segments = self.estimator.measure(text_view(messages))
                 trained = sum(e - s for s, e in segments) if self.loss_on == "assistant" else tokens
             samples.append(
                 Sample(

@@ -32,9 +32,9 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 from json.encoder import encode_basestring as _json_string  # as json.dumps (ensure_ascii=False)
-from operator import attrgetter
+from operator import attrgetter, is_not
 from pathlib import Path
 from typing import Literal
 
@@ -58,13 +58,16 @@ SYSTEM_LINES = 5  # as datacheck keeps: the first few records with and without a
 Messages = list[tuple[str, str]]
 
 if msgspec is not None:
-
+    # Tool calling (a record's `tools`, a turn's `tool_calls`) is decoded only to be seen: a record
+    # holding either, even null, is checked by the per-record path (formats.check_record).
     class _Turn(msgspec.Struct, gc=False):
         role: Literal["system", "user", "assistant"]
         content: str
+        tool_calls: msgspec.Raw = msgspec.UNSET
 
     class _Record(msgspec.Struct, gc=False):
         messages: list[_Turn]
+        tools: msgspec.Raw = msgspec.UNSET
 
     _DECODER = msgspec.json.Decoder(_Record)
     _DECODE, _DECODE_LINES = _DECODER.decode, _DECODER.decode_lines
@@ -75,6 +78,9 @@ _DECODE_ERRORS = (ValueError, RecursionError)  # msgspec.DecodeError; UnicodeDec
 _MESSAGES = attrgetter("messages")
 _ROLE = attrgetter("role")
 _CONTENT = attrgetter("content")
+_TOOLS = attrgetter("tools")
+_TOOL_CALLS = attrgetter("tool_calls")
+_UNSET = msgspec.UNSET if msgspec is not None else None
 _LETTER = ROLE_CODE
 
 
@@ -195,7 +201,8 @@ class Block:
     with_system: int
     system_first: dict[bool, list[int]]  # clean indexes of the first records with / without a system turn
     samples: list[Messages]  # messages of the first clean records
-    slow: list[tuple[int, bytes]] = field(default_factory=list)  # (0-based line in the block, raw line)
+    # (0-based line in the block, raw line); a column scan's rows (scan_arrow_batch): the record itself
+    slow: list[tuple[int, object]] = field(default_factory=list)
 
 
 _markup_cache: dict[tuple[str, ...], tuple[re.Pattern | None, tuple[str, ...]]] = {}
@@ -311,20 +318,34 @@ def _scan(records: list, cfg: FastConfig, backslash: bool) -> Block | set[int]:
     n = len(records)
     if n == 0:
         return Block(0, [], b"", Counter(), 0, {}, 0, {True: [], False: []}, [])
+    if any(map(is_not, map(_TOOLS, records), repeat(_UNSET))):
+        return {k for k, record in enumerate(records) if record.tools is not _UNSET}
     turns_of = list(map(_MESSAGES, records))
     sizes = list(map(len, turns_of))
     flat = list(chain.from_iterable(turns_of))  # every turn of the block, record after record
+    if any(map(is_not, map(_TOOL_CALLS, flat), repeat(_UNSET))):
+        return {k for k, turns in enumerate(turns_of) if any(t.tool_calls is not _UNSET for t in turns)}
+    return scan_turns(sizes, list(map(_ROLE, flat)), list(map(_CONTENT, flat)), cfg, backslash)
+
+
+def scan_turns(
+    sizes: list[int], roles: list[str], contents: list[str], cfg: FastConfig, backslash: bool
+) -> Block | set[int]:
+    """_scan on a block given as columns: each record's number of turns, then every turn's role and
+    content, record after record (the Parquet and Arrow path hands its columns straight here). Roles
+    must be system, user or assistant. `backslash`: a content may hold any character (else the
+    caller knows none holds a control character)."""
     # Role order: the roles joined against the one clean order for each record's number of turns
     # ([system,] user, assistant, ...: data_formats._check_order accepts exactly these silently).
     # Roles are "system", "user" or "assistant" (the decoder checks), and their lengths differ.
     counts = np.array(sizes, np.int64)
     parity = _PARITY[cfg.policy]  # turns % 2: 1 with a system prompt, 0 without
     if (
-        "".join(map(_ROLE, flat)) != "".join(map(_CANONICAL.__getitem__, sizes))
+        "".join(roles) != "".join(map(_CANONICAL.__getitem__, sizes))
         or int(counts.min()) < 2
         or (parity is not None and bool((counts & 1 != parity).any()))
     ):
-        letters = "".join(map(_LETTER.__getitem__, map(_ROLE, flat)))
+        letters = "".join(map(_LETTER.__getitem__, roles))
         suspects, at = set(), 0
         for k, size in enumerate(sizes):
             if (
@@ -336,7 +357,6 @@ def _scan(records: list, cfg: FastConfig, backslash: bool) -> Block | set[int]:
             at += size
         return suspects
     ends = np.cumsum(counts)  # one past each record's last turn
-    contents = list(map(_CONTENT, flat))
     lens = np.fromiter(map(len, contents), np.int64, len(contents))
     # text = " \x00 c0 \x00 c1 \x00 ... \x00 cN \x00 ": every content between "\x00 " and " \x00";
     # turn j's content starts at starts[j]
@@ -401,7 +421,7 @@ def _scan(records: list, cfg: FastConfig, backslash: bool) -> Block | set[int]:
         return _key_hashes(sizes, pieces)
 
     def messages(first: int, stop: int) -> Messages:
-        return [(t.role, t.content) for t in flat[first:stop]]
+        return list(zip(roles[first:stop], contents[first:stop], strict=True))
 
     return _clean_block(cfg, sizes, counts, lens, messages, key_hashes)
 
@@ -732,6 +752,98 @@ def _scan_plain(data: bytes, end: int, cfg: FastConfig) -> Block | None:
 
 
 # --- several processes ---------------------------------------------------------------------------
+
+
+# --- Parquet and Arrow: ChatML record batches, column by column ------------------------------------
+
+_CHAT_ROLES = ("system", "user", "assistant")
+
+
+def scan_arrow_batch(batch, cfg: FastConfig) -> Block:
+    """A pyarrow RecordBatch of ChatML records as a Block: a `messages` column of list<struct<role,
+    content>> goes to scan_turns as flat columns (no Python object per record); `slow` holds the rows
+    it is not sure of as records (row index in the batch, the record as a dict). A batch of another
+    shape (tool calling, other turn keys, no `messages` column) is all slow rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = batch.num_rows
+    names = batch.schema.names
+    column = batch.column("messages") if "messages" in names else None
+    kind = column.type if column is not None else None
+    struct = (
+        kind.value_type
+        if kind is not None and (pa.types.is_list(kind) or pa.types.is_large_list(kind))
+        else None
+    )
+    fields = (
+        {struct.field(i).name: struct.field(i).type for i in range(struct.num_fields)}
+        if pa.types.is_struct(struct or pa.null())
+        else {}
+    )
+    strings = all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in fields.values())
+    if "tools" in names or set(fields) != {"role", "content"} or not strings:
+        return _all_slow(batch, n)
+    sizes_array = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+    flat = column.flatten()  # the turns of the rows in order (respects a sliced batch)
+    roles, contents = flat.field("role"), flat.field("content")
+    turn_bad = pc.or_kleene(
+        pc.invert(pc.fill_null(pc.is_in(roles, value_set=pa.array(_CHAT_ROLES)), False)), pc.is_null(contents)
+    )
+    bad = set(np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False)).tolist())
+    if pc.any(turn_bad).as_py():
+        ends = np.cumsum(sizes_array)
+        bad.update(
+            np.searchsorted(
+                ends, np.flatnonzero(turn_bad.to_numpy(zero_copy_only=False)), side="right"
+            ).tolist()
+        )
+    sizes = sizes_array.tolist()
+    all_roles, all_contents = roles.to_pylist(), contents.to_pylist()
+    escaped = _needs_escapes(contents)
+    firsts = (np.cumsum(sizes_array) - sizes_array).tolist()
+    while True:
+        keep = [k for k in range(n) if k not in bad]
+        if not keep:
+            return _all_slow(batch, n)
+        if len(keep) == n:
+            part_sizes, part_roles, part_contents = sizes, all_roles, all_contents
+        else:
+            part_sizes = [sizes[k] for k in keep]
+            part_roles = [r for k in keep for r in all_roles[firsts[k] : firsts[k] + sizes[k]]]
+            part_contents = [c for k in keep for c in all_contents[firsts[k] : firsts[k] + sizes[k]]]
+        result = scan_turns(part_sizes, part_roles, part_contents, cfg, escaped)
+        if isinstance(result, Block):
+            break
+        bad.update(keep[i] for i in result)  # suspects go to the per-record path; scan the rest again
+    result.nlines, result.lines = n, keep
+    result.slow = _slow_rows(batch, sorted(bad))
+    return result
+
+
+def _needs_escapes(strings) -> bool:
+    """Whether a pyarrow string array holds a quote, a backslash or a control character: what JSON
+    would escape, and what scan_turns must then look for (its `backslash`). One pass over the data
+    buffer, the way the JSON Lines path asks whether a block holds a backslash."""
+    buffers = strings.buffers()
+    if len(buffers) < 3 or buffers[2] is None:
+        return False
+    import pyarrow as pa
+
+    offsets = np.frombuffer(buffers[1], np.int64 if pa.types.is_large_string(strings.type) else np.int32)
+    first, last = int(offsets[strings.offset]), int(offsets[strings.offset + len(strings)])
+    chars = np.frombuffer(buffers[2], np.uint8)[first:last]
+    return bool(((chars < 32) | (chars == 34) | (chars == 92)).any())
+
+
+def _slow_rows(batch, rows: list[int]) -> list[tuple[int, object]]:
+    return [(k, batch.slice(k, 1).to_pylist()[0]) for k in rows]
+
+
+def _all_slow(batch, n: int) -> Block:
+    block = Block(n, [], b"", Counter(), 0, {}, 0, {True: [], False: []}, [])
+    block.slow = list(enumerate(batch.to_pylist()))
+    return block
 
 
 def worker_count() -> int:

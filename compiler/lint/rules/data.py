@@ -109,7 +109,8 @@ def path_rules(ctx: RuleContext) -> Iterator[Diagnostic]:
             yield ctx.diag("FT0256", pointer, path=path, role=role, kind=kind)
             continue
         try:
-            if target.is_dir():
+            if target.is_dir() and not (role in ("train", "eval") and (target / "state.json").is_file()):
+                # a folder datasets' save_to_disk wrote (its state.json lists the Arrow shards) is a source
                 yield ctx.diag("FT0251", pointer, path=path, role=role)
             elif not target.is_file():
                 yield ctx.diag("FT0230", pointer, path=path, role=role, hint=_missing_hint(target))
@@ -258,7 +259,8 @@ def train_example_count(ctx: RuleContext, cap: int) -> int | None:
             if _is_absolute(path):
                 return None
             target = resolve_data_path(ctx, path)
-            n = count_lines(target, cap) if readable_in_repo(ctx, target) else None
+            json_lines = target.suffix.lower() in (".jsonl", ".json", ".ndjson")  # else rows, not lines
+            n = count_lines(target, cap) if json_lines and readable_in_repo(ctx, target) else None
             if n is None:
                 return None
             total, files = total + n, files + 1
