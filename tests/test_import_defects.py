@@ -91,3 +91,22 @@ def test_torchtune_distributed_recipes_keep_their_gpu_count():
     single = config.with_name("torchtune__8B_qlora_single_device.yaml")
     result = translate("torchtune", load_spec(single), ImportOptions(output=single.with_suffix(".out.yaml")))
     assert __import__("yaml").safe_load(result.text)["hardware"]["gpus_per_node"] == 1
+
+
+def test_llamafactory_data_is_found_from_the_repository_root(tmp_path, monkeypatch):
+    """peer-import defect 5: dataset_dir (default data) is read from the launch folder, not beside the
+    config; in an unmodified clone every dataset was guessed as alpaca."""
+    import json
+
+    (tmp_path / ".git").mkdir()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset_info.json").write_text(
+        json.dumps({"mine": {"file_name": "mine.json", "formatting": "sharegpt"}})
+    )
+    (tmp_path / "data" / "mine.json").write_text("[]")
+    config = tmp_path / "examples" / "train_full" / "cfg.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text(LLAMAFACTORY_FULL.replace("dataset: identity", "dataset: mine"))
+    monkeypatch.chdir(tmp_path / "examples")  # launched from elsewhere: the repository root still counts
+    result = translate("llamafactory", load_spec(config), ImportOptions(output=config.with_name("out.yaml")))
+    assert __import__("yaml").safe_load(result.text)["dataset"]["format"] == "sharegpt"

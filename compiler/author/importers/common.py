@@ -526,11 +526,21 @@ class Translation:
                     )
                 )
 
+    def launch_roots(self) -> list[Path]:
+        """Where the peer tool resolves a relative path: the folder it is launched from (the working
+        directory, normally the repository root: `deepspeed: examples/deepspeed/...`, LLaMA-Factory's
+        `dataset_dir: data`), then the repository holding the config, then the config's own folder."""
+        from ftspec.compiler.core.paths import find_repo_root
+
+        base = Path(self.source.path).resolve().parent
+        return list(dict.fromkeys([Path.cwd().resolve(), find_repo_root(base), base]))
+
     def find_file(self, name: str) -> tuple[Path | None, str]:
-        """A file the config names: as given (relative to the config), else beside the config."""
+        """A file the config names: as given (relative to where the peer tool would be launched, see
+        launch_roots), else beside the config."""
         base = Path(self.source.path).resolve().parent
         given = Path(name)
-        candidates = [given] if given.is_absolute() else [base / given]
+        candidates = [given] if given.is_absolute() else [root / given for root in self.launch_roots()]
         candidates.append(base / given.name)
         for c in candidates:
             if c.is_file():

@@ -260,8 +260,10 @@ def _cutoff(t: Translation) -> None:
 
 def _dataset_info(t: Translation) -> tuple[dict | None, LoadedSpec | None, Path]:
     base = Path(t.source.path).resolve().parent
-    folder = base / str(t.take("dataset_dir", "data"))
-    for candidate in (folder / "dataset_info.json", base / "dataset_info.json"):
+    written = str(t.take("dataset_dir", "data"))
+    folders = [root / written for root in t.launch_roots()]  # LLaMA-Factory reads it from the launch folder
+    folder = next((f for f in folders if f.is_dir()), folders[-1])
+    for candidate in [f / "dataset_info.json" for f in folders] + [base / "dataset_info.json"]:
         if candidate.is_file():
             loaded = load_spec(candidate)
             if isinstance(loaded.data, dict):
