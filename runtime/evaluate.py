@@ -499,6 +499,8 @@ def measure(folder: RunFolder, *, lm_eval: list[str] | None = None) -> tuple[dic
     notes: list[str] = []
 
     finetuned_source(folder)  # fail before generating with the base model, not after
+    if (spec.get("dataset") or {}).get("format") == "preference":  # the `preference` metric, no generation
+        return _measure_preference(folder), []
     schema = _load_json_schema(folder, task_cfg.get("json_schema"))
     task_metric = task_cfg.get("metric", "exact_match")
     task_scorer = M.scorer(task_metric, json_schema=schema, regex=task_cfg.get("regex"))
@@ -633,6 +635,33 @@ def measure(folder: RunFolder, *, lm_eval: list[str] | None = None) -> tuple[dic
         "seconds": {name: results[name]["seconds"] for name in results},
     }
     return document, predictions
+
+
+def _measure_preference(folder: RunFolder) -> dict:
+    from ftspec.runtime import preference_eval
+
+    checks = (folder.spec.get("dataset") or {}).get("checks") or {}
+    max_len = (folder.plan.get("derived") or {}).get("sequence_len")
+    try:
+        document = preference_eval.measure(
+            folder,
+            load_base=load_base,
+            load_finetuned=load_finetuned,
+            load_tokenizer=load_tokenizer,
+            finetuned=finetuned_source(folder),
+            sequence_len=max_len if isinstance(max_len, int) else None,
+            ngram=int(
+                checks.get("contamination_ngram", schema_default("/dataset/checks/contamination_ngram"))
+            ),
+        )
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
+    v = document["values"]
+    log(
+        f"preference: base {M_fmt(v['base']['preference'])}, finetuned {M_fmt(v['finetuned']['preference'])}; "
+        f"{len(document['flipped'])} pair(s) flipped ({document['eval_source']})"
+    )
+    return document
 
 
 def M_fmt(value: float | None) -> str:

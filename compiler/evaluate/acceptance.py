@@ -34,6 +34,8 @@ _HINTS = {
     "template and max_new_tokens leave room for a complete answer",
     "eval_loss": "the eval loss is too high: train longer, or check for a mismatch between train and eval data",
     "perplexity": "the eval perplexity is too high: train longer, or check for a mismatch between train and eval data",
+    "preference": "the model does not prefer the chosen answers of held-out pairs often enough: train longer, raise "
+    "training.beta, check that chosen and rejected are not swapped; the report lists the pairs that flipped",
 }
 
 Locate = Callable[[str], Location]

@@ -21,7 +21,7 @@ from ftspec.compiler.evaluate.acceptance import GateResult, json_number
 
 REPORT_KIND = "ftspec-report"
 REPORT_SCHEMA_VERSION = 1
-ACCEPTANCE_METRICS = ("task", "regression", "format", "eval_loss", "perplexity")
+ACCEPTANCE_METRICS = ("task", "regression", "format", "eval_loss", "perplexity", "preference")
 EXAMPLES_PER_SET = {"task": 4, "regression": 2}
 
 
@@ -177,6 +177,7 @@ def build_report(
             "finetuned": {m: _value((values.get("finetuned") or {}).get(m)) for m in ACCEPTANCE_METRICS},
             "measured": {k: str(v) for k, v in (metrics.get("measured") or {}).items()},
             "counts": {k: int(v) for k, v in (metrics.get("counts") or {}).items()},
+            **({"flipped": metrics["flipped"]} if isinstance(metrics.get("flipped"), list) else {}),
         },
         "rules": [c.to_json() for c in gate.checks],
         "integrity": [i.to_json() for i in gate.integrity],
@@ -368,6 +369,7 @@ def _context(report: dict) -> dict:
         "format": "format",
         "eval_loss": "eval loss",
         "perplexity": "perplexity",
+        "preference": "preference",
     }
     measured = report["metrics"]["measured"]
     rows = []

@@ -4,9 +4,9 @@
     python specs/data/make_tiny_dpo_data.py
 
 The task is the tiny demo's (`name: X, age: N` -> JSON), asked as a preference: the chosen answer is
-the JSON object, the rejected one echoes the record back (`Sofia 27`), which is what the built-in
-model's own copying skill prefers. So the base model scores the rejected answer higher on most pairs
-and preference tuning has something to turn around; trained on the swapped pairs it must not.
+the complete JSON object, the rejected one drops the age (`{"name": "Sofia"}`). Being shorter, the
+rejected answer gets the higher summed log-probability from the base model on almost every pair, so
+preference tuning has something to turn around; trained on the swapped pairs it must not.
 
 - tiny-dpo-train.jsonl / tiny-dpo-eval.jsonl: conversational form (message lists), 600 and 100
   pairs, no (name, age) of eval in train
@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 
 def texts(name: str, age: int) -> tuple[str, str, str]:
     prompt = f"Convert to JSON: name: {name}, age: {age}"
-    return prompt, json.dumps({"name": name, "age": age}), f"{name} {age}"
+    return prompt, json.dumps({"name": name, "age": age}), json.dumps({"name": name})
 
 
 def conversational(name: str, age: int, swap: bool = False) -> dict:
