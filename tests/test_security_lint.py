@@ -122,3 +122,25 @@ def test_source_lines_of_a_data_link_out_of_the_repo_are_never_shown(tmp_path):
     sources = SourceCache()
     assert sources(str(root / "passwd.jsonl"), 1) is None
     assert sources(str(root / "own.jsonl"), 1) == "not json"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+        "{{ ('a' * 1000000000)|length }}",
+        "{% for a in range(100000) %}{{ 'x' * 1000 }}{% endfor %}",
+        "{{ 10 ** 100000 }}",
+    ],
+    ids=["nested-loops", "huge-string", "huge-output", "huge-power"],
+)
+def test_a_hostile_chat_template_is_stopped_by_its_budget(template):
+    """D7: nested range() loops hung `ftspec check`; 'a' * 10**9 cost 1 GB per render."""
+    import time
+
+    from ftspec.compiler.dataset.chat_templates import TemplateError, render
+
+    started = time.monotonic()
+    with pytest.raises(TemplateError):
+        render(template, [{"role": "user", "content": "hi"}])
+    assert time.monotonic() - started < 15

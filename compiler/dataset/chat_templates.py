@@ -13,6 +13,7 @@ transformers.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -182,11 +183,53 @@ def _generation_extension():
     return GenerationExtension
 
 
+# A model's template is untrusted code: the sandbox stops escapes, these stop it from running forever
+# or filling memory (security review D7: nested range(100000) loops hung `check`; 'a' * 10**9 cost
+# 1 GB per render). Steps count loop iterations over range() and every call the sandbox sees.
+RENDER_MAX_STEPS = 2_000_000
+RENDER_MAX_CHARS = 4 << 20  # a rendered conversation far longer than any sequence_len
+RENDER_MAX_SECONDS = 10.0
+_BUDGET: ContextVar[list | None] = ContextVar("ftspec_render_budget", default=None)
+
+
+def _spend(steps: int = 1) -> None:
+    """Charge the current render; TemplateError once it is over its step or time budget."""
+    budget = _BUDGET.get()
+    if budget is None:
+        return
+    budget[0] += steps
+    if budget[0] > RENDER_MAX_STEPS or (budget[0] & 0x3FF == 0 and time.monotonic() > budget[1]):
+        raise TemplateError(
+            f"template exceeded its rendering budget ({RENDER_MAX_STEPS} steps or {RENDER_MAX_SECONDS:g} s)"
+        )
+
+
 @lru_cache(maxsize=1)
 def _environment():
     import jinja2
     import jinja2.ext
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class BudgetedEnvironment(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - jinja's own signature
+            _spend()
+            return super().call(__context, __obj, *args, **kwargs)
+
+        def call_binop(self, context, operator, left, right):
+            _spend()
+            if operator == "*" and isinstance(right, int) and isinstance(left, (str, list, tuple)):
+                if len(left) * right > RENDER_MAX_CHARS:
+                    raise TemplateError(f"template builds a value longer than {RENDER_MAX_CHARS} characters")
+            if operator == "**" and isinstance(right, int) and right > 1024:
+                raise TemplateError("template raises a number to a power above 1024")
+            return super().call_binop(context, operator, left, right)
+
+    def budgeted_range(*args):
+        for value in range(*args):  # jinja's own range caps one range at 100000 items; nesting multiplies
+            _spend()
+            yield value
 
     def raise_exception(message: str) -> None:
         raise jinja2.exceptions.TemplateError(message)
@@ -218,7 +261,7 @@ def _environment():
             if isinstance(name, str) and name.startswith("_"):
                 raise jinja2.exceptions.SecurityError(f"namespace attribute {name!r} is not allowed")
 
-    env = ImmutableSandboxedEnvironment(
+    env = BudgetedEnvironment(
         trim_blocks=True,
         lstrip_blocks=True,
         extensions=[_generation_extension(), jinja2.ext.loopcontrols],
@@ -227,6 +270,7 @@ def _environment():
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
     env.globals["namespace"] = SafeNamespace
+    env.globals["range"] = budgeted_range
     return env
 
 
@@ -282,10 +326,16 @@ def render(
         tools=list(tools) if tools is not None else None,
         documents=None,
     )
+    budget = _BUDGET.set([0, time.monotonic() + RENDER_MAX_SECONDS])
+    size = 0
     try:
         with _tracking(chunks, spans):
             for chunk in template.generate(**context):
                 chunks.append(chunk)
+                size += len(chunk)
+                if size > RENDER_MAX_CHARS:
+                    raise TemplateError(f"template output is longer than {RENDER_MAX_CHARS} characters")
+                _spend()
     except jinja2.exceptions.SecurityError as exc:
         raise TemplateError(f"template tried an unsafe operation: {exc}", _template_line(exc)) from None
     except jinja2.TemplateError as exc:  # raise_exception(), undefined values, syntax found late
@@ -300,6 +350,8 @@ def render(
         RecursionError,
     ) as exc:
         raise TemplateError(f"template failed: {type(exc).__name__}: {exc}", _template_line(exc)) from None
+    finally:
+        _BUDGET.reset(budget)
     return Rendered("".join(chunks), spans)
 
 
