@@ -171,3 +171,19 @@ def test_the_previous_run_hint_names_the_real_build_folder(tmp_path):
     finally:
         shutil.rmtree(run)
         Path(f"{run.parent}/.{run.name}.launch-lock").unlink(missing_ok=True)
+
+
+def test_a_real_lambda_lr_state_round_trips_through_json(tmp_path):
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 / (step + 1))
+    for _ in range(3):
+        optimizer.step()
+        schedule.step()
+    ckpt.save_scheduler(schedule.state_dict(), tmp_path)
+    fresh = torch.optim.lr_scheduler.LambdaLR(
+        torch.optim.AdamW(model.parameters(), lr=0.1), lambda s: 1 / (s + 1)
+    )
+    fresh.load_state_dict(ckpt.load_scheduler(tmp_path))
+    assert fresh.last_epoch == 3 and fresh.get_last_lr() == schedule.get_last_lr()
