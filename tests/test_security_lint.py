@@ -3,6 +3,7 @@ the fly, folder mode) rather than a committed case under tests/cases."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,11 +60,14 @@ def test_folder_mode_never_prints_a_symlinked_spec_outside_the_repo(tmp_path):
     root = _repo(tmp_path / "repo")
     (root / "specs").mkdir()
     (root / "specs" / "docker.yaml").symlink_to(secret)
+    (root / ".fake").mkdir()  # the review's stand-in: a hidden file of the checkout, linked as a spec
+    (root / ".fake" / "config.json").write_text('{"auths": {"x": {"auth": "dXNlcjpnaHBfU0VDUkVU"}}}\n')
+    (root / "specs" / "hidden.yaml").symlink_to("../.fake/config.json")
+    (root / "specs" / "alias.yaml").symlink_to("ok.yaml")  # a link to another spec of the folder: linted
     (root / "specs" / "ok.yaml").write_text(MINIMAL.format(train="train.jsonl"))
     (root / "specs" / "train.jsonl").write_text('{"messages": []}\n')
-    assert expand_paths([str(root / "specs")]) == [
-        str(root / "specs" / n) for n in ("docker.yaml", "ok.yaml")
-    ]
+    names = ("alias.yaml", "docker.yaml", "hidden.yaml", "ok.yaml")
+    assert expand_paths([str(root / "specs")]) == [str(root / "specs" / n) for n in names]
     for fmt in ("text", "github", "sarif", "json"):
         done = subprocess.run(
             [sys.executable, "-m", "ftspec.compiler.cli", "lint", "specs", "--format", fmt],
@@ -72,9 +76,14 @@ def test_folder_mode_never_prints_a_symlinked_spec_outside_the_repo(tmp_path):
             text=True,
             timeout=120,
         )
-        assert "FT0013" in done.stdout + done.stderr, fmt
-        assert "auths" not in done.stdout + done.stderr and "dXNlcjpn" not in done.stdout, fmt
+        out = done.stdout + done.stderr
+        assert "FT0013" in out and "auths" not in out and "dXNlcjpn" not in out, fmt
         assert done.returncode == 1, fmt
+        if fmt == "json":
+            refused = {
+                Path(d["file"]).name for d in json.loads(done.stdout)["diagnostics"] if d["code"] == "FT0013"
+            }
+            assert refused == {"docker.yaml", "hidden.yaml"}  # alias.yaml -> ok.yaml is linted as a spec
 
 
 def test_a_symlink_inside_the_repo_is_still_read(tmp_path):

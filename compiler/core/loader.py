@@ -196,7 +196,7 @@ def spec_link_problem(path: str | os.PathLike, root: os.PathLike | None = None) 
     target = link_escapes(lexical, top)
     if target is None:
         return None
-    return make("FT0013", Location(shown, 1, 1, ""), root=str(top))
+    return make("FT0013", Location(shown, 1, 1, ""), where=f"a file outside the repository ({top})")
 
 
 def load_spec(path: str | os.PathLike, *, root: os.PathLike | None = None) -> LoadedSpec:

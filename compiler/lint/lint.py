@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftspec.compiler.core.diagnostics import Diagnostic, make, sort_diagnostics
+from ftspec.compiler.core.diagnostics import Diagnostic, Location, make, sort_diagnostics
 from ftspec.compiler.core.loader import LoadedSpec, load_spec, non_finite_diagnostics
 from ftspec.compiler.core.schema import schema_diagnostics
 
@@ -91,10 +92,38 @@ BUILD_MARKER = "plan.json"  # ftspec compile's build folders and launch's run fo
 
 
 def expand_paths(paths: list[str]) -> list[str]:
-    """Files as given; folders become the YAML specs inside them (sorted). Hidden folders are skipped,
-    and so are the build and run folders ftspec itself writes (they hold plan.json next to YAML that
-    is not a spec, such as accelerate.yaml), so `ftspec lint .` after a compile stays clean."""
-    out: list[str] = []
+    return [path for path, _top in scan_paths(paths)]
+
+
+def folder_link_problem(path: str, top: Path | None) -> Diagnostic | None:
+    """FT0013 for a spec found by a folder search that is a symlink to anything but another spec the
+    same search would lint: `ftspec lint specs/` runs on pull requests, and a committed link to
+    ~/.docker/config.json or a hidden file of the checkout would be printed line by line."""
+    link = Path(path)
+    if top is None or not link.is_symlink():
+        return None
+    real, root = Path(os.path.realpath(link)), Path(os.path.realpath(top))
+    try:
+        parts = real.relative_to(root).parts
+    except ValueError:
+        parts = None
+    if (
+        parts is not None
+        and real.suffix in (".yaml", ".yml")
+        and not any(part.startswith(".") for part in parts)
+        and not _in_build_folder(real, root)
+    ):
+        return None
+    where = f"a file outside {top}" if parts is None else "a file that is not a spec of this folder"
+    return make("FT0013", Location(path, 1, 1, ""), where=where)
+
+
+def scan_paths(paths: list[str]) -> list[tuple[str, Path | None]]:
+    """(file, the folder it was found in, or None when named directly). Files as given; folders
+    become the YAML specs inside them (sorted). Hidden folders are skipped, and so are the build and
+    run folders ftspec itself writes (they hold plan.json next to YAML that is not a spec, such as
+    accelerate.yaml), so `ftspec lint .` after a compile stays clean."""
+    out: list[tuple[str, Path | None]] = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
@@ -106,9 +135,9 @@ def expand_paths(paths: list[str]) -> list[str]:
                 and not any(part.startswith(".") for part in f.relative_to(p).parts)
                 and not _in_build_folder(f, p)
             )
-            out.extend(str(f) for f in found)
+            out.extend((str(f), p) for f in found)
         else:
-            out.append(raw)
+            out.append((raw, None))
     return out
 
 

@@ -18,9 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ftspec.compiler.core.diagnostics import exit_code
     from ftspec.compiler.core.reporters import emit
-    from ftspec.compiler.lint.lint import expand_paths, lint_file
+    from ftspec.compiler.lint.lint import folder_link_problem, lint_file, scan_paths
 
-    paths = expand_paths(args.specs)
+    found = scan_paths(args.specs)
+    paths = [path for path, _top in found]
     if not paths:
         from ftspec.compiler.verbs.common import fail
 
@@ -32,7 +33,12 @@ def run(args: argparse.Namespace) -> int:
     options = lint_options(args)
     sources = SourceCache()
     diagnostics = []
-    for path in paths:
+    for path, top in found:
+        refused = folder_link_problem(path, top)
+        if refused is not None:  # not read at all: nothing of it can reach the log
+            sources.add(path, "")  # nor a source line, which the text reporter would read on demand
+            diagnostics.append(refused)
+            continue
         result = lint_file(path, options)
         sources.add(path, result.spec.text)
         diagnostics.extend(result.diagnostics)
