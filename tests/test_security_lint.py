@@ -153,3 +153,16 @@ def test_a_hostile_chat_template_is_stopped_by_its_budget(template):
     with pytest.raises(TemplateError):
         render(template, [{"role": "user", "content": "hi"}])
     assert time.monotonic() - started < 15
+
+
+@needs_fifo
+def test_compile_force_never_opens_a_fifo_data_file(tmp_path):
+    """D12: `compile --force` hung on a FIFO data path (lint called it "does not exist")."""
+    from ftspec.compiler.compile.compile import CompileOptions, compile_spec
+
+    root = _repo(tmp_path)
+    os.mkfifo(root / "train.jsonl")
+    (root / "spec.yaml").write_text(MINIMAL.format(train="train.jsonl"))
+    options = CompileOptions(lint=LintOptions(repo_root=root), force=True)
+    result = compile_spec(str(root / "spec.yaml"), options, build_dir=root / "build")  # returns: no hang
+    assert not result.ok and {"FT0256", "FT0604"} <= {d.code for d in result.diagnostics}

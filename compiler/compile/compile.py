@@ -113,6 +113,20 @@ def compile_spec(
             )
         )
         return CompileResult(spec, sort_diagnostics(diags), refused=True)
+    escapes = [d for d in diags if d.code in UNFORCEABLE and d.severity == "error"]
+    if escapes:
+        # reading or writing outside the repository is a separate boundary: --force does not cross it,
+        # and it is checked before the data check opens any file (a FIFO would block it)
+        diags.append(
+            make(
+                "FT0604",
+                spec.locate(escapes[0].pointer),
+                detail="a data or output path leaves the repository or is not a regular file",
+                hint="fix the paths above: --force does not compile a spec that reads or writes outside "
+                "the repository",
+            )
+        )
+        return CompileResult(spec, sort_diagnostics(_dedupe(diags)), refused=True)
     from ftspec.compiler.core.resolve import resolve
 
     resolved = resolve(spec.data)
@@ -145,19 +159,6 @@ def compile_spec(
                 detail="model.trust_remote_code: true needs --allow-remote-code",
                 hint="review the model repository's code, then pass --allow-remote-code (--force does "
                 "not allow remote code)",
-            )
-        )
-        return CompileResult(spec, sort_diagnostics(_dedupe(diags)), refused=True)
-    escapes = [d for d in diags if d.code in UNFORCEABLE and d.severity == "error"]
-    if escapes:
-        # reading or writing outside the repository is a separate boundary: --force does not cross it
-        diags.append(
-            make(
-                "FT0604",
-                spec.locate(escapes[0].pointer),
-                detail="a data or output path leaves the repository or is not a regular file",
-                hint="fix the paths above: --force does not compile a spec that reads or writes outside "
-                "the repository",
             )
         )
         return CompileResult(spec, sort_diagnostics(_dedupe(diags)), refused=True)
