@@ -122,3 +122,17 @@ def test_a_shell_metacharacter_class_name_in_config_json_is_not_an_internal_erro
     assert from_config({"architectures": ["FooForCausalLM"], "model_type": "foo"})["decoder_layer_class"] == (
         "FooDecoderLayer"
     )
+
+
+def test_yaml_aliases_cannot_amplify_the_data_check_even_with_force(tmp_path):
+    """D8: one train file listed 4,800 times through aliases: one warning, then 72 s and 2.7 GB in check."""
+    text = (ROOT / SPEC).read_text()
+    old = text[text.index("  train:\n") : text.index("  eval:")]
+    amplified = text.replace(old, "  train:\n    - &t {path: data/tiny-cpu-train.jsonl}\n" + "    - *t\n" * 4800)
+    spec = ROOT / "specs" / f".amp-{__import__('os').getpid()}.yaml"
+    spec.write_text(amplified)
+    try:
+        result = compile_to(spec.relative_to(ROOT), tmp_path / "build", force=True)
+        assert not result.ok and {"FT0250", "FT0604"} <= set(_errors(result))
+    finally:
+        spec.unlink()

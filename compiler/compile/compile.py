@@ -121,7 +121,7 @@ def compile_spec(
             make(
                 "FT0604",
                 spec.locate(escapes[0].pointer),
-                detail="a data or output path leaves the repository or is not a regular file",
+                detail="a data or output path leaves the repository, is not a regular file, or is listed twice",
                 hint="fix the paths above: --force does not compile a spec that reads or writes outside "
                 "the repository",
             )
@@ -263,9 +263,10 @@ def _dedupe(diags: list[Diagnostic]) -> list[Diagnostic]:
     return out
 
 
-# Path findings --force cannot override (security review V4, V11): FT0228 absolute, FT0229 escaping,
-# FT0255 through a symlink, FT0256 a FIFO or device.
-UNFORCEABLE = frozenset({"FT0228", "FT0229", "FT0255", "FT0256"})
+# Path findings --force cannot override (security review V4, V11, D8): FT0228 absolute, FT0229
+# escaping, FT0255 through a symlink, FT0256 a FIFO or device, FT0250 one file listed again (YAML
+# aliases listed one file 4,800 times: the data check then read it 4,800 times).
+UNFORCEABLE = frozenset({"FT0228", "FT0229", "FT0250", "FT0255", "FT0256"})
 
 
 def _output_in_build(spec: LoadedSpec, plan: dict, build_dir: Path) -> list[Diagnostic]:
