@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ftspec.compiler.launch.integrity import verify_plan
 from ftspec.compiler.core.artifacts import file_sha256
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, make
+from ftspec.compiler.launch.integrity import verify_plan
 
 
 def _digest_problem(path: Path, recorded: object, what: str) -> Diagnostic | None:
