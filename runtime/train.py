@@ -54,7 +54,7 @@ from ftspec.compiler.launch.run_folder import BATCH_FILE, ERRORS_DIR, EXIT_OOM_R
 from ftspec.runtime import cache as rcache
 from ftspec.runtime import checkpoint as ckpt
 from ftspec.runtime import data as rdata
-from ftspec.runtime import outputs
+from ftspec.runtime import export, outputs
 from ftspec.runtime import preference as rpref
 from ftspec.runtime.log import log
 from ftspec.runtime.model import (
@@ -187,20 +187,33 @@ def batch_sizes(plan: dict, out: Path, resume: bool) -> tuple[int, int, list]:
 
 
 class Metrics:
-    """metrics.jsonl (every log/eval event), and TensorBoard / MLflow when report_to asks. Main process."""
+    """metrics.jsonl (every log and eval event), and TensorBoard / MLflow / W&B when report_to asks.
+    Main process only.
 
-    def __init__(self, out: Path, report_to: list[str], enabled: bool, warn):
+    Each metrics.jsonl row has a `type` (train | eval) and a `time` (UTC ISO 8601) besides its step
+    and values (schemas/metrics-row.v1.schema.json). The sinks get the values under grouped names
+    (`train/loss`, `eval/loss`, as transformers' integrations write them) without the constants of a
+    run (world size, micro batch, accumulation), which go with the hyperparameters instead:
+    TensorBoard's hparams plugin and a text summary, MLflow params, the W&B run config. W&B writes
+    offline files under the run folder unless WANDB_MODE says otherwise."""
+
+    CONSTANTS = ("world_size", "micro_batch_size", "gradient_accumulation_steps")
+
+    def __init__(self, out: Path, report_to: list[str], enabled: bool, warn, hparams: dict | None = None):
         self.enabled = enabled
         self.fh = open(out / "metrics.jsonl", "a", encoding="utf-8") if enabled else None
         self.tb = None
         self.mlflow = None
+        self.wandb = None
         if not enabled:
             return
+        hparams = dict(hparams or {})
         if "tensorboard" in report_to:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(log_dir=str(out / "tensorboard"))
+                self._tensorboard_hparams(hparams)
             except ImportError:
                 warn(make("FT0718", sink="tensorboard"))
         if "mlflow" in report_to:
@@ -209,22 +222,60 @@ class Metrics:
 
                 self.mlflow = mlflow
                 mlflow.start_run(run_name=out.name)
+                mlflow.log_params(hparams)
             except ImportError:
                 warn(make("FT0718", sink="mlflow"))
+        if "wandb" in report_to:
+            try:
+                import wandb
 
-    def write(self, record: dict) -> None:
+                self.wandb = wandb.init(
+                    project=os.environ.get("WANDB_PROJECT", "ftspec"),
+                    name=out.name,
+                    dir=str(out),
+                    config=hparams,
+                    mode=os.environ.get("WANDB_MODE", "offline"),  # no network unless asked
+                    reinit="finish_previous",
+                )
+            except ImportError:
+                warn(make("FT0718", sink="wandb"))
+
+    def _tensorboard_hparams(self, hparams: dict) -> None:
+        """The run's hyperparameters in this run's own event file (add_hparams would start another
+        run folder), against the grouped loss tags, and as a text table."""
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        writer = self.tb._get_file_writer()
+        for summary in hparams_summary(hparams, {"train/loss": None, "eval/loss": None}):
+            writer.add_summary(summary)
+        table = "| hyperparameter | value |\n|---|---|\n" + "".join(
+            f"| {k} | {v} |\n" for k, v in sorted(hparams.items())
+        )
+        self.tb.add_text("hparams", table, 0)
+
+    def write(self, record: dict, kind: str = "train") -> None:
+        """One event: `kind` train (a logging window) or eval (an evaluation)."""
         if not self.enabled:
             return
-        self.fh.write(json.dumps(record, sort_keys=True) + "\n")
+        row = {"type": kind, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **record}
+        self.fh.write(json.dumps(row, sort_keys=True) + "\n")
         self.fh.flush()
         step = record.get("step", 0)
-        for key, value in record.items():
-            if key == "step" or not isinstance(value, (int, float)) or isinstance(value, bool):
-                continue
+        values = {
+            f"{kind}/{key.removeprefix(kind + '_')}": value
+            for key, value in record.items()
+            if key != "step"
+            and key not in self.CONSTANTS
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+        }
+        for tag, value in values.items():
             if self.tb is not None:
-                self.tb.add_scalar(key, value, step)
+                self.tb.add_scalar(tag, value, step)
             if self.mlflow is not None:
-                self.mlflow.log_metric(key, value, step=step)
+                self.mlflow.log_metric(tag.replace("/", "_"), value, step=step)
+        if self.wandb is not None and values:
+            self.wandb.log(values, step=step)
 
     def close(self) -> None:
         if self.fh:
@@ -233,6 +284,34 @@ class Metrics:
             self.tb.close()
         if self.mlflow is not None:
             self.mlflow.end_run()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def run_hparams(spec: dict, derived: dict) -> dict:
+    """What a run's loggers record as its hyperparameters: scalars only (TensorBoard's hparams)."""
+    adapter, training = spec.get("adapter") or {}, spec.get("training") or {}
+    values = {
+        "model": (spec.get("model") or {}).get("id"),
+        "method": adapter.get("method"),
+        "r": adapter.get("r"),
+        "alpha": adapter.get("alpha"),
+        "dropout": adapter.get("dropout"),
+        "learning_rate": training.get("learning_rate"),
+        "scheduler": training.get("scheduler"),
+        "optimizer": training.get("optimizer"),
+        "objective": training.get("objective"),
+        "precision": derived.get("precision", training.get("precision")),
+        "seed": training.get("seed"),
+        "sequence_len": derived.get("sequence_len"),
+        "micro_batch_size": derived.get("micro_batch_size"),
+        "gradient_accumulation_steps": derived.get("gradient_accumulation_steps"),
+        "world_size": derived.get("world_size"),
+        "effective_batch": derived.get("effective_batch"),
+        "total_steps": derived.get("total_steps"),
+        "strategy": derived.get("strategy"),
+    }
+    return {k: v for k, v in values.items() if isinstance(v, (str, int, float, bool))}
 
 
 def memory_gib(device: str) -> float:
@@ -244,7 +323,17 @@ def memory_gib(device: str) -> float:
 
 
 def save_final(
-    accelerator, model, tokenizer, spec: dict, source, out: Path, is_main: bool, *, spec_dir: Path, plan: dict
+    accelerator,
+    model,
+    tokenizer,
+    spec: dict,
+    source,
+    out: Path,
+    is_main: bool,
+    *,
+    spec_dir: Path,
+    plan: dict,
+    warn=None,
 ) -> dict:
     """adapter/ (PEFT format) and/or merged/ as output.save asks; tokenizer/ always. Written into temp
     folders and renamed, so a crash here never leaves a half adapter that evaluate would load.
@@ -294,6 +383,16 @@ def save_final(
             shutil.rmtree(out / ".adapter-for-merge", ignore_errors=True)
             written.pop(".adapter-for-merge", None)
     place("tokenizer", with_tokenizer)
+    if "gguf" in (spec.get("output") or {}).get("export") or []:
+        try:
+            place(
+                export.EXPORT_DIR,
+                lambda d: _export_gguf(d, out, spec, source, tokenizer, generation, end_of_turn),
+            )
+        except export.ExportError as exc:  # the run trained and saved: the export alone is missing
+            shutil.rmtree(out / f".tmp-{export.EXPORT_DIR}", ignore_errors=True)
+            if warn is not None:
+                warn(make("FT0730", export="gguf", detail=str(exc)))
     if "adapter" in written:
         outputs.copy_base(base, out)
     metadata = plan.get("metadata") or {}
@@ -305,8 +404,27 @@ def save_final(
         data_sha256=_data_file_hashes(spec, spec_dir),
         end_of_turn=end_of_turn,
     )
+    facts["exports"] = sorted(p.name for p in (out / export.EXPORT_DIR).glob("*.gguf"))
     outputs.write_cards(out, facts)
     return written
+
+
+def _export_gguf(d: Path, out: Path, spec: dict, source, tokenizer, generation, end_of_turn) -> None:
+    """export/: the GGUF and Modelfile of the merged model (merged/ when saved, else merged for the
+    export into a temporary folder from adapter/)."""
+    merged = out / "merged"
+    temporary = None
+    if not (merged / "config.json").is_file():
+        temporary = out / ".merged-for-export"
+        shutil.rmtree(temporary, ignore_errors=True)
+        temporary.mkdir()
+        merge_adapter(source, spec, out / "adapter", tokenizer, temporary, generation)
+        merged = temporary
+    try:
+        export.export_gguf(merged, d, spec, [end_of_turn or "", tokenizer.eos_token or ""])
+    finally:
+        if temporary is not None:
+            shutil.rmtree(temporary, ignore_errors=True)
 
 
 def _data_file_hashes(spec: dict, spec_dir: Path) -> dict[str, str]:
@@ -553,7 +671,13 @@ def run(plan_path: Path, resume: bool) -> int:
             seed, device_specific=True
         )  # dropout masks differ per rank; restored by load_state on resume
 
-    metrics = Metrics(out, spec.get("output", {}).get("report_to", []), is_main, warn)
+    metrics = Metrics(
+        out,
+        spec.get("output", {}).get("report_to", []),
+        is_main,
+        warn,
+        run_hparams(spec, plan.get("derived") or {}),
+    )
     packed = bool(stats["packing"])
     pad_id = tokenizer.pad_token_id
     nan_at = env_int("FTSPEC_INJECT_NAN_AT_STEP")
@@ -759,7 +883,7 @@ def run(plan_path: Path, resume: bool) -> int:
                     "micro_batch_size": mbs,
                     "gradient_accumulation_steps": gas,
                 }
-                metrics.write(record)
+                metrics.write(record, "train")
                 if is_main:
                     bar.write(
                         f"ftspec: step {step}/{total_steps} loss {last_loss:.4f} lr {record['learning_rate']:.3g} "
@@ -776,7 +900,8 @@ def run(plan_path: Path, resume: bool) -> int:
                             "eval_loss": round(last_eval, 6),
                             "eval_perplexity": round(math.exp(min(last_eval, 50)), 4),
                             "world_size": world,
-                        }
+                        },
+                        "eval",
                     )
                     if is_main:
                         bar.write(f"ftspec: step {step} eval loss {last_eval:.4f}", file=sys.stderr)
@@ -795,7 +920,7 @@ def run(plan_path: Path, resume: bool) -> int:
         if os.environ.get("FTSPEC_PARAM_DIGEST"):
             _write_param_digest(accelerator, model, out, rank)
         written = save_final(
-            accelerator, model, tokenizer, spec, source, out, is_main, spec_dir=spec_dir, plan=plan
+            accelerator, model, tokenizer, spec, source, out, is_main, spec_dir=spec_dir, plan=plan, warn=warn
         )
         run_info["outputs"] = written
         run_info["final"] = {

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 FACTS_FILE = Path(".ftspec") / "model_card.json"
-CARD_FOLDERS = ("adapter", "merged")
+CARD_FOLDERS = ("adapter", "merged", "export")  # export/: output.export's GGUF and Modelfile
 
 
 def render_card(facts: dict, folder_name: str) -> str:
@@ -21,9 +21,10 @@ def render_card(facts: dict, folder_name: str) -> str:
     front = ["---"]
     if hub_base:
         front.append(f"base_model: {hub_base}")
-    front.append("library_name: " + ("peft" if folder_name == "adapter" else "transformers"))
+    library = {"adapter": "peft", "export": "gguf"}.get(folder_name, "transformers")
+    front.append("library_name: " + library)
     front.append("pipeline_tag: text-generation")
-    front.append("tags:\n- ftspec\n- " + ("lora" if folder_name == "adapter" else "merged"))
+    front.append("tags:\n- ftspec\n- " + {"adapter": "lora", "export": "gguf"}.get(folder_name, "merged"))
     if facts.get("license"):
         front.append(f"license: {facts['license'].lower()}")
     front.append("---")
@@ -72,6 +73,18 @@ def render_card(facts: dict, folder_name: str) -> str:
             'model = AutoPeftModelForCausalLM.from_pretrained("adapter")',
             'tokenizer = AutoTokenizer.from_pretrained("adapter")',
         ]
+    elif folder_name == "export":
+        gguf = next(iter(facts.get("exports") or []), "MODEL.gguf")
+        lines += [
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            f'model = AutoModelForCausalLM.from_pretrained("export", gguf_file="{gguf}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("export", gguf_file="{gguf}")',
+            "```",
+            "",
+            f"llama.cpp: `llama-cli -m export/{gguf} -cnv`; Ollama: `ollama create NAME -f export/Modelfile`.",
+        ]
+        return "\n".join([*lines, ""])
     else:
         lines += [
             "from transformers import AutoModelForCausalLM, AutoTokenizer",

@@ -64,6 +64,7 @@ def previous_run(run_dir: Path) -> list[str]:
 RUN_WRITES = frozenset(
     {"run.json", "plan.json", "lock.json", "metrics.jsonl", "tensorboard", "tokenizer", "eval", CHECKPOINTS}
     | {BATCH_FILE, ERRORS_DIR, ".adapter-for-merge", *PRECIOUS_OUTPUTS}
+    | {"export", ".tmp-export", ".merged-for-export", "wandb"}  # output.export, report_to: wandb
 )
 
 
