@@ -11,8 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from datacheck_helpers import check, chatml, found, write_jsonl, write_spec
-
+from datacheck_helpers import chatml, check, found, write_jsonl, write_spec
 from ftspec.compiler.dataset.readers import count_rows, open_records, source_kind, source_sha256
 from ftspec.compiler.dataset.records import DataFileError
 from ftspec.compiler.dataset.sources import count_records
@@ -173,3 +172,27 @@ def test_lint_accepts_a_save_to_disk_folder(tmp_path):
     codes = [d.code for d in lint_file(spec, LintOptions(repo_root=tmp_path)).diagnostics]
     assert "FT0251" in codes
     shutil.rmtree(tmp_path / "data")
+
+
+def test_parquet_copy_of_the_demo_prepares_like_the_jsonl(tmp_path):
+    """Training data from the Parquet copy is the JSON Lines file's, token for token (same mix and split)."""
+    from ftspec.runtime import data as rdata
+    from ftspec.runtime.builtin import build_tokenizer
+
+    tok = build_tokenizer()
+    from ftspec.compiler.dataset.chat_templates import template_source
+
+    tok.chat_template = template_source("chatml")
+    records = demo_records()[:300]
+    write_jsonl(tmp_path / "train.jsonl", records)
+    write_parquet(tmp_path / "train.parquet", records)
+    spec = {
+        "dataset": {"format": "chatml", "train": "train.jsonl", "eval_split": 0.1},
+        "training": {"sequence_len": 64, "seed": 3},
+    }
+    jsonl = rdata.prepare(spec, tmp_path, tok)
+    spec["dataset"]["train"] = "train.parquet"
+    parquet = rdata.prepare(spec, tmp_path, tok)
+    assert parquet.stats == jsonl.stats
+    assert [e.input_ids for e in parquet.train] == [e.input_ids for e in jsonl.train]
+    assert [e.labels for e in parquet.eval] == [e.labels for e in jsonl.eval]

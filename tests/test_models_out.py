@@ -13,10 +13,9 @@ import jsonschema
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from runtime_helpers import ROOT, env_with, launch, metrics, run_json, write_spec
-
 from ftspec.runtime import export
 from ftspec.runtime.train import Metrics
+from runtime_helpers import ROOT, env_with, launch, metrics, run_json, write_spec
 
 SCHEMA = json.loads((ROOT / "schemas" / "metrics-row.v1.schema.json").read_text(encoding="utf-8"))
 WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
