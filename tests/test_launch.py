@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ftspec.compiler.launch import launch as launcher
+from ftspec.compiler.launch.run_folder import run_dir_of
 from ftspec.compiler.verbs import launch as verb
 from runtime_helpers import launch, write_spec
 
@@ -62,11 +64,12 @@ def test_a_spec_that_does_not_compile_stops_before_launching(tmp_path):
 
 
 def test_execute_returns_the_child_exit_status(tmp_path):
-    assert verb._execute([sys.executable, "-c", "import sys; sys.exit(3)"], {}) == 3
+    assert launcher.execute([sys.executable, "-c", "import sys; sys.exit(3)"], {}) == 3
     assert (
-        verb._execute([sys.executable, "-c", "import os; assert os.environ['X_T'] == 'y'"], {"X_T": "y"}) == 0
+        launcher.execute([sys.executable, "-c", "import os; assert os.environ['X_T'] == 'y'"], {"X_T": "y"})
+        == 0
     )
-    assert verb._execute([str(tmp_path / "no-such-program")], {}) == 2
+    assert launcher.execute([str(tmp_path / "no-such-program")], {}) == 2
 
 
 def test_failures_are_reported_and_recorded(tmp_path, capsys):
@@ -74,20 +77,20 @@ def test_failures_are_reported_and_recorded(tmp_path, capsys):
     (run / ".ftspec").mkdir(parents=True)
     (run / ".ftspec" / "error-rank1.txt").write_text("Traceback ...\nRuntimeError: boom on rank 1\n")
     (run / "run.json").write_text(json.dumps({"exit_status": "running"}))
-    verb._report_failures(run, since=0)
-    verb._mark_failed(run, 1)
+    launcher.report_failures(run, since=0)
+    launcher.mark_failed(run, 1)
     err = capsys.readouterr().err
     assert "FT0717" in err and "rank 1 failed: RuntimeError: boom on rank 1" in err
     assert json.loads((run / "run.json").read_text())["exit_status"] == "failed"
 
 
 def test_oom_retry_is_taken_once(tmp_path):
-    (tmp_path / verb.BATCH_FILE).write_text(
+    (tmp_path / launcher.BATCH_FILE).write_text(
         json.dumps({"micro_batch_size": 2, "gradient_accumulation_steps": 4, "pending": True})
     )
-    first = verb._oom_retry_pending(tmp_path)
+    first = launcher.oom_retry_pending(tmp_path)
     assert first["micro_batch_size"] == 2
-    assert verb._oom_retry_pending(tmp_path) is None  # consumed: a second failure is not retried blindly
+    assert launcher.oom_retry_pending(tmp_path) is None  # consumed: a second failure is not retried blindly
 
 
 def test_launch_verb_does_not_import_the_training_stack():
@@ -101,7 +104,7 @@ def test_launch_verb_does_not_import_the_training_stack():
 
 def _fake_finished_run(build: Path) -> Path:
     plan = json.loads((build / "plan.json").read_text())
-    run = verb._run_dir(build, plan)
+    run = run_dir_of(plan, build)
     (run / "checkpoints" / "checkpoint-8").mkdir(parents=True)
     (run / "checkpoints" / "checkpoint-12").mkdir()
     (run / "adapter").mkdir()
@@ -122,7 +125,7 @@ def test_a_fresh_launch_never_replaces_an_earlier_run(tmp_path, monkeypatch):
     assert result.returncode == 2 and "FT0720" in result.stderr
     # --overwrite moves the earlier run aside, whole, then launches
     launched = []
-    monkeypatch.setattr(verb, "_execute", lambda argv, env: launched.append(argv) or 0)
+    monkeypatch.setattr(launcher, "execute", lambda argv, env: launched.append(argv) or 0)
     parser = __import__("argparse").ArgumentParser()
     verb.add_arguments(parser)
     assert verb.run(parser.parse_args([str(build), "--overwrite"])) == 0
@@ -135,14 +138,14 @@ def test_a_fresh_launch_never_replaces_an_earlier_run(tmp_path, monkeypatch):
 def test_ctrl_c_marks_the_run_failed_so_it_is_not_left_running(tmp_path, monkeypatch):
     build = _compiled(tmp_path)
     plan = json.loads((build / "plan.json").read_text())
-    run = verb._run_dir(build, plan)
+    run = run_dir_of(plan, build)
     run.mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({"exit_status": "running"}))
 
     def interrupted(argv, env):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(verb, "_execute", interrupted)
+    monkeypatch.setattr(launcher, "execute", interrupted)
     parser = __import__("argparse").ArgumentParser()
     verb.add_arguments(parser)
     try:
