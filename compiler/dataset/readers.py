@@ -25,7 +25,7 @@ JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv",)
 SUPPORTED = ".jsonl, .json, .parquet, .csv, or a folder written by datasets' save_to_disk"
-BATCH_ROWS = 8192  # rows per Arrow record batch: big enough for the columnar passes, a few MB of text
+BATCH_ROWS = 1024  # rows per Arrow record batch: a suspect row makes its batch be scanned again, so small
 PARQUET_MAGIC = b"PAR1"
 _BINARY_HINTS = {  # leading bytes of files that are often named by mistake
     PARQUET_MAGIC: "a Parquet file",
