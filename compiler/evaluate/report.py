@@ -422,3 +422,44 @@ def write_reports(report: dict, out_dir: Path) -> dict[str, Path]:
         write_atomic(path, text)
         paths[name] = path
     return paths
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return str(value)
+    return f"{value:.4g}"
+
+
+def render_text(report: dict, out_dir: Path) -> str:
+    """The rule table as plain text, for the terminal and CI logs."""
+    lines = [f"acceptance gate: {report['summary']}"]
+    rows = [("#", "metric", "rule", "threshold", "base", "fine-tuned", "difference", "result")]
+    for c in report["rules"]:
+        label = c["metric"] + (f" ({c['measured']})" if c["measured"] else "")
+        diff = (
+            "n/a"
+            if c["difference"] is None
+            else ("+" if c["difference"] >= 0 else "") + _cell(c["difference"])
+        )
+        rows.append(
+            (
+                str(c["index"]),
+                label,
+                c["kind"],
+                _cell(c["threshold"]),
+                _cell(c["base"]),
+                _cell(c["finetuned"]),
+                diff,
+                c["status"].upper(),
+            )
+        )
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+    for check in report["integrity"]:
+        lines.append(f"  {check['name']}: {check['status']} ({check['detail']})")
+    lines.append(f"report: {out_dir / 'report.html'}")
+    return "\n".join(lines)
