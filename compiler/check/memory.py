@@ -500,7 +500,9 @@ def setup_from_resolved(resolved: dict, *, seq_len: int | None = None) -> TrainS
         double_quant=bool(quant.get("double_quant", True)),
         precision=training.get("precision", "bf16"),
         optimizer=training.get("optimizer", "adamw_torch"),
-        micro_batch=int(training.get("micro_batch_size", schema_default("/training/micro_batch_size")) or 1),
+        # dpo/orpo: each example is two sequences (prompt + chosen, prompt + rejected) in one forward
+        micro_batch=int(training.get("micro_batch_size", schema_default("/training/micro_batch_size")) or 1)
+        * (2 if str(training.get("objective") or "sft") in ("dpo", "orpo") else 1),
         seq_len=int(seq),
         grad_ckpt=bool(training.get("gradient_checkpointing", True)),
         grad_accum=int(

@@ -21,6 +21,39 @@ UTILISATION = 0.35  # model FLOPs utilisation typical of HF Trainer fine-tuning 
 UTILISATION_4BIT = 0.25  # dequantizing NF4 weights on every matmul costs throughput
 
 
+def _pairs(training: dict) -> bool:
+    return str(training.get("objective") or "sft") in ("dpo", "orpo")
+
+
+def _preference_cost(
+    setup: TrainSetup, shapes: Shapes, training: dict, per_example: float, examples, tokens, assumptions
+) -> float:
+    """FLOPs of DPO's reference pass, with the assumption line that says how the reference is made.
+
+    The runtime (runtime/preference.py) scores every pair once under the reference before the first
+    step: for LoRA/QLoRA the base weights with the adapter disabled, for full fine-tuning the weights
+    as loaded. So no second copy of the weights is held and no reference forward runs per step; the
+    cost is one forward (2N per token) over both sides of every pair. (memory.setup_from_resolved
+    counts two sequences per example in the micro batch.)"""
+    objective = str(training.get("objective") or "sft")
+    if objective == "orpo":
+        assumptions.append("ORPO: two sequences per example (chosen and rejected), no reference model")
+        return 0.0
+    if objective != "dpo" or tokens is None:
+        return 0.0
+    how = "the starting weights" if setup.method == "full" else "the base weights, adapter disabled"
+    per_pair = 2.0 * per_example
+    pairs = examples if examples is not None else tokens / per_pair
+    fwd = 2.0 * shapes.active_params + 2.0 * shapes.layers * setup.seq_len * shapes.q_dim
+    flops = float(pairs) * per_pair * fwd
+    assumptions.append(
+        f"DPO: two sequences per example; reference = {how}, log-probabilities computed once before the "
+        f"first step (no second copy of the weights in memory): one forward over {int(pairs)} pairs, "
+        f"{flops / 1e15:.3g} PFLOP"
+    )
+    return flops
+
+
 def flops_per_token(setup: TrainSetup, shapes: Shapes, adapter_params: float = 0.0) -> float:
     n = shapes.active_params
     attn_fwd = 2.0 * shapes.layers * setup.seq_len * shapes.q_dim  # QK^T and AV, causal half
@@ -152,9 +185,12 @@ def estimate_time(
             examples * float(training.get("epochs", schema_default("/training/epochs")) or 1) * per_example
         )
         source = f"{examples} examples x {training.get('epochs', 1)} epoch(s) x {per_example:.0f} tokens ({source})"
+    if tokens is not None and not training.get("max_steps") and _pairs(training):
+        tokens *= 2  # each example is two sequences (the max_steps path counts sequences already)
+    extra_flops = _preference_cost(setup, shapes, training, per_example, examples, tokens, assumptions)
     hours = None
     if tokens is not None and gpu_tflops:
-        hours = tokens * fpt / (setup.world * gpu_tflops * 1e12 * util) / 3600
+        hours = (tokens * fpt + extra_flops) / (setup.world * gpu_tflops * 1e12 * util) / 3600
     return TimeEstimate(
         tokens, source, fpt, util, gpu_tflops, setup.world, hours, price, price_source, assumptions
     )
