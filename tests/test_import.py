@@ -309,14 +309,50 @@ def test_cli_exit_1_when_spec_would_not_lint(tmp_path):
 
 
 def test_unsupported_training_kind_is_an_error(tmp_path):
-    config = tmp_path / "dpo.yml"
+    """KTO (and GRPO, reward modelling, ...) stay refused at their line; so does a dataset type with
+    no equivalent."""
+    config = tmp_path / "kto.yml"
     config.write_text(
-        "base_model: meta-llama/Llama-3.2-1B\nrl: dpo\nadapter: lora\n"
+        "base_model: meta-llama/Llama-3.2-1B\nrl: kto\nadapter: lora\n"
         "datasets:\n  - path: some/prefs\n    type: chatml.intel\n"
     )
     result = translate("axolotl", load_spec(config), ImportOptions(output=tmp_path / "s.yaml"))
     errors = [(d.code, d.line) for d in result.diagnostics if d.severity == "error"]
     assert ("FT0906", 2) in errors and ("FT0906", 6) in errors
+
+
+@pytest.mark.parametrize(
+    "tool, text, objective, beta, refused_line",
+    [
+        ("axolotl", "rl: dpo\nrl_beta: 0.05\n", "dpo", 0.05, None),
+        ("axolotl", "rl: orpo\norpo_alpha: 0.2\n", "orpo", 0.2, None),
+        ("axolotl", "rl: grpo\n", None, None, 1),
+        ("llamafactory", "stage: dpo\npref_beta: 0.2\n", "dpo", 0.2, None),
+        ("llamafactory", "stage: dpo\npref_loss: orpo\n", "orpo", None, None),
+        ("llamafactory", "stage: dpo\npref_loss: simpo\n", None, None, 2),
+        ("llamafactory", "stage: kto\n", None, None, 1),
+        ("llamafactory", "stage: rm\n", None, None, 1),
+    ],
+)
+def test_preference_configs_map_to_the_objective(tmp_path, tool, text, objective, beta, refused_line):
+    """Axolotl rl: dpo|orpo and LLaMA-Factory stage: dpo (pref_loss sigmoid|orpo) become
+    training.objective and beta over preference data; other RL methods are refused at their line."""
+    rest = (
+        "base_model: meta-llama/Llama-3.2-1B\nadapter: lora\ndatasets:\n  - path: data/p.jsonl\n    type: chat_template\n"
+        if tool == "axolotl"
+        else "model_name_or_path: Qwen/Qwen3-4B-Instruct-2507\nfinetuning_type: lora\ndataset: prefs\n"
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text(text + rest)
+    result = translate(tool, load_spec(config), ImportOptions(output=tmp_path / "s.yaml"))
+    errors = [(d.code, d.line) for d in result.diagnostics if d.code == "FT0906"]
+    if refused_line is not None:
+        assert ("FT0906", refused_line) in errors
+        return
+    assert errors == []
+    training = result.data["training"]
+    assert training["objective"] == objective and result.data["dataset"]["format"] == "preference"
+    assert training.get("beta") == beta
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,33 @@ LORA_POINTERS = (
 )
 
 
+# rl: values ftspec trains (training.objective); every other rl (kto, ipo, simpo, grpo, ...) is refused
+PREFERENCE_RL = {"dpo": "dpo", "orpo": "orpo"}
+
+
+def _objective(t: Translation) -> None:
+    """rl: dpo | orpo -> training.objective with beta (Axolotl: rl_beta for DPO, orpo_alpha, the
+    ORPO paper's lambda, for ORPO); other rl methods stay refused at their line."""
+    rl = t.take("rl")
+    beta = t.take("rl_beta")
+    alpha = t.take("orpo_alpha")
+    if not rl:
+        return
+    objective = PREFERENCE_RL.get(str(rl).lower())
+    if objective is None:
+        t.unsupported(
+            "/rl",
+            f"rl: {rl} is a preference or reinforcement-learning method ftspec does not train "
+            "(it trains sft, dpo and orpo)",
+            hint="use rl: dpo or rl: orpo, or import the SFT stage's config instead",
+        )
+        return
+    t.set("/training/objective", objective, t.origin("/rl"))
+    strength, key = (alpha, "orpo_alpha") if objective == "orpo" else (beta, "rl_beta")
+    if isinstance(strength, (int, float)) and not isinstance(strength, bool) and strength > 0:
+        t.set("/training/beta", strength, t.origin(f"/{key}"))
+
+
 def translate(source: LoadedSpec, options: ImportOptions) -> ImportResult:
     table = load_table("import_axolotl.json")
     t = Translation("axolotl", "Axolotl", source, options)
@@ -31,14 +58,7 @@ def translate(source: LoadedSpec, options: ImportOptions) -> ImportResult:
     t.set("/name", options.name or spec_name(Path(source.path).stem), "from the config's file name")
     t.set("/description", f"Imported from the Axolotl config {Path(source.path).name}.", "")
 
-    rl = t.take("rl")
-    if rl:
-        t.unsupported(
-            "/rl",
-            f"rl: {rl} is preference or reinforcement learning; ftspec runs supervised "
-            "fine-tuning only, so this config cannot be translated faithfully",
-            hint="import the SFT stage's config instead",
-        )
+    _objective(t)
     _model(t)
     t.direct(table["direct"])
     method = _adapter(t)
@@ -46,6 +66,8 @@ def translate(source: LoadedSpec, options: ImportOptions) -> ImportResult:
     _schedule(t, table)
     _precision(t, method)
     _datasets(t, table)
+    if t.get("/training/objective") in ("dpo", "orpo"):  # pairs, whatever the dataset's prompt type
+        t.set("/dataset/format", "preference", t.origin("/rl") + ": records {prompt, chosen, rejected}")
     _excess_length(t)
     _eval(t)
     _output(t)

@@ -19,6 +19,30 @@ from ftspec.compiler.author.importers.common import (
 from ftspec.compiler.core.loader import LoadedSpec, load_spec
 
 
+def _stage(t: Translation) -> None:
+    """stage: sft, or dpo with pref_loss sigmoid (DPO) | orpo, to training.objective with pref_beta;
+    kto, rm (reward modelling), ppo, pt and the other DPO losses stay refused at their line."""
+    stage = t.take("stage", "sft")
+    loss = t.take("pref_loss", "sigmoid")
+    beta = t.take("pref_beta")
+    if stage == "sft":
+        return
+    objective = {"sigmoid": "dpo", "orpo": "orpo"}.get(str(loss)) if stage == "dpo" else None
+    if objective is None:
+        detail = (
+            f"stage: dpo with pref_loss: {loss} is a preference loss ftspec does not train (sigmoid and orpo)"
+            if stage == "dpo"
+            else f"stage: {stage} is not a stage ftspec trains (sft, and dpo with pref_loss sigmoid or orpo)"
+        )
+        t.unsupported(
+            "/pref_loss" if stage == "dpo" else "/stage", detail, hint="import the sft stage's config instead"
+        )
+        return
+    t.set("/training/objective", objective, t.origin("/stage"))
+    if isinstance(beta, (int, float)) and not isinstance(beta, bool) and beta > 0:
+        t.set("/training/beta", beta, t.origin("/pref_beta"))
+
+
 def translate(source: LoadedSpec, options: ImportOptions) -> ImportResult:
     table = load_table("import_llamafactory.json")
     t = Translation("llamafactory", "LLaMA-Factory", source, options)
@@ -26,19 +50,15 @@ def translate(source: LoadedSpec, options: ImportOptions) -> ImportResult:
     t.set("/name", options.name or spec_name(Path(source.path).stem), "from the config's file name")
     t.set("/description", f"Imported from the LLaMA-Factory config {Path(source.path).name}.", "")
 
-    stage = t.take("stage", "sft")
-    if stage != "sft":
-        t.unsupported(
-            "/stage",
-            f"stage: {stage} is not supervised fine-tuning; ftspec runs SFT only",
-            hint="import the sft stage's config instead",
-        )
+    _stage(t)
     _model(t)
     t.direct(table["direct"])
     method = _method(t, table)
     _schedule(t)
     _cutoff(t)
     _datasets(t)
+    if t.get("/training/objective") in ("dpo", "orpo"):  # pairs, whatever the dataset's prompt type
+        t.set("/dataset/format", "preference", t.origin("/stage") + ": records {prompt, chosen, rejected}")
     out = t.take("output_dir")
     if out:
         t.output_dir("/output_dir", out)
