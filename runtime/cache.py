@@ -61,8 +61,12 @@ def save_prepared(prepared: Prepared, path: Path) -> None:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no half-written cache file left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_prepared(path: Path) -> Prepared | None:

@@ -41,10 +41,11 @@ import signal
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from ftspec.compiler.core.artifacts import file_sha256
+from ftspec.compiler.core.artifacts import file_sha256, free_bytes, human_bytes, is_no_space
 from ftspec.compiler.core.diagnostics import Diagnostic, make
 from ftspec.compiler.core.reporters import to_text
 from ftspec.compiler.core.schema import schema_default
@@ -104,6 +105,39 @@ class StopRun(Exception):
 
 
 def now() -> str:
+@contextmanager
+def writing(what: str, folder: Path, cleanup: Path | None = None):
+    """A full disk while writing `what` into `folder` ends the run with FT0747 (what, where, how much
+    is free) instead of a library's own error; `cleanup` (a half-written temporary folder) is removed
+    first, which also gives back the space the last writes of the run need (run.json, the error file)."""
+    try:
+        yield
+    except StopRun:
+        raise
+    except Exception as exc:
+        if not is_no_space(exc, folder):
+            raise
+        diag = make("FT0747", what=what, folder=str(folder), free=human_bytes(free_bytes(folder)))
+        if cleanup is not None:
+            shutil.rmtree(cleanup, ignore_errors=True)
+        raise StopRun(diag, "failed") from exc
+
+
+def write_run_json(path: Path, data: dict) -> None:
+    """run.json, atomically; on a full disk (no room for a second copy) in place, so the run's end
+    (failed, and why) is recorded rather than left "running"."""
+    try:
+        ckpt.write_json_atomic(path, data)
+    except OSError as exc:
+        if not is_no_space(exc):
+            raise
+        with open(path, "r+" if path.exists() else "w", encoding="utf-8") as fh:
+            fh.truncate(0)  # gives the old copy's blocks back before writing the new one
+            fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -258,8 +292,9 @@ class Metrics:
         if not self.enabled:
             return
         row = {"type": kind, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **record}
-        self.fh.write(json.dumps(row, sort_keys=True) + "\n")
-        self.fh.flush()
+        with writing("metrics.jsonl", Path(self.fh.name).parent):
+            self.fh.write(json.dumps(row, sort_keys=True) + "\n")
+            self.fh.flush()
         step = record.get("step", 0)
         values = {
             f"{kind}/{key.removeprefix(kind + '_')}": value
@@ -356,7 +391,8 @@ def save_final(
         tmp = out / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        writer(tmp)
+        with writing(f"{name}/", out, cleanup=tmp):
+            writer(tmp)
         target = out / name
         shutil.rmtree(target, ignore_errors=True)
         os.rename(tmp, target)
@@ -544,10 +580,11 @@ def run(plan_path: Path, resume: bool) -> int:
     }
     lock_path = plan_path.parent / "lock.json"
     if is_main:
-        shutil.copyfile(plan_path, out / "plan.json")
-        if lock_path.is_file():
-            shutil.copyfile(lock_path, out / "lock.json")
-            run_info["lock_sha256"] = file_sha256(lock_path)
+        with writing("plan.json and lock.json", out):
+            shutil.copyfile(plan_path, out / "plan.json")
+            if lock_path.is_file():
+                shutil.copyfile(lock_path, out / "lock.json")
+                run_info["lock_sha256"] = file_sha256(lock_path)
         for removed in ckpt.clean_partial(ckroot):
             log(f"ftspec: removed an unfinished checkpoint write {removed.name}")
         if not resume:
@@ -555,7 +592,8 @@ def run(plan_path: Path, resume: bool) -> int:
             # otherwise be resumed from or plotted.
             shutil.rmtree(ckroot, ignore_errors=True)
             (out / "metrics.jsonl").unlink(missing_ok=True)
-        ckpt.write_json_atomic(run_json, run_info)
+        with writing("run.json", out):
+            ckpt.write_json_atomic(run_json, run_info)
 
     # Model and data: the main process first (it may build the built-in model and tokenizes once into
     # a cache the others then read), the others after it, inside the collective timeout.
@@ -563,7 +601,8 @@ def run(plan_path: Path, resume: bool) -> int:
     with accelerator.main_process_first():
         source = resolve_source(spec["model"], spec_dir)
         tokenizer = load_tokenizer(source, spec["model"], spec_dir)
-        prepared = cached_prepare(spec, derived, spec_dir, tokenizer, out, source)
+        with writing("the tokenised data cache", out / ERRORS_DIR):
+            prepared = cached_prepare(spec, derived, spec_dir, tokenizer, out, source)
     stats = prepared.stats
     total_steps = int(derived["total_steps"])
     schedule = rdata.Schedule(len(prepared.train), mbs, gas, world, seed)
@@ -747,6 +786,12 @@ def run(plan_path: Path, resume: bool) -> int:
         if is_main:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
+        # A full disk: the half-written temporary folder goes (it has no completion marker, so resume
+        # never trusts it either way) and the complete checkpoints before it stay.
+        with writing(final.name, ckroot, cleanup=tmp if is_main else None):
+            _save_checkpoint(step, tmp, final)
+
+    def _save_checkpoint(step: int, tmp: Path, final: Path) -> None:
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp), **ds_save_kwargs)
         if is_main:
@@ -919,9 +964,10 @@ def run(plan_path: Path, resume: bool) -> int:
         bar.close()
         if os.environ.get("FTSPEC_PARAM_DIGEST"):
             _write_param_digest(accelerator, model, out, rank)
-        written = save_final(
-            accelerator, model, tokenizer, spec, source, out, is_main, spec_dir=spec_dir, plan=plan, warn=warn
-        )
+        with writing("the final model and its cards", out):
+            written = save_final(
+                accelerator, model, tokenizer, spec, source, out, is_main, spec_dir=spec_dir, plan=plan, warn=warn
+            )
         run_info["outputs"] = written
         run_info["final"] = {
             "loss": last_loss,
@@ -949,7 +995,7 @@ def run(plan_path: Path, resume: bool) -> int:
     if code == EXIT_OK:  # a failed rank may be gone already: never wait on it
         accelerator.wait_for_everyone()
     if is_main:
-        ckpt.write_json_atomic(run_json, run_info)
+        write_run_json(run_json, run_info)
         log(f"ftspec: {status} at step {step}/{total_steps}; run folder {out}")
     return code
 

@@ -283,7 +283,11 @@ def _output_in_build(spec: LoadedSpec, plan: dict, build_dir: Path) -> list[Diag
 
 
 class BuildDirError(Exception):
-    pass
+    """The build folder cannot be written; `no_space` holds (file, free) when the disk filled up."""
+
+    def __init__(self, detail: str, no_space: tuple[str, str] | None = None):
+        super().__init__(detail)
+        self.no_space = no_space
 
 
 def _refusal(target: Path) -> str | None:
@@ -328,8 +332,12 @@ def write_build(files: dict[str, str], target: Path, *, executable: set[str] = f
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
     except OSError as exc:
-        raise BuildDirError(exc.strerror or str(exc)) from None
+        from ftspec.compiler.core.artifacts import free_bytes, human_bytes, is_no_space
+
+        full = ("the folder", human_bytes(free_bytes(parent))) if is_no_space(exc) else None
+        raise BuildDirError(exc.strerror or str(exc), no_space=full) from None
     old: Path | None = None
+    name = "the folder"
     try:
         for name, text in sorted(files.items()):
             path = staging / name
@@ -348,7 +356,10 @@ def write_build(files: dict[str, str], target: Path, *, executable: set[str] = f
             old = None
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise BuildDirError(exc.strerror or str(exc)) from None
+            from ftspec.compiler.core.artifacts import free_bytes, human_bytes, is_no_space
+
+            full = (name, human_bytes(free_bytes(parent))) if is_no_space(exc) else None
+            raise BuildDirError(exc.strerror or str(exc), no_space=full) from None
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -381,6 +392,11 @@ def build_folder(path: str | Path, options: CompileOptions, target: Path) -> Bui
     try:
         write_build(result.files, target, executable=EXECUTABLE)
     except BuildDirError as exc:
-        refusal = make("FT0607", Location(str(target), None, None, ""), path=str(target), detail=str(exc))
+        where = Location(str(target), None, None, "")
+        if exc.no_space is not None:
+            file, free = exc.no_space
+            refusal = make("FT0627", where, file=file, path=str(target), free=free)
+        else:
+            refusal = make("FT0607", where, path=str(target), detail=str(exc))
         return BuildOutcome(result, target, [*result.diagnostics, refusal], 2)
     return BuildOutcome(result, target, result.diagnostics, 0)

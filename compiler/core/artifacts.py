@@ -8,6 +8,7 @@ same folder, fsync and rename, so a reader sees the old file or the new one, who
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -41,6 +42,57 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# --- a full disk -----------------------------------------------------------------------------------
+# ENOSPC and EDQUOT are what the kernel says; the libraries that write checkpoints do not always pass
+# it on: torch's zip writer raises RuntimeError("[enforce fail at inline_container.cc] unexpected pos
+# ...") and safetensors a SafetensorError whose text holds "os error 28". A failed write whose folder
+# has less than NEARLY_FULL bytes left is a full disk too (measured: the tmpfs of the security
+# review's D4 had 0 to 12 KiB left after torch's failed write).
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NO_SPACE_TEXT = ("no space left on device", "disk quota exceeded", "os error 28", "os error 122")
+NEARLY_FULL = 1 << 20
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on the file system of `folder` (or its nearest
+    existing parent); None when it cannot be asked."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "unknown"
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)  # pragma: no cover
+
+
+def is_no_space(exc: BaseException, folder: Path | None = None) -> bool:
+    """Whether `exc` (or an exception it was raised from) means the disk under `folder` is full."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in NO_SPACE_ERRNOS:
+            return True
+        if any(text in str(current).lower() for text in _NO_SPACE_TEXT):
+            return True
+        current = current.__cause__ or current.__context__
+    if folder is not None and isinstance(exc, (OSError, RuntimeError)):
+        free = free_bytes(folder)
+        return free is not None and free < NEARLY_FULL
+    return False
 
 
 def write_atomic(path: Path, text: str | bytes, *, durable: bool = False) -> None:

@@ -102,10 +102,12 @@ def execute(argv: list[str], env: dict[str, str]) -> int:
         raise
 
 
-def report_failures(run_dir: Path, since: float) -> None:
+def report_failures(run_dir: Path, since: float) -> list[Diagnostic]:
+    """Print each failed rank's finding (FT0717); they are returned for run.json."""
     from ftspec.compiler.core.diagnostics import make
     from ftspec.compiler.core.reporters import to_text
 
+    found: list[Diagnostic] = []
     folder = run_dir / ERRORS_DIR
     files = sorted(folder.glob("error-rank*.txt")) if folder.is_dir() else []
     for path in files:
@@ -118,14 +120,16 @@ def report_failures(run_dir: Path, since: float) -> None:
         finding = next((x for x in lines if " FT07" in x or x.startswith("FT07")), None)
         detail = (finding or (lines[-1] if lines else "no message")).strip()
         rank = path.stem.removeprefix("error-rank")
-        print(
-            to_text([make("FT0717", rank=rank, detail=detail, file=str(path))], lambda *_: None),
-            file=sys.stderr,
-        )
+        diag = make("FT0717", rank=rank, detail=detail, file=str(path))
+        found.append(diag)
+        print(to_text([diag], lambda *_: None), file=sys.stderr)
+    return found
 
 
-def mark_failed(run_dir: Path, code: int) -> None:
-    """A rank killed from outside (or ^C) never writes its end: record it, so evaluate refuses the folder."""
+def mark_failed(run_dir: Path, code: int, diagnostics: list[Diagnostic] = ()) -> None:
+    """A rank killed from outside (or ^C) never writes its end: record it, so evaluate refuses the
+    folder, with the failed ranks' findings as the reason. On a full disk (no room for the atomic
+    copy) run.json is rewritten in place; when even that fails, the finding says so."""
     path = run_dir / "run.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -134,7 +138,30 @@ def mark_failed(run_dir: Path, code: int) -> None:
     if data.get("exit_status") != "running":
         return
     data.update(exit_status="failed", exit_code=code, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    write_json(path, data, durable=True)
+    if diagnostics:
+        data["diagnostics"] = [*(data.get("diagnostics") or []), *(d.to_json() for d in diagnostics)]
+    try:
+        write_json(path, data, durable=True)
+    except OSError as exc:
+        from ftspec.compiler.core.artifacts import dumps_json, free_bytes, human_bytes, is_no_space
+
+        if not is_no_space(exc):
+            raise
+        free = human_bytes(free_bytes(run_dir))
+        try:
+            with open(path, "r+", encoding="utf-8") as fh:
+                fh.truncate(0)  # the old copy's blocks come back first
+                fh.write(dumps_json(data))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError:
+            where = Location(file=str(path))
+            print(
+                to_text(
+                    [make("FT0747", where, what="run.json", folder=str(run_dir), free=free)], lambda *_: None
+                ),
+                file=sys.stderr,
+            )
 
 
 def oom_retry_pending(run_dir: Path) -> dict | None:
@@ -197,8 +224,8 @@ def run_local(plan: dict, build_dir: Path, *, resume: bool = False, overwrite: b
             return 0
         retry = oom_retry_pending(run_dir)
         if retry is None or attempt == MAX_OOM_RETRIES:
-            report_failures(run_dir, started - 1)
-            mark_failed(run_dir, code)
+            failures = report_failures(run_dir, started - 1)
+            mark_failed(run_dir, code, failures)
             return code if code > 0 else 128 - code
         print(
             f"ftspec: out of memory: relaunching from the last checkpoint with micro_batch_size "
