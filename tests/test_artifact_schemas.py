@@ -27,9 +27,12 @@ from jsonschema import Draft202012Validator
 
 ACCELERATE = "accelerate-config.v1.schema.json"
 DEEPSPEED = "deepspeed-config.v1.schema.json"
+LOCK = "lock.v1.schema.json"
+RUN = "run.v1.schema.json"
+EVAL_METRICS = "eval-metrics.v1.schema.json"
 SCHEMAS = {
     name: json.loads((ROOT / "schemas" / name).read_text(encoding="utf-8"))
-    for name in (ACCELERATE, DEEPSPEED)
+    for name in (ACCELERATE, DEEPSPEED, LOCK, RUN, EVAL_METRICS)
 }
 FSDP_SPEC = Path("specs/qwen2.5-7b-full-fsdp-2node.yaml")
 ZERO3_SPEC = Path("specs/llama3.1-70b-lora-zero3-8xh100.yaml")
@@ -65,7 +68,7 @@ def test_schema_is_valid_draft_2020_12(name):
     Draft202012Validator.check_schema(schema)
 
 
-@pytest.mark.parametrize("name", sorted(SCHEMAS))
+@pytest.mark.parametrize("name", [ACCELERATE, DEEPSPEED])  # the configs handed to accelerate and DeepSpeed
 def test_every_object_is_closed_and_every_property_described(name):
     schema = SCHEMAS[name]
     defs = schema.get("$defs", {})
@@ -132,6 +135,7 @@ def test_every_artifact_of_every_spec_validates(builds):
             assert _errors(DEEPSPEED, json.loads(ds_path.read_text(encoding="utf-8"))) == [], spec
         else:
             assert not ds_path.exists()
+        assert _errors(LOCK, json.loads((build / "lock.json").read_text(encoding="utf-8"))) == [], spec
         kinds[d["strategy"]] += 1
         kinds["multi-node"] += d["nodes"] > 1
         kinds["cpu"] += d["device"] == "cpu"
@@ -481,3 +485,23 @@ def test_schema_verb_prints_the_artifact_schemas(which, capsys):
     assert main(["schema", which]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["$id"].endswith(f"{which}.v1.schema.json")
+
+
+# ------------------------------------------------------------------------- what a run writes
+
+
+def test_the_run_artifact_schemas_are_valid_and_describe_their_kinds():
+    for name, kind in ((RUN, "ftspec-run"), (LOCK, "ftspec-lock"), (EVAL_METRICS, "ftspec-eval-metrics")):
+        Draft202012Validator.check_schema(SCHEMAS[name])
+        assert kind in json.dumps(SCHEMAS[name]), name
+    # an edited or foreign file is refused by the schema, not only by the reader
+    assert _errors(RUN, {"kind": "ftspec-run", "schema_version": 2}) != []
+    assert _errors(EVAL_METRICS, {"metadata": {"kind": "other"}, "values": {}, "models": {}}) != []
+
+
+def validate_run_folder(run_dir: Path, build_dir: Path) -> None:
+    """Every artifact of a finished run matches its schema (used by the end-to-end demo test)."""
+    assert _errors(RUN, json.loads((run_dir / "run.json").read_text(encoding="utf-8"))) == []
+    assert _errors(LOCK, json.loads((build_dir / "lock.json").read_text(encoding="utf-8"))) == []
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert _errors(EVAL_METRICS, metrics) == []

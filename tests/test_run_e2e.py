@@ -117,6 +117,9 @@ def test_demo_spec_passes_its_gate_within_five_minutes(tmp_path):
     assert task["finetuned"] > task["base"]
     assert report["training"]["curves"]["train_loss"], "the report has a train loss curve"
     assert report["training"]["world_size"] == 2
+    from test_artifact_schemas import validate_run_folder
+
+    validate_run_folder(_eval_dir(spec).parent, tmp_path / "build")
 
 
 @pytest.mark.slow

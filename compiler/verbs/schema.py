@@ -1,5 +1,5 @@
-"""`ftspec schema [spec|plan|report|accelerate-config|deepspeed-config]`: print a JSON Schema (for
-editors and other tools)."""
+"""`ftspec schema [spec|plan|lock|run|eval-metrics|metrics-row|report|accelerate-config|deepspeed-config]`:
+print a JSON Schema (for editors and other tools)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,10 @@ import json
 NAMES = {
     "spec": "spec.v1.schema.json",
     "plan": "plan.v1.schema.json",
+    "lock": "lock.v1.schema.json",
+    "run": "run.v1.schema.json",
+    "eval-metrics": "eval-metrics.v1.schema.json",
+    "metrics-row": "metrics-row.v1.schema.json",
     "report": "report.v1.schema.json",
     "accelerate-config": "accelerate-config.v1.schema.json",
     "deepspeed-config": "deepspeed-config.v1.schema.json",
