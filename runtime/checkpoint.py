@@ -28,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ftspec.compiler.core.artifacts import write_json
+
 MARKER = "complete"
 STATE = "trainer_state.json"
 PREFIX = "checkpoint-"
@@ -65,19 +67,8 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON next to `path`, fsync, rename over it: readers see the old or the new file, whole."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk: no half-written temporary file left behind
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    """JSON written whole and durably (core.artifacts, the one atomic write): the old or the new file."""
+    write_json(path, data, durable=True)
 
 
 def temp_dir(root: Path, step: int) -> Path:
@@ -187,7 +178,9 @@ LEGACY_SCHEDULER = "ftspec_scheduler.pt"
 
 def save_scheduler(state: dict, folder: Path) -> None:
     """The LR scheduler's state as JSON: it is plain numbers, and JSON cannot carry code."""
-    (folder / SCHEDULER).write_text(json.dumps(state, allow_nan=False, sort_keys=True) + "\n", encoding="utf-8")
+    (folder / SCHEDULER).write_text(
+        json.dumps(state, allow_nan=False, sort_keys=True) + "\n", encoding="utf-8"
+    )
 
 
 def load_scheduler(folder: Path) -> dict:

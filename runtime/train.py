@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from ftspec.compiler.core.artifacts import file_sha256, free_bytes, human_bytes, is_no_space
+from ftspec.compiler.core.artifacts import file_sha256, free_bytes, human_bytes, is_no_space, write_atomic
 from ftspec.compiler.core.diagnostics import Diagnostic, make
 from ftspec.compiler.core.reporters import to_text
 from ftspec.compiler.core.schema import schema_default
@@ -1064,9 +1064,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
                 kept.append(line)
         except (ValueError, AttributeError, TypeError):
             continue
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(x + "\n" for x in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(x + "\n" for x in kept))
 
 
 def reduced_batch(mbs: int, gas: int) -> tuple[int, int]:

@@ -29,7 +29,6 @@ imports torch or transformers):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -38,11 +37,12 @@ from functools import lru_cache
 from importlib import metadata, resources, util
 from pathlib import Path
 
+from ftspec.compiler.core.artifacts import file_sha256, write_json
+
 BUILTIN_PREFIX = "builtin:"
 COMPLETE_MARKER = "ftspec-builtin.json"
 TOKENIZER_SUFFIX = "-tokenizer"
 GGUF_SUFFIX = ".gguf"
-_CHUNK = 1 << 20
 
 
 # --- the cache ----------------------------------------------------------------------------------
@@ -124,14 +124,6 @@ def gguf_file(model_id: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def gguf_sha256(path: Path) -> str:
     """The file's SHA-256, remembered per (path, size, mtime) in the cache: a 4 GB GGUF takes seconds
     to hash, and check and every launch rank need the key."""
@@ -149,9 +141,7 @@ def gguf_sha256(path: Path) -> str:
         memo.parent.mkdir(parents=True, exist_ok=True)
         known = known if isinstance(known, dict) else {}
         known[memo_key] = value
-        tmp = memo.with_name(f".sha256.{os.getpid()}.json")
-        tmp.write_text(json.dumps(known, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, memo)
+        write_json(memo, known)
     except OSError:
         pass
     return value

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ftspec.compiler.core.artifacts import write_json
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, make
 
 SLURM_FILE = "slurm.sbatch"
@@ -299,7 +300,5 @@ def record_job(run_dir: Path, result: Follow) -> bool:
     }
     if data.get("exit_status") == "running" and last is not None and last.final:
         data.update(exit_status="failed", exit_code=1, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    tmp = path.with_name(".run.json.slurm-tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, data, durable=True)
     return True

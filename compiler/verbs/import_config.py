@@ -39,22 +39,6 @@ def default_output(config: str) -> Path:
     return path.with_name(path.stem + ".ftspec.yaml")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, so a reader never sees half a spec."""
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     from ftspec.compiler.author.importers import ImportOptions, translate
     from ftspec.compiler.core.diagnostics import exit_code, has_errors, sort_diagnostics
@@ -98,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(result.text)
         emit(diagnostics, args.format, sources, stream=sys.stderr)
     else:
+        from ftspec.compiler.core.artifacts import write_atomic
+
         write_atomic(output, result.text)
         emit(diagnostics, args.format, sources)
         print(f"ftspec: wrote {output}", file=sys.stderr)

@@ -14,7 +14,11 @@ QUESTIONS = (
     ("data", "Training data file (JSON Lines)", None),
     ("gpu", "GPU (e.g. RTX-4090, A100-80GB, H100-80GB, cpu)", "A100-80GB"),
     ("gpus", "Number of GPUs", "1"),
-    ("metric", "Goal metric (exact_match, f1, rouge_l, accuracy, contains, json_schema, regex)", "exact_match"),
+    (
+        "metric",
+        "Goal metric (exact_match, f1, rouge_l, accuracy, contains, json_schema, regex)",
+        "exact_match",
+    ),
 )
 
 
@@ -47,12 +51,12 @@ def _ask(label: str, default: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ftspec.compiler.author.init_spec import InitAnswers, build
+    from ftspec.compiler.core.artifacts import write_atomic
     from ftspec.compiler.core.diagnostics import exit_code, has_errors
     from ftspec.compiler.core.loader import load_text
     from ftspec.compiler.core.reporters import emit
     from ftspec.compiler.lint.lint import lint_loaded
     from ftspec.compiler.verbs.common import SourceCache, fail
-    from ftspec.compiler.verbs.import_config import write_atomic
 
     output = Path(args.output)
     if output.exists() and not args.force:
