@@ -32,6 +32,11 @@ def _catalog() -> dict[str, dict]:
     return out
 
 
+def entries() -> dict[str, dict]:
+    """Lower-cased name and aliases -> catalog entry (data/gpus.json, read once)."""
+    return _catalog()
+
+
 def catalog_names() -> list[str]:
     return sorted({e["name"] for e in _catalog().values()})
 

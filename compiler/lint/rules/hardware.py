@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 
+from ftspec.compiler.catalog import gpus
 from ftspec.compiler.core.diagnostics import Diagnostic
 from ftspec.compiler.lint.rules.context import RuleContext
 
@@ -35,21 +34,11 @@ class Device:
     cpu: bool = False
 
 
-@lru_cache(maxsize=1)
 def gpu_catalog() -> dict[str, dict] | None:
-    """Lower-cased name and aliases -> catalog entry; None when the catalog is missing or unreadable."""
-    from importlib import resources
-
+    """The GPU catalog (catalog/gpus.py, its one reader); None when it is missing or unreadable, so
+    lint still runs and falls back to the few names it must know."""
     try:
-        raw = json.loads(resources.files("ftspec.compiler.data").joinpath("gpus.json").read_text("utf-8"))
-        entries = raw["gpus"] if isinstance(raw, dict) else raw
-        out: dict[str, dict] = {}
-        for entry in entries:
-            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-                continue
-            for name in [entry["name"], *(entry.get("aliases") or [])]:
-                out.setdefault(str(name).lower(), entry)
-        return out or None
+        return gpus.entries() or None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -59,8 +48,7 @@ def _norm(name: str) -> str:
 
 
 def catalog_names() -> list[str]:
-    cat = gpu_catalog() or {}
-    return sorted({e["name"] for e in cat.values()})
+    return sorted({e["name"] for e in (gpu_catalog() or {}).values()})
 
 
 def device(ctx: RuleContext) -> Device | None:
