@@ -361,6 +361,9 @@ class Schedule:
     gradient_accumulation_steps: int
     world_size: int
     seed: int
+    # Unpacked runs: each sequence's length. The epoch's shuffled order is then grouped by length
+    # (group_by_length), so a micro batch pads to a length close to its rows' own.
+    lengths: tuple[int, ...] | None = None
 
     @property
     def global_batch(self) -> int:
@@ -373,6 +376,8 @@ class Schedule:
     def _order(self, epoch: int) -> list[int]:
         order = list(range(self.n))
         random.Random(self.seed * 100_003 + epoch).shuffle(order)
+        if self.lengths is not None and len(self.lengths) == self.n:
+            order = group_by_length(order, self.lengths, self.global_batch, self.seed * 100_003 + epoch)
         return order
 
     def step_indices(self, step: int) -> list[int]:
@@ -394,6 +399,28 @@ class Schedule:
 
     def epoch_of(self, step: int) -> float:
         return step / self.steps_per_epoch
+
+
+LENGTH_GROUP_BATCHES = 50  # global batches per length-sorted group (transformers' LengthGroupedSampler)
+
+
+def group_by_length(order: list[int], lengths: Sequence[int], global_batch: int, seed: int) -> list[int]:
+    """A shuffled order regrouped by length, as transformers' LengthGroupedSampler does: groups of
+    LENGTH_GROUP_BATCHES global batches are sorted longest first, then cut into global batches, and
+    the batches are shuffled (the epoch's longest batch stays first: an out-of-memory shows at step
+    one). The group depends only on the global batch, so micro batch x accumulation at the same
+    product keeps the order; each rank's micro batch is a contiguous run of sorted rows."""
+    size = max(1, global_batch * LENGTH_GROUP_BATCHES)
+    grouped: list[int] = []
+    for start in range(0, len(order), size):
+        grouped.extend(sorted(order[start : start + size], key=lambda i: -lengths[i]))
+    batches = [grouped[i : i + global_batch] for i in range(0, len(grouped), global_batch)]
+    if len(batches) > 1:
+        longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
+        first = batches.pop(longest)
+        random.Random(seed + 1).shuffle(batches)
+        batches.insert(0, first)
+    return [i for batch in batches for i in batch]
 
 
 def collate(batch: Sequence[Example], pad_id: int, packed: bool):

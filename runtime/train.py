@@ -56,6 +56,7 @@ from ftspec.runtime import cache as rcache
 from ftspec.runtime import checkpoint as ckpt
 from ftspec.runtime import data as rdata
 from ftspec.runtime import export, outputs
+from ftspec.runtime import loss as rloss
 from ftspec.runtime import preference as rpref
 from ftspec.runtime.log import log
 from ftspec.runtime.model import (
@@ -501,7 +502,6 @@ def merge_adapter(source, spec: dict, adapter_dir: Path, tokenizer, target: Path
 
 def run(plan_path: Path, resume: bool) -> int:
     import torch
-    import torch.nn.functional as F
     from accelerate.utils import broadcast_object_list, set_seed
     from ftspec.compiler.core.artifacts import read_plan
 
@@ -605,7 +605,10 @@ def run(plan_path: Path, resume: bool) -> int:
             prepared = cached_prepare(spec, derived, spec_dir, tokenizer, out, source)
     stats = prepared.stats
     total_steps = int(derived["total_steps"])
-    schedule = rdata.Schedule(len(prepared.train), mbs, gas, world, seed)
+    # unpacked supervised runs: batches grouped by length (little padding); packed rows are full already
+    grouped = not stats["packing"] and not rpref.is_preference(spec)
+    lengths = tuple(len(e.input_ids) for e in prepared.train) if grouped else None
+    schedule = rdata.Schedule(len(prepared.train), mbs, gas, world, seed, lengths=lengths)
     planned_per_epoch = int(derived.get("steps_per_epoch") or 0)
     if planned_per_epoch and schedule.steps_per_epoch != planned_per_epoch:
         warn(
@@ -641,6 +644,12 @@ def run(plan_path: Path, resume: bool) -> int:
         )
     optimizer = build_optimizer(model, training, device, lambda code, **f: warn(make(code, **f)))
     scheduler = build_scheduler(optimizer, training, total_steps, int(warmup))
+    # lm_head + cross-entropy on trained positions only, in chunks (runtime/loss.py); not under ZeRO-3,
+    # whose partitioned output layer is gathered by hooks the chunks' recomputation would bypass
+    zero3 = accelerator.distributed_type.value == "DEEPSPEED" and (
+        getattr(accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3
+    )
+    chunked_head = None if (zero3 or rpref.is_preference(spec)) else rloss.install(model)
     model, optimizer = accelerator.prepare(model, optimizer)
     _register_trainable_hooks(accelerator, is_main)
     # Preference objectives (runtime/preference.py); DPO's reference log-probabilities are computed
@@ -741,15 +750,9 @@ def run(plan_path: Path, resume: bool) -> int:
     def forward_loss_sum(batch):
         inputs = {k: v.to(dev) for k, v in batch.items() if k != "labels"}
         labels = batch["labels"].to(dev)
-        logits = model(**inputs, use_cache=False).logits
         # Sum over trained tokens in fp32; the caller divides by the global count of the whole step,
         # so every token weighs the same whatever micro batch or rank it landed on.
-        return F.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-            labels[:, 1:].reshape(-1),
-            ignore_index=-100,
-            reduction="sum",
-        )
+        return rloss.loss_sum(model, chunked_head, inputs, labels)
 
     def evaluate() -> float | None:
         if not prepared.eval:
