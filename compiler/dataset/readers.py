@@ -19,7 +19,14 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from ftspec.compiler.dataset.records import CHUNK, DataFileError, Item, RecordReader
+from ftspec.compiler.dataset.records import (
+    CHUNK,
+    MAX_LINE_BYTES,
+    DataFileError,
+    Item,
+    RecordReader,
+    overlong_error,
+)
 
 JSON_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -207,7 +214,8 @@ class TableReader:
         except OSError as exc:
             raise DataFileError(exc.strerror or str(exc)) from None
         with fh:
-            reader = csv.reader(fh)
+            lines = _BoundedLines(fh)  # one physical line at most MAX_LINE_BYTES characters
+            reader = csv.reader(lines)
             try:
                 header = next(reader, None)
                 if header is None:
@@ -225,7 +233,42 @@ class TableReader:
             except UnicodeDecodeError as exc:
                 yield reader.line_num + 1, None, f"not valid UTF-8 ({exc.reason})"
                 return
+            except _LineTooLong as exc:  # a quoted field may span lines: no resynchronising after it
+                yield reader.line_num + 1, None, overlong_error(exc.length)
+                return
             except csv.Error as exc:
                 yield reader.line_num, None, f"not valid CSV ({exc})"
                 return
         self._finish()
+
+
+class _LineTooLong(Exception):
+    def __init__(self, length: int):
+        super().__init__(length)
+        self.length = length
+
+
+class _BoundedLines:
+    """The lines of a text file for csv.reader, each read MAX_LINE_BYTES characters at most: a longer
+    one raises _LineTooLong (with its length, counted in bounded reads) instead of being read whole."""
+
+    def __init__(self, fh):
+        self.fh = fh
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self.fh.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            raise StopIteration
+        if len(line) > MAX_LINE_BYTES and line[-1:] not in ("\n", "\r"):
+            length = len(line)
+            del line
+            while piece := self.fh.readline(CHUNK):
+                length += len(piece)
+                if piece[-1:] in ("\n", "\r"):
+                    length -= len(piece) - len(piece.rstrip("\r\n"))  # the line, without its end
+                    break
+            raise _LineTooLong(length)
+        return line

@@ -40,6 +40,7 @@ from typing import Literal
 
 from ftspec.compiler.check.data.dedup import ROLE_CODE, dedup_key, hash_bytes
 from ftspec.compiler.check.data.lengths import Estimator
+from ftspec.compiler.dataset.records import CHUNK, whole_lines
 
 try:  # optional: without msgspec (or numpy, which datasketch brings) every record takes the per-record path
     import msgspec
@@ -866,7 +867,8 @@ def _ranges(path: Path, start: int, size: int, pieces: int) -> list[tuple[int, i
     with open(path, "rb") as fh:
         for i in range(1, pieces):
             fh.seek(max(bounds[-1], start + i * step))
-            fh.readline()  # to the start of the next line
+            while (piece := fh.readline(CHUNK)) and piece[-1:] != b"\n":  # to the next line, in bounded reads
+                pass
             pos = fh.tell()
             if pos >= size:
                 break
@@ -881,22 +883,16 @@ def _scan_range(args: tuple[str, int, int, FastConfig]) -> list[Block]:
     out = []
     with open(path, "rb") as fh:
         fh.seek(start)
-        remaining = stop - start
-        pending = b""
-        while remaining > 0:
-            chunk = fh.read(min(BLOCK_BYTES, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-            data = pending + chunk if pending else chunk
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                pending = data
-                continue
-            pending = data[cut:]
-            out.extend(scan_blocks(data, cfg, cut - 1))
-        if pending:
-            out.extend(scan_blocks(pending, cfg))
+
+        def chunks():
+            remaining = stop - start
+            while remaining > 0 and (chunk := fh.read(min(BLOCK_BYTES, remaining))):
+                remaining -= len(chunk)
+                yield chunk
+
+        # a line over records.MAX_LINE_BYTES comes as a marker the per-record path reports at its line
+        for data, end in whole_lines(chunks()):
+            out.extend(scan_blocks(data, cfg, end))
     for block in out[1:]:  # the parent adds counts up in bulk: one histogram for the range
         out[0].hist.update(block.hist)
         out[0].trained += block.trained
