@@ -113,7 +113,7 @@ class Assessment:
         if m.fits is None:
             verdict = "no GPU memory check (cpu)" if not m.applicable else "no verdict (GPU memory unknown)"
         else:
-            state = "FITS" if m.fits else "DOES NOT FIT"
+            state = ("FITS (tight)" if m.verdict == "tight" else "FITS") if m.fits else "DOES NOT FIT"
             verdict = (
                 f"{state}: {m.device_gib:.1f} GiB of {m.usable_gib:.1f} GiB usable "
                 f"({m.gpu_memory_gib:.1f} GiB, headroom {m.headroom:.0%})"
@@ -262,7 +262,9 @@ def _memory_findings(
     if est.fits is None:
         return
     room = est.usable_gib - est.device_gib
-    tight = est.fits and room < TIGHT_FRACTION * est.gpu_memory_gib
+    # tight: little room, or the estimate's high end (unpacked data's shape cache, a partly known
+    # config) overflows; still a fit (memory.fits stays True), never a substitute for "does not fit"
+    tight = est.fits and (room < TIGHT_FRACTION * est.gpu_memory_gib or est.verdict == "tight")
     if not est.fits or tight:
         out.suggestions = suggest(setup, shapes, est, gpu_memory_gib=est.gpu_memory_gib, headroom=headroom)
     fields = dict(

@@ -41,6 +41,19 @@ CUDA_CONTEXT_GIB = 0.5  # CUDA context + cuBLAS workspace as nvidia-smi shows it
 NCCL_GIB = 0.5  # NCCL communicator buffers per process when more than one GPU is used
 ALLOCATOR_FRACTION = 0.06  # caching allocator: reserved over allocated (fragmentation, rounding)
 ALLOCATOR_FLOOR_GIB = 0.15
+# Unpacked data (variable batch lengths): the caching allocator returns a cached block only when a
+# cudaMalloc fails, and a freed block serves a later request only if it is at least as large. Each
+# batch longer than every earlier one (a record) needs new segments for its largest tensors while
+# the earlier, smaller ones stay cached. Over N steps of i.i.d. batch lengths the expected number of
+# records above the median length is H(N/2) (~6.8 for N = 1,000), at a mean of 3/4 of the longest:
+# ~5 copies of the step's shape-dependent memory, one of which the estimate already counts. The
+# reserve can only grow into free memory (on a failing cudaMalloc the allocator releases its cache
+# and retries), so it bounds what a reserved / nvidia-smi reading of an unpacked run shows, not
+# what must fit: it is the estimate's high end, and the verdict is "tight" when only it overflows.
+SHAPE_RECORD_COPIES = 4
+# A configuration only partly known (target modules not in the architecture) is uncertain by this
+# share of the estimate.
+PARTLY_KNOWN_SPREAD = 0.10
 
 # Optimizer state bytes per trainable parameter, for fp32 parameters (bnb 8-bit: 2 states of 1 byte
 # plus an fp32 absmax per 256-value block).
@@ -87,6 +100,13 @@ class TrainSetup:
     fsdp_root_gathered: bool = True  # FSDP root unit (embeddings, output layer) stays gathered fwd -> bwd
     activation_offload: bool = False
     grads_persist: bool | None = None  # None: when accumulating (grad_accum > 1)
+    # The model's logits still referenced while the layers run backward (a training loop that keeps
+    # the model output alive); Trainer, torchtune and ftspec's loop drop them before backward.
+    logits_kept: bool = False
+    loss_chunk_tokens: int = 1024  # loss="trained_chunks": positions per lm_head + cross-entropy chunk
+    # Unpacked data: every step has its own batch length, so the caching allocator keeps blocks sized
+    # for earlier batches next to the current one's (the reserve can grow; see SHAPE_RECORD_COPIES).
+    variable_shapes: bool = False
 
 
 @dataclass
@@ -106,6 +126,28 @@ class MemoryEstimate:
     gpu_memory_gib: float | None = None
     headroom: float = 0.1
     applicable: bool = True  # False on CPU processes: no device memory to check
+    # The estimate's high end above `device` (unpacked data's shape cache, a partly known config):
+    # a run whose `device` fits but whose high end does not is "tight", never "does not fit".
+    uncertainty: float = 0.0
+    shape_cache: float = 0.0  # part of `uncertainty`: blocks cached for earlier batch lengths
+
+    overhead: float = 0.0  # CUDA context (and NCCL): device memory outside the caching allocator
+
+    @property
+    def reserved_high(self) -> float:
+        """The reserved reading's high end: reserved plus the shape cache, within the card (paged
+        optimizer states, in unified memory, give way to it)."""
+        high = self.reserved + self.shape_cache
+        if self.gpu_memory_gib is not None and self.applicable:
+            high = min(high, max(self.reserved, self.gpu_memory_gib * GIB - self.overhead))
+        return high
+
+    @property
+    def device_high(self) -> float:
+        high = self.device + self.uncertainty
+        if self.gpu_memory_gib is not None and self.applicable:
+            high = min(high, max(self.device, self.gpu_memory_gib * GIB))
+        return high
 
     @property
     def allocated_gib(self) -> float:
@@ -131,6 +173,17 @@ class MemoryEstimate:
             return None
         return self.device_gib <= self.usable_gib
 
+    @property
+    def verdict(self) -> str | None:
+        """fits | tight (fits, but the estimate's high end does not) | does_not_fit; None: no check.
+        `fits` stays the boolean: tight is a fit with a warning, never a substitute for False."""
+        fits = self.fits
+        if fits is None:
+            return None
+        if not fits:
+            return "does_not_fit"
+        return "tight" if (self.device + self.uncertainty) / GIB > self.usable_gib else "fits"
+
     def components_gib(self) -> dict[str, float]:
         return {k: round(v / GIB, 3) for k, v in self.components.items() if v > 0}
 
@@ -151,6 +204,8 @@ class MemoryEstimate:
             "usable_gib": None if self.usable_gib is None else round(self.usable_gib, 2),
             "headroom": self.headroom,
             "fits": self.fits,
+            "verdict": self.verdict,
+            "device_high_gib": round(self.device_high / GIB, 2),
             "notes": list(self.notes),
         }
 
@@ -241,6 +296,7 @@ def estimate_setup(
     # --- trainable parameters ----------------------------------------------------------------------
     adapter_params = 0.0
     adapted: list[tuple[str, int, int, int]] = []
+    unknown_modules = False
     if setup.method == "full":
         trainable = shapes.total_params
         pbytes = 2 if (setup.precision in ("bf16",) or deepspeed) and setup.precision != "fp32" else 4
@@ -248,6 +304,7 @@ def estimate_setup(
             pbytes = 2
     else:
         adapted, unknown = lora_targets(setup, shapes)
+        unknown_modules = bool(unknown)
         if unknown:
             notes.append(
                 "target modules not in this architecture, counted as hidden x hidden: " + ", ".join(unknown)
@@ -318,11 +375,14 @@ def estimate_setup(
     repeat_kv = setup.attention != "flash" and shapes.kv_heads != shapes.heads
     kv_saved = 2 * a * qd if repeat_kv else 2 * a * kvd  # SDPA gets k, v repeated to all heads
     if setup.compiled:
-        # Inductor's partitioner saves matmul outputs and recomputes pointwise ops: the norm keeps
-        # its input, SwiGLU keeps gate and up, the transpose copy before o_proj is recomputed.
-        norm = a * h
-        attn = norm + a * qd + kv_saved + a * qd
-        mlp_inner = 2 * a * inter
+        # What AOTAutograd's min-cut partitioner saves for a compiled decoder layer, read with
+        # saved_tensors_hooks (benchmarks/saved_activations.py, torch 2.13): each norm keeps its
+        # 16-bit input and its output (the matmuls' input: reductions are not recomputed, so neither
+        # is the normalised tensor), attention keeps q, k, v, its output and the o_proj input, and
+        # SwiGLU keeps gate, up and their product (down_proj's input); only silu is recomputed.
+        norm = 2 * a * h
+        attn = norm + a * qd + kv_saved + 2 * a * qd
+        mlp_inner = (3 if shapes.gated_mlp else 2) * a * inter
     else:
         norm = (4 + a) * h  # fp32 copy of the input (pow, mul) + normalised 16-bit output
         attn = norm + a * qd + kv_saved + 2 * a * qd  # q after RoPE, k, v, output and its contiguous copy
@@ -358,8 +418,15 @@ def estimate_setup(
     # full: 16-bit logits + fp32 upcast + log-softmax output + its gradient at the start of backward;
     # chunked: fp32 log-softmax of every chunk kept, one chunk's upcast in flight; compiled chunks keep
     # only the 16-bit logits and one chunk's fp32 working set.
-    logit_bytes = {"full": a + 12, "chunked": a + 5, "chunked_compiled": a + 0.5}[setup.loss]
-    logits = tokens * V * logit_bytes
+    # trained_chunks (ftspec's loop): lm_head and the cross-entropy run on the trained positions only,
+    # a chunk at a time, each chunk recomputed in backward; one chunk's 16-bit logits, fp32 upcast,
+    # log-softmax and gradient exist at once, never the whole batch's.
+    if setup.loss == "trained_chunks":
+        logits = min(tokens, max(setup.loss_chunk_tokens, 1)) * V * (a + 12)
+    else:
+        logit_bytes = {"full": a + 12, "chunked": a + 5, "chunked_compiled": a + 0.5}[setup.loss]
+        logits = tokens * V * logit_bytes
+    kept_logits = tokens * V * a if setup.logits_kept else 0.0
     head_grad = 0.0
     held_head_grad = 0.0
     if setup.method == "full" and not setup.optimizer_in_backward:
@@ -394,7 +461,9 @@ def estimate_setup(
     # --- phases ------------------------------------------------------------------------------------
     resident = weights + adapter_w + opt_states + comm
     at_loss = saved_layers + final_norm + logits + head_grad
-    in_layer = saved_layers + recompute + work + tokens * V * a  # bf16 logits still referenced
+    # The loss's buffers are freed once its backward has run (the recipe drops the model output
+    # before backward), so the layers' backward sees no logits unless the loop keeps them.
+    in_layer = saved_layers + recompute + work + kept_logits
     layer_grads = 2 * unit_grad + held_head_grad  # unsharded FSDP gradients during a layer's backward
     fwd_bwd = resident + gathered + grads_fwd + temps + max(at_loss, in_layer + layer_grads)
     step = resident + grads_step + opt_temps
@@ -403,7 +472,7 @@ def estimate_setup(
     if peak_phase == "forward_backward":
         loss_point = at_loss >= in_layer + layer_grads
         act_total = at_loss if loss_point else in_layer
-        logits_part = logits + head_grad if loss_point else tokens * V * a
+        logits_part = logits + head_grad if loss_point else kept_logits
         components = {
             "weights": weights,
             "gathered_weights": gathered,
@@ -437,6 +506,7 @@ def estimate_setup(
     # Fragmentation comes from tensors that come and go every step; weights and optimizer states are
     # allocated once in large blocks and cost the caching allocator next to nothing.
     static = weights + adapter_w + opt_states
+    overhead = 0.0
     if on_cpu:
         # CPU processes: no CUDA context or caching allocator; the number is host RAM per process.
         reserved = device = allocated
@@ -459,6 +529,14 @@ def estimate_setup(
             notes.append(
                 f"paged optimizer states: {(paged - on_device) / GIB:.1f} GiB spill to host RAM (slower steps)"
             )
+    shape_cache = 0.0
+    uncertainty = 0.0
+    if not on_cpu:
+        if setup.variable_shapes:
+            # the step's shape-dependent memory: what scales with the batch's tokens at its peak
+            per_step = max(at_loss - head_grad, in_layer)
+            shape_cache = SHAPE_RECORD_COPIES * per_step * (1 + ALLOCATOR_FRACTION)
+        uncertainty = shape_cache + (PARTLY_KNOWN_SPREAD * device if unknown_modules else 0.0)
     if host:
         notes.append(f"CPU offload keeps {host / GIB:.1f} GiB per process in host RAM")
     return MemoryEstimate(
@@ -475,6 +553,9 @@ def estimate_setup(
         gpu_memory_gib=None if on_cpu else gpu_memory_gib,
         headroom=headroom,
         applicable=not on_cpu,
+        uncertainty=uncertainty,
+        shape_cache=shape_cache,
+        overhead=0.0 if on_cpu else overhead,
     )
 
 
@@ -516,6 +597,10 @@ def setup_from_resolved(resolved: dict, *, seq_len: int | None = None) -> TrainS
         strategy=strategy,
         zero_stage=hardware.get("zero_stage") if strategy == "deepspeed" else None,
         offload=hardware.get("offload", "none") or "none",
+        # ftspec's loop (runtime/train.py) computes the supervised loss on trained positions in
+        # chunks; preference objectives score every position of both answers in one piece.
+        loss="full" if str(training.get("objective") or "sft") != "sft" else "trained_chunks",
+        variable_shapes=not bool(training.get("packing", schema_default("/training/packing"))),
     )
 
 
