@@ -27,6 +27,7 @@ from pathlib import Path
 from ftspec.compiler import __version__
 from ftspec.compiler.core.artifacts import dumps_json, write_atomic
 from ftspec.compiler.core.schema import schema_default
+from ftspec.compiler.dataset.assistant_spans import end_of_turn_tokens
 from ftspec.compiler.dataset.formats import detect_format, to_messages
 from ftspec.compiler.dataset.records import RecordReader
 from ftspec.compiler.evaluate import metrics as M
@@ -38,9 +39,9 @@ METRICS_KIND = "ftspec-eval-metrics"
 METRICS_SCHEMA_VERSION = 1
 # The weight files PEFT's save_pretrained writes (safetensors by default, .bin when asked).
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-# Turn terminators of common chat formats: where the scored answer of the eval loss ends (never a stop
-# setting: generation stops on the saved generation config's eos_token_id only).
-TERMINATORS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<|endoftext|>", "<end_of_turn>")
+# Turn terminators (compiler/data/end_of_turn.json, the one list): where the scored answer of the eval
+# loss ends, never a stop setting: generation stops on the saved generation config's eos_token_id only.
+TERMINATORS = end_of_turn_tokens()
 
 
 def log(message: str) -> None:
@@ -362,12 +363,11 @@ def label_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list
     # Text the template adds after the terminator (a newline) is not part of the answer.
     tail = full[len(head) :]
     labels = [-100] * cut + ids[cut:]
-    for term in TERMINATORS:
-        position = tail.find(term)
-        if position >= 0:
-            keep = tokenizer(head + tail[: position + len(term)], add_special_tokens=False)["input_ids"]
-            labels = labels[: len(keep)] + [-100] * (len(ids) - len(keep))
-            break
+    found = [(tail.find(term), term) for term in TERMINATORS if term in tail]
+    if found:
+        position, term = min(found)  # the first terminator after the answer ends it
+        keep = tokenizer(head + tail[: position + len(term)], add_special_tokens=False)["input_ids"]
+        labels = labels[: len(keep)] + [-100] * (len(ids) - len(keep))
     return ids, labels
 
 
