@@ -21,6 +21,7 @@ import copy
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ftspec.compiler import __version__
@@ -35,7 +36,7 @@ from ftspec.compiler.core.artifacts import (  # noqa: F401 - re-exported for the
 )
 from ftspec.compiler.core.diagnostics import Diagnostic, has_errors, make
 from ftspec.compiler.core.loader import LoadedSpec, join_pointer, split_pointer
-from ftspec.compiler.core.resolve import resolve_strategy
+from ftspec.compiler.core.resolve import resolve_strategy, world_size
 from ftspec.compiler.core.schema import schema_default
 from ftspec.compiler.dataset.sources import count_records, mixed_total, split_counts, train_entries
 
@@ -229,85 +230,75 @@ def architecture_summary(spec: LoadedSpec, resolved: dict) -> dict | None:
     return out if any(v is not None for v in out.values()) else None
 
 
-def plan_with_diagnostics(
-    spec: LoadedSpec,
-    resolved: dict,
-    *,
-    build_dir: Path,
-    overrides: dict | None = None,
-    forced: bool = False,
-    estimate: dict | None = None,
-    data_summary: dict | None = None,
-    launch_options: dict | None = None,
-) -> tuple[dict | None, list[Diagnostic]]:
-    """The plan.json content, or None with the error diagnostics that stopped it."""
-    override_ptrs = {override_pointer(k): v for k, v in (overrides or {}).items()}
-    resolved = copy.deepcopy(resolved)
-    for pointer, value in override_ptrs.items():  # idempotent when the caller applied them already
-        set_pointer(resolved, pointer, copy.deepcopy(value))
-    diags: list[Diagnostic] = []
-    training = resolved.get("training", {})
-    hardware = resolved.get("hardware", {})
-    model = resolved.get("model", {})
+@dataclass(frozen=True)
+class Schedule:
+    """The batch shape and the length of the run, as the runtime will step it."""
 
-    seq_len, seq_diags, data_summary = _sequence_len(spec, training, data_summary, resolved)
-    diags.extend(seq_diags)
-    counts, count_diags = example_counts(spec, resolved)
-    diags.extend(count_diags)
+    world: int
+    micro: int
+    accumulation: int
+    effective: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+
+def _example_counts(
+    spec: LoadedSpec, resolved: dict, data_summary: dict | None
+) -> tuple[dict, list[Diagnostic]]:
+    counts, diags = example_counts(spec, resolved)
     if data_summary and isinstance(data_summary.get("train_examples"), int):
         # the data check counted usable records (valid JSON, right format): the runtime trains on those
         counts["train_examples"] = data_summary["train_examples"]
         counts["eval_examples"] = int(data_summary.get("eval_examples") or 0)
+    return counts, diags
 
-    nodes = int(hardware.get("nodes", 1))
-    per_node = int(hardware.get("gpus_per_node", 1))
-    world = nodes * per_node
+
+def _schedule(training: dict, hardware: dict, train_examples: int) -> Schedule:
+    """Effective batch = micro x accumulation x world; steps from max_steps or epochs; warmup clamped."""
+    world = world_size(hardware)
     micro = int(training.get("micro_batch_size", schema_default("/training/micro_batch_size")))
     accum = int(
         training.get("gradient_accumulation_steps", schema_default("/training/gradient_accumulation_steps"))
     )
     effective = micro * accum * world
-    train_n = counts["train_examples"]
-    steps_per_epoch = math.ceil(train_n / effective) if train_n else 0
+    steps_per_epoch = math.ceil(train_examples / effective) if train_examples else 0
     if "max_steps" in training:
         total_steps = int(training["max_steps"])
     else:
-        total_steps = math.ceil(
-            float(training.get("epochs", schema_default("/training/epochs"))) * steps_per_epoch
-        )
-    if total_steps <= 0 and not has_errors(diags):
-        diags.append(make("FT0603", spec.locate("/dataset/train"), examples=train_n))
+        epochs = float(training.get("epochs", schema_default("/training/epochs")))
+        total_steps = math.ceil(epochs * steps_per_epoch)
     if "warmup_steps" in training:
         warmup = int(training["warmup_steps"])
     else:
         warmup = math.ceil(float(training.get("warmup_ratio", 0.0)) * total_steps)
-    warmup = min(warmup, total_steps)
+    return Schedule(world, micro, accum, effective, steps_per_epoch, total_steps, min(warmup, total_steps))
 
+
+def _derived(spec: LoadedSpec, resolved: dict, schedule: Schedule, seq_len: int | None, counts: dict) -> dict:
+    """plan.json's `derived` section: every value the launch and the runtime act on, computed once."""
+    training = resolved.get("training", {})
+    hardware = resolved.get("hardware", {})
+    model = resolved.get("model", {})
     strategy = resolve_strategy(hardware)
-    gpu = hardware.get("gpu")
-    device = "cpu" if gpu == "cpu" else "cuda"
     precision = training.get("precision", "bf16")
     model_id = str(model.get("id", ""))
-    build_dir = Path(build_dir).resolve()
-    spec_dir = spec.base_dir
-    options = dict(launch_options or {})
-
-    derived = {
+    return {
         "strategy": strategy,
-        "device": device,
-        "nodes": nodes,
-        "gpus_per_node": per_node,
-        "world_size": world,
-        "micro_batch_size": micro,
-        "gradient_accumulation_steps": accum,
-        "effective_batch": effective,
+        "device": "cpu" if hardware.get("gpu") == "cpu" else "cuda",
+        "nodes": int(hardware.get("nodes", 1)),
+        "gpus_per_node": int(hardware.get("gpus_per_node", 1)),
+        "world_size": schedule.world,
+        "micro_batch_size": schedule.micro,
+        "gradient_accumulation_steps": schedule.accumulation,
+        "effective_batch": schedule.effective,
         "sequence_len": seq_len,
-        "train_examples": train_n,
+        "train_examples": counts["train_examples"],
         "eval_examples": counts["eval_examples"],
         "train_sources": counts["train_sources"],
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
-        "warmup_steps": warmup,
+        "steps_per_epoch": schedule.steps_per_epoch,
+        "total_steps": schedule.total_steps,
+        "warmup_steps": schedule.warmup_steps,
         "precision": precision,
         "mixed_precision": MIXED_PRECISION[precision],
         "zero_stage": int(hardware.get("zero_stage", 0)) if strategy == "deepspeed" else None,
@@ -322,17 +313,53 @@ def plan_with_diagnostics(
         "launcher": hardware.get("launcher", "accelerate"),
         "main_process_port": int(hardware.get("main_process_port", 29500)),
     }
-    sources = value_sources(resolved, spec.data if isinstance(spec.data, dict) else {}, set(override_ptrs))
-    sources.update(_derived_sources(derived, sources, p95=training.get("sequence_len") == "p95"))
+
+
+def _launch_section(derived: dict, options: dict, sources: dict[str, str]) -> dict:
+    """plan.json's `launch` section (config file names; the image for Kubernetes), sources updated."""
     launch: dict = {
         "accelerate_config": ACCELERATE_CONFIG,
-        "deepspeed_config": DEEPSPEED_CONFIG if strategy == "deepspeed" else None,
+        "deepspeed_config": DEEPSPEED_CONFIG if derived["strategy"] == "deepspeed" else None,
     }
     if derived["launcher"] == "kubernetes":
         launch["image"] = options.get("image") or f"ftspec:{__version__}"
         launch["container_build_dir"] = options.get("container_build_dir") or "/workspace/build"
         sources["/launch/image"] = "cli" if options.get("image") else "default"
         sources["/launch/container_build_dir"] = "cli" if options.get("container_build_dir") else "default"
+    return launch
+
+
+def plan_with_diagnostics(
+    spec: LoadedSpec,
+    resolved: dict,
+    *,
+    build_dir: Path,
+    overrides: dict | None = None,
+    forced: bool = False,
+    estimate: dict | None = None,
+    data_summary: dict | None = None,
+    launch_options: dict | None = None,
+) -> tuple[dict | None, list[Diagnostic]]:
+    """The plan.json content, or None with the error diagnostics that stopped it.
+
+    Steps: overrides in, sequence length, example counts, the schedule (batch shape and length),
+    the derived values, where each value came from, the launch section, the envelope.
+    """
+    override_ptrs = {override_pointer(k): v for k, v in (overrides or {}).items()}
+    resolved = copy.deepcopy(resolved)
+    for pointer, value in override_ptrs.items():  # idempotent when the caller applied them already
+        set_pointer(resolved, pointer, copy.deepcopy(value))
+    training = resolved.get("training", {})
+    seq_len, diags, data_summary = _sequence_len(spec, training, data_summary, resolved)
+    counts, count_diags = _example_counts(spec, resolved, data_summary)
+    diags.extend(count_diags)
+    schedule = _schedule(training, resolved.get("hardware", {}), counts["train_examples"])
+    if schedule.total_steps <= 0 and not has_errors(diags):
+        diags.append(make("FT0603", spec.locate("/dataset/train"), examples=counts["train_examples"]))
+    derived = _derived(spec, resolved, schedule, seq_len, counts)
+    sources = value_sources(resolved, spec.data if isinstance(spec.data, dict) else {}, set(override_ptrs))
+    sources.update(_derived_sources(derived, sources, p95=training.get("sequence_len") == "p95"))
+    launch = _launch_section(derived, dict(launch_options or {}), sources)
     if has_errors(diags):
         return None, diags
     plan = {
@@ -344,7 +371,7 @@ def plan_with_diagnostics(
             "spec_file": Path(spec.path).name,
         },
         "spec": resolved,
-        "paths": {"spec_dir": Path(os.path.relpath(spec_dir, build_dir)).as_posix()},
+        "paths": {"spec_dir": Path(os.path.relpath(spec.base_dir, Path(build_dir).resolve())).as_posix()},
         "derived": derived,
         "launch": launch,
         "sources": dict(sorted(sources.items())),
