@@ -523,7 +523,7 @@ def run(plan_path: Path, resume: bool) -> int:
     def warn(diag: Diagnostic) -> None:
         diagnostics.append(diag)
         if is_main:
-            log(to_text([diag], lambda *_: None))
+            log(as_text(diag))
 
     node, node_rank = node_identity()
     log(
@@ -982,7 +982,7 @@ def run(plan_path: Path, resume: bool) -> int:
         bar.close()
         diagnostics.append(stop.diagnostic)
         if is_main or stop.status == "oom":
-            log(to_text([stop.diagnostic], lambda *_: None))
+            log(as_text(stop.diagnostic))
             if stop.status != "interrupted":  # asked to stop: not an error of this rank
                 _record_failure(plan_path, stop.diagnostic, stop)
         status, code = stop.status, stop.code
@@ -1209,7 +1209,7 @@ def _record_failure(plan_path: Path, diag: Diagnostic | None, exc: BaseException
         folder = (spec_dir / plan["derived"]["output_dir"]).resolve() / ERRORS_DIR
         folder.mkdir(parents=True, exist_ok=True)
         text = (
-            to_text([diag], lambda *_: None)
+            as_text(diag)
             if diag
             else "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         )
@@ -1248,17 +1248,17 @@ def main(argv: list[str] | None = None) -> None:
     edited = verify_build(plan_path.parent)  # launch.sh reaches here without `ftspec launch`: check again
     if edited:
         if os.environ.get("RANK", "0") == "0":
-            log(to_text(edited, lambda *_: None))
+            log(to_text(edited))
         _shutdown(EXIT_FAILED)  # nothing written: the edited plan names the run folder too
     try:
         code = run(plan_path, args.resume)
     except (SetupError, rdata.DataError) as exc:
         diag = make(exc.code, **exc.fields)
-        log(to_text([diag], lambda *_: None))
+        log(as_text(diag))
         _record_failure(plan_path, diag, exc)
         code = EXIT_FAILED
     except StopRun as stop:  # raised outside the loop (OOM before the first step)
-        log(to_text([stop.diagnostic], lambda *_: None))
+        log(as_text(stop.diagnostic))
         _record_failure(plan_path, stop.diagnostic, stop)
         code = stop.code
     except BaseException as exc:  # noqa: BLE001 - any crash: show it, record it, exit non-zero

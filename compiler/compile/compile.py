@@ -16,6 +16,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ftspec.compiler.check.data.datacheck import check_data
+from ftspec.compiler.check.feasibility import assess
 from ftspec.compiler.compile.plan import apply_overrides, override_pointer, plan_with_diagnostics, read_plan
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, make, sort_diagnostics
 from ftspec.compiler.core.loader import LoadedSpec, load_spec
@@ -79,10 +81,6 @@ def _with_overrides(spec: LoadedSpec, overrides: dict) -> tuple[LoadedSpec, list
 def _estimate(
     spec: LoadedSpec, resolved: dict, data_summary: dict | None
 ) -> tuple[dict | None, bool | None, list[Diagnostic]]:
-    try:
-        from ftspec.compiler.check.feasibility import assess
-    except ImportError:
-        return None, None, []
     # the data summary gives the estimate measured lengths (sequence_len: p95) and token counts
     assessment = assess(spec, resolved, data_summary)
     return assessment.to_json(), assessment.fits, list(assessment.diagnostics)
@@ -132,14 +130,9 @@ def compile_spec(
     resolved = resolve(spec.data)
     data_summary = None
     if options.run_data_check:
-        try:
-            from ftspec.compiler.check.data.datacheck import check_data
-        except ImportError:
-            check_data = None
-        if check_data is not None:
-            report = check_data(spec, resolved)
-            data_summary = report.summary
-            diags.extend(report.diagnostics)
+        report = check_data(spec, resolved)
+        data_summary = report.summary
+        diags.extend(report.diagnostics)
     estimate, fits = None, None
     if options.run_feasibility:
         estimate, fits, feas_diags = _estimate(spec, resolved, data_summary)

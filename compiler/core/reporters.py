@@ -124,7 +124,7 @@ def _more_line(left: list[Diagnostic]) -> str:
     return f"  ... and {len(left)} more {first.code} {first.severity}{plural} like this in {where}{at}"
 
 
-def to_text(diagnostics: list[Diagnostic], source: SourceLookup, *, color: bool = False) -> str:
+def to_text(diagnostics: list[Diagnostic], source: SourceLookup | None = None, *, color: bool = False) -> str:
     """`path:line:col: CODE severity: message`, the source line with a caret, then the hint. A code
     repeated more than SAME_LIMIT times in one file is shown SAME_SHOWN times, then counted."""
     lines: list[str] = []
@@ -134,14 +134,14 @@ def to_text(diagnostics: list[Diagnostic], source: SourceLookup, *, color: bool 
         sev = f"{_COLORS[d.severity]}{d.severity}{_RESET}" if color else d.severity
         head = f"{terminal_safe(where)}: {d.code} {sev}: {terminal_safe(d.message)}"
         lines.append(head)
-        src = source(d.file, d.line)
+        src = source(d.file, d.line) if source is not None else None
         if src is not None and d.column:
-            shown, caret = _source_window(src, d.column)
-            safe = terminal_safe(shown)
-            if safe != shown:  # escapes widen the line: keep the caret under the same character
-                caret = len(terminal_safe(shown[:caret]))
-                shown = safe
-            lines.append(f"  {d.line:>4} | {shown}")
+            window, caret = _source_window(src, d.column)
+            safe = terminal_safe(window)
+            if safe != window:  # escapes widen the line: keep the caret under the same character
+                caret = len(terminal_safe(window[:caret]))
+                window = safe
+            lines.append(f"  {d.line:>4} | {window}")
             lines.append("       | " + " " * caret + (f"{_COLORS[d.severity]}^{_RESET}" if color else "^"))
         if d.hint:
             hint = terminal_safe(d.hint)

@@ -29,7 +29,7 @@ MAX_OOM_RETRIES = 6
 
 def _refuse(diagnostic: Diagnostic) -> int:
     """The launch cannot go ahead: the finding on stderr, exit code 2."""
-    print(to_text([diagnostic], lambda *_: None), file=sys.stderr)
+    print(to_text([diagnostic]), file=sys.stderr)
     return 2
 
 
@@ -74,9 +74,7 @@ def execute(argv: list[str], env: dict[str, str]) -> int:
         from ftspec.compiler.core.reporters import to_text
 
         print(
-            to_text(
-                [make("FT0720", detail=f"cannot start {argv[0]}: {exc.strerror or exc}")], lambda *_: None
-            ),
+            to_text([make("FT0720", detail=f"cannot start {argv[0]}: {exc.strerror or exc}")]),
             file=sys.stderr,
         )
         return 2
@@ -122,7 +120,7 @@ def report_failures(run_dir: Path, since: float) -> list[Diagnostic]:
         rank = path.stem.removeprefix("error-rank")
         diag = make("FT0717", rank=rank, detail=detail, file=str(path))
         found.append(diag)
-        print(to_text([diag], lambda *_: None), file=sys.stderr)
+        print(to_text([diag]), file=sys.stderr)
     return found
 
 
@@ -157,9 +155,7 @@ def mark_failed(run_dir: Path, code: int, diagnostics: list[Diagnostic] = ()) ->
         except OSError:
             where = Location(file=str(path))
             print(
-                to_text(
-                    [make("FT0747", where, what="run.json", folder=str(run_dir), free=free)], lambda *_: None
-                ),
+                to_text([make("FT0747", where, what="run.json", folder=str(run_dir), free=free)]),
                 file=sys.stderr,
             )
 
