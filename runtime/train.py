@@ -51,7 +51,7 @@ from ftspec.compiler.core.reporters import to_text
 from ftspec.compiler.core.schema import schema_default
 from ftspec.compiler.dataset.readers import source_sha256
 from ftspec.compiler.dataset.sources import train_entries
-from ftspec.compiler.launch.run_folder import BATCH_FILE, ERRORS_DIR, EXIT_OOM_RETRY, previous_run  # noqa: F401
+from ftspec.compiler.launch.run_folder import BATCH_FILE, ERRORS_DIR, EXIT_OOM_RETRY, previous_run, run_dir_of  # noqa: F401
 from ftspec.runtime import cache as rcache
 from ftspec.runtime import checkpoint as ckpt
 from ftspec.runtime import data as rdata
@@ -510,7 +510,7 @@ def run(plan_path: Path, resume: bool) -> int:
     spec, derived = plan["spec"], plan["derived"]
     training = spec.get("training", {})
     spec_dir = (plan_path.parent / plan["paths"]["spec_dir"]).resolve()
-    out = (spec_dir / derived["output_dir"]).resolve()
+    out = run_dir_of(plan, plan_path.parent)
     out.mkdir(parents=True, exist_ok=True)
     mbs, gas, batch_history = batch_sizes(plan, out, resume)
     accelerator, ds_config = make_accelerator(plan, plan_path, mbs, gas)
@@ -1205,8 +1205,7 @@ def _record_failure(plan_path: Path, diag: Diagnostic | None, exc: BaseException
     rank = os.environ.get("RANK", "0")
     try:
         plan = json.loads(plan_path.read_text(encoding="utf-8"))
-        spec_dir = (plan_path.parent / plan["paths"]["spec_dir"]).resolve()
-        folder = (spec_dir / plan["derived"]["output_dir"]).resolve() / ERRORS_DIR
+        folder = run_dir_of(plan, plan_path.parent) / ERRORS_DIR
         folder.mkdir(parents=True, exist_ok=True)
         text = (
             as_text(diag)
@@ -1226,6 +1225,7 @@ def _shutdown(code: int) -> None:
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+        # read raw, not through read_plan: a plan of the wrong version must still get its error written
     except Exception:
         pass
     sys.stdout.flush()

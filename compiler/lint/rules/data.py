@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ftspec.compiler.core.diagnostics import Diagnostic
 from ftspec.compiler.core.paths import link_escapes, special_kind
+from ftspec.compiler.dataset.sources import split_counts
 from ftspec.compiler.lint.rules.context import RuleContext
 
 # Files the linter opens to count examples: larger ones are not counted (the data check does that).
@@ -268,7 +269,7 @@ def train_example_count(ctx: RuleContext, cap: int) -> int | None:
             return None
         split = ctx.get("/dataset/eval_split", "num") if ctx.given("/dataset/eval_split") else None
         if split and 0 < split < 1:
-            total = int(total * (1 - split))
+            total, _held_out = split_counts(total, split)  # the split training will make
         return total
 
     return ctx.memo(f"train_count:{cap}", compute)  # type: ignore[return-value]
