@@ -58,6 +58,7 @@ from ftspec.runtime import data as rdata
 from ftspec.runtime import export, outputs
 from ftspec.runtime import loss as rloss
 from ftspec.runtime import preference as rpref
+from ftspec.runtime.locate import SpecLocator
 from ftspec.runtime.log import log
 from ftspec.runtime.model import (
     SetupError,
@@ -105,7 +106,6 @@ class StopRun(Exception):
         self.code = code
 
 
-def now() -> str:
 @contextmanager
 def writing(what: str, folder: Path, cleanup: Path | None = None):
     """A full disk while writing `what` into `folder` ends the run with FT0747 (what, where, how much
@@ -139,6 +139,22 @@ def write_run_json(path: Path, data: dict) -> None:
             os.fsync(fh.fileno())
 
 
+# Runtime findings name the spec file the plan was compiled from, at the governing field's line
+# (runtime/locate.py); set by main() once the plan is known to be the one compiled.
+_LOCATOR: list[SpecLocator | None] = [None]
+
+
+def located(diag: Diagnostic) -> Diagnostic:
+    return _LOCATOR[0](diag) if _LOCATOR[0] is not None else diag
+
+
+def as_text(diag: Diagnostic) -> str:
+    """One finding as the runtime prints it: `spec.yaml:LINE:COL: CODE severity: ...` with the caret."""
+    locator = _LOCATOR[0]
+    return to_text([located(diag)], locator.source if locator is not None else None)
+
+
+def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -521,6 +537,7 @@ def run(plan_path: Path, resume: bool) -> int:
     diagnostics: list[Diagnostic] = []
 
     def warn(diag: Diagnostic) -> None:
+        diag = located(diag)
         diagnostics.append(diag)
         if is_main:
             log(as_text(diag))
@@ -786,15 +803,15 @@ def run(plan_path: Path, resume: bool) -> int:
 
     def save_checkpoint(step: int) -> None:
         tmp, final = ckpt.temp_dir(ckroot, step), ckpt.final_dir(ckroot, step)
-        if is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
         # A full disk: the half-written temporary folder goes (it has no completion marker, so resume
         # never trusts it either way) and the complete checkpoints before it stay.
         with writing(final.name, ckroot, cleanup=tmp if is_main else None):
             _save_checkpoint(step, tmp, final)
 
     def _save_checkpoint(step: int, tmp: Path, final: Path) -> None:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(tmp), **ds_save_kwargs)
         if is_main:
@@ -825,14 +842,18 @@ def run(plan_path: Path, resume: bool) -> int:
     # --- train ----------------------------------------------------------------------------------
     from tqdm.auto import tqdm
 
+    # The bar redraws with \r: on a terminal only. In a file or CI log every redraw would be a "\r"
+    # fragment among the log lines; the "ftspec: step N/M loss ..." line every logging_steps is the
+    # progress there (FTSPEC_PROGRESS_BAR=1 forces the bar, 0 turns it off).
+    forced = os.environ.get("FTSPEC_PROGRESS_BAR", "")
     bar = tqdm(
         total=total_steps,
         initial=start_step,
-        disable=not is_main,
+        disable=not is_main or (forced == "0" or (forced != "1" and not sys.stderr.isatty())),
         desc="train",
         unit="step",
         file=sys.stderr,
-        mininterval=1.0 if sys.stderr.isatty() else 10.0,
+        mininterval=1.0,
         dynamic_ncols=True,
     )
     model.train()
@@ -980,6 +1001,7 @@ def run(plan_path: Path, resume: bool) -> int:
         run_info["stopped_early"] = stopped_early
     except StopRun as stop:
         bar.close()
+        stop.diagnostic = located(stop.diagnostic)
         diagnostics.append(stop.diagnostic)
         if is_main or stop.status == "oom":
             log(as_text(stop.diagnostic))
@@ -1204,6 +1226,7 @@ def _record_failure(plan_path: Path, diag: Diagnostic | None, exc: BaseException
     """A rank that fails writes its error where `ftspec launch` finds it and shows it."""
     rank = os.environ.get("RANK", "0")
     try:
+        # read raw, not through read_plan: a plan of the wrong version must still get its error written
         plan = json.loads(plan_path.read_text(encoding="utf-8"))
         folder = run_dir_of(plan, plan_path.parent) / ERRORS_DIR
         folder.mkdir(parents=True, exist_ok=True)
@@ -1225,7 +1248,6 @@ def _shutdown(code: int) -> None:
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-        # read raw, not through read_plan: a plan of the wrong version must still get its error written
     except Exception:
         pass
     sys.stdout.flush()
@@ -1250,6 +1272,10 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("RANK", "0") == "0":
             log(to_text(edited))
         _shutdown(EXIT_FAILED)  # nothing written: the edited plan names the run folder too
+    try:
+        _LOCATOR[0] = SpecLocator(json.loads(plan_path.read_text(encoding="utf-8")), plan_path)
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
     try:
         code = run(plan_path, args.resume)
     except (SetupError, rdata.DataError) as exc:

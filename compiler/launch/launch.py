@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ftspec.compiler.compile.launch_command import launch_command
@@ -100,8 +101,19 @@ def execute(argv: list[str], env: dict[str, str]) -> int:
         raise
 
 
-def report_failures(run_dir: Path, since: float) -> list[Diagnostic]:
-    """Print each failed rank's finding (FT0717); they are returned for run.json."""
+def spec_location(plan: dict, build_dir: Path) -> Location:
+    """The spec file the plan was compiled from, as the findings of a launch name it (not `<spec>`)."""
+    name = (plan.get("metadata") or {}).get("spec_file")
+    folder = (plan.get("paths") or {}).get("spec_dir")
+    if not name or not folder:
+        return Location()
+    path = (Path(build_dir) / folder / name).resolve()
+    rel = os.path.relpath(path)
+    return Location(file=str(path) if rel.startswith("..") else rel)
+
+
+def report_failures(run_dir: Path, since: float, where: Location | None = None) -> list[Diagnostic]:
+    """Print each failed rank's finding (FT0717, at `where`: the spec); they are returned for run.json."""
     from ftspec.compiler.core.diagnostics import make
     from ftspec.compiler.core.reporters import to_text
 
@@ -118,13 +130,13 @@ def report_failures(run_dir: Path, since: float) -> list[Diagnostic]:
         finding = next((x for x in lines if " FT07" in x or x.startswith("FT07")), None)
         detail = (finding or (lines[-1] if lines else "no message")).strip()
         rank = path.stem.removeprefix("error-rank")
-        diag = make("FT0717", rank=rank, detail=detail, file=str(path))
+        diag = make("FT0717", where, rank=rank, detail=detail, file=str(path))
         found.append(diag)
         print(to_text([diag]), file=sys.stderr)
     return found
 
 
-def mark_failed(run_dir: Path, code: int, diagnostics: list[Diagnostic] = ()) -> None:
+def mark_failed(run_dir: Path, code: int, diagnostics: Sequence[Diagnostic] = ()) -> None:
     """A rank killed from outside (or ^C) never writes its end: record it, so evaluate refuses the
     folder, with the failed ranks' findings as the reason. On a full disk (no room for the atomic
     copy) run.json is rewritten in place; when even that fails, the finding says so."""
@@ -220,7 +232,7 @@ def run_local(plan: dict, build_dir: Path, *, resume: bool = False, overwrite: b
             return 0
         retry = oom_retry_pending(run_dir)
         if retry is None or attempt == MAX_OOM_RETRIES:
-            failures = report_failures(run_dir, started - 1)
+            failures = report_failures(run_dir, started - 1, spec_location(plan, build_dir))
             mark_failed(run_dir, code, failures)
             return code if code > 0 else 128 - code
         print(
