@@ -219,10 +219,12 @@ def test_world_mismatch_is_refused(tmp_path):
 
 
 def test_accelerate_fsdp_on_cpu_is_refused(tmp_path):
+    """Lint refuses it at hardware.strategy (FT0276) before anything runs; the runtime's own FT0704
+    stays for a build started through launch.sh."""
     spec = write_spec(tmp_path, hardware={"strategy": "fsdp"})
     result = launch(spec, build=tmp_path / "build")
     assert result.returncode != 0
-    assert "FT0704" in result.stderr
+    assert "FT0276" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -193,7 +193,15 @@ def optimizer_vs_device(ctx: RuleContext) -> Iterator[Diagnostic]:
         yield ctx.diag("FT0253", "/training/optimizer", optimizer=optimizer)
 
 
+def fsdp_on_cpu(ctx: RuleContext) -> Iterator[Diagnostic]:
+    """FT0276: strategy fsdp with gpu cpu (the runtime's FT0704, at launch)."""
+    gpu = ctx.get("/hardware/gpu", "str")
+    if isinstance(gpu, str) and gpu.lower() == "cpu" and ctx.get("/hardware/strategy", STRATEGIES) == "fsdp":
+        yield ctx.diag("FT0276", "/hardware/strategy")
+
+
 RULES = [
+    fsdp_on_cpu,
     unknown_gpu,
     bf16_support,
     strategy_options,

@@ -146,4 +146,21 @@ def architecture(ctx: RuleContext) -> Iterator[Diagnostic]:
         )
 
 
-RULES = [trust_remote_code, revision, local_model, gguf_model, architecture]
+def builtin_model(ctx: RuleContext) -> Iterator[Diagnostic]:
+    """FT0275: a `builtin:` id that names no built-in model (the runtime's FT0702, at launch)."""
+    from difflib import get_close_matches
+
+    from ftspec.compiler.core.model_files import builtin_names
+
+    model_id = ctx.get("/model/id", "str")
+    if not model_id or not model_id.startswith("builtin:"):
+        return
+    known = builtin_names()
+    if model_id in known:
+        return
+    close = get_close_matches(model_id, known, n=1)
+    fix = f"did you mean `{close[0]}`?" if close else f"use one of {', '.join(known)}"
+    yield ctx.diag("FT0275", "/model/id", model=model_id, known=", ".join(known), fix=fix)
+
+
+RULES = [trust_remote_code, revision, local_model, gguf_model, architecture, builtin_model]
