@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ftspec.compiler.core import model_files
 from ftspec.runtime.checkpoint import fsync_dir, fsync_file
@@ -55,7 +56,7 @@ SPECIAL_TOKENS = [
     "</s>",  # Alpaca's default BOS/EOS
 ]
 
-MODEL_CONFIG = {
+MODEL_CONFIG: dict[str, Any] = {  # LlamaConfig's keyword arguments
     "vocab_size": 1024,  # the tokenizer's final size is written in
     "hidden_size": 128,
     "intermediate_size": 384,
@@ -69,7 +70,13 @@ MODEL_CONFIG = {
     "attention_dropout": 0.0,
 }
 
-PRETRAIN = {"seed": 1234, "steps": 1000, "batch_size": 32, "learning_rate": 3e-3, "warmup": 30}
+PRETRAIN: dict[str, Any] = {
+    "seed": 1234,
+    "steps": 1000,
+    "batch_size": 32,
+    "learning_rate": 3e-3,
+    "warmup": 30,
+}
 
 OPPOSITES = [
     ("hot", "cold"),
@@ -299,7 +306,7 @@ def pretrain_text() -> list[str]:
     words = ["red", "blue", "green", "Paris", "Rome", "Oslo", "Lima", "small", "large", "open"]
     lines = []
     for _ in range(240):
-        record = {}
+        record: dict[str, int | str] = {}
         for key in rng.sample(keys, rng.randint(1, 3)):
             if key in ("age", "size", "count", "id", "score"):
                 record[key] = rng.randint(0, 99)
@@ -358,8 +365,8 @@ def _pretrain_batches(tokenizer, seed: int):
             messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
         )
         ids = list(enc["input_ids"])
-        labels = [t if m else -100 for t, m in zip(ids, enc["assistant_masks"], strict=True)]
-        examples.append((ids, labels))
+        targets = [t if m else -100 for t, m in zip(ids, enc["assistant_masks"], strict=True)]
+        examples.append((ids, targets))
     for text in pretrain_text():  # plain text, every token trained
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.pad_token_id]
         examples.append((ids, list(ids)))

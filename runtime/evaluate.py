@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ftspec.compiler import __version__
 from ftspec.compiler.core.artifacts import dumps_json, write_atomic
@@ -437,14 +438,18 @@ def score_model(
 ) -> dict:
     started = time.monotonic()
     stops = stop_token_ids(tokenizer, model, saved_generation)
-    gen = {
+    gen: dict[str, Any] = {  # generate()'s keyword arguments
         "max_new_tokens": int(evaluation.get("max_new_tokens", 256)),
         "batch_size": int(evaluation.get("batch_size", 8)),
         "stop_ids": stops,
     }
     answers = generate(model, tokenizer, task_prompts, **gen)
     task_scores = [task_scorer(a, r) for a, r in zip(answers, task_refs, strict=True)]
-    out = {"answers": answers, "task_scores": task_scores, "values": {"task": M.mean(task_scores)}}
+    out: dict[str, Any] = {
+        "answers": answers,
+        "task_scores": task_scores,
+        "values": {"task": M.mean(task_scores)},
+    }
     if format_check is not None:
         format_scores = [format_check(a) for a in answers]
         out["format_scores"] = format_scores

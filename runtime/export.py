@@ -165,6 +165,9 @@ def _render(template: str, messages: list[dict], special: dict, prompt: bool = F
     return ct.render(template, messages, add_generation_prompt=prompt, special_tokens=special).text
 
 
+_NOT_PLAIN = "the chat template is not a plain prefix-content-suffix per role: write TEMPLATE by hand"
+
+
 def ollama_template(template: str, special: dict[str, str]) -> str:
     """The chat template as an Ollama (Go) TEMPLATE: each role's text around its content, found by
     rendering the Jinja template around sentinel contents, and the generation prompt after the last
@@ -209,19 +212,15 @@ def ollama_template(template: str, special: dict[str, str]) -> str:
             else None
         )
         sys_head, sys_rest = system.split(s["system"])
-        sys_suffix = sys_rest.split(s["user"])[0]
+        sys_tail = sys_rest.split(s["user"])[0]
         sys_suffix = (
-            sys_suffix[: len(sys_suffix) - len(u_prefix)]
-            if u_prefix and sys_suffix.endswith(u_prefix)
-            else None
+            sys_tail[: len(sys_tail) - len(u_prefix)] if u_prefix and sys_tail.endswith(u_prefix) else None
         )
         sys_prefix = sys_head[len(bos) :] if bos is not None and sys_head.startswith(bos) else None
-    except ValueError:
-        a_prefix = None
-    if None in (a_prefix, u_prefix, bos, sys_prefix, sys_suffix):
-        raise ExportError(
-            "the chat template is not a plain prefix-content-suffix per role: write TEMPLATE by hand"
-        )
+    except ValueError:  # a sentinel missing or repeated (a template that drops system messages)
+        raise ExportError(_NOT_PLAIN) from None
+    if a_prefix is None or u_prefix is None or bos is None or sys_prefix is None or sys_suffix is None:
+        raise ExportError(_NOT_PLAIN)
     parts = {
         k: _go(v)
         for k, v in dict(

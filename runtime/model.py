@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ftspec.compiler.core import model_files
 from ftspec.compiler.core.schema import schema_default
@@ -133,7 +134,8 @@ def load_model(
         )
         if not sharded:
             kwargs["device_map"] = {"": "cpu" if device == "cpu" else local_rank}
-    model = AutoModelForCausalLM.from_pretrained(source.path_or_id, **kwargs)
+    # Any: a transformers model, then PEFT's wrapper of it, carrying our attribute below
+    model: Any = AutoModelForCausalLM.from_pretrained(source.path_or_id, **kwargs)
     if method == "qlora" and device == "cpu" and "device_map" not in kwargs:
         _no_cpu_repacking(model)
     model.config.use_cache = False
@@ -158,7 +160,8 @@ def load_model(
 
         config = LoraConfig(
             r=int(adapter.get("r", 16)),
-            lora_alpha=float(adapter.get("alpha", 16)),
+            # PEFT annotates lora_alpha as int but only divides by it; the spec's alpha is a number
+            lora_alpha=float(adapter.get("alpha", 16)),  # type: ignore[arg-type]
             lora_dropout=float(adapter.get("dropout", 0.0)),
             # PEFT resolves "all-linear" to every linear layer except the output head, per architecture.
             target_modules=adapter.get("target_modules", "all-linear"),

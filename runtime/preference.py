@@ -191,9 +191,10 @@ def collate(batch: Sequence[PairExample], pad_id: int) -> dict:
         "labels": labels,
         "completion_mask": (labels != IGNORE).long(),
     }
-    if all(p.ref is not None for p in batch):
-        out["ref_chosen_logps"] = torch.tensor([p.ref[0] for p in batch], dtype=torch.float32)
-        out["ref_rejected_logps"] = torch.tensor([p.ref[1] for p in batch], dtype=torch.float32)
+    refs = [p.ref for p in batch if p.ref is not None]
+    if len(refs) == len(batch):  # every pair has its reference
+        out["ref_chosen_logps"] = torch.tensor([r[0] for r in refs], dtype=torch.float32)
+        out["ref_rejected_logps"] = torch.tensor([r[1] for r in refs], dtype=torch.float32)
     return out
 
 

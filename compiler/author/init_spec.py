@@ -384,6 +384,7 @@ def build(answers: InitAnswers) -> InitResult:
                 chosen, estimate = step, est
                 break
         if estimate is None:
+            assert smallest is not None  # the ladder is never empty
             step, estimate = smallest
             # say what the spec holds: the smallest setup tried, which still does not fit
             chosen = dict(step, why=f"nothing fits; the smallest setup tried is {_describe(step)}")
@@ -408,8 +409,8 @@ def build(answers: InitAnswers) -> InitResult:
         )
         if not estimate.fits:
             for pointer in ("/training/micro_batch_size", "/training/gradient_checkpointing"):
-                value, _why = out.values[pointer]
-                out.values[pointer] = (value, "the smallest setup tried; it still does not fit")
+                held, _why = out.values[pointer]
+                out.values[pointer] = (held, "the smallest setup tried; it still does not fit")
     out.diagnostics.append(
         make(
             "FT0924",

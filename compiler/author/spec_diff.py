@@ -227,6 +227,7 @@ def consequences(old: Side, new: Side) -> list[str]:
     from ftspec.compiler.lint.rules.adapter import MAX_LR
 
     a, b = old.resolved, new.resolved
+    assert a is not None and b is not None  # diff() compares resolved sides only
     out: list[str] = []
     if _world(a) != _world(b):
         out.append(f"world size {_world(a)} -> {_world(b)} processes")

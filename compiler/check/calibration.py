@@ -948,6 +948,7 @@ def card_gib(row: Row) -> float | None:
 def predicted_gib(row: Row, *, high: bool = False, **overrides: object) -> float:
     """The estimate in the row's metric; `high`: its high end (unpacked data's shape cache, within
     the card the row names), which a reserved or nvidia-smi reading of an unpacked run is compared to."""
+    assert row.reading is not None  # only rows with a reading are estimated
     est = predict(row.reading, card_gib(row), **overrides)
     if high and row.reading["metric"] != "allocated":
         value = est.reserved_high if row.reading["metric"] == "reserved" else est.device_high
@@ -964,6 +965,7 @@ def full_length_gib(row: Row) -> float:
 
 def floor_gib(row: Row) -> float:
     """The estimate at the row's `floor` (the shortest batch the measured run certainly had)."""
+    assert row.reading is not None  # floor rows have a reading
     return predicted_gib(row, **row.reading["floor"])
 
 

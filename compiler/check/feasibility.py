@@ -90,6 +90,7 @@ class Assessment:
         if self.memory is None:
             return "memory: no estimate (see the findings below)"
         m = self.memory
+        assert self.setup is not None  # assess() sets it with the memory estimate
         fancy = _fancy(sys.stdout)
         lines = []
         gpu = self.gpu.name if self.gpu else "?"
@@ -175,6 +176,8 @@ def _seq_len(resolved: dict, data_summary: dict | None) -> tuple[int | None, str
     training = resolved.get("training") or {}
     raw = training.get("sequence_len", schema_default("/training/sequence_len"))
     lengths = (data_summary or {}).get("lengths") or {}
+    seq: int | None
+    note: str | None
     seq, note = (raw, None) if isinstance(raw, int) else (None, None)
     if seq is None:
         p95 = (data_summary or {}).get("sequence_len_p95") or lengths.get("sequence_len")
@@ -261,6 +264,7 @@ def _memory_findings(
         return
     if est.fits is None:
         return
+    assert gpu is not None  # a verdict needs the GPU's memory
     room = est.usable_gib - est.device_gib
     # tight: little room, or the estimate's high end (unpacked data's shape cache, a partly known
     # config) overflows; still a fit (memory.fits stays True), never a substitute for "does not fit"

@@ -107,7 +107,7 @@ def _candidates(setup: TrainSetup, shapes: Shapes) -> list[tuple[str, dict, Trai
             "bitsandbytes 8-bit states; needs bitsandbytes",
         )
     if setup.method == "lora":
-        settings = {"/adapter/method": "qlora"}
+        settings: dict = {"/adapter/method": "qlora"}
         words = "adapter.method: qlora (4-bit NF4 base weights)"
         if setup.precision == "fp16":
             # the quantization's compute dtype defaults to bf16, an error where fp16 was chosen (FT0207)
@@ -150,7 +150,7 @@ def _candidates(setup: TrainSetup, shapes: Shapes) -> list[tuple[str, dict, Trai
         else:
             offload, strategy = "optimizer", "deepspeed"
             stage = setup.zero_stage if setup.strategy == "deepspeed" and (setup.zero_stage or 0) >= 1 else 2
-        settings: dict = {"/hardware/offload": offload}
+        settings = {"/hardware/offload": offload}
         if strategy != setup.strategy:
             settings["/hardware/strategy"] = strategy
         if strategy == "deepspeed" and stage != setup.zero_stage:

@@ -312,7 +312,9 @@ def _refusal(target: Path) -> str | None:
     )
 
 
-def write_build(files: dict[str, str], target: Path, *, executable: set[str] = frozenset()) -> None:
+def write_build(
+    files: dict[str, str], target: Path, *, executable: frozenset[str] | set[str] = frozenset()
+) -> None:
     """Write every file into a temporary folder next to `target`, then swap it into place: a failure
     or an interrupt at any point leaves either the old build or nothing, never half of one."""
     target = Path(target)
@@ -382,6 +384,7 @@ def build_folder(path: str | Path, options: CompileOptions, target: Path) -> Bui
         return BuildOutcome(result, target, result.diagnostics, 2)
     if not result.ok:
         return BuildOutcome(result, target, result.diagnostics, 1)
+    assert result.files is not None  # result.ok
     try:
         write_build(result.files, target, executable=EXECUTABLE)
     except BuildDirError as exc:

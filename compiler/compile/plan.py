@@ -23,6 +23,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from ftspec.compiler import __version__
 from ftspec.compiler.core.artifacts import (  # noqa: F401 - re-exported for the build and its callers
@@ -78,9 +79,10 @@ def set_pointer(data: dict, pointer: str, value: object) -> None:
         if isinstance(node, list):
             node = node[int(token)]
         else:
-            if not isinstance(node.get(token), (dict, list)):  # type: ignore[union-attr]
-                node[token] = {}  # type: ignore[index]
-            node = node[token]  # type: ignore[index]
+            mapping = cast(dict, node)  # a scalar parent fails at .get, as before
+            if not isinstance(mapping.get(token), (dict, list)):
+                mapping[token] = {}
+            node = mapping[token]
     last = tokens[-1]
     if isinstance(node, list):
         node[int(last)] = value

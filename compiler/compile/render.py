@@ -230,6 +230,7 @@ def pytorchjob(plan: dict) -> dict:
     per_node = int(derived["gpus_per_node"])
     build = launch["container_build_dir"].rstrip("/") or "/"
     repo_volumes, repo_mounts, annotations = _volumes(plan)
+    resources_: dict[str, dict[str, str | int]]
     if derived["device"] == "cpu":
         resources_ = {"limits": {"cpu": str(per_node)}, "requests": {"cpu": str(per_node)}}
     else:

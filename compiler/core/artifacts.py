@@ -145,7 +145,9 @@ def envelope(data: object) -> tuple[object, object]:
     """(kind, schema_version) of an artifact: under `metadata`, or at the top level (run.json v1)."""
     if not isinstance(data, dict):
         return None, None
-    meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else data
+    meta = data.get("metadata")
+    if not isinstance(meta, dict):
+        meta = data
     return meta.get("kind"), meta.get("schema_version")
 
 
@@ -163,7 +165,7 @@ def read_artifact(path: Path, kind: str, versions: tuple[int, ...] | int) -> dic
             f"{path}: not a {kind} this ftspec reads (kind {found_kind!r}, schema_version {version!r}; "
             f"expected {kind!r} version {', '.join(map(str, known))})"
         )
-    return data  # type: ignore[return-value]
+    return data
 
 
 PLAN_SHA256 = "plan_sha256"  # lock.json's record of plan.json as compile wrote it

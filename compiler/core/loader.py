@@ -242,6 +242,7 @@ def load_spec(path: str | os.PathLike, *, root: os.PathLike | None = None) -> Lo
         spec = LoadedSpec(path=shown, text=raw.decode("utf-8", "replace"))
         spec.diagnostics.append(problem)
         return spec
+    assert text is not None  # _decode returns the text or a problem
     return load_text(text, shown)
 
 

@@ -30,7 +30,10 @@ def count_line(diagnostics: Iterable[Diagnostic]) -> str:
 
 
 def to_json(diagnostics: list[Diagnostic], **sections: object) -> str:
-    body = {"status": status(diagnostics), "diagnostics": [d.to_json() for d in diagnostics]}
+    body: dict[str, object] = {
+        "status": status(diagnostics),
+        "diagnostics": [d.to_json() for d in diagnostics],
+    }
     body.update({k: v for k, v in sections.items() if v is not None})
     return json.dumps(body, indent=2, sort_keys=False, ensure_ascii=False)
 

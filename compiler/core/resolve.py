@@ -8,6 +8,7 @@ folder named after the run) are applied after the walk.
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 from ftspec.compiler.core.schema import _deref, load_schema
 
@@ -33,7 +34,7 @@ def _fill(value: object, schema: dict, root: dict) -> object:
 def resolve(data: dict) -> dict:
     """A deep copy of a schema-valid spec with every default written in."""
     root = load_schema()
-    out = _fill(copy.deepcopy(data), root, root)
+    out = cast(dict, _fill(copy.deepcopy(data), root, root))  # a mapping in, the same mapping out
     adapter = out.get("adapter", {})
     method = adapter.get("method", "lora")
     if method == "full":

@@ -148,7 +148,9 @@ def all_markers() -> tuple[str, ...]:
 
 # --- sandboxed rendering -------------------------------------------------------------------------
 
-_TRACK: ContextVar[list | None] = ContextVar("ftspec_generation_track", default=None)
+_TRACK: ContextVar[tuple[list[str], list[tuple[int, int]]] | None] = ContextVar(
+    "ftspec_generation_track", default=None
+)
 
 
 def _generation_extension():
@@ -490,11 +492,11 @@ def mask_from_offsets(
 ) -> TokenMask:
     """mask_from_encoding for token ids and character offsets given apart (a transformers tokenizer's
     `input_ids` and `offset_mapping`), so check and training map spans to tokens the same way."""
-    offsets = [(int(o[0]), int(o[1])) for o in offsets]
-    trained = [False] * len(offsets)
+    ranges = [(int(o[0]), int(o[1])) for o in offsets]
+    trained = [False] * len(ranges)
     ordered = sorted(spans)
     j = 0
-    for i, (start, end) in enumerate(offsets):
+    for i, (start, end) in enumerate(ranges):
         end = max(
             end, start + 1
         )  # a zero-width token (an added special token at a boundary) still has a place
@@ -502,7 +504,7 @@ def mask_from_offsets(
             j += 1
         if j < len(ordered) and ordered[j][0] < end:
             trained[i] = True
-    return TokenMask(list(ids), offsets, trained)
+    return TokenMask(list(ids), ranges, trained)
 
 
 def token_mask(tokenizer, text: str, spans: Sequence[tuple[int, int]]) -> TokenMask:

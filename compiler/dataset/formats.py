@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 from ftspec.compiler.core.loader import json_kind
 
@@ -133,7 +134,7 @@ class LeakScanner:
                 if content and not content.isspace():
                     self.scan(role, content, pos - offset, out)
 
-    def scan(self, role: str, content: str, index: int, out: list[Problem]) -> None:
+    def scan(self, role: str, content: str, index: int | str, out: list[Problem]) -> None:
         if self._markup is not None:
             hit = self._markup.search(content)
             if hit is not None:
@@ -275,7 +276,7 @@ def check_record(
     return messages
 
 
-def _declared_tools(record: dict, out: list[Problem]) -> list[dict] | None | bool:
+def _declared_tools(record: dict, out: list[Problem]) -> list[dict] | None | Literal[False]:
     """The record's `tools` list (None when it has none; False, with a problem, when it is malformed):
     OpenAI's {"type": "function", "function": {"name", ...}} or a bare {"name", ...} schema."""
     tools = record.get("tools")
@@ -305,7 +306,9 @@ def _declared_tools(record: dict, out: list[Problem]) -> list[dict] | None | boo
 
 def tool_name(tool: dict) -> str | None:
     """The name a tool schema declares ({"function": {"name"}} or a bare {"name"})."""
-    function = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+    function = tool.get("function")
+    if not isinstance(function, dict):
+        function = tool
     name = function.get("name")
     return name if isinstance(name, str) and name else None
 
@@ -338,6 +341,7 @@ def _tool_calls(calls: object, index: int, tools: list[dict] | None, out: list[P
                 )
             )
             return None
+        assert isinstance(function, dict)  # the name came from it
         arguments = function.get("arguments", {})
         if isinstance(arguments, str):
             try:

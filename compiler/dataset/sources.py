@@ -44,10 +44,12 @@ def train_entries(dataset: object) -> list[TrainEntry]:
             out.append(TrainEntry(item, f"/dataset/train/{i}"))
         elif isinstance(item, dict) and isinstance(item.get("path"), str):
             fraction = item.get("fraction")
-            number = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
-            out.append(
-                TrainEntry(item["path"], f"/dataset/train/{i}/path", float(fraction) if number else None)
+            share = (
+                float(fraction)
+                if isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+                else None
             )
+            out.append(TrainEntry(item["path"], f"/dataset/train/{i}/path", share))
     return out
 
 

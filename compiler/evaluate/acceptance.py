@@ -154,11 +154,12 @@ def judge_rule(index: int, rule: dict, base: dict, finetuned: dict, measured: di
         if f is None or (kind in RELATIVE and b is None):
             missing = "fine-tuned" if f is None else "base"
             detail = f"{label}: the {missing} value was not measured"
-        elif math.isnan(f) or (kind in RELATIVE and math.isnan(b)):
+        elif math.isnan(f) or (kind in RELATIVE and b is not None and math.isnan(b)):
             detail = f"{label}: value is NaN"
         else:
             gain = None if diff is None else (-diff if lower else diff)
             if kind == "min_gain_over_base":
+                assert gain is not None  # a relative threshold: the base was measured
                 passed = gain >= t - EPS
                 need = "at least" if passed else "below the required"
                 detail = (
@@ -166,6 +167,7 @@ def judge_rule(index: int, rule: dict, base: dict, finetuned: dict, measured: di
                     f"({need} {_signed(t)})"
                 )
             elif kind == "max_drop_from_base":
+                assert gain is not None  # a relative threshold: the base was measured
                 drop = -gain
                 passed = drop <= t + EPS
                 detail = (
@@ -254,7 +256,9 @@ def judge(
                         detail=f" for the {which} model",
                     )
                 )
-            elif math.isnan(row.finetuned) or (row.kind in RELATIVE and math.isnan(row.base)):
+            elif math.isnan(row.finetuned) or (
+                row.kind in RELATIVE and row.base is not None and math.isnan(row.base)
+            ):
                 which = "fine-tuned" if math.isnan(row.finetuned) else "base"
                 diags.append(
                     make("FT0811", locate(pointer), index=index, model=which, metric=metric, value="NaN")
@@ -274,6 +278,7 @@ def judge(
         check = contamination_check(contamination, max_contaminated)
         result.integrity.append(check)
         if check.passed is False:
+            assert contamination is not None  # measured, or the check would not be False
             shown = contamination.get("examples") or []
             examples = ""
             if shown:

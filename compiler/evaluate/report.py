@@ -14,6 +14,7 @@ import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
 from ftspec.compiler import __version__
 from ftspec.compiler.core.diagnostics import Diagnostic
@@ -76,7 +77,7 @@ def _value(value: object) -> float | str | None:
     return json_number(float(value))
 
 
-def _as_float(value: object) -> float | None:
+def _as_float(value: float | str | None) -> float | None:
     """The inverse of _value, for arithmetic in the templates' context."""
     if isinstance(value, str):
         return float(value)
@@ -275,10 +276,11 @@ def fmt_value(value: object, digits: int = 4) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, str):
+        text = value
         try:
-            value = float(value)
+            value = float(text)
         except ValueError:
-            return value
+            return text
     if isinstance(value, float):
         if math.isnan(value):
             return "NaN"
@@ -289,7 +291,7 @@ def fmt_value(value: object, digits: int = 4) -> str:
 def fmt_signed(value: object) -> str:
     if value is None:
         return "n/a"
-    number = float(value) if isinstance(value, str) else value
+    number = float(value) if isinstance(value, str) else cast(float, value)  # a number or its text
     return ("+" if number >= 0 else "") + fmt_value(number)
 
 

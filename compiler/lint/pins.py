@@ -416,7 +416,7 @@ def _needed(
     related: dict[str, list[dict]] = {}
     for rule in rules()["needed"]:
         if condition_holds(rule["when"], resolved):
-            name = canonicalize_name(rule["package"])
+            name: str = canonicalize_name(rule["package"])
             reasons.setdefault(name, []).append(rule["why"])
             for key in rule["when"]:  # the settings that make the package needed
                 pointer = "/" + key.replace(".", "/")

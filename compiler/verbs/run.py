@@ -115,8 +115,8 @@ def _execute(name: str, cmd: list[str], *, capture: bool, log_dir: Path | None) 
                 log_dir.mkdir(parents=True, exist_ok=True)
                 (log_dir / f"{name}.log").write_text(proc.stdout, encoding="utf-8")
             return proc.returncode, proc.stdout
-        proc = subprocess.run(cmd, env=env, check=False)  # inherits stdout/stderr: output streams live
-        return proc.returncode, ""
+        live = subprocess.run(cmd, env=env, check=False)  # inherits stdout/stderr: output streams live
+        return live.returncode, ""
     except OSError as exc:
         return 2, f"cannot start {cmd[0]}: {exc}\n"
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Any, cast
 
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, make
 from ftspec.compiler.core.loader import LoadedSpec, join_pointer, load_spec
@@ -196,12 +198,13 @@ class Translation:
             if kind == "int":
                 if isinstance(value, bool):
                     return _MISSING
-                number = float(value)
+                number = float(cast(Any, value))  # anything: float() raises TypeError, caught below
                 return int(number) if number.is_integer() else _MISSING
             if kind == "number":
                 if isinstance(value, bool):
                     return _MISSING
-                number = float(value)  # "2e-4" strings: the peers accept them and convert the same way
+                # "2e-4" strings: the peers accept them and convert the same way
+                number = float(cast(Any, value))
                 return int(number) if isinstance(value, int) else number
             if kind == "str":
                 return str(value)
@@ -328,8 +331,9 @@ class Translation:
 
     def eval_split(self, pointer: str, value: object, train_files: list[Path]) -> None:
         """A validation size (fraction or absolute count) as dataset.eval_split (0 < x < 0.5)."""
-        number = self.typed(pointer, value, "number")
-        if number is _MISSING or number < 0:
+        typed = self.typed(pointer, value, "number")
+        number = cast(float, typed)  # an int or a float when not _MISSING
+        if typed is _MISSING or number < 0:
             self.drop(pointer, f"{describe(value)} is not a size", severity="error")
             return
         if number == 0:
@@ -574,7 +578,7 @@ class Translation:
         self.hub_reported[dataset] = rel
         return rel
 
-    def finish(self, ignored: dict, handled: set[str]) -> None:
+    def finish(self, ignored: dict, handled: Collection[str]) -> None:
         """Report every top-level key that was neither handled nor empty. A key that switches on
         another objective, modality or method refuses the import (FT0906); one that switches a
         feature off is only noted (info): nothing is lost, and 196 of 490 real configs drowned their

@@ -297,6 +297,7 @@ def _one_dataset(
 ) -> tuple[str | None, str | None]:
     if info is None:  # a name in LLaMA-Factory's own data/dataset_info.json; its default formatting is alpaca
         return f"data/{name}.jsonl", "alpaca"
+    assert info_src is not None  # _dataset_info returns both or neither
     entry = info.get(name)
     if not isinstance(entry, dict):
         t.unsupported(

@@ -4,6 +4,7 @@ compiler/data/import_torchtune.json."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from ftspec.compiler.author.importers.common import (
@@ -294,7 +295,7 @@ def _dataset_defaults(t: Translation, builder: str, ds: dict, entry: dict) -> No
     datasets.<builder>.defaults). alpaca_dataset and alpaca_cleaned_dataset train on the prompt too
     (train_on_input=True), which is ftspec's loss_on: all, not its default assistant-only loss."""
     name = builder.rsplit(".", 1)[-1]
-    fields = {
+    fields: dict[str, tuple[str, Callable[[object], object]]] = {
         "train_on_input": ("/training/loss_on", lambda v: "all" if v else "assistant"),
         "packed": ("/training/packing", bool),
     }

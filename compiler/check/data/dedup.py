@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _json_string  # json.dumps's string encoder (ensure_ascii=False)
 
@@ -57,7 +57,9 @@ def _encode(key: str) -> bytes:
 
 
 try:  # 128-bit keys: collisions are negligible even across billions of records
-    from xxhash import xxh3_128_digest as _xxh3_128
+    from xxhash import xxh3_128_digest
+
+    _xxh3_128: Callable[[bytes], bytes] | None = xxh3_128_digest
 except ImportError:  # pragma: no cover - depends on the environment
     _xxh3_128 = None
 

@@ -77,9 +77,9 @@ class PairLengths:
             return
         # the chosen side's template findings were reported with the record; the rejected side's are not
         sides = {side: self._side(where, pair, side, report=side == "rejected") for side in PAIR_SIDES}
-        if any(s is None for s in sides.values()):
+        chosen, rejected = sides["chosen"], sides["rejected"]  # PAIR_SIDES
+        if chosen is None or rejected is None:
             return
-        chosen, rejected = sides["chosen"], sides["rejected"]
         if max(chosen.total, rejected.total) <= limit:
             return
         self.stats.over += 1
