@@ -33,6 +33,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ftspec.compiler.core.schema import schema_default
 from ftspec.compiler.dataset import assistant_spans
@@ -91,7 +92,7 @@ def read_conversations(path: Path, fmt: str) -> list[list[dict]]:
         from ftspec.runtime.preference import read_pairs
 
         return read_pairs(path)
-    out = []
+    out: list[list[dict]] = []
     try:
         for line, value, error in open_records(path, sha256=False):  # any source the data check reads
             if error is not None:
@@ -175,7 +176,7 @@ def check_template(tokenizer, loss_on: str) -> None:
         )
 
 
-_MARKERS: dict[int, tuple[object, int, tuple[str, ...]]] = {}
+_MARKERS: dict[int, tuple[Any, int, tuple[str, ...]]] = {}  # id -> (tokenizer, its length, markers)
 
 
 def _markers(tokenizer) -> tuple[str, ...]:
@@ -286,11 +287,11 @@ def pack(examples: Sequence[Example], sequence_len: int, seed: int) -> list[Exam
         if space - length > 0:
             bisect.insort(free, (space - length, row))
     rows: list[Example] = []
-    for row in members:
+    for group in members:
         ids: list[int] = []
         labels: list[int] = []
         positions: list[int] = []
-        for i in row:
+        for i in group:
             ex = examples[i]
             ids.extend(ex.input_ids)
             # No token is predicted across a boundary: the first label of each example is masked.
@@ -463,5 +464,5 @@ def eval_shards(n: int, batch_size: int, world_size: int, rank: int) -> list[lis
     slots past the end are None and contribute nothing."""
     per_rank = math.ceil(n / world_size) if n else 0
     mine = [i * world_size + rank for i in range(per_rank)]
-    mine = [i if i < n else None for i in mine]
-    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    slots = [i if i < n else None for i in mine]
+    return [slots[i : i + batch_size] for i in range(0, len(slots), batch_size)]

@@ -31,6 +31,7 @@ FSDP stream pools; device adds the CUDA context (and NCCL).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ftspec.compiler.catalog.arch_shapes import ALL_LINEAR, MODULE_ALIASES, Shapes
 from ftspec.compiler.core.resolve import resolve_strategy, world_size
@@ -169,20 +170,21 @@ class MemoryEstimate:
 
     @property
     def fits(self) -> bool | None:
-        if not self.applicable or self.gpu_memory_gib is None:
+        usable = self.usable_gib  # None without the GPU's memory
+        if not self.applicable or usable is None:
             return None
-        return self.device_gib <= self.usable_gib
+        return self.device_gib <= usable
 
     @property
     def verdict(self) -> str | None:
         """fits | tight (fits, but the estimate's high end does not) | does_not_fit; None: no check.
         `fits` stays the boolean: tight is a fit with a warning, never a substitute for False."""
-        fits = self.fits
-        if fits is None:
+        fits, usable = self.fits, self.usable_gib
+        if fits is None or usable is None:  # usable is known when fits is
             return None
         if not fits:
             return "does_not_fit"
-        return "tight" if (self.device + self.uncertainty) / GIB > self.usable_gib else "fits"
+        return "tight" if (self.device + self.uncertainty) / GIB > usable else "fits"
 
     def components_gib(self) -> dict[str, float]:
         return {k: round(v / GIB, 3) for k, v in self.components.items() if v > 0}
@@ -397,12 +399,12 @@ def estimate_setup(
         # Expert modules exist `copies` times per layer, but each token passes through only k of them:
         # the per-token saved inputs scale with k, not with the number of experts.
         n = k_exp if copies > 1 else copies
-        per = a * fin if setup.cast_adapter_input else 0.0
+        saved = a * fin if setup.cast_adapter_input else 0.0
         if setup.lora_dropout > 0:
-            per += (a + 1) * fin  # dropout output + mask, one per adapted module
+            saved += (a + 1) * fin  # dropout output + mask, one per adapted module
         if setup.dora:
-            per += 2 * a * fout  # DoRA re-runs the base matmul and keeps both branches
-        lora_extra += n * per
+            saved += 2 * a * fout  # DoRA re-runs the base matmul and keeps both branches
+        lora_extra += n * saved
     per_layer = attn + mlp + lora_extra
     work = tokens * (2 * a * h + 3 * a * inter * k_exp)  # gradients in flight inside one layer's backward
     if setup.activation_offload:
@@ -468,7 +470,7 @@ def estimate_setup(
     fwd_bwd = resident + gathered + grads_fwd + temps + max(at_loss, in_layer + layer_grads)
     step = resident + grads_step + opt_temps
     phases = {"forward_backward": fwd_bwd, "optimizer_step": step}
-    peak_phase = max(phases, key=phases.get)
+    peak_phase = max(phases, key=phases.__getitem__)
     if peak_phase == "forward_backward":
         loss_point = at_loss >= in_layer + layer_grads
         act_total = at_loss if loss_point else in_layer
@@ -620,5 +622,5 @@ def estimate_memory(
     )
 
 
-def with_changes(setup: TrainSetup, **changes: object) -> TrainSetup:
+def with_changes(setup: TrainSetup, **changes: Any) -> TrainSetup:
     return replace(setup, **changes)

@@ -17,6 +17,7 @@ import csv
 import hashlib
 import json
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 from ftspec.compiler.dataset.records import (
@@ -122,7 +123,7 @@ def source_sha256(path: Path) -> str:
     files = arrow_files(path) if path.is_dir() else [path]
     for file in files:
         with open(file, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(CHUNK), b""):
+            for chunk in iter(partial(fh.read, CHUNK), b""):
                 digest.update(chunk)
     return digest.hexdigest()
 

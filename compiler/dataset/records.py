@@ -13,13 +13,14 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 try:  # orjson parses 3-5x faster; optional, the stdlib parser gives the same results
     import orjson as _orjson
 
-    _fast_loads = _orjson.loads
+    _fast_loads: Callable[[bytes], Any] | None = _orjson.loads
 except ImportError:  # pragma: no cover - depends on the environment
     _fast_loads = None
 

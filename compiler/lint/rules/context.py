@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import cast
 
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, make
 from ftspec.compiler.core.loader import LoadedSpec, get_pointer, split_pointer
@@ -122,7 +123,7 @@ class RuleContext:
         return bool(getattr(self.options, "check_files", True))
 
     def method(self) -> str | None:
-        return self.get("/adapter/method", ("lora", "qlora", "full"))
+        return cast("str | None", self.get("/adapter/method", ("lora", "qlora", "full")))
 
     def has_eval_data(self) -> bool | None:
         """True/False when known; None when the dataset section is too broken to tell."""

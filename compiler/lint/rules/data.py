@@ -161,6 +161,7 @@ def train_mix(ctx: RuleContext) -> Iterator[Diagnostic]:
     FT0227 eval file that is also a training file."""
     train = ctx.raw("/dataset/train")
     if isinstance(train, list):
+        seen: dict[str, int]  # normalized path -> index of its first entry
         fractions, open_entries, seen = [], 0, {}
         for i, item in enumerate(train):
             frac = item.get("fraction") if isinstance(item, dict) else None
@@ -272,7 +273,7 @@ def train_example_count(ctx: RuleContext, cap: int) -> int | None:
             total, _held_out = split_counts(total, split)  # the split training will make
         return total
 
-    return ctx.memo(f"train_count:{cap}", compute)  # type: ignore[return-value]
+    return ctx.memo(f"train_count:{cap}", compute)
 
 
 def output_dir(ctx: RuleContext) -> Iterator[Diagnostic]:

@@ -170,7 +170,8 @@ def json_schema_file(ctx: RuleContext) -> Iterator[Diagnostic]:
     try:
         if not isinstance(document, (dict, bool)):
             raise SchemaError(f"a schema is an object or a boolean, not {type(document).__name__}")
-        validator_for(document).check_schema(document)
+        # types-jsonschema's Validator protocol takes a dict only; jsonschema checks boolean schemas too
+        validator_for(document).check_schema(document)  # type: ignore[arg-type]
     except SchemaError as exc:
         yield ctx.diag(
             "FT0244",
