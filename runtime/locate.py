@@ -72,7 +72,7 @@ class SpecLocator:
             return self._spec
         self._loaded = True
         try:
-            with open(self.path, "rb") as fh:  # type: ignore[arg-type]
+            with open(self.path, "rb") as fh:
                 raw = fh.read(SPEC_READ_LIMIT + 1)
         except (OSError, TypeError):
             return None
