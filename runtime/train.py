@@ -42,6 +42,7 @@ import sys
 import time
 import traceback
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -516,9 +517,130 @@ def merge_adapter(source, spec: dict, adapter_dir: Path, tokenizer, target: Path
 # --- the recipe ---------------------------------------------------------------------------------
 
 
+def _refuse_unsafe_start(
+    accelerator, out: Path, ckroot: Path, identity: dict, plan_path: Path, *, resume: bool
+) -> None:
+    """Before anything is written: a fresh run never replaces an earlier run's checkpoints or model
+    silently (also when started through launch.sh, not `ftspec launch`), and a resume never continues a
+    checkpoint of a changed plan (its optimizer, scheduler and data position belong to the plan that
+    built them). Every rank looks before the barrier, so all see the same folder and stop together."""
+    if not resume:
+        found = previous_run(out)
+        accelerator.wait_for_everyone()
+        if found:
+            import shlex
+
+            build = shlex.quote(os.path.relpath(plan_path.parent))  # the hint names the real build folder
+            raise SetupError("FT0723", folder=str(out), found="; ".join(found), build=build)
+        return
+    refusal = _resume_refusal(ckroot, identity)
+    accelerator.wait_for_everyone()
+    if refusal:
+        raise SetupError("FT0724", **refusal)
+
+
+def _open_run_folder(plan_path: Path, out: Path, ckroot: Path, run_info: dict, *, resume: bool) -> None:
+    """Main process: copy plan.json and lock.json in, clear what a crash or an earlier run left, and
+    write run.json's start."""
+    lock_path = plan_path.parent / "lock.json"
+    with writing("plan.json and lock.json", out):
+        shutil.copyfile(plan_path, out / "plan.json")
+        if lock_path.is_file():
+            shutil.copyfile(lock_path, out / "lock.json")
+            run_info["lock_sha256"] = file_sha256(lock_path)
+    for removed in ckpt.clean_partial(ckroot):
+        log(f"ftspec: removed an unfinished checkpoint write {removed.name}")
+    if not resume:
+        # A fresh run owns its folder: stale checkpoints and metrics of an earlier run would
+        # otherwise be resumed from or plotted.
+        shutil.rmtree(ckroot, ignore_errors=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    with writing("run.json", out):
+        ckpt.write_json_atomic(out / "run.json", run_info)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How often the loop logs, evaluates and saves, and when it stops early (spec values)."""
+
+    log_every: int
+    eval_every: int
+    save_every: int
+    keep: int
+    patience: int
+    max_norm: float
+
+    @classmethod
+    def of(cls, training: dict) -> LoopSettings:
+        return cls(
+            log_every=int(training.get("logging_steps", 10)),
+            eval_every=int(training.get("eval_steps", 50)),
+            save_every=int(training.get("save_steps", 100)),
+            keep=int(training.get("save_total_limit", 3)),
+            patience=int(training.get("early_stopping_patience", 0)),
+            max_norm=float(training.get("max_grad_norm", 1.0)),
+        )
+
+
+@dataclass(frozen=True)
+class Injections:
+    """Faults the tests inject through the environment (FTSPEC_INJECT_*, FTSPEC_STEP_DELAY_S)."""
+
+    nan_at: int | None
+    oom_at: int | None
+    crash_at: int | None
+    crash_rank: int
+    delay: float
+
+    @classmethod
+    def from_env(cls) -> Injections:
+        crash_rank = env_int("FTSPEC_INJECT_CRASH_RANK")
+        return cls(
+            nan_at=env_int("FTSPEC_INJECT_NAN_AT_STEP"),
+            oom_at=env_int("FTSPEC_INJECT_OOM_AT_STEP"),
+            crash_at=env_int("FTSPEC_INJECT_CRASH_AT_STEP"),
+            crash_rank=1 if crash_rank is None else crash_rank,
+            delay=float(os.environ.get("FTSPEC_STEP_DELAY_S", "0") or 0),
+        )
+
+
+def _resume_from_checkpoint(
+    accelerator, ckroot: Path, out: Path, scheduler, run_info: dict, warn, *, load_kwargs: dict
+) -> tuple[int, float, int]:
+    """--resume: the newest checkpoint that verifies, chosen by the main process for everyone, loaded
+    on every rank; (step, best eval loss, evaluations without improvement). None verifying: step 0."""
+    from accelerate.utils import broadcast_object_list
+
+    is_main = accelerator.is_main_process
+    chosen: list[str | None] = [None]
+    if is_main:
+        found = ckpt.latest_valid(
+            ckroot, lambda c, why: warn(make("FT0709", checkpoint=str(c.path), reason=why))
+        )
+        chosen = [str(found.path) if found else None]
+    broadcast_object_list(chosen)
+    if chosen[0] is None:
+        warn(make("FT0710", folder=str(ckroot)))
+        if is_main:  # starting from step 0: the earlier attempt's records would repeat every step
+            _truncate_metrics(out / "metrics.jsonl", 0)
+        return 0, math.inf, 0
+    path = Path(chosen[0])
+    accelerator.load_state(str(path), **load_kwargs)
+    state = json.loads((path / ckpt.STATE).read_text(encoding="utf-8"))
+    scheduler.load_state_dict(ckpt.load_scheduler(path))  # JSON, never a pickle
+    start_step = int(state["step"])
+    saved_best = state.get("best_eval_loss")
+    run_info["resumed_from"] = path.name
+    if is_main:
+        _truncate_metrics(out / "metrics.jsonl", start_step)
+    log(f"ftspec: rank {accelerator.process_index} resumed from {path.name} (step {start_step})")
+    best = math.inf if saved_best is None else float(saved_best)
+    return start_step, best, int(state.get("evals_without_improvement", 0))
+
+
 def run(plan_path: Path, resume: bool) -> int:
     import torch
-    from accelerate.utils import broadcast_object_list, set_seed
+    from accelerate.utils import set_seed
     from ftspec.compiler.core.artifacts import read_plan
 
     plan = read_plan(plan_path)
@@ -551,26 +673,8 @@ def run(plan_path: Path, resume: bool) -> int:
 
     ckroot = out / "checkpoints"
     run_json = out / "run.json"
-    if not resume:
-        # Never replace an earlier run's checkpoints or model silently (also when started through
-        # launch.sh, not `ftspec launch`). Every rank looks before the barrier, and nothing is
-        # written before it, so all ranks see the same folder and stop together.
-        found = previous_run(out)
-        accelerator.wait_for_everyone()
-        if found:
-            import shlex
-
-            build = shlex.quote(os.path.relpath(plan_path.parent))  # the hint names the real build folder
-            raise SetupError("FT0723", folder=str(out), found="; ".join(found), build=build)
     identity = ckpt.training_identity(plan, _train_file_hashes(spec, spec_dir))
-    if resume:
-        # A checkpoint's optimizer, scheduler and data position belong to the plan that built them:
-        # refuse to continue it under a changed one. Every rank checks before the barrier and nothing
-        # is written before it (same pattern as above).
-        refusal = _resume_refusal(ckroot, identity)
-        accelerator.wait_for_everyone()
-        if refusal:
-            raise SetupError("FT0724", **refusal)
+    _refuse_unsafe_start(accelerator, out, ckroot, identity, plan_path, resume=resume)
     run_info: dict = {
         "schema_version": 1,
         "kind": "ftspec-run",
@@ -595,22 +699,8 @@ def run(plan_path: Path, resume: bool) -> int:
         "batch_changes": batch_history,
         "versions": _versions(),
     }
-    lock_path = plan_path.parent / "lock.json"
     if is_main:
-        with writing("plan.json and lock.json", out):
-            shutil.copyfile(plan_path, out / "plan.json")
-            if lock_path.is_file():
-                shutil.copyfile(lock_path, out / "lock.json")
-                run_info["lock_sha256"] = file_sha256(lock_path)
-        for removed in ckpt.clean_partial(ckroot):
-            log(f"ftspec: removed an unfinished checkpoint write {removed.name}")
-        if not resume:
-            # A fresh run owns its folder: stale checkpoints and metrics of an earlier run would
-            # otherwise be resumed from or plotted.
-            shutil.rmtree(ckroot, ignore_errors=True)
-            (out / "metrics.jsonl").unlink(missing_ok=True)
-        with writing("run.json", out):
-            ckpt.write_json_atomic(run_json, run_info)
+        _open_run_folder(plan_path, out, ckroot, run_info, resume=resume)
 
     # Model and data: the main process first (it may build the built-in model and tokenizes once into
     # a cache the others then read), the others after it, inside the collective timeout.
@@ -704,33 +794,11 @@ def run(plan_path: Path, resume: bool) -> int:
     ds_save_kwargs = {"exclude_frozen_parameters": True} if adapter_only_ds else {}
     ds_load_kwargs = {"load_module_strict": False} if adapter_only_ds else {}
 
-    # Resume: the newest checkpoint that verifies, chosen by the main process for everyone.
     start_step, best_eval, bad_evals = 0, math.inf, 0
     if resume:
-        chosen = [None]
-        if is_main:
-            found = ckpt.latest_valid(
-                ckroot, lambda c, why: warn(make("FT0709", checkpoint=str(c.path), reason=why))
-            )
-            chosen = [str(found.path) if found else None]
-        broadcast_object_list(chosen)
-        if chosen[0] is None:
-            warn(make("FT0710", folder=str(ckroot)))
-            if is_main:  # starting from step 0: the earlier attempt's records would repeat every step
-                _truncate_metrics(out / "metrics.jsonl", 0)
-        else:
-            path = Path(chosen[0])
-            accelerator.load_state(str(path), **ds_load_kwargs)
-            state = json.loads((path / ckpt.STATE).read_text(encoding="utf-8"))
-            scheduler.load_state_dict(ckpt.load_scheduler(path))  # JSON, never a pickle
-            start_step = int(state["step"])
-            saved_best = state.get("best_eval_loss")
-            best_eval = math.inf if saved_best is None else float(saved_best)
-            bad_evals = int(state.get("evals_without_improvement", 0))
-            run_info["resumed_from"] = path.name
-            if is_main:
-                _truncate_metrics(out / "metrics.jsonl", start_step)
-            log(f"ftspec: rank {rank} resumed from {path.name} (step {start_step})")
+        start_step, best_eval, bad_evals = _resume_from_checkpoint(
+            accelerator, ckroot, out, scheduler, run_info, warn, load_kwargs=ds_load_kwargs
+        )
     else:
         set_seed(
             seed, device_specific=True
@@ -745,18 +813,8 @@ def run(plan_path: Path, resume: bool) -> int:
     )
     packed = bool(stats["packing"])
     pad_id = tokenizer.pad_token_id
-    nan_at = env_int("FTSPEC_INJECT_NAN_AT_STEP")
-    oom_at = env_int("FTSPEC_INJECT_OOM_AT_STEP")
-    crash_at = env_int("FTSPEC_INJECT_CRASH_AT_STEP")
-    crash_rank = env_int("FTSPEC_INJECT_CRASH_RANK")
-    crash_rank = 1 if crash_rank is None else crash_rank
-    delay = float(os.environ.get("FTSPEC_STEP_DELAY_S", "0") or 0)
-    log_every = int(training.get("logging_steps", 10))
-    eval_every = int(training.get("eval_steps", 50))
-    save_every = int(training.get("save_steps", 100))
-    keep = int(training.get("save_total_limit", 3))
-    patience = int(training.get("early_stopping_patience", 0))
-    max_norm = float(training.get("max_grad_norm", 1.0))
+    inject = Injections.from_env()
+    loop = LoopSettings.of(training)
     is_ds = accelerator.distributed_type.value == "DEEPSPEED"
     dev = accelerator.device
 
@@ -832,7 +890,7 @@ def run(plan_path: Path, resume: bool) -> int:
         accelerator.wait_for_everyone()
         if is_main:
             ckpt.seal(tmp, final, step)
-            ckpt.prune(ckroot, keep)
+            ckpt.prune(ckroot, loop.keep)
         accelerator.wait_for_everyone()
 
     def last_good() -> str:
@@ -871,19 +929,21 @@ def run(plan_path: Path, resume: bool) -> int:
                 [float(sum(count_units(b) for b in micro)), 1.0 if _TERMINATION["signal"] else 0.0]
             )
             if stop_votes:
-                raise _interrupted(step, start_step, save_every, total_steps, save_checkpoint, last_good)
+                raise _interrupted(step, start_step, loop.save_every, total_steps, save_checkpoint, last_good)
             scale = world * gas / max(n_global, 1.0)
             grad_norm = None
             try:
                 if (
-                    oom_at is not None
-                    and step + 1 == oom_at
+                    inject.oom_at is not None
+                    and step + 1 == inject.oom_at
                     and rank == 0
                     and mbs == int(derived["micro_batch_size"])
                 ):
-                    raise torch.OutOfMemoryError(f"injected by FTSPEC_INJECT_OOM_AT_STEP={oom_at}")
-                if crash_at is not None and step + 1 == crash_at and rank == crash_rank:
-                    raise RuntimeError(f"injected by FTSPEC_INJECT_CRASH_AT_STEP={crash_at} on rank {rank}")
+                    raise torch.OutOfMemoryError(f"injected by FTSPEC_INJECT_OOM_AT_STEP={inject.oom_at}")
+                if inject.crash_at is not None and step + 1 == inject.crash_at and rank == inject.crash_rank:
+                    raise RuntimeError(
+                        f"injected by FTSPEC_INJECT_CRASH_AT_STEP={inject.crash_at} on rank {rank}"
+                    )
                 for j, examples in enumerate(micro):
                     if pref is not None:
                         batch = rpref.collate(examples, pad_id)
@@ -894,7 +954,7 @@ def run(plan_path: Path, resume: bool) -> int:
                             loss_sum = pref.loss_sum(model, batch, dev)
                         else:
                             loss_sum = forward_loss_sum(batch)
-                        if nan_at is not None and step + 1 == nan_at and rank == 0 and j == 0:
+                        if inject.nan_at is not None and step + 1 == inject.nan_at and rank == 0 and j == 0:
                             loss_sum = loss_sum * float("nan")
                         # Every rank learns whether any rank's loss is not finite before anything is
                         # applied, so all stop together and the weights stay those of the last step.
@@ -917,7 +977,7 @@ def run(plan_path: Path, resume: bool) -> int:
                                 grad_norm = accelerator.deepspeed_engine_wrapped.get_global_grad_norm()
                             else:
                                 grad_norm = accelerator.clip_grad_norm_(
-                                    model.parameters(), max_norm if max_norm > 0 else float("inf")
+                                    model.parameters(), loop.max_norm if loop.max_norm > 0 else float("inf")
                                 )
                             optimizer.step()
                             optimizer.zero_grad(set_to_none=True)
@@ -929,9 +989,9 @@ def run(plan_path: Path, resume: bool) -> int:
             scheduler.step()
             step += 1
             bar.update(1)
-            if delay:
-                time.sleep(delay)
-            if step % log_every == 0 or step == total_steps:
+            if inject.delay:
+                time.sleep(inject.delay)
+            if step % loop.log_every == 0 or step == total_steps:
                 loss_total, tokens, input_tokens = reduce_sum(
                     [window["loss"], window["tokens"], window["input_tokens"]]
                 )
@@ -960,7 +1020,7 @@ def run(plan_path: Path, resume: bool) -> int:
                         file=sys.stderr,
                     )
                 window = {"loss": 0.0, "tokens": 0.0, "input_tokens": 0.0, "t0": time.monotonic()}
-            if step % eval_every == 0 or step == total_steps:
+            if step % loop.eval_every == 0 or step == total_steps:
                 last_eval = evaluate()
                 if last_eval is not None:
                     metrics.write(
@@ -978,10 +1038,10 @@ def run(plan_path: Path, resume: bool) -> int:
                         best_eval, bad_evals = last_eval, 0
                     else:
                         bad_evals += 1
-                        if patience and bad_evals >= patience and step < total_steps:
-                            warn(make("FT0719", step=step, best=f"{best_eval:.4f}", patience=patience))
+                        if loop.patience and bad_evals >= loop.patience and step < total_steps:
+                            warn(make("FT0719", step=step, best=f"{best_eval:.4f}", patience=loop.patience))
                             stopped_early = True
-            if step % save_every == 0 or (stopped_early and step % save_every):
+            if step % loop.save_every == 0 or (stopped_early and step % loop.save_every):
                 save_checkpoint(step)
             if stopped_early:
                 break
@@ -990,7 +1050,16 @@ def run(plan_path: Path, resume: bool) -> int:
             _write_param_digest(accelerator, model, out, rank)
         with writing("the final model and its cards", out):
             written = save_final(
-                accelerator, model, tokenizer, spec, source, out, is_main, spec_dir=spec_dir, plan=plan, warn=warn
+                accelerator,
+                model,
+                tokenizer,
+                spec,
+                source,
+                out,
+                is_main,
+                spec_dir=spec_dir,
+                plan=plan,
+                warn=warn,
             )
         run_info["outputs"] = written
         run_info["final"] = {
@@ -1231,9 +1300,7 @@ def _record_failure(plan_path: Path, diag: Diagnostic | None, exc: BaseException
         folder = run_dir_of(plan, plan_path.parent) / ERRORS_DIR
         folder.mkdir(parents=True, exist_ok=True)
         text = (
-            as_text(diag)
-            if diag
-            else "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            as_text(diag) if diag else "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         )
         (folder / f"error-rank{rank}.txt").write_text(text, encoding="utf-8")
     except Exception:  # the error itself is already on stderr; never mask it
