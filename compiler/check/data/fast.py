@@ -119,6 +119,8 @@ if np is not None:  # the first two letters of a content, lower-cased, as an ind
     _LABEL_START = np.zeros(1 << 16, bool)
     _LABEL_START[_LABEL_PAIRS] = True
 _NEXT_TURN = re.compile(r"\n\s*(?:user|human)\s*:", re.IGNORECASE)
+# A control character JSON escapes that whitespace normalisation leaves (NUL is the block's separator).
+_CONTROL = re.compile("[\x01-\x08\x0e-\x1b]")
 # A whitespace run that is not one plain space; str.split() and re's \s agree on what whitespace is.
 _WS_RUN = re.compile(r"[^\S ]\s*| \s+")
 _WS_CHARS = ("\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x1f")
@@ -413,6 +415,14 @@ def scan_turns(
             escape = escape and backslash
         if not escape:
             return _key_hashes(sizes, contents if simple else joined.split(" \x00 "))
+        if _CONTROL.search(joined) is None:
+            # Only quotes and backslashes to escape (whitespace is normalised away, no other control
+            # character is left): escape just the contents holding one, as json.dumps would.
+            pieces = list(contents) if simple else joined.split(" \x00 ")
+            del joined
+            for i in [i for i, piece in enumerate(pieces) if '"' in piece or "\\" in piece]:
+                pieces[i] = _json_string(pieces[i])[1:-1]
+            return _key_hashes(sizes, pieces)
         # encode the whole text at once (a NUL becomes \u0000, and only the separators hold one)
         escaped = _json_string(joined)
         del joined
