@@ -286,7 +286,7 @@ class Metrics:
                     name=out.name,
                     dir=str(out),
                     config=hparams,
-                    mode=os.environ.get("WANDB_MODE", "offline"),  # no network unless asked
+                    mode=os.environ.get("WANDB_MODE", "offline"),  # type: ignore[arg-type]  # no network unless asked; wandb validates the value
                     reinit="finish_previous",
                 )
             except ImportError:
@@ -297,6 +297,7 @@ class Metrics:
         run folder), against the grouped loss tags, and as a text table."""
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+        assert self.tb is not None  # called only right after the writer is made
         writer = self.tb._get_file_writer()
         for summary in hparams_summary(hparams, {"train/loss": None, "eval/loss": None}):
             writer.add_summary(summary)
@@ -310,6 +311,7 @@ class Metrics:
         if not self.enabled:
             return
         row = {"type": kind, "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **record}
+        assert self.fh is not None  # enabled: the main process opened metrics.jsonl
         with writing("metrics.jsonl", Path(self.fh.name).parent):
             self.fh.write(json.dumps(row, sort_keys=True) + "\n")
             self.fh.flush()
@@ -397,7 +399,7 @@ def save_final(
     method = spec.get("adapter", {}).get("method", "lora")
     save = spec.get("output", {}).get("save", "adapter")
     state = accelerator.get_state_dict(model)  # gathers ZeRO-3 / FSDP shards; on every rank
-    written = {}
+    written: dict[str, str] = {}
     if not is_main:
         return written
     unwrapped = accelerator.unwrap_model(model)
@@ -425,8 +427,12 @@ def save_final(
         outputs.point_adapter_at(d, base)
         with_tokenizer(d)
 
+    def merged_full(d: Path) -> None:
+        unwrapped.save_pretrained(d, state_dict=state)
+        with_tokenizer(d)
+
     if method == "full":
-        place("merged", lambda d: (unwrapped.save_pretrained(d, state_dict=state), with_tokenizer(d)))
+        place("merged", merged_full)
     else:
         if save in ("adapter", "both"):
             place("adapter", adapter)
@@ -437,7 +443,7 @@ def save_final(
             shutil.rmtree(out / ".adapter-for-merge", ignore_errors=True)
             written.pop(".adapter-for-merge", None)
     place("tokenizer", with_tokenizer)
-    if "gguf" in (spec.get("output") or {}).get("export") or []:
+    if "gguf" in ((spec.get("output") or {}).get("export") or []):
         try:
             place(
                 export.EXPORT_DIR,
@@ -1299,9 +1305,12 @@ def _record_failure(plan_path: Path, diag: Diagnostic | None, exc: BaseException
         plan = json.loads(plan_path.read_text(encoding="utf-8"))
         folder = run_dir_of(plan, plan_path.parent) / ERRORS_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        text = (
-            as_text(diag) if diag else "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        )
+        if diag is not None:
+            text = as_text(diag)
+        elif exc is not None:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        else:
+            text = "failed without a message"
         (folder / f"error-rank{rank}.txt").write_text(text, encoding="utf-8")
     except Exception:  # the error itself is already on stderr; never mask it
         pass
