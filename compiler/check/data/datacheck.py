@@ -28,6 +28,7 @@ from ftspec.compiler.check.data.report import Sample, render_text
 from ftspec.compiler.core.artifacts import file_sha256
 from ftspec.compiler.core.diagnostics import Diagnostic, Location, catalog, make, sort_diagnostics
 from ftspec.compiler.core.loader import LoadedSpec
+from ftspec.compiler.core.schema import schema_default
 from ftspec.compiler.dataset import assistant_spans as spans_of
 from ftspec.compiler.dataset import chat_templates as ct
 from ftspec.compiler.dataset.formats import (
@@ -131,7 +132,7 @@ class _Check:
         self.checks = self.dataset.get("checks") or {}
         self.training = resolved.get("training") or {}
         self.model = resolved.get("model") or {}
-        self.fmt = self.dataset.get("format", "chatml")
+        self.fmt = self.dataset.get("format", schema_default("/dataset/format"))
         self.sources = _sources(spec, self.dataset)
         self.diagnostics: list[Diagnostic] = []
         # finding name -> count of record findings, listed or not, by the severity they were given
@@ -141,7 +142,7 @@ class _Check:
         self._hidden: dict[tuple[str, int], int] = {}
         self._severity = {code: rule.severity for code, rule in catalog().items()}
         self._names = {code: rule.name for code, rule in catalog().items()}
-        self.loss_on = self.training.get("loss_on", "assistant")
+        self.loss_on = self.training.get("loss_on", schema_default("/training/loss_on"))
         self.policy = self.dataset.get("system_prompt", "consistent")
         self.system_with = 0
         self.system_without = 0
@@ -162,11 +163,19 @@ class _Check:
         self.dup_pairs: list[tuple[tuple[int, int], tuple[int, int], str]] = []
         has_eval = any(s.split == "eval" for s in self.sources)
         self.contamination = (
-            Contamination(int(self.checks.get("contamination_ngram", 13))) if has_eval else None
+            Contamination(
+                int(
+                    self.checks.get(
+                        "contamination_ngram", schema_default("/dataset/checks/contamination_ngram")
+                    )
+                )
+            )
+            if has_eval
+            else None
         )
         self.render_samples = int(self.checks.get("render_samples", 5))
         self.sample_msgs: list[tuple[tuple[int, int], Messages]] = []
-        seq = self.training.get("sequence_len", 2048)
+        seq = self.training.get("sequence_len", schema_default("/training/sequence_len"))
         self.seq_p95 = seq == "p95"
         self.lengths = LengthStats(
             None if self.seq_p95 else int(seq), self.dataset.get("truncation", "truncate")
@@ -396,9 +405,9 @@ class _Check:
             if scan_train or add_eval or (near is not None and near_words):
                 turns = messages if pair is None else pair.key_messages()
                 words = words_of("\n".join(c for r, c in turns if r != "system"))
-                if scan_train:
+                if contamination is not None and scan_train:
                     contamination.scan_train(words, where)
-                elif add_eval:
+                elif contamination is not None and add_eval:
                     contamination.add_eval(words, line)
                 if near is not None and near_words:
                     hit = near.add(words, where)
@@ -408,7 +417,7 @@ class _Check:
                 self.sample_msgs.append((where, messages))
             if not lengths_on or bad:  # lengths describe what trains: usable records only
                 return
-            if pair is not None:
+            if pair is not None and pairs is not None:  # a pair is only made when pairs is set
                 pairs.add(where, pair)
             if render_all:
                 self._render_record(where, messages)
@@ -644,6 +653,7 @@ class _Check:
     def _flush_tokens(self) -> None:
         if not self._pending:
             return
+        assert self.tokenizer is not None  # tokens are queued only when a tokenizer was loaded
         encodings = self.tokenizer.encode_batch(
             [text for _, text, _ in self._pending], add_special_tokens=False
         )
@@ -892,9 +902,16 @@ class _Check:
                 )
 
     def _contamination(self, eval_sources: list[Source]) -> dict:
-        n = int(self.checks.get("contamination_ngram", 13))
+        n = int(self.checks.get("contamination_ngram", schema_default("/dataset/checks/contamination_ngram")))
         allowed = int(self.checks.get("max_contaminated", 0))
-        out = {"ngram": n, "max_contaminated": allowed, "count": 0, "eval_records": 0, "pairs": []}
+        pairs: list[dict] = []
+        out: dict[str, object] = {
+            "ngram": n,
+            "max_contaminated": allowed,
+            "count": 0,
+            "eval_records": 0,
+            "pairs": pairs,
+        }
         if self.contamination is None or not eval_sources:
             out["checked"] = False
             return out
@@ -915,8 +932,8 @@ class _Check:
                 {"n": n, "where": self._where(where)},
                 severity="error" if over else "warning",
             )
-            if len(out["pairs"]) < 50:
-                out["pairs"].append(
+            if len(pairs) < 50:
+                pairs.append(
                     {"eval_line": line, "train_file": self.sources[where[0]].display, "train_line": where[1]}
                 )
         if over:
