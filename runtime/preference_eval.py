@@ -12,6 +12,7 @@ import gc
 import time
 
 from ftspec.compiler import __version__
+from ftspec.compiler.core.schema import schema_default
 from ftspec.compiler.evaluate.contamination import measure as measure_contamination
 from ftspec.runtime import preference as rpref
 
@@ -35,7 +36,7 @@ def eval_pairs(folder, read_pairs=rpref.read_pairs) -> tuple[list, list, str]:
     if dataset.get("eval"):
         return read_pairs(folder.data_path(dataset["eval"])), train_pairs, f"file {dataset['eval']}"
     if dataset.get("eval_split"):
-        seed = int((folder.spec.get("training") or {}).get("seed", 42))
+        seed = int((folder.spec.get("training") or {}).get("seed", schema_default("/training/seed")))
         kept, held = split_indices(len(train_pairs), float(dataset["eval_split"]), seed)
         return (
             [train_pairs[i] for i in held],
