@@ -36,17 +36,13 @@ from itertools import chain, repeat
 from json.encoder import encode_basestring as _json_string  # as json.dumps (ensure_ascii=False)
 from operator import attrgetter, is_not
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import msgspec  # core dependencies (pyproject): typed decoding of clean records, bulk scans
+import numpy as np
 from ftspec.compiler.check.data.dedup import ROLE_CODE, dedup_key, hash_bytes
 from ftspec.compiler.check.data.lengths import Estimator
 from ftspec.compiler.dataset.records import CHUNK, whole_lines
-
-try:  # optional: without msgspec (or numpy, which datasketch brings) every record takes the per-record path
-    import msgspec
-    import numpy as np
-except ImportError:  # pragma: no cover - depends on the environment
-    msgspec = np = None
 
 BLOCK_BYTES = 1 << 19  # big enough for the C-level passes to dominate, small enough that a block's
 # working memory stays a few MB
@@ -64,11 +60,11 @@ if msgspec is not None:
     class _Turn(msgspec.Struct, gc=False):
         role: Literal["system", "user", "assistant"]
         content: str
-        tool_calls: msgspec.Raw = msgspec.UNSET
+        tool_calls: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
     class _Record(msgspec.Struct, gc=False):
         messages: list[_Turn]
-        tools: msgspec.Raw = msgspec.UNSET
+        tools: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
 
     _DECODER = msgspec.json.Decoder(_Record)
     _DECODE, _DECODE_LINES = _DECODER.decode, _DECODER.decode_lines
@@ -141,7 +137,7 @@ class _Scratch(threading.local):
     page faults on first touch (~0.3 us a record). One set per thread."""
 
     def __init__(self):
-        self.arrays: dict[tuple[str, str], object] = {}
+        self.arrays: dict[tuple[str, str], Any] = {}  # numpy arrays
 
     def get(self, name: str, shape, dtype):
         """An uninitialised array of `shape` (int or tuple) and `dtype`, valid until the next get(name)."""
@@ -349,16 +345,17 @@ def scan_turns(
         or (parity is not None and bool((counts & 1 != parity).any()))
     ):
         letters = "".join(map(_LETTER.__getitem__, roles))
-        suspects, at = set(), 0
+        misplaced: set[int] = set()
+        at = 0
         for k, size in enumerate(sizes):
             if (
                 size < 2
                 or letters[at : at + size] != _CANONICAL_LETTERS[size]
                 or (parity is not None and size & 1 != parity)
             ):
-                suspects.add(k)
+                misplaced.add(k)
             at += size
-        return suspects
+        return misplaced
     ends = np.cumsum(counts)  # one past each record's last turn
     lens = np.fromiter(map(len, contents), np.int64, len(contents))
     # text = " \x00 c0 \x00 c1 \x00 ... \x00 cN \x00 ": every content between "\x00 " and " \x00";
@@ -383,7 +380,7 @@ def scan_turns(
         suspects.add(int(np.searchsorted(ends, j, side="right")))
     raw = _single_spaced(text, encoded, backslash)
     simple = raw is not None
-    if simple:
+    if raw is not None:
         # No whitespace but single spaces, no content starting with a space: a whitespace-only
         # content, a line break before "User:" or a label after spaces cannot occur.
         for j in _label_candidates(np.frombuffer(raw, np.uint8), starts):
@@ -531,7 +528,7 @@ def _normalised(text: str, raw: bytes, nuls: int) -> tuple[str, bool]:
         kept[0] = chars[0]
         np.compress(keep, chars[1:], out=kept[1:])
         del keep, chars
-        raw = kept
+        return str(kept.data[3:-3], "utf-8", "surrogatepass"), _escapes(kept, nuls)
     return str(memoryview(raw)[3:-3], "utf-8", "surrogatepass"), _escapes(raw, nuls)
 
 
@@ -641,7 +638,7 @@ if np is not None:
     _PLAIN_MARKUP_CHARS = set(_KEY_FIRST + _KEY_NEXT + _KEY_END + "".join(ROLE_CODE))
 
 
-_plain_markers_cache: dict[tuple[str, ...], tuple[tuple[bytes, ...], tuple[bytes, ...]]] = {}
+_plain_markers_cache: dict[tuple[str, ...], tuple[tuple[bytes, ...], bool, tuple[bytes, ...]]] = {}
 
 
 def _plain_markers(markers: tuple[str, ...]) -> tuple[tuple[bytes, ...], bool, tuple[bytes, ...]]:
@@ -789,13 +786,14 @@ def scan_arrow_batch(batch, cfg: FastConfig) -> Block:
     )
     fields = (
         {struct.field(i).name: struct.field(i).type for i in range(struct.num_fields)}
-        if pa.types.is_struct(struct or pa.null())
+        if struct is not None and pa.types.is_struct(struct)
         else {}
     )
     strings = all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in fields.values())
     if "tools" in names or set(fields) != {"role", "content"} or not strings:
         return _all_slow(batch, n)
     sizes_array = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+    assert column is not None  # a batch without `messages` has no struct fields: all slow above
     flat = column.flatten()  # the turns of the rows in order (respects a sliced batch)
     roles, contents = flat.field("role"), flat.field("content")
     turn_bad = pc.or_kleene(
@@ -890,7 +888,7 @@ def _ranges(path: Path, start: int, size: int, pieces: int) -> list[tuple[int, i
 
 def _scan_range(args: tuple[str, int, int, FastConfig]) -> list[Block]:
     path, start, stop, cfg = args
-    out = []
+    out: list[Block] = []
     with open(path, "rb") as fh:
         fh.seek(start)
 
