@@ -71,7 +71,7 @@ def _error(code: str, file: Path | None = None, **fields: object) -> int:
     from ftspec.compiler.core.reporters import to_text
 
     loc = Location(file=str(file)) if file is not None else None
-    print(to_text([make(code, loc, **fields)], lambda *_: None), file=sys.stderr)
+    print(to_text([make(code, loc, **fields)]), file=sys.stderr)
     return 2
 
 
@@ -99,7 +99,7 @@ def _show_command(argv: list[str], env: dict[str, str]) -> None:
 def _report(diagnostic) -> None:
     from ftspec.compiler.core.reporters import to_text
 
-    print(to_text([diagnostic], lambda *_: None), file=sys.stderr, flush=True)
+    print(to_text([diagnostic]), file=sys.stderr, flush=True)
 
 
 def _launch_slurm(args: argparse.Namespace, plan: dict, build_dir: Path) -> int:
