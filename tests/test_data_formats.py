@@ -9,7 +9,6 @@ from functools import lru_cache
 
 import pytest
 from datacheck_helpers import check, found, write_jsonl, write_spec
-
 from ftspec.compiler.dataset import assistant_spans
 from ftspec.compiler.dataset.chat_templates import template_source
 from ftspec.compiler.dataset.formats import chat_messages, chat_tools, to_chat
