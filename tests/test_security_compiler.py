@@ -128,7 +128,9 @@ def test_yaml_aliases_cannot_amplify_the_data_check_even_with_force(tmp_path):
     """D8: one train file listed 4,800 times through aliases: one warning, then 72 s and 2.7 GB in check."""
     text = (ROOT / SPEC).read_text()
     old = text[text.index("  train:\n") : text.index("  eval:")]
-    amplified = text.replace(old, "  train:\n    - &t {path: data/tiny-cpu-train.jsonl}\n" + "    - *t\n" * 4800)
+    amplified = text.replace(
+        old, "  train:\n    - &t {path: data/tiny-cpu-train.jsonl}\n" + "    - *t\n" * 4800
+    )
     spec = ROOT / "specs" / f".amp-{__import__('os').getpid()}.yaml"
     spec.write_text(amplified)
     try:

@@ -147,18 +147,22 @@ def gguf_architecture(spec: LoadedSpec, model_id: str) -> tuple[dict, str, list[
         return {}, "spec", []  # lint reports the missing file (FT0259)
     if model_files.gguf_available():
         try:
-            return from_config(model_files.config_from_gguf(model_files.read_gguf_metadata(path))), (
-                f"{path} (GGUF metadata)"
-            ), []
+            return (
+                from_config(model_files.config_from_gguf(model_files.read_gguf_metadata(path))),
+                (f"{path} (GGUF metadata)"),
+                [],
+            )
         except ValueError as exc:
             return {}, "spec", [make("FT0303", spec.locate("/model/id"), path=str(path), detail=str(exc))]
     converted = model_files.converted_model_folder(model_id, spec.base_dir)
     for folder in (converted, model_files.tokenizer_folder(converted)) if converted else ():
         if (folder / "config.json").is_file():
             try:
-                return from_config(json.loads(read_bounded_text(folder / "config.json", MODEL_FILE_MAX_BYTES))), (
-                    f"{folder / 'config.json'}"
-                ), []
+                return (
+                    from_config(json.loads(read_bounded_text(folder / "config.json", MODEL_FILE_MAX_BYTES))),
+                    (f"{folder / 'config.json'}"),
+                    [],
+                )
             except (OSError, ValueError):
                 continue
     return {}, "spec", []
