@@ -138,7 +138,8 @@ def test_the_demo_passes_its_gate(smollm2, tmp_path):
     print(f"smollm2-cpu: {elapsed:.0f}s; {_scores(report)}")
     assert report["status"] == "pass", _scores(report)
     task, fmt, regression = (_rule(report, m) for m in ("task", "format", "regression"))
-    assert task["base"] <= 0.2 and task["finetuned"] >= 0.7, _scores(report)  # measurably weak, then good
+    assert task["base"] <= 0.2, "the base model is measurably weak at the task"
+    assert task["finetuned"] >= task["base"] + 0.5, _scores(report)
     assert fmt["finetuned"] >= 0.9
     assert regression["base"] >= 0.9, "the regression set holds questions the base model gets right"
     assert report["training"]["world_size"] == 2

@@ -5,8 +5,8 @@
 
 The task: a support ticket in, a JSON triage record out,
 `{"category": "billing|shipping|account|technical", "priority": "low|medium|high"}`. The category
-follows from what the ticket is about, the priority from its urgency wording (an outage or "urgent"
-is high, "no rush" is low, a plain request is medium). The real base model (SmolLM2-135M-Instruct)
+follows from what the ticket is about, the priority from its urgency wording ("urgent" is high, "no
+rush" is low, a plain request is medium). The real base model (SmolLM2-135M-Instruct)
 is weak at it: it answers in prose, or in JSON with other keys and labels, so exact match is ~0.
 
 - smollm2-cpu-train.jsonl: 320 ChatML conversations (system prompt, ticket, JSON record)
@@ -76,19 +76,9 @@ ISSUES = {
 }
 # The urgency wording decides the priority.
 URGENCY = {
-    "high": [
-        "This is urgent!",
-        "Our whole team is blocked.",
-        "Please fix it right now.",
-        "We are losing money every hour.",
-    ],
+    "high": ["This is urgent!", "Urgent, please fix it today.", "Please treat this as urgent."],
     "medium": ["", "Please take a look.", "Can you help me with this?", "Thanks for checking."],
-    "low": [
-        "No rush at all.",
-        "Whenever you have time.",
-        "Just letting you know.",
-        "It can wait until next week.",
-    ],
+    "low": ["No rush.", "No rush at all, whenever you have time.", "There is no rush on this."],
 }
 # Slot values; the last ones of each list appear only in the eval set.
 SLOTS = {
